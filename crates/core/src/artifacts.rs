@@ -1,0 +1,320 @@
+//! Typed rows of each artifact and their conversion to and from Arrow.
+
+use crate::ipc::{read_artifact, write_artifact, ArtifactError};
+use crate::schema::{col, ArtifactKind};
+use arrow_array::builder::{ListBuilder, UInt32Builder};
+use arrow_array::{
+    Array, ArrayRef, Float32Array, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array,
+    UInt64Array,
+};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A row type stored as one artifact kind.
+pub trait Artifact: Sized {
+    const KIND: ArtifactKind;
+    /// Converts rows to one record batch with the kind's columns.
+    fn to_batch(rows: &[Self]) -> RecordBatch;
+    /// Converts a checked batch back to rows; `path` is for error messages.
+    fn from_batch(path: &Path, batch: &RecordBatch) -> Result<Vec<Self>, ArtifactError>;
+
+    /// Writes rows as an artifact file, atomically.
+    fn write(path: &Path, stage: &str, config_hash: &str, rows: &[Self]) -> Result<(), ArtifactError> {
+        write_artifact(path, Self::KIND, stage, config_hash, &[Self::to_batch(rows)])
+    }
+
+    /// Reads all rows of an artifact file, schema-checked.
+    fn read(path: &Path) -> Result<Vec<Self>, ArtifactError> {
+        let mut rows = Vec::new();
+        for batch in read_artifact(path, Self::KIND)? {
+            rows.extend(Self::from_batch(path, &batch)?);
+        }
+        Ok(rows)
+    }
+}
+
+fn strings<'a>(it: impl Iterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(it))
+}
+
+fn batch(kind: ArtifactKind, columns: Vec<ArrayRef>) -> RecordBatch {
+    let schema = Arc::new(arrow_schema::Schema::new(kind.fields()));
+    // Columns are built here from the kind's own field list: a mismatch is a bug.
+    RecordBatch::try_new(schema, columns).expect("artifact columns match their schema")
+}
+
+fn column<'a, T: 'static>(path: &Path, b: &'a RecordBatch, name: &str) -> Result<&'a T, ArtifactError> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| ArtifactError::BadValue {
+            path: path.into(),
+            row: 0,
+            problem: format!("column `{name}` missing or of the wrong type"),
+        })
+}
+
+fn no_nulls(path: &Path, name: &str, a: &dyn Array) -> Result<(), ArtifactError> {
+    match (0..a.len()).find(|&i| a.is_null(i)) {
+        None => Ok(()),
+        Some(row) => Err(ArtifactError::BadValue {
+            path: path.into(),
+            row,
+            problem: format!("null in non-nullable column `{name}`"),
+        }),
+    }
+}
+
+fn str_col(path: &Path, b: &RecordBatch, name: &str) -> Result<Vec<String>, ArtifactError> {
+    let a = column::<StringArray>(path, b, name)?;
+    no_nulls(path, name, a)?;
+    Ok(a.iter().map(|v| v.unwrap_or_default().to_string()).collect())
+}
+
+fn u64_col(path: &Path, b: &RecordBatch, name: &str) -> Result<Vec<u64>, ArtifactError> {
+    let a = column::<UInt64Array>(path, b, name)?;
+    no_nulls(path, name, a)?;
+    Ok(a.values().to_vec())
+}
+
+/// A document: cleaned text with its provenance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    /// Content hash of the text.
+    pub id: String,
+    pub text: String,
+    /// `file:position` where the document came from.
+    pub source: String,
+    /// Language code, or `und` when unknown.
+    pub lang: String,
+    /// Extra fields as a JSON object.
+    pub meta: String,
+}
+
+impl Artifact for Document {
+    const KIND: ArtifactKind = ArtifactKind::Documents;
+    fn to_batch(rows: &[Self]) -> RecordBatch {
+        batch(
+            Self::KIND,
+            vec![
+                strings(rows.iter().map(|r| r.id.as_str())),
+                strings(rows.iter().map(|r| r.text.as_str())),
+                strings(rows.iter().map(|r| r.source.as_str())),
+                strings(rows.iter().map(|r| r.lang.as_str())),
+                strings(rows.iter().map(|r| r.meta.as_str())),
+            ],
+        )
+    }
+    fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<Self>, ArtifactError> {
+        let (id, text, source, lang, meta) = (
+            str_col(path, b, col::ID)?,
+            str_col(path, b, col::TEXT)?,
+            str_col(path, b, col::SOURCE)?,
+            str_col(path, b, col::LANG)?,
+            str_col(path, b, col::META)?,
+        );
+        Ok(id
+            .into_iter()
+            .zip(text)
+            .zip(source)
+            .zip(lang)
+            .zip(meta)
+            .map(|((((id, text), source), lang), meta)| Document { id, text, source, lang, meta })
+            .collect())
+    }
+}
+
+/// Longest `raw` kept in a reject; `raw_len` keeps the original length.
+pub const REJECT_RAW_MAX: usize = 2000;
+
+/// A record that a stage dropped, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reject {
+    pub source: String,
+    /// 1-based line (text, JSONL) or record (CSV) number.
+    pub position: u64,
+    pub reason: String,
+    /// The record, truncated to [`REJECT_RAW_MAX`] bytes.
+    pub raw: String,
+    /// The record's original length in bytes.
+    pub raw_len: u64,
+}
+
+impl Reject {
+    pub fn new(source: &str, position: u64, reason: impl Into<String>, raw: &str) -> Self {
+        let mut end = raw.len().min(REJECT_RAW_MAX);
+        while !raw.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self {
+            source: source.to_string(),
+            position,
+            reason: reason.into(),
+            raw: raw[..end].to_string(),
+            raw_len: raw.len() as u64,
+        }
+    }
+}
+
+impl Artifact for Reject {
+    const KIND: ArtifactKind = ArtifactKind::Rejects;
+    fn to_batch(rows: &[Self]) -> RecordBatch {
+        batch(
+            Self::KIND,
+            vec![
+                strings(rows.iter().map(|r| r.source.as_str())),
+                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.position))),
+                strings(rows.iter().map(|r| r.reason.as_str())),
+                strings(rows.iter().map(|r| r.raw.as_str())),
+                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.raw_len))),
+            ],
+        )
+    }
+    fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<Self>, ArtifactError> {
+        let source = str_col(path, b, col::SOURCE)?;
+        let position = u64_col(path, b, col::POSITION)?;
+        let reason = str_col(path, b, col::REASON)?;
+        let raw = str_col(path, b, col::RAW)?;
+        let raw_len = u64_col(path, b, col::RAW_LEN)?;
+        Ok((0..source.len())
+            .map(|i| Reject {
+                source: source[i].clone(),
+                position: position[i],
+                reason: reason[i].clone(),
+                raw: raw[i].clone(),
+                raw_len: raw_len[i],
+            })
+            .collect())
+    }
+}
+
+/// A document's token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRow {
+    pub doc_id: String,
+    pub ids: Vec<u32>,
+}
+
+impl Artifact for TokenRow {
+    const KIND: ArtifactKind = ArtifactKind::Tokens;
+    fn to_batch(rows: &[Self]) -> RecordBatch {
+        let total: usize = rows.iter().map(|r| r.ids.len()).sum();
+        let mut ids = ListBuilder::with_capacity(UInt32Builder::with_capacity(total), rows.len())
+            .with_field(Arc::new(arrow_schema::Field::new("item", arrow_schema::DataType::UInt32, false)));
+        for r in rows {
+            ids.values().append_slice(&r.ids);
+            ids.append(true);
+        }
+        batch(Self::KIND, vec![strings(rows.iter().map(|r| r.doc_id.as_str())), Arc::new(ids.finish())])
+    }
+    fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<Self>, ArtifactError> {
+        let doc_id = str_col(path, b, col::DOC_ID)?;
+        let list = column::<ListArray>(path, b, col::IDS)?;
+        no_nulls(path, col::IDS, list)?;
+        let values = list
+            .values()
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .ok_or_else(|| ArtifactError::BadValue {
+                path: path.into(),
+                row: 0,
+                problem: "`ids` items are not u32".into(),
+            })?;
+        let offsets = list.value_offsets();
+        Ok(doc_id
+            .into_iter()
+            .enumerate()
+            .map(|(i, doc_id)| {
+                let (s, e) = (offsets[i] as usize, offsets[i + 1] as usize);
+                TokenRow { doc_id, ids: values.values()[s..e].to_vec() }
+            })
+            .collect())
+    }
+}
+
+/// One measured value: `name` at `step` of `stage`, on `split`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricRow {
+    pub stage: String,
+    pub step: u64,
+    pub name: String,
+    pub value: f64,
+    /// `train`, `val`, `test`, or `-` when not tied to a split.
+    pub split: String,
+}
+
+impl MetricRow {
+    pub fn new(stage: &str, step: u64, name: &str, value: f64, split: &str) -> Self {
+        Self { stage: stage.into(), step, name: name.into(), value, split: split.into() }
+    }
+}
+
+impl Artifact for MetricRow {
+    const KIND: ArtifactKind = ArtifactKind::Metrics;
+    fn to_batch(rows: &[Self]) -> RecordBatch {
+        batch(
+            Self::KIND,
+            vec![
+                strings(rows.iter().map(|r| r.stage.as_str())),
+                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.step))),
+                strings(rows.iter().map(|r| r.name.as_str())),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.value))),
+                strings(rows.iter().map(|r| r.split.as_str())),
+            ],
+        )
+    }
+    fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<Self>, ArtifactError> {
+        let stage = str_col(path, b, col::STAGE)?;
+        let step = u64_col(path, b, col::STEP)?;
+        let name = str_col(path, b, col::NAME)?;
+        let value = column::<Float64Array>(path, b, col::VALUE)?;
+        no_nulls(path, col::VALUE, value)?;
+        let split = str_col(path, b, col::SPLIT)?;
+        Ok((0..stage.len())
+            .map(|i| MetricRow {
+                stage: stage[i].clone(),
+                step: step[i],
+                name: name[i].clone(),
+                value: value.value(i),
+                split: split[i].clone(),
+            })
+            .collect())
+    }
+}
+
+/// A model's completion of a prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub prompt: String,
+    pub completion: String,
+    pub model: String,
+    pub reward: Option<f32>,
+}
+
+impl Artifact for Generation {
+    const KIND: ArtifactKind = ArtifactKind::Generations;
+    fn to_batch(rows: &[Self]) -> RecordBatch {
+        batch(
+            Self::KIND,
+            vec![
+                strings(rows.iter().map(|r| r.prompt.as_str())),
+                strings(rows.iter().map(|r| r.completion.as_str())),
+                strings(rows.iter().map(|r| r.model.as_str())),
+                Arc::new(Float32Array::from(rows.iter().map(|r| r.reward).collect::<Vec<_>>())),
+            ],
+        )
+    }
+    fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<Self>, ArtifactError> {
+        let prompt = str_col(path, b, col::PROMPT)?;
+        let completion = str_col(path, b, col::COMPLETION)?;
+        let model = str_col(path, b, col::MODEL)?;
+        let reward = column::<Float32Array>(path, b, col::REWARD)?;
+        Ok((0..prompt.len())
+            .map(|i| Generation {
+                prompt: prompt[i].clone(),
+                completion: completion[i].clone(),
+                model: model[i].clone(),
+                reward: (!reward.is_null(i)).then(|| reward.value(i)),
+            })
+            .collect())
+    }
+}

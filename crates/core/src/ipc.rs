@@ -1,0 +1,91 @@
+//! Arrow IPC files: atomic writes and schema-checked reads.
+
+use crate::schema::{describe_fields, meta, ArtifactKind};
+use arrow_array::RecordBatch;
+use arrow_ipc::reader::FileReader;
+use arrow_ipc::writer::FileWriter;
+use arrow_schema::{ArrowError, Schema};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Errors of artifact I/O; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a readable Arrow IPC file: {source}")]
+    Arrow { path: PathBuf, source: ArrowError },
+    #[error("{path}: expected a `{expected}` artifact, found schema `{found}`")]
+    WrongKind { path: PathBuf, expected: &'static str, found: String },
+    #[error("{path}: `{kind}` schema mismatch: expected columns [{expected}], found [{found}]")]
+    SchemaMismatch { path: PathBuf, kind: &'static str, expected: String, found: String },
+    #[error("{path}: row {row}: {problem}")]
+    BadValue { path: PathBuf, row: usize, problem: String },
+}
+
+/// Writes `batches` as an artifact of `kind`, atomically (temp file + rename).
+/// Each batch's columns must match the kind's schema.
+pub fn write_artifact(
+    path: &Path,
+    kind: ArtifactKind,
+    stage: &str,
+    config_hash: &str,
+    batches: &[RecordBatch],
+) -> Result<(), ArtifactError> {
+    let schema = Arc::new(kind.schema(stage, config_hash));
+    let io_err = |source| ArtifactError::Io { path: path.to_path_buf(), source };
+    crate::fsutil::atomic_write_with(path, |w| {
+        let to_io = |e: ArrowError| std::io::Error::other(e.to_string());
+        let mut writer = FileWriter::try_new(w, &schema).map_err(to_io)?;
+        for batch in batches {
+            let batch = batch.clone().with_schema(schema.clone()).map_err(to_io)?;
+            writer.write(&batch).map_err(to_io)?;
+        }
+        writer.finish().map_err(to_io)
+    })
+    .map_err(io_err)
+}
+
+/// Reads an artifact, checking first that it is of `kind` and has its columns.
+pub fn read_artifact(path: &Path, kind: ArtifactKind) -> Result<Vec<RecordBatch>, ArtifactError> {
+    let file = File::open(path).map_err(|source| ArtifactError::Io { path: path.into(), source })?;
+    let reader = FileReader::try_new(BufReader::new(file), None)
+        .map_err(|source| ArtifactError::Arrow { path: path.into(), source })?;
+    check_schema(path, kind, &reader.schema())?;
+    reader
+        .map(|b| b.map_err(|source| ArtifactError::Arrow { path: path.into(), source }))
+        .collect()
+}
+
+/// Checks that `found` is an artifact of `kind`: its metadata names the kind and
+/// every expected column is there with the expected type.
+pub fn check_schema(path: &Path, kind: ArtifactKind, found: &Schema) -> Result<(), ArtifactError> {
+    if let Some(name) = found.metadata().get(meta::SCHEMA) {
+        if name != kind.name() {
+            return Err(ArtifactError::WrongKind {
+                path: path.into(),
+                expected: kind.name(),
+                found: name.clone(),
+            });
+        }
+    }
+    let expected = kind.fields();
+    let ok = expected.iter().all(|e| {
+        found
+            .field_with_name(e.name())
+            .map(|f| f.data_type().equals_datatype(e.data_type()))
+            .unwrap_or(false)
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ArtifactError::SchemaMismatch {
+            path: path.into(),
+            kind: kind.name(),
+            expected: describe_fields(&expected),
+            found: describe_fields(found.fields().iter().map(|f| f.as_ref())),
+        })
+    }
+}

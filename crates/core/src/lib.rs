@@ -1,0 +1,22 @@
+//! forja-core: the contracts between stages.
+//!
+//! - [`schema`]: the Arrow schema of every artifact, with column-name constants;
+//! - [`ipc`]: atomic Arrow IPC writes and schema-checked reads;
+//! - [`artifacts`]: typed rows (documents, rejects, tokens, metrics, generations)
+//!   and their conversion to and from record batches;
+//! - [`hash`] and [`manifest`]: content hashes and the run manifest;
+//! - [`fsutil`]: atomic file and directory writes.
+//!
+//! This crate never depends on libtorch.
+
+pub mod artifacts;
+pub mod fsutil;
+pub mod hash;
+pub mod ipc;
+pub mod manifest;
+pub mod schema;
+pub mod stage;
+
+pub use artifacts::{Artifact, Document, Generation, MetricRow, Reject, TokenRow};
+pub use ipc::{read_artifact, write_artifact, ArtifactError};
+pub use schema::ArtifactKind;

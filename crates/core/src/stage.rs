@@ -1,0 +1,203 @@
+//! What every stage shares: its declared inputs and outputs, the context a run
+//! gives it, and the command line of the stage binaries.
+//!
+//! A stage is a library function `run(cfg, inputs, out_dir)`; the orchestrator and
+//! the stage's own binary both reach it through [`Stage::run`], so they cannot drift.
+
+use anyhow::{bail, Context};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One declared input of a stage.
+#[derive(Debug, Clone, Copy)]
+pub struct InputSpec {
+    pub name: &'static str,
+    pub required: bool,
+    /// Whether the input takes several files (globs allowed).
+    pub many: bool,
+}
+
+/// One declared output: a file or folder inside the stage's output folder.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputSpec {
+    pub name: &'static str,
+    pub path: &'static str,
+}
+
+/// What a run tells a stage.
+#[derive(Debug, Clone)]
+pub struct StageCtx {
+    /// The stage's name in the pipeline (written into metrics and artifact metadata).
+    pub name: String,
+    pub seed: u64,
+    /// `cpu` or `cuda` (or `cuda:N`).
+    pub device: String,
+    /// Hash of the stage's parameters, written into artifact metadata.
+    pub config_hash: String,
+}
+
+/// Resolved input paths by input name.
+#[derive(Debug, Clone, Default)]
+pub struct StageInputs(pub BTreeMap<String, Vec<PathBuf>>);
+
+impl StageInputs {
+    /// The single path of a required input.
+    pub fn one(&self, name: &str) -> anyhow::Result<&Path> {
+        match self.0.get(name).map(Vec::as_slice) {
+            Some([p]) => Ok(p),
+            Some([]) | None => bail!("missing input `{name}`"),
+            Some(many) => bail!("input `{name}` takes one path, got {}", many.len()),
+        }
+    }
+
+    /// The single path of an optional input.
+    pub fn optional(&self, name: &str) -> anyhow::Result<Option<&Path>> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(_) => self.one(name).map(Some),
+        }
+    }
+
+    /// All paths of an input.
+    pub fn many(&self, name: &str) -> &[PathBuf] {
+        self.0.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// A stage kind: its declaration and its entry point.
+#[derive(Clone, Copy)]
+pub struct Stage {
+    pub kind: &'static str,
+    pub about: &'static str,
+    pub inputs: &'static [InputSpec],
+    pub outputs: &'static [OutputSpec],
+    /// Checks parameters without running (unknown keys, bad values).
+    pub check: fn(&serde_json::Value) -> anyhow::Result<()>,
+    /// Runs the stage: parameters as JSON, resolved inputs, output folder.
+    pub run: fn(&serde_json::Value, &StageInputs, &Path, &StageCtx) -> anyhow::Result<()>,
+}
+
+impl Stage {
+    pub fn output_path(&self, out_dir: &Path, name: &str) -> Option<PathBuf> {
+        self.outputs.iter().find(|o| o.name == name).map(|o| out_dir.join(o.path))
+    }
+}
+
+/// Deserialises stage parameters, naming the stage kind in errors.
+pub fn parse_params<T: serde::de::DeserializeOwned>(kind: &str, params: &serde_json::Value) -> anyhow::Result<T> {
+    serde_json::from_value(params.clone()).with_context(|| format!("parameters of stage `{kind}`"))
+}
+
+/// Parses `key=value` into a JSON value; `value` is read as JSON when it parses
+/// (numbers, booleans, arrays), else as a string. Dotted keys nest: `a.b=1`.
+pub fn set_param(params: &mut serde_json::Value, assignment: &str) -> anyhow::Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .with_context(|| format!("`{assignment}`: expected KEY=VALUE"))?;
+    let value = serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.to_string()));
+    let mut node = params;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !node.is_object() {
+            *node = serde_json::Value::Object(Default::default());
+        }
+        let map = node.as_object_mut().context("parameters are an object")?;
+        if i + 1 == parts.len() {
+            map.insert(part.to_string(), value);
+            return Ok(());
+        }
+        node = map.entry(part.to_string()).or_insert_with(|| serde_json::json!({}));
+    }
+    bail!("`{assignment}`: empty key")
+}
+
+/// Command line of a stage binary: `BIN KIND --input NAME=PATH ... --set KEY=VALUE ... --out DIR`.
+#[derive(Debug, clap::Parser)]
+pub struct StageArgs {
+    /// Stage kind to run.
+    pub kind: String,
+    /// An input, NAME=PATH (repeat a name for several paths; globs allowed where the input takes many).
+    #[arg(long = "input", short = 'i')]
+    pub inputs: Vec<String>,
+    /// A parameter, KEY=VALUE (dotted keys nest).
+    #[arg(long = "set", short = 's')]
+    pub params: Vec<String>,
+    /// Output folder.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Runs one stage of `stages` from parsed [`StageArgs`].
+pub fn run_from_args(stages: &[Stage], args: &StageArgs) -> anyhow::Result<()> {
+    let stage = stages
+        .iter()
+        .find(|s| s.kind == args.kind)
+        .with_context(|| {
+            let kinds: Vec<_> = stages.iter().map(|s| s.kind).collect();
+            format!("unknown stage kind `{}` (known: {})", args.kind, kinds.join(", "))
+        })?;
+    let mut params = serde_json::json!({});
+    for p in &args.params {
+        set_param(&mut params, p)?;
+    }
+    (stage.check)(&params)?;
+    let mut inputs = StageInputs::default();
+    for i in &args.inputs {
+        let (name, path) = i.split_once('=').with_context(|| format!("--input `{i}`: expected NAME=PATH"))?;
+        let spec = stage
+            .inputs
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| format!("stage `{}` has no input `{name}`", stage.kind))?;
+        let paths = if spec.many { expand_glob(path)? } else { vec![PathBuf::from(path)] };
+        inputs.0.entry(name.to_string()).or_default().extend(paths);
+    }
+    for spec in stage.inputs.iter().filter(|s| s.required) {
+        if !inputs.0.contains_key(spec.name) {
+            bail!("stage `{}` needs input `{}`", stage.kind, spec.name);
+        }
+    }
+    let ctx = StageCtx {
+        name: stage.kind.to_string(),
+        seed: args.seed,
+        device: args.device.clone(),
+        config_hash: crate::hash::hash_json(&params),
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    (stage.run)(&params, &inputs, &args.out, &ctx)
+}
+
+/// Expands a glob into the sorted paths it matches; a plain path is returned as is.
+/// A pattern that matches nothing is an error.
+pub fn expand_glob(pattern: &str) -> anyhow::Result<Vec<PathBuf>> {
+    if !pattern.contains(['*', '?', '[']) {
+        return Ok(vec![PathBuf::from(pattern)]);
+    }
+    let mut paths = Vec::new();
+    for entry in glob::glob(pattern).with_context(|| format!("bad glob `{pattern}`"))? {
+        paths.push(entry.with_context(|| format!("reading a match of `{pattern}`"))?);
+    }
+    paths.sort();
+    if paths.is_empty() {
+        bail!("`{pattern}` matches no file");
+    }
+    Ok(paths)
+}
+
+/// Initialises `tracing` logs to stderr (RUST_LOG, default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber_env_filter();
+    let _ignored = tracing::subscriber::set_global_default(filter);
+}
+
+fn tracing_subscriber_env_filter() -> impl tracing::Subscriber + Send + Sync {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .finish()
+}

@@ -1,0 +1,13 @@
+//! forja-data: collection and preparation of training data.
+//!
+//! Readers ([`read`]), cleaning and exact de-duplication ([`clean`]), deterministic
+//! splits ([`split`]), tokenizers ([`tokenizer`]) and the stages that compose them
+//! ([`stages`]). Never depends on libtorch.
+
+pub mod clean;
+pub mod read;
+pub mod split;
+pub mod stages;
+pub mod tokenizer;
+
+pub use stages::STAGES;

@@ -1,0 +1,142 @@
+//! forja-eval: evaluation of trained models.
+//!
+//! First cut: validation loss and perplexity of a language model over a whole
+//! token split, sample generations, written as artifacts and a Markdown report.
+
+use anyhow::Context;
+use forja_core::artifacts::Artifact;
+use forja_core::stage::{parse_params, InputSpec, OutputSpec, Stage, StageCtx, StageInputs};
+use forja_core::{Generation, MetricRow, TokenRow};
+use forja_model::{generate, load_model, parse_device, Gpt, SamplingConfig};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::Tensor;
+
+/// Parameters of the `eval` stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Windows per forward pass when scoring the split.
+    pub batch_size: i64,
+    /// Score at most this many tokens (0: all).
+    pub max_tokens: usize,
+    /// Prompts to continue; `""` starts from the first token of the split.
+    pub prompts: Vec<String>,
+    pub sampling: SamplingConfig,
+    pub device: Option<String>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { batch_size: 32, max_tokens: 0, prompts: vec!["\n".into()], sampling: SamplingConfig::default(), device: None }
+    }
+}
+
+/// Loss of a language model on a split.
+#[derive(Debug, Clone, Serialize)]
+pub struct LmScore {
+    pub loss: f64,
+    pub perplexity: f64,
+    pub tokens: usize,
+}
+
+/// Mean next-token loss over `ids`, cut into non-overlapping windows of the
+/// model's context (each scored token counted once).
+pub fn score_tokens(model: &Gpt, ids: &[i64], batch_size: i64) -> anyhow::Result<LmScore> {
+    let _guard = tch::no_grad_guard();
+    let block = model.cfg.block_size as usize;
+    anyhow::ensure!(ids.len() > 1, "need at least 2 tokens to score, got {}", ids.len());
+    let starts: Vec<usize> = (0..ids.len() - 1).step_by(block).collect();
+    let (mut total, mut count) = (0.0f64, 0usize);
+    // Full windows go in batches; the last, shorter window alone.
+    let full: Vec<usize> = starts.iter().copied().filter(|&s| s + block < ids.len()).collect();
+    for chunk in full.chunks(batch_size.max(1) as usize) {
+        let xs: Vec<i64> = chunk.iter().flat_map(|&s| ids[s..s + block].iter().copied()).collect();
+        let ys: Vec<i64> = chunk.iter().flat_map(|&s| ids[s + 1..s + 1 + block].iter().copied()).collect();
+        let n = (chunk.len() * block) as f64;
+        total += window_loss(model, &xs, &ys, chunk.len() as i64) * n;
+        count += chunk.len() * block;
+    }
+    if let Some(&s) = starts.iter().find(|&&s| s + block >= ids.len()) {
+        let len = ids.len() - 1 - s;
+        total += window_loss(model, &ids[s..s + len], &ids[s + 1..s + 1 + len], 1) * len as f64;
+        count += len;
+    }
+    let loss = total / count as f64;
+    Ok(LmScore { loss, perplexity: loss.exp(), tokens: count })
+}
+
+fn window_loss(model: &Gpt, xs: &[i64], ys: &[i64], rows: i64) -> f64 {
+    let device = model.device();
+    let x = Tensor::from_slice(xs).to(device).view([rows, -1]);
+    let y = Tensor::from_slice(ys).to(device).view([rows, -1]);
+    model.loss(&x, &y, false).double_value(&[])
+}
+
+/// Scores `split` and samples completions; writes `metrics.arrow`,
+/// `generations.arrow` and `report.md` under `out_dir`.
+pub fn run(cfg: &EvalConfig, model_dir: &Path, split: &Path, out_dir: &Path, ctx: &StageCtx) -> anyhow::Result<LmScore> {
+    let device = parse_device(cfg.device.as_deref().unwrap_or(&ctx.device))?;
+    let loaded = load_model(model_dir, device)?;
+    let rows = TokenRow::read(split)?;
+    let mut ids: Vec<i64> = rows.iter().flat_map(|r| r.ids.iter().map(|&t| t as i64)).collect();
+    if cfg.max_tokens > 0 {
+        ids.truncate(cfg.max_tokens);
+    }
+    let score = score_tokens(&loaded.model, &ids, cfg.batch_size).with_context(|| format!("scoring {}", split.display()))?;
+    let metrics = vec![
+        MetricRow::new(&ctx.name, 0, "loss", score.loss, "val"),
+        MetricRow::new(&ctx.name, 0, "perplexity", score.perplexity, "val"),
+        MetricRow::new(&ctx.name, 0, "tokens", score.tokens as f64, "val"),
+    ];
+    let mut gens = Vec::new();
+    for prompt in &cfg.prompts {
+        let prompt_ids: Vec<u32> = if prompt.is_empty() {
+            ids.first().map(|&t| vec![t as u32]).unwrap_or_default()
+        } else {
+            loaded.tokenizer.encode(prompt)?
+        };
+        let out = generate(&loaded.model, &prompt_ids, None, &cfg.sampling)?;
+        let completion = loaded.tokenizer.decode(&out)?;
+        gens.push(Generation { prompt: prompt.clone(), completion, model: model_dir.display().to_string(), reward: None });
+    }
+    MetricRow::write(&out_dir.join("metrics.arrow"), &ctx.name, &ctx.config_hash, &metrics)?;
+    Generation::write(&out_dir.join("generations.arrow"), &ctx.name, &ctx.config_hash, &gens)?;
+    let report = report_md(model_dir, split, &score, &gens);
+    forja_core::fsutil::atomic_write(&out_dir.join("report.md"), report.as_bytes())?;
+    println!("eval: val loss {:.4}, perplexity {:.2} over {} tokens", score.loss, score.perplexity, score.tokens);
+    Ok(score)
+}
+
+fn report_md(model_dir: &Path, split: &Path, s: &LmScore, gens: &[Generation]) -> String {
+    let mut r = format!("# Evaluation\n\nModel: `{}`\nSplit: `{}`\n\n", model_dir.display(), split.display());
+    r += "| metric | value |\n|---|---|\n";
+    r += &format!("| val loss | {:.4} |\n| perplexity | {:.3} |\n| tokens scored | {} |\n\n", s.loss, s.perplexity, s.tokens);
+    r += "## Samples\n\n";
+    for g in gens {
+        r += &format!("Prompt: `{:?}`\n\n```text\n{}{}\n```\n\n", g.prompt, g.prompt, g.completion);
+    }
+    r
+}
+
+fn run_stage(p: &serde_json::Value, inputs: &StageInputs, out: &Path, ctx: &StageCtx) -> anyhow::Result<()> {
+    let cfg: EvalConfig = parse_params("eval", p)?;
+    run(&cfg, inputs.one("model")?, inputs.one("split")?, out, ctx).map(drop)
+}
+
+/// The `eval` stage.
+pub const EVAL: Stage = Stage {
+    kind: "eval",
+    about: "loss and perplexity of a language model on a token split, and sample generations",
+    inputs: &[InputSpec { name: "model", required: true, many: false }, InputSpec { name: "split", required: true, many: false }],
+    outputs: &[
+        OutputSpec { name: "metrics", path: "metrics.arrow" },
+        OutputSpec { name: "generations", path: "generations.arrow" },
+        OutputSpec { name: "report", path: "report.md" },
+    ],
+    check: |p| parse_params::<EvalConfig>("eval", p).map(drop),
+    run: run_stage,
+};
+
+/// All stages of this crate.
+pub const STAGES: &[Stage] = &[EVAL];

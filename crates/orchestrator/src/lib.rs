@@ -1,0 +1,16 @@
+//! forja: the orchestrator. Parses pipeline files ([`pipeline`]) into checked plans
+//! and runs them with content-hash caching ([`run`]).
+
+pub mod pipeline;
+pub mod run;
+
+use forja_core::stage::Stage;
+
+/// Every stage kind forja knows.
+pub fn registry() -> Vec<Stage> {
+    let mut stages = Vec::new();
+    stages.extend_from_slice(forja_data::STAGES);
+    stages.extend_from_slice(forja_pretrain::STAGES);
+    stages.extend_from_slice(forja_eval::STAGES);
+    stages
+}

@@ -1,0 +1,353 @@
+//! Pipeline files, parsed in two steps: raw TOML (serde, with spans) becomes a
+//! checked [`Plan`], so nothing runs on an invalid pipeline. Every error names the
+//! file and line.
+
+use anyhow::{anyhow, bail, Result};
+use forja_core::stage::{expand_glob, Stage};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    pipeline: RawHeader,
+    #[serde(rename = "stage", default)]
+    stages: Vec<Spanned<RawStage>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeader {
+    name: String,
+    /// Folder that relative paths start from, relative to the pipeline file's folder.
+    #[serde(default)]
+    root: Option<String>,
+    /// Output folder (relative to `root`); default `runs/NAME`.
+    #[serde(default)]
+    out_dir: Option<String>,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    #[serde(default = "default_device")]
+    device: String,
+}
+
+fn default_seed() -> u64 {
+    1337
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    name: Spanned<String>,
+    kind: Spanned<String>,
+    #[serde(default)]
+    inputs: BTreeMap<String, Spanned<RawInput>>,
+    #[serde(default)]
+    params: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Where an input comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputSource {
+    /// Files on disk (globs expanded, checked to exist).
+    Files(Vec<PathBuf>),
+    /// The output `output` of stage `stage` (`@stage.output` in the file).
+    Output { stage: String, output: String },
+}
+
+/// A checked stage.
+#[derive(Clone)]
+pub struct PlannedStage {
+    pub name: String,
+    pub stage: Stage,
+    pub inputs: BTreeMap<String, Vec<InputSource>>,
+    pub params: serde_json::Value,
+}
+
+/// A checked pipeline: stages in an order where every stage comes after those it reads.
+pub struct Plan {
+    pub name: String,
+    pub file: PathBuf,
+    pub out_dir: PathBuf,
+    pub seed: u64,
+    pub device: String,
+    pub stages: Vec<PlannedStage>,
+}
+
+/// A parameter override from the command line: `stage.key.sub=value`.
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub stage: String,
+    pub path: Vec<String>,
+    pub value: toml::Value,
+}
+
+impl std::str::FromStr for Override {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (key, raw) = s.split_once('=').ok_or_else(|| anyhow!("--set `{s}`: expected STAGE.PARAM=VALUE"))?;
+        let mut parts: Vec<String> = key.split('.').map(str::to_string).collect();
+        if parts.len() < 2 || parts.iter().any(String::is_empty) {
+            bail!("--set `{s}`: expected STAGE.PARAM=VALUE");
+        }
+        let stage = parts.remove(0);
+        // TOML syntax when it parses (numbers, booleans, arrays, quoted strings), else a bare string.
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        Ok(Self { stage, path: parts, value })
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, msg: impl std::fmt::Display) -> anyhow::Error {
+        anyhow!("{}:{}: {msg}", self.file.display(), line_of(self.text, span.start))
+    }
+
+    /// Line of `key` inside `span` (for errors about one parameter).
+    fn key_span(&self, span: &Range<usize>, key: &str) -> Range<usize> {
+        let body = &self.text[span.clone()];
+        let mut offset = span.start;
+        for line in body.split_inclusive('\n') {
+            let t = line.trim_start();
+            if t.starts_with(key) && t[key.len()..].trim_start().starts_with(['=', '.']) {
+                return offset..offset + line.len();
+            }
+            offset += line.len();
+        }
+        span.clone()
+    }
+}
+
+/// Reads and checks a pipeline file against the known `stages`, applying `overrides`.
+pub fn load(file: &Path, registry: &[Stage], overrides: &[Override]) -> Result<Plan> {
+    let text = std::fs::read_to_string(file).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    parse(file, &text, registry, overrides)
+}
+
+/// Checks a pipeline given as text (`file` is for messages and relative paths).
+pub fn parse(file: &Path, text: &str, registry: &[Stage], overrides: &[Override]) -> Result<Plan> {
+    let cx = Ctx { file, text };
+    let raw: RawPipeline = toml::from_str(text).map_err(|e| match e.span() {
+        Some(span) => cx.err(span, e.message()),
+        None => anyhow!("{}: {}", file.display(), e.message()),
+    })?;
+    let base = file.parent().unwrap_or(Path::new(".")).join(raw.pipeline.root.as_deref().unwrap_or("."));
+    let out_dir = base.join(raw.pipeline.out_dir.clone().unwrap_or_else(|| format!("runs/{}", raw.pipeline.name)));
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, s) in raw.stages.iter().enumerate() {
+        let name = s.get_ref().name.get_ref();
+        if seen.insert(name.clone(), i).is_some() {
+            bail!(cx.err(s.get_ref().name.span(), format!("duplicate stage name `{name}`")));
+        }
+    }
+    for o in overrides {
+        if !seen.contains_key(&o.stage) {
+            bail!("--set: no stage named `{}` in {}", o.stage, file.display());
+        }
+    }
+
+    let mut planned = Vec::new();
+    for s in &raw.stages {
+        planned.push(check_stage(&cx, s, &raw.stages, &seen, registry, &base, overrides)?);
+    }
+    if raw.stages.is_empty() {
+        bail!("{}: the pipeline has no [[stage]]", file.display());
+    }
+    let order = topo_order(&planned, &raw.stages, &cx)?;
+    let stages = order.into_iter().map(|i| planned[i].clone()).collect();
+    Ok(Plan {
+        name: raw.pipeline.name,
+        file: file.to_path_buf(),
+        out_dir,
+        seed: raw.pipeline.seed,
+        device: raw.pipeline.device,
+        stages,
+    })
+}
+
+fn check_stage(
+    cx: &Ctx,
+    s: &Spanned<RawStage>,
+    all: &[Spanned<RawStage>],
+    names: &HashMap<String, usize>,
+    registry: &[Stage],
+    base: &Path,
+    overrides: &[Override],
+) -> Result<PlannedStage> {
+    let raw = s.get_ref();
+    let name = raw.name.get_ref().clone();
+    let kind = raw.kind.get_ref();
+    let stage = *registry.iter().find(|r| r.kind == kind).ok_or_else(|| {
+        let known: Vec<_> = registry.iter().map(|r| r.kind).collect();
+        cx.err(raw.kind.span(), format!("unknown stage kind `{kind}` (known: {})", known.join(", ")))
+    })?;
+
+    // Parameters: the file's table, then command-line overrides, then the stage's own check.
+    let mut table = raw.params.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
+    for o in overrides.iter().filter(|o| o.stage == name) {
+        set_path(&mut table, &o.path, o.value.clone());
+    }
+    let params = serde_json::to_value(&table)?;
+    if let Err(e) = (stage.check)(&params) {
+        let msg = format!("{e:#}");
+        let span = raw.params.as_ref().map_or(s.span(), |p| p.span());
+        let span = match unknown_field(&msg) {
+            Some(key) => cx.key_span(&span, &key),
+            None => span,
+        };
+        bail!(cx.err(span, format!("stage `{name}`: {msg}")));
+    }
+
+    let mut inputs = BTreeMap::new();
+    for (input, value) in &raw.inputs {
+        let spec = stage.inputs.iter().find(|i| i.name == input).ok_or_else(|| {
+            let known: Vec<_> = stage.inputs.iter().map(|i| i.name).collect();
+            cx.err(value.span(), format!("stage `{name}` ({kind}) has no input `{input}` (inputs: {})", known.join(", ")))
+        })?;
+        let items = match value.get_ref() {
+            RawInput::One(v) => vec![v.clone()],
+            RawInput::Many(v) => v.clone(),
+        };
+        if items.len() != 1 && !spec.many {
+            bail!(cx.err(value.span(), format!("input `{input}` of stage `{name}` takes one path")));
+        }
+        let mut sources = Vec::new();
+        for item in items {
+            sources.push(resolve_input(cx, value.span(), &name, &item, all, names, registry, base, spec.many)?);
+        }
+        inputs.insert(input.clone(), sources);
+    }
+    for spec in stage.inputs.iter().filter(|i| i.required) {
+        if !inputs.contains_key(spec.name) {
+            bail!(cx.err(s.span(), format!("stage `{name}` ({kind}) needs input `{}`", spec.name)));
+        }
+    }
+    Ok(PlannedStage { name, stage, inputs, params })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resolve_input(
+    cx: &Ctx,
+    span: Range<usize>,
+    stage_name: &str,
+    item: &str,
+    all: &[Spanned<RawStage>],
+    names: &HashMap<String, usize>,
+    registry: &[Stage],
+    base: &Path,
+    many: bool,
+) -> Result<InputSource> {
+    if let Some(reference) = item.strip_prefix('@') {
+        let (from, output) = reference
+            .split_once('.')
+            .ok_or_else(|| cx.err(span.clone(), format!("`{item}`: a reference is `@STAGE.OUTPUT`")))?;
+        let idx = *names.get(from).ok_or_else(|| cx.err(span.clone(), format!("`{item}`: no stage named `{from}`")))?;
+        if from == stage_name {
+            bail!(cx.err(span, format!("stage `{stage_name}` reads its own output `{item}`")));
+        }
+        let from_kind = all[idx].get_ref().kind.get_ref();
+        if let Some(st) = registry.iter().find(|r| r.kind == from_kind) {
+            if !st.outputs.iter().any(|o| o.name == output) {
+                let outs: Vec<_> = st.outputs.iter().map(|o| o.name).collect();
+                bail!(cx.err(span, format!("`{item}`: stage `{from}` ({from_kind}) has no output `{output}` (outputs: {})", outs.join(", "))));
+            }
+        }
+        return Ok(InputSource::Output { stage: from.to_string(), output: output.to_string() });
+    }
+    let pattern = base.join(item);
+    let pattern = pattern.to_string_lossy();
+    let paths = if many { expand_glob(&pattern) } else { Ok(vec![PathBuf::from(pattern.as_ref())]) }
+        .map_err(|e| cx.err(span.clone(), format!("stage `{stage_name}`: {e:#}")))?;
+    for p in &paths {
+        if !p.exists() {
+            bail!(cx.err(span, format!("stage `{stage_name}`: input file {} does not exist", p.display())));
+        }
+    }
+    Ok(InputSource::Files(paths))
+}
+
+fn unknown_field(msg: &str) -> Option<String> {
+    let rest = &msg[msg.find("unknown field `")? + "unknown field `".len()..];
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table.entry(first.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(Default::default());
+            }
+            if let toml::Value::Table(t) = entry {
+                set_path(t, rest, value);
+            }
+        }
+    }
+}
+
+/// Orders stages so that each runs after the stages it reads (file order among
+/// independent ones); a cycle is an error naming its stages.
+fn topo_order(stages: &[PlannedStage], raw: &[Spanned<RawStage>], cx: &Ctx) -> Result<Vec<usize>> {
+    let index: HashMap<&str, usize> = stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let deps: Vec<Vec<usize>> = stages
+        .iter()
+        .map(|s| {
+            s.inputs
+                .values()
+                .flatten()
+                .filter_map(|src| match src {
+                    InputSource::Output { stage, .. } => index.get(stage.as_str()).copied(),
+                    InputSource::Files(_) => None,
+                })
+                .collect()
+        })
+        .collect();
+    let mut done = vec![false; stages.len()];
+    let mut order = Vec::with_capacity(stages.len());
+    while order.len() < stages.len() {
+        let next = (0..stages.len()).find(|&i| !done[i] && deps[i].iter().all(|&d| done[d]));
+        match next {
+            Some(i) => {
+                done[i] = true;
+                order.push(i);
+            }
+            None => {
+                let stuck: Vec<&str> = (0..stages.len()).filter(|&i| !done[i]).map(|i| stages[i].name.as_str()).collect();
+                let first = (0..stages.len()).find(|&i| !done[i]).unwrap_or(0);
+                bail!(cx.err(raw[first].span(), format!("cycle among stages: {}", stuck.join(" -> "))));
+            }
+        }
+    }
+    Ok(order)
+}

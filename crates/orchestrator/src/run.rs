@@ -1,0 +1,228 @@
+//! Runs a checked [`Plan`]: stages in order, each skipped when its cache key
+//! (kind, parameters, input content hashes, seed, device, program version)
+//! matches its last successful run and its outputs are intact.
+
+use crate::pipeline::{InputSource, Plan, PlannedStage};
+use anyhow::{bail, Context, Result};
+use forja_core::artifacts::Artifact;
+use forja_core::hash::{hash_json, hash_path};
+use forja_core::manifest::{HashedPath, RunManifest, StageRecord, StageStatus};
+use forja_core::stage::{StageCtx, StageInputs};
+use forja_core::MetricRow;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a stage folder remembers of its last successful run.
+#[derive(Debug, Serialize, Deserialize)]
+struct StageState {
+    key: String,
+    outputs: BTreeMap<String, HashedPath>,
+}
+
+const STATE_FILE: &str = ".forja-stage.json";
+
+/// Options of `forja run`.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Stages to rerun even if their key is unchanged.
+    pub force: BTreeSet<String>,
+}
+
+/// Version of this program: package version and a hash of the executable, so a
+/// rebuilt program never reuses results of an older one.
+pub fn program_version() -> String {
+    let exe = std::env::current_exe().ok().and_then(|p| hash_path(&p).ok()).unwrap_or_default();
+    format!("{}+{}", env!("CARGO_PKG_VERSION"), &exe[..exe.len().min(16)])
+}
+
+/// Runs the plan; returns the manifest (also written to `OUT/manifest.json`).
+pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunManifest> {
+    for f in &opts.force {
+        if !plan.stages.iter().any(|s| &s.name == f) {
+            bail!("--force: no stage named `{f}`");
+        }
+    }
+    std::fs::create_dir_all(&plan.out_dir).with_context(|| format!("creating {}", plan.out_dir.display()))?;
+    let version = program_version();
+    let mut manifest = RunManifest {
+        pipeline: plan.name.clone(),
+        pipeline_file: plan.file.display().to_string(),
+        program_version: version.clone(),
+        seed: plan.seed,
+        device: plan.device.clone(),
+        started_unix_s: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        stages: Vec::new(),
+    };
+    let manifest_path = plan.out_dir.join("manifest.json");
+    for stage in &plan.stages {
+        let record = run_one(plan, stage, opts, &version);
+        let failed = record.as_ref().map_or(true, |r| r.status == StageStatus::Failed);
+        match record {
+            Ok(r) => manifest.stages.push(r),
+            Err(e) => {
+                manifest.stages.push(StageRecord {
+                    name: stage.name.clone(),
+                    kind: stage.stage.kind.into(),
+                    status: StageStatus::Failed,
+                    key: String::new(),
+                    params: stage.params.clone(),
+                    inputs: BTreeMap::new(),
+                    outputs: BTreeMap::new(),
+                    wall_s: 0.0,
+                    error: Some(format!("{e:#}")),
+                });
+                manifest.save(&manifest_path)?;
+                return Err(e.context(format!("stage `{}` ({}) failed", stage.name, stage.stage.kind)));
+            }
+        }
+        if failed {
+            break;
+        }
+    }
+    manifest.save(&manifest_path)?;
+    collect_metrics(plan, &manifest)?;
+    write_report(plan, &manifest)?;
+    Ok(manifest)
+}
+
+fn stage_dir(plan: &Plan, name: &str) -> PathBuf {
+    plan.out_dir.join(name)
+}
+
+fn resolve_inputs(plan: &Plan, stage: &PlannedStage) -> Result<StageInputs> {
+    let mut inputs = StageInputs::default();
+    for (name, sources) in &stage.inputs {
+        let mut paths = Vec::new();
+        for src in sources {
+            match src {
+                InputSource::Files(p) => paths.extend(p.iter().cloned()),
+                InputSource::Output { stage: from, output } => {
+                    let upstream = plan.stages.iter().find(|s| &s.name == from).context("upstream stage")?;
+                    let path = upstream
+                        .stage
+                        .output_path(&stage_dir(plan, from), output)
+                        .with_context(|| format!("stage `{from}` has no output `{output}`"))?;
+                    paths.push(path);
+                }
+            }
+        }
+        inputs.0.insert(name.clone(), paths);
+    }
+    Ok(inputs)
+}
+
+fn run_one(plan: &Plan, stage: &PlannedStage, opts: &RunOptions, version: &str) -> Result<StageRecord> {
+    let inputs = resolve_inputs(plan, stage)?;
+    let mut hashed_inputs = BTreeMap::new();
+    for (name, paths) in &inputs.0 {
+        for (i, p) in paths.iter().enumerate() {
+            let h = HashedPath::of(p).with_context(|| format!("stage `{}`: input {}", stage.name, p.display()))?;
+            let key = if paths.len() == 1 { name.clone() } else { format!("{name}[{i}]") };
+            hashed_inputs.insert(key, h);
+        }
+    }
+    let input_hashes: BTreeMap<&String, &String> = hashed_inputs.iter().map(|(k, v)| (k, &v.blake3)).collect();
+    let key = hash_json(&serde_json::json!({
+        "kind": stage.stage.kind,
+        "params": stage.params,
+        "inputs": input_hashes,
+        "seed": plan.seed,
+        "device": plan.device,
+        "program": version,
+    }));
+    let dir = stage_dir(plan, &stage.name);
+    let state_path = dir.join(STATE_FILE);
+    let mut record = StageRecord {
+        name: stage.name.clone(),
+        kind: stage.stage.kind.into(),
+        status: StageStatus::Skipped,
+        key: key.clone(),
+        params: stage.params.clone(),
+        inputs: hashed_inputs,
+        outputs: BTreeMap::new(),
+        wall_s: 0.0,
+        error: None,
+    };
+    if !opts.force.contains(&stage.name) {
+        if let Some(outputs) = cached_outputs(&state_path, &key) {
+            println!("[{}] skipped: inputs, parameters and program unchanged", stage.name);
+            record.outputs = outputs;
+            return Ok(record);
+        }
+    }
+    println!("[{}] running {}", stage.name, stage.stage.kind);
+    std::fs::create_dir_all(&dir)?;
+    if state_path.exists() {
+        std::fs::remove_file(&state_path)?;
+    }
+    let ctx = StageCtx { name: stage.name.clone(), seed: plan.seed, device: plan.device.clone(), config_hash: hash_json(&stage.params) };
+    let started = Instant::now();
+    (stage.stage.run)(&stage.params, &inputs, &dir, &ctx)?;
+    record.wall_s = started.elapsed().as_secs_f64();
+    for out in stage.stage.outputs {
+        let path = dir.join(out.path);
+        if !path.exists() {
+            bail!("stage `{}` did not write its output `{}` ({})", stage.name, out.name, path.display());
+        }
+        record.outputs.insert(out.name.to_string(), HashedPath::of(&path)?);
+    }
+    let state = StageState { key, outputs: record.outputs.clone() };
+    forja_core::fsutil::atomic_write(&state_path, serde_json::to_string_pretty(&state)?.as_bytes())?;
+    record.status = StageStatus::Ran;
+    println!("[{}] done in {:.1}s", stage.name, record.wall_s);
+    Ok(record)
+}
+
+/// The outputs of the last successful run, if its key matches and every output
+/// still hashes as recorded.
+fn cached_outputs(state_path: &Path, key: &str) -> Option<BTreeMap<String, HashedPath>> {
+    let state: StageState = serde_json::from_str(&std::fs::read_to_string(state_path).ok()?).ok()?;
+    if state.key != key {
+        return None;
+    }
+    let intact = state
+        .outputs
+        .values()
+        .all(|o| hash_path(Path::new(&o.path)).map(|h| h == o.blake3).unwrap_or(false));
+    intact.then_some(state.outputs)
+}
+
+/// Concatenates every stage's `metrics` output into `OUT/metrics.arrow`.
+fn collect_metrics(plan: &Plan, manifest: &RunManifest) -> Result<()> {
+    let mut rows = Vec::new();
+    for rec in &manifest.stages {
+        if let Some(m) = rec.outputs.get("metrics") {
+            rows.extend(MetricRow::read(Path::new(&m.path))?);
+        }
+    }
+    MetricRow::write(&plan.out_dir.join("metrics.arrow"), "run", &plan.name, &rows)?;
+    Ok(())
+}
+
+/// Writes `OUT/report.md`: each stage's status and time, and the last value of
+/// each loss-like metric.
+fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
+    let mut r = format!("# Run `{}`\n\nPipeline: `{}`  \nProgram: `{}`\n\n", plan.name, plan.file.display(), manifest.program_version);
+    r += "| stage | kind | status | wall s |\n|---|---|---|---|\n";
+    for s in &manifest.stages {
+        r += &format!("| {} | {} | {:?} | {:.1} |\n", s.name, s.kind, s.status, s.wall_s);
+    }
+    let rows = MetricRow::read(&plan.out_dir.join("metrics.arrow"))?;
+    let mut last: BTreeMap<(String, String, String), (u64, f64)> = BTreeMap::new();
+    for m in rows.iter().filter(|m| ["loss", "perplexity"].contains(&m.name.as_str())) {
+        last.insert((m.stage.clone(), m.name.clone(), m.split.clone()), (m.step, m.value));
+    }
+    r += "\n## Final metrics\n\n| stage | metric | split | step | value |\n|---|---|---|---|---|\n";
+    for ((stage, name, split), (step, value)) in &last {
+        r += &format!("| {stage} | {name} | {split} | {step} | {value:.4} |\n");
+    }
+    for s in &manifest.stages {
+        if let Some(rep) = s.outputs.get("report") {
+            r += &format!("\nStage report: `{}`\n", rep.path);
+        }
+    }
+    forja_core::fsutil::atomic_write(&plan.out_dir.join("report.md"), r.as_bytes())?;
+    Ok(())
+}
