@@ -54,99 +54,121 @@ pub fn lr_at(cfg: &OptimConfig, step: u64, decay_steps: u64) -> f64 {
     cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
 }
 
+/// One parameter: its place in the flat buffers.
 struct Slot {
     name: String,
     param: Tensor,
-    m: Tensor,
-    v: Tensor,
-    decay: bool,
+    offset: i64,
+    numel: i64,
+    shape: Vec<i64>,
 }
 
-/// AdamW (Loshchilov & Hutter 2019) as PyTorch computes it.
+/// AdamW (Loshchilov & Hutter 2019) as PyTorch computes it, on flat buffers:
+/// every parameter, gradient and moment is a view into one contiguous tensor, so
+/// an update is a handful of vectorised kernels instead of a few per parameter.
 pub struct AdamW {
     slots: Vec<Slot>,
+    flat_p: Tensor,
+    flat_g: Tensor,
+    m: Tensor,
+    v: Tensor,
+    /// Parameters `[0, n_decay)` of the flat buffer take weight decay.
+    n_decay: i64,
     /// Number of updates taken.
     pub t: u64,
 }
 
 impl AdamW {
-    /// Tracks every trainable variable of `vs`, in name order.
+    /// Tracks every trainable variable of `vs`, in name order, moving each into
+    /// a view of one flat buffer (the variables keep their identity).
     pub fn new(vs: &nn::VarStore) -> Self {
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let slots = vars
-            .into_iter()
-            .filter(|(_, p)| p.requires_grad())
-            .map(|(name, param)| Slot {
-                m: param.zeros_like(),
-                v: param.zeros_like(),
-                decay: param.dim() >= 2,
-                name,
-                param,
-            })
-            .collect();
-        Self { slots, t: 0 }
+        let _guard = tch::no_grad_guard();
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, p)| p.requires_grad()).collect();
+        // Decayed parameters (matrices, embeddings) first, so decay is one slice.
+        vars.sort_by(|a, b| (a.1.dim() < 2, &a.0).cmp(&(b.1.dim() < 2, &b.0)));
+        let total: i64 = vars.iter().map(|(_, p)| p.numel() as i64).sum();
+        let opts = (tch::Kind::Float, vs.device());
+        let flat_p = Tensor::zeros([total], opts);
+        let mut slots = Vec::with_capacity(vars.len());
+        let (mut offset, mut n_decay) = (0, 0);
+        for (name, mut param) in vars {
+            let numel = param.numel() as i64;
+            let shape = param.size();
+            let mut view = flat_p.narrow(0, offset, numel).view(shape.as_slice());
+            view.copy_(&param);
+            param.set_data(&view);
+            if param.dim() >= 2 {
+                n_decay += numel;
+            }
+            slots.push(Slot { name, param, offset, numel, shape });
+            offset += numel;
+        }
+        Self { slots, flat_g: flat_p.zeros_like(), m: flat_p.zeros_like(), v: flat_p.zeros_like(), flat_p, n_decay, t: 0 }
+    }
+
+    fn flat_view(&self, flat: &Tensor, s: &Slot) -> Tensor {
+        flat.narrow(0, s.offset, s.numel).view(s.shape.as_slice())
+    }
+
+    /// Makes every gradient a view of the flat gradient buffer. After the first
+    /// backward pass the views stay (autograd then accumulates in place); a
+    /// gradient found elsewhere is copied in and re-homed.
+    fn gather_grads(&mut self) {
+        let _guard = tch::no_grad_guard();
+        for s in &self.slots {
+            let mut g = s.param.grad();
+            let mut home = self.flat_view(&self.flat_g, s);
+            if !g.defined() {
+                let _ = home.zero_();
+                continue;
+            }
+            if g.data_ptr() != home.data_ptr() {
+                home.copy_(&g);
+                g.set_data(&home);
+            }
+        }
     }
 
     /// Global L2 norm of the gradients; if `max_norm > 0`, scales them so the norm
     /// is at most `max_norm` (as `torch.nn.utils.clip_grad_norm_`). Returns the norm
     /// before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        self.gather_grads();
         let _guard = tch::no_grad_guard();
-        let norms: Vec<Tensor> = self.slots.iter().map(|s| s.param.grad()).filter(|g| g.defined()).map(|g| g.norm()).collect();
-        if norms.is_empty() {
-            return 0.0;
-        }
-        let total = Tensor::stack(&norms, 0).norm();
-        let total_f = total.double_value(&[]);
+        let total = self.flat_g.norm().double_value(&[]);
         if max_norm > 0.0 {
-            let coef = (max_norm / (total_f + 1e-6)).min(1.0);
+            let coef = (max_norm / (total + 1e-6)).min(1.0);
             if coef < 1.0 {
-                for s in &self.slots {
-                    let mut g = s.param.grad();
-                    if g.defined() {
-                        let _ = g.g_mul_scalar_(coef);
-                    }
-                }
+                let _ = self.flat_g.g_mul_scalar_(coef);
             }
         }
-        total_f
+        total
     }
 
     /// One AdamW update with learning rate `lr`.
     pub fn step(&mut self, cfg: &OptimConfig, lr: f64) {
+        self.gather_grads();
         let _guard = tch::no_grad_guard();
         self.t += 1;
         let bc1 = 1.0 - cfg.beta1.powi(self.t as i32);
         let bc2 = 1.0 - cfg.beta2.powi(self.t as i32);
         let step_size = lr / bc1;
-        let bc2_sqrt = bc2.sqrt();
-        for s in &mut self.slots {
-            let g = s.param.grad();
-            if !g.defined() {
-                continue;
-            }
-            if s.decay && cfg.weight_decay != 0.0 {
-                let _ = s.param.g_mul_scalar_(1.0 - lr * cfg.weight_decay);
-            }
-            let _ = s.m.lerp_(&g, 1.0 - cfg.beta1);
-            let _ = s.v.lerp_(&g.square(), 1.0 - cfg.beta2);
-            // denom = -(sqrt(v) / sqrt(bc2) + eps) / step_size, so that p += m / denom.
-            let mut denom = s.v.sqrt();
-            let _ = denom.g_div_scalar_(bc2_sqrt);
-            let _ = denom.g_add_scalar_(cfg.eps);
-            let _ = denom.g_mul_scalar_(-1.0 / step_size);
-            let _ = s.param.addcdiv_(&s.m, &denom);
+        let g = &self.flat_g;
+        if cfg.weight_decay != 0.0 && self.n_decay > 0 {
+            let _ = self.flat_p.narrow(0, 0, self.n_decay).g_mul_scalar_(1.0 - lr * cfg.weight_decay);
         }
+        let _ = self.m.lerp_(g, 1.0 - cfg.beta1);
+        let _ = self.v.lerp_(&g.square(), 1.0 - cfg.beta2);
+        // denom = -(sqrt(v) / sqrt(bc2) + eps) / step_size, so that p += m / denom.
+        let mut denom = self.v.sqrt();
+        let _ = denom.g_mul_scalar_(-1.0 / (bc2.sqrt() * step_size));
+        let _ = denom.g_add_scalar_(-cfg.eps / step_size);
+        let _ = self.flat_p.addcdiv_(&self.m, &denom);
     }
 
+    /// Zeroes the gradients in place (they stay views of the flat buffer).
     pub fn zero_grad(&mut self) {
-        for s in &mut self.slots {
-            let mut g = s.param.grad();
-            if g.defined() {
-                let _ = g.detach_().zero_();
-            }
-        }
+        let _ = self.flat_g.zero_();
     }
 
     /// The state as named tensors (`NAME.exp_avg`, `NAME.exp_avg_sq`).
@@ -154,7 +176,7 @@ impl AdamW {
         self.slots
             .iter()
             .flat_map(|s| {
-                [(format!("{}.exp_avg", s.name), s.m.shallow_clone()), (format!("{}.exp_avg_sq", s.name), s.v.shallow_clone())]
+                [(format!("{}.exp_avg", s.name), self.flat_view(&self.m, s)), (format!("{}.exp_avg_sq", s.name), self.flat_view(&self.v, s))]
             })
             .collect()
     }
@@ -165,9 +187,9 @@ impl AdamW {
         let find = |n: String| {
             tensors.iter().find(|(k, _)| *k == n).map(|(_, v)| v).ok_or_else(|| anyhow::anyhow!("optimizer state lacks `{n}`"))
         };
-        for s in &mut self.slots {
-            s.m.copy_(find(format!("{}.exp_avg", s.name))?);
-            s.v.copy_(find(format!("{}.exp_avg_sq", s.name))?);
+        for s in &self.slots {
+            self.flat_view(&self.m, s).copy_(find(format!("{}.exp_avg", s.name))?);
+            self.flat_view(&self.v, s).copy_(find(format!("{}.exp_avg_sq", s.name))?);
         }
         self.t = t;
         Ok(())

@@ -228,14 +228,14 @@ pub fn run_with_hook(
             let (tl, vl) = (estimate_loss(&model, &train, cfg, block, seed, 1), estimate_loss(&model, &val, cfg, block, seed, 2));
             metrics.push(MetricRow::new(&ctx.name, step, "loss", tl, "train"));
             metrics.push(MetricRow::new(&ctx.name, step, "loss", vl, "val"));
-            bar.println(format!("step {step}: train loss {tl:.4}, val loss {vl:.4}"));
+            say(&bar, format!("step {step}: train loss {tl:.4}, val loss {vl:.4}"));
             last_val = vl;
             if vl < best_val {
                 (best_val, evals_since_best) = (vl, 0);
             } else {
                 evals_since_best += 1;
                 if cfg.early_stopping_patience > 0 && evals_since_best >= cfg.early_stopping_patience {
-                    bar.println(format!("early stopping at step {step}: no val improvement in {evals_since_best} evaluations"));
+                    say(&bar, format!("early stopping at step {step}: no val improvement in {evals_since_best} evaluations"));
                     early_stopped = true;
                 }
             }
@@ -331,6 +331,11 @@ fn save_checkpoint(
         std::fs::write(dir.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
         Ok(())
     })
+}
+
+/// Prints a line above the progress bar (also when the bar is hidden, e.g. in CI logs).
+fn say(bar: &ProgressBar, line: String) {
+    bar.suspend(|| println!("{line}"));
 }
 
 fn progress_bar(total: u64, at: u64) -> ProgressBar {

@@ -32,6 +32,9 @@ struct Args {
     threads: i32,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Also print mean forward / backward / optimiser milliseconds.
+    #[arg(long)]
+    phases: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,16 +53,23 @@ fn main() -> anyhow::Result<()> {
     let mut opt = AdamW::new(&vs);
     let ocfg = OptimConfig { lr: 1e-3, weight_decay: 0.1, beta1: 0.9, beta2: 0.999, grad_clip: 1.0, ..Default::default() };
     let mut times = Vec::new();
+    let mut phases: Vec<[f64; 3]> = Vec::new();
     let (mut first, mut last) = (0.0, 0.0);
     for step in 0..a.warmup + a.steps {
         let (x, y) = data.random_batch(a.batch, a.block, 0, 0, step as u64);
         let t0 = Instant::now();
         let loss = model.loss(&x, &y, true);
+        let t_fwd = t0.elapsed().as_secs_f64();
         loss.backward();
+        let t_bwd = t0.elapsed().as_secs_f64();
         opt.clip_grad_norm(ocfg.grad_clip);
         opt.step(&ocfg, ocfg.lr);
         opt.zero_grad();
         let l = loss.double_value(&[]);
+        let t_opt = t0.elapsed().as_secs_f64();
+        if a.phases && step >= a.warmup {
+            phases.push([t_fwd, t_bwd - t_fwd, t_opt - t_bwd]);
+        }
         if device.is_cuda() {
             tch::Cuda::synchronize(0);
         }
@@ -71,6 +81,11 @@ fn main() -> anyhow::Result<()> {
             }
             last = l;
         }
+    }
+    if a.phases && !phases.is_empty() {
+        let n = phases.len() as f64;
+        let mean = |i: usize| phases.iter().map(|p| p[i]).sum::<f64>() / n * 1000.0;
+        eprintln!("phases ms: forward {:.2}, backward {:.2}, clip+optimizer {:.2}", mean(0), mean(1), mean(2));
     }
     times.sort_by(f64::total_cmp);
     let med = times[times.len() / 2];
