@@ -99,7 +99,8 @@ pub struct PretrainSummary {
 struct TrainerState {
     step: u64,
     adam_t: u64,
-    best_val: f64,
+    /// Best validation loss so far (none before the first validation).
+    best_val: Option<f64>,
     evals_since_best: u64,
     /// Hash of everything the trajectory depends on; a checkpoint of another
     /// configuration is never resumed.
@@ -179,7 +180,7 @@ pub fn run_with_hook(
             let moments = Tensor::read_safetensors(ckpt.join(OPTIM_FILE))?;
             opt.load_state(&moments, state.adam_t)?;
             metrics = MetricRow::read(&ckpt.join(METRICS_FILE))?;
-            (step, best_val, evals_since_best) = (state.step, state.best_val, state.evals_since_best);
+            (step, best_val, evals_since_best) = (state.step, state.best_val.unwrap_or(f64::INFINITY), state.evals_since_best);
             resumed_from = Some(step);
             tracing::info!(step, "resuming from checkpoint {}", ckpt.display());
         } else {
@@ -242,7 +243,8 @@ pub fn run_with_hook(
         }
         let due = cfg.checkpoint_interval > 0 && step % cfg.checkpoint_interval == 0;
         if due || step == cfg.max_steps || early_stopped {
-            let state = TrainerState { step, adam_t: opt.t, best_val, evals_since_best, run_key: run_key.clone() };
+            let best = best_val.is_finite().then_some(best_val);
+            let state = TrainerState { step, adam_t: opt.t, best_val: best, evals_since_best, run_key: run_key.clone() };
             save_checkpoint(&ckpt, &vs, &model_cfg, &tokenizer, &opt, &state, &metrics, ctx)?;
         }
         if early_stopped || hook(step).is_break() {

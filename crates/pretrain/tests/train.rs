@@ -1,0 +1,187 @@
+use forja_core::artifacts::Artifact;
+use forja_core::stage::StageCtx;
+use forja_core::{MetricRow, TokenRow};
+use forja_data::tokenizer::char_tokenizer;
+use forja_model::{Gpt, GptConfig};
+use forja_pretrain::batches::TokenStream;
+use forja_pretrain::optim::{lr_at, AdamW, OptimConfig};
+use forja_pretrain::{run, run_with_hook, PretrainConfig, PretrainInputs};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Tensor};
+
+fn ctx() -> StageCtx {
+    StageCtx { name: "pretrain".into(), seed: 3, device: "cpu".into(), config_hash: "t".into() }
+}
+
+/// Tokenizer and train/val token files from the first 30 kB of Tiny Shakespeare.
+fn fixture(dir: &Path) -> PretrainInputs {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tinyshakespeare/input.txt");
+    let text = std::fs::read_to_string(p).unwrap()[..30_000].to_string();
+    let tok = char_tokenizer(std::iter::once(text.as_str()), &[]).unwrap();
+    let (train, val) = text.split_at(27_000);
+    let write = |name: &str, t: &str| {
+        let path = dir.join(name);
+        TokenRow::write(&path, "tokenize", "t", &[TokenRow { doc_id: name.into(), ids: tok.encode(t).unwrap() }]).unwrap();
+        path
+    };
+    tok.save(&dir.join("tokenizer.json")).unwrap();
+    PretrainInputs { tokenizer: dir.join("tokenizer.json"), train: write("train.arrow", train), val: write("val.arrow", val), init: None }
+}
+
+fn tiny_cfg() -> PretrainConfig {
+    PretrainConfig {
+        model: GptConfig { block_size: 16, n_layer: 1, n_head: 2, n_embd: 16, ..Default::default() },
+        optim: OptimConfig { lr: 3e-3, warmup_steps: 2, ..Default::default() },
+        batch_size: 4,
+        grad_accum: 2,
+        max_steps: 9,
+        eval_interval: 4,
+        eval_iters: 2,
+        checkpoint_interval: 3,
+        log_interval: 2,
+        threads: 1,
+        ..Default::default()
+    }
+}
+
+fn weights(dir: &Path) -> Vec<(String, Tensor)> {
+    let mut w = Tensor::read_safetensors(dir.join("model/model.safetensors")).unwrap();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+#[test]
+fn loss_falls_when_overfitting_one_batch() {
+    tch::manual_seed(0);
+    let cfg = GptConfig { vocab_size: 20, block_size: 8, n_layer: 2, n_head: 2, n_embd: 32, ..Default::default() };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Gpt::new(&vs.root(), &cfg).unwrap();
+    let mut opt = AdamW::new(&vs);
+    let ocfg = OptimConfig { lr: 1e-2, weight_decay: 0.0, ..Default::default() };
+    let data: Vec<i64> = (0..64).map(|i| (i * 7 % 20) as i64).collect();
+    let stream = TokenStream::from_ids(&data, Device::Cpu).unwrap();
+    let (x, y) = stream.batch_at(&[0, 9, 20, 33], 8);
+    let mut losses = Vec::new();
+    for _ in 0..60 {
+        let loss = model.loss(&x, &y, true);
+        loss.backward();
+        opt.clip_grad_norm(1.0);
+        opt.step(&ocfg, ocfg.lr);
+        opt.zero_grad();
+        losses.push(loss.double_value(&[]));
+    }
+    assert!(losses[59] < 0.2 * losses[0], "first {} last {}", losses[0], losses[59]);
+}
+
+#[test]
+fn adamw_matches_pytorch_on_a_constant_gradient() {
+    // With a constant gradient, Adam's bias-corrected step is lr * sign(g); decoupled
+    // decay multiplies by (1 - lr * wd) first. Two steps from p = [1, -2] (a matrix):
+    // 1 * 0.99 - 0.1 = 0.89, 0.89 * 0.99 - 0.1 = 0.7811; -2 * 0.99 - 0.1 = -2.08, -2.1592.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let p = vs.root().var("w", &[1, 2], nn::Init::Const(0.0));
+    tch::no_grad(|| p.shallow_clone().copy_(&Tensor::from_slice(&[1.0f32, -2.0]).view([1, 2])));
+    let mut opt = AdamW::new(&vs);
+    let cfg = OptimConfig { lr: 0.1, weight_decay: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, ..Default::default() };
+    for _ in 0..2 {
+        let loss = (&p * Tensor::from_slice(&[0.5f32, 0.25]).view([1, 2])).sum(tch::Kind::Float);
+        loss.backward();
+        opt.step(&cfg, cfg.lr);
+        opt.zero_grad();
+    }
+    let got = Vec::<f32>::try_from(&p.view([-1])).unwrap();
+    assert!((got[0] - 0.7811).abs() < 1e-4 && (got[1] + 2.1592).abs() < 1e-4, "{got:?}");
+}
+
+#[test]
+fn gradient_clipping_bounds_the_global_norm() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let a = vs.root().var("a", &[2], nn::Init::Const(1.0));
+    let b = vs.root().var("b", &[1], nn::Init::Const(1.0));
+    let mut opt = AdamW::new(&vs);
+    ((&a * 3.0).sum(tch::Kind::Float) + (&b * 4.0).sum(tch::Kind::Float)).backward();
+    let norm = opt.clip_grad_norm(1.0);
+    assert!((norm - (9.0f64 + 9.0 + 16.0).sqrt()).abs() < 1e-5, "{norm}");
+    let after = (a.grad().square().sum(tch::Kind::Float) + b.grad().square().sum(tch::Kind::Float)).sqrt().double_value(&[]);
+    assert!((after - 1.0).abs() < 1e-4, "{after}");
+}
+
+#[test]
+fn learning_rate_warms_up_then_decays_to_the_floor() {
+    let cfg = OptimConfig { lr: 1.0, min_lr: 0.1, warmup_steps: 10, ..Default::default() };
+    assert!((lr_at(&cfg, 0, 100) - 1.0 / 11.0).abs() < 1e-12);
+    assert!((lr_at(&cfg, 10, 100) - 1.0).abs() < 1e-12);
+    assert!((lr_at(&cfg, 55, 100) - 0.55).abs() < 1e-12, "halfway: the mean of lr and min_lr");
+    assert!((lr_at(&cfg, 100, 100) - 0.1).abs() < 1e-12);
+    assert_eq!(lr_at(&cfg, 500, 100), 0.1);
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
+    let data = tempfile::tempdir().unwrap();
+    let inputs = fixture(data.path());
+    let cfg = tiny_cfg();
+
+    let straight = tempfile::tempdir().unwrap();
+    let s = run(&cfg, &inputs, straight.path(), &ctx()).unwrap();
+    assert_eq!((s.steps, s.resumed_from), (9, None));
+
+    // Killed after step 5: the last checkpoint is step 3, steps 4-5 are lost and redone.
+    let crashed = tempfile::tempdir().unwrap();
+    let err = run_with_hook(&cfg, &inputs, crashed.path(), &ctx(), &mut |step| {
+        if step == 5 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("stopped by hook after step 5"));
+    assert!(!crashed.path().join("model").exists(), "no final model from a crashed run");
+    let r = run(&cfg, &inputs, crashed.path(), &ctx()).unwrap();
+    assert_eq!((r.steps, r.resumed_from), (9, Some(3)));
+
+    let (a, b) = (weights(straight.path()), weights(crashed.path()));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs after resume");
+    }
+    let ma = MetricRow::read(&straight.path().join("metrics.arrow")).unwrap();
+    let mb = MetricRow::read(&crashed.path().join("metrics.arrow")).unwrap();
+    let losses = |m: &[MetricRow]| m.iter().filter(|r| r.name == "batch_loss").map(|r| (r.step, r.value)).collect::<Vec<_>>();
+    assert_eq!(losses(&ma), losses(&mb), "the metrics history is whole and identical");
+    assert!(ma.iter().any(|r| r.name == "loss" && r.split == "val" && r.step == 9));
+}
+
+#[test]
+fn a_checkpoint_of_another_configuration_is_not_resumed() {
+    let data = tempfile::tempdir().unwrap();
+    let inputs = fixture(data.path());
+    let out = tempfile::tempdir().unwrap();
+    run(&tiny_cfg(), &inputs, out.path(), &ctx()).unwrap();
+    let other = PretrainConfig { optim: OptimConfig { lr: 1e-3, ..tiny_cfg().optim }, ..tiny_cfg() };
+    let s = run(&other, &inputs, out.path(), &ctx()).unwrap();
+    assert_eq!(s.resumed_from, None);
+}
+
+#[test]
+fn continued_pretraining_starts_from_the_init_model() {
+    let data = tempfile::tempdir().unwrap();
+    let inputs = fixture(data.path());
+    let first = tempfile::tempdir().unwrap();
+    let a = run(&tiny_cfg(), &inputs, first.path(), &ctx()).unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let cont = PretrainInputs { init: Some(first.path().join("model")), ..inputs.clone() };
+    let cfg = PretrainConfig { max_steps: 4, ..tiny_cfg() };
+    let b = run(&cfg, &cont, second.path(), &ctx()).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let c = run(&cfg, &inputs, fresh.path(), &ctx()).unwrap();
+    assert!(b.final_val_loss < c.final_val_loss, "continued {} vs fresh {} (first run ended at {})", b.final_val_loss, c.final_val_loss, a.final_val_loss);
+}
+
+#[test]
+fn token_ids_beyond_the_vocabulary_are_refused_with_the_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.arrow");
+    TokenRow::write(&path, "t", "t", &[TokenRow { doc_id: "d0".into(), ids: vec![1, 2, 99] }]).unwrap();
+    let err = TokenStream::load(&path, 50, Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("bad.arrow") && err.contains("doc d0") && err.contains("token id 99 >= vocab_size 50"), "{err}");
+}
