@@ -231,3 +231,25 @@ fn parallel_tokenization_matches_one_by_one_and_appends_the_separator() {
         assert_eq!(row.doc_id, d.id);
     }
 }
+
+#[test]
+fn the_stage_binary_runs_clean_and_refuses_bad_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a.txt");
+    std::fs::write(&input, "para one\n\npara two\n").unwrap();
+    let out = dir.path().join("out");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_forja-data"))
+            .args(["clean", "--input", &format!("files={}", input.display()), "--out", out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&["--set", "split.val_fraction=0.0"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(Document::read(&out.join("train.arrow")).unwrap().len(), 2);
+    let bad = run(&["--set", "split.val_fractio=0.2"]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr.contains("unknown field `val_fractio`") && !stderr.contains("panicked"), "{stderr}");
+}

@@ -10,6 +10,13 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 
+/// libtorch's RNG is global to the process: tests that seed it run one at a time.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn ctx() -> StageCtx {
     StageCtx { name: "pretrain".into(), seed: 3, device: "cpu".into(), config_hash: "t".into() }
 }
@@ -53,6 +60,7 @@ fn weights(dir: &Path) -> Vec<(String, Tensor)> {
 
 #[test]
 fn loss_falls_when_overfitting_one_batch() {
+    let _serial = serial();
     tch::manual_seed(0);
     let cfg = GptConfig { vocab_size: 20, block_size: 8, n_layer: 2, n_head: 2, n_embd: 32, ..Default::default() };
     let vs = nn::VarStore::new(Device::Cpu);
@@ -119,6 +127,7 @@ fn learning_rate_warms_up_then_decays_to_the_floor() {
 
 #[test]
 fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
+    let _serial = serial();
     let data = tempfile::tempdir().unwrap();
     let inputs = fixture(data.path());
     let cfg = tiny_cfg();
@@ -153,6 +162,7 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
 
 #[test]
 fn a_checkpoint_of_another_configuration_is_not_resumed() {
+    let _serial = serial();
     let data = tempfile::tempdir().unwrap();
     let inputs = fixture(data.path());
     let out = tempfile::tempdir().unwrap();
@@ -164,6 +174,7 @@ fn a_checkpoint_of_another_configuration_is_not_resumed() {
 
 #[test]
 fn continued_pretraining_starts_from_the_init_model() {
+    let _serial = serial();
     let data = tempfile::tempdir().unwrap();
     let inputs = fixture(data.path());
     let first = tempfile::tempdir().unwrap();

@@ -1,0 +1,213 @@
+use forja::pipeline::{load, parse, Override};
+use forja::registry;
+use forja::run::{run_plan, RunOptions};
+use forja_core::artifacts::Artifact;
+use forja_core::manifest::StageStatus;
+use forja_core::{MetricRow, Reject};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture_text() -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tinyshakespeare/input.txt");
+    std::fs::read_to_string(p).unwrap()[..40_000].to_string()
+}
+
+/// A tiny end-to-end pipeline over a slice of Tiny Shakespeare plus a JSONL file
+/// with one bad line.
+fn write_pipeline(dir: &Path) -> PathBuf {
+    std::fs::write(dir.join("corpus.txt"), fixture_text()).unwrap();
+    std::fs::write(dir.join("extra.jsonl"), "{\"text\": \"KING: a line from jsonl\"}\n{broken\n").unwrap();
+    let toml = r#"
+[pipeline]
+name = "tiny"
+seed = 5
+
+[[stage]]
+name = "clean"
+kind = "clean"
+inputs = { files = ["corpus.txt", "*.jsonl"] }
+params = { split = { mode = "tail", val_fraction = 0.1 } }
+
+[[stage]]
+name = "tok"
+kind = "train_tokenizer"
+inputs = { corpus = ["@clean.train"] }
+params = { kind = "char", special_tokens = [] }
+
+[[stage]]
+name = "ids"
+kind = "tokenize"
+inputs = { tokenizer = "@tok.tokenizer", train = "@clean.train", val = "@clean.val" }
+params = { doc_separator = "\n\n" }
+
+[[stage]]
+name = "lm"
+kind = "pretrain"
+inputs = { tokenizer = "@tok.tokenizer", train = "@ids.train", val = "@ids.val" }
+[stage.params]
+batch_size = 4
+max_steps = 6
+eval_interval = 3
+eval_iters = 2
+checkpoint_interval = 3
+threads = 1
+model = { block_size = 16, n_layer = 1, n_head = 2, n_embd = 16 }
+
+[[stage]]
+name = "eval"
+kind = "eval"
+inputs = { model = "@lm.model", split = "@ids.val" }
+params = { max_tokens = 500, prompts = ["KING"], sampling = { max_new_tokens = 10 } }
+"#;
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn statuses(m: &forja_core::manifest::RunManifest) -> Vec<(String, StageStatus)> {
+    m.stages.iter().map(|s| (s.name.clone(), s.status)).collect()
+}
+
+#[test]
+fn a_pipeline_runs_end_to_end_then_skips_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_pipeline(dir.path());
+    let reg = registry();
+    let plan = load(&file, &reg, &[]).unwrap();
+    let first = run_plan(&plan, &RunOptions::default()).unwrap();
+    assert!(first.stages.iter().all(|s| s.status == StageStatus::Ran), "{:?}", statuses(&first));
+    let out = dir.path().join("runs/tiny");
+    assert!(out.join("manifest.json").exists() && out.join("report.md").exists());
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["stages"][3]["outputs"]["model"]["blake3"].as_str().unwrap().len(), 64);
+    assert_eq!(manifest["stages"][0]["inputs"].as_object().unwrap().len(), 2, "both input files hashed");
+
+    let rejects = Reject::read(&out.join("clean/rejects.arrow")).unwrap();
+    assert!(rejects.iter().any(|r| r.source.ends_with("extra.jsonl") && r.position == 2 && r.reason.starts_with("invalid JSON")));
+    let metrics = MetricRow::read(&out.join("metrics.arrow")).unwrap();
+    assert!(metrics.iter().any(|m| m.stage == "lm" && m.name == "loss" && m.split == "val" && m.step == 6));
+    assert!(metrics.iter().any(|m| m.stage == "eval" && m.name == "perplexity" && m.value > 1.0));
+
+    let second = run_plan(&load(&file, &reg, &[]).unwrap(), &RunOptions::default()).unwrap();
+    assert!(second.stages.iter().all(|s| s.status == StageStatus::Skipped), "{:?}", statuses(&second));
+
+    // A changed parameter reruns its stage and what depends on it, nothing upstream.
+    let set: Override = "lm.max_steps=7".parse().unwrap();
+    let third = run_plan(&load(&file, &reg, &[set]).unwrap(), &RunOptions::default()).unwrap();
+    let ran: Vec<_> = third.stages.iter().filter(|s| s.status == StageStatus::Ran).map(|s| s.name.as_str()).collect();
+    assert_eq!(ran, vec!["lm", "eval"]);
+
+    // --force reruns a stage whose key is unchanged.
+    let forced = RunOptions { force: ["tok".to_string()].into_iter().collect() };
+    let fourth = run_plan(&load(&file, &reg, &[]).unwrap(), &forced).unwrap();
+    assert_eq!(fourth.stages[1].status, StageStatus::Ran);
+    assert_eq!(fourth.stages[0].status, StageStatus::Skipped);
+
+    // A changed input file invalidates the cache: the key covers input contents.
+    std::fs::write(dir.path().join("extra.jsonl"), "{\"text\": \"another line\"}\n").unwrap();
+    let fifth = run_plan(&load(&file, &reg, &[]).unwrap(), &RunOptions::default()).unwrap();
+    assert_eq!(fifth.stages[0].status, StageStatus::Ran);
+
+    // A tampered output is noticed, and its stage reruns.
+    std::fs::write(out.join("eval/report.md"), "edited").unwrap();
+    let sixth = run_plan(&load(&file, &reg, &[]).unwrap(), &RunOptions::default()).unwrap();
+    assert_eq!(sixth.stages.last().unwrap().status, StageStatus::Ran);
+}
+
+fn check_err(toml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "some text").unwrap();
+    let file = dir.path().join("p.toml");
+    match parse(&file, toml, &registry(), &[]) {
+        Ok(_) => panic!("expected an error for:\n{toml}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+const HEAD: &str = "[pipeline]\nname = \"x\"\n";
+
+#[test]
+fn invalid_pipelines_are_refused_with_the_line() {
+    let unknown_param = format!("{HEAD}\n[[stage]]\nname = \"c\"\nkind = \"clean\"\ninputs = {{ files = [\"a.txt\"] }}\n[stage.params]\nsplit = {{ val_fraction = 0.1 }}\nmin_charz = 3\n");
+    let e = check_err(&unknown_param);
+    assert!(e.contains("p.toml:10:") && e.contains("unknown field `min_charz`"), "{e}");
+
+    let unknown_kind = format!("{HEAD}\n[[stage]]\nname = \"c\"\nkind = \"cleen\"\n");
+    let e = check_err(&unknown_kind);
+    assert!(e.contains("p.toml:6:") && e.contains("unknown stage kind `cleen`"), "{e}");
+
+    let unknown_top = format!("{HEAD}colour = \"red\"\n");
+    let e = check_err(&unknown_top);
+    assert!(e.contains("p.toml:3:") && e.contains("unknown field `colour`"), "{e}");
+
+    let missing_file = format!("{HEAD}\n[[stage]]\nname = \"c\"\nkind = \"clean\"\ninputs = {{ files = [\"nope.txt\"] }}\n");
+    let e = check_err(&missing_file);
+    assert!(e.contains("p.toml:7:") && e.contains("nope.txt does not exist"), "{e}");
+
+    let missing_input = format!("{HEAD}\n[[stage]]\nname = \"c\"\nkind = \"clean\"\n");
+    let e = check_err(&missing_input);
+    assert!(e.contains("p.toml:4:") && e.contains("needs input `files`"), "{e}");
+
+    let bad_ref = format!("{HEAD}\n[[stage]]\nname = \"t\"\nkind = \"train_tokenizer\"\ninputs = {{ corpus = [\"@clean.train\"] }}\n");
+    let e = check_err(&bad_ref);
+    assert!(e.contains("p.toml:7:") && e.contains("no stage named `clean`"), "{e}");
+
+    let bad_output = format!("{HEAD}\n[[stage]]\nname = \"c\"\nkind = \"clean\"\ninputs = {{ files = [\"a.txt\"] }}\n\n[[stage]]\nname = \"t\"\nkind = \"train_tokenizer\"\ninputs = {{ corpus = [\"@c.trian\"] }}\n");
+    let e = check_err(&bad_output);
+    assert!(e.contains("p.toml:12:") && e.contains("has no output `trian`"), "{e}");
+
+    let cycle = format!(
+        "{HEAD}\n[[stage]]\nname = \"a\"\nkind = \"tokenize\"\ninputs = {{ tokenizer = \"@b.tokenizer\", train = \"@b.tokenizer\" }}\n\n[[stage]]\nname = \"b\"\nkind = \"train_tokenizer\"\ninputs = {{ corpus = [\"@a.train\"] }}\n"
+    );
+    let e = check_err(&cycle);
+    assert!(e.contains("cycle among stages: a -> b"), "{e}");
+
+    let bad_value = format!("{HEAD}\n[[stage]]\nname = \"c\"\nkind = \"clean\"\ninputs = {{ files = [\"a.txt\"] }}\nparams = {{ read = {{ format = \"xml\" }} }}\n");
+    let e = check_err(&bad_value);
+    assert!(e.contains("p.toml:8:") && e.contains("unknown variant `xml`"), "{e}");
+}
+
+#[test]
+fn stages_run_in_dependency_order_whatever_the_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "x").unwrap();
+    let toml = format!("{HEAD}\n[[stage]]\nname = \"t\"\nkind = \"train_tokenizer\"\ninputs = {{ corpus = [\"@c.train\"] }}\n\n[[stage]]\nname = \"c\"\nkind = \"clean\"\ninputs = {{ files = [\"a.txt\"] }}\n");
+    let plan = parse(&dir.path().join("p.toml"), &toml, &registry(), &[]).unwrap();
+    let names: Vec<_> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["c", "t"]);
+}
+
+#[test]
+fn overrides_parse_toml_values_and_name_existing_stages() {
+    let o: Override = "lm.optim.lr=0.002".parse().unwrap();
+    assert_eq!((o.stage.as_str(), o.path.clone(), o.value.as_float()), ("lm", vec!["optim".to_string(), "lr".to_string()], Some(0.002)));
+    let s: Override = "clean.read.unit=line".parse().unwrap();
+    assert_eq!(s.value.as_str(), Some("line"));
+    assert!("noequals".parse::<Override>().is_err());
+    assert!("nodot=1".parse::<Override>().is_err());
+}
+
+#[test]
+fn the_binaries_report_errors_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[pipeline]\nname = 3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_forja")).args(["check", bad.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad.toml:2:") && !stderr.contains("panicked"), "{stderr}");
+
+    // `forja stage` runs one stage alone, like the stage binaries.
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"text\": \"hello\"}\nnot json\n").unwrap();
+    let out_dir = dir.path().join("clean");
+    let out = Command::new(env!("CARGO_BIN_EXE_forja"))
+        .args(["stage", "clean", "--input", &format!("files={}", input.display()), "--set", "split.val_fraction=0.0", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rejects = Reject::read(&out_dir.join("rejects.arrow")).unwrap();
+    assert_eq!(rejects.len(), 1);
+    assert_eq!(rejects[0].position, 2);
+}
