@@ -157,7 +157,7 @@ pub fn parse(file: &Path, text: &str, registry: &[Stage], overrides: &[Override]
         Some(span) => cx.err(span, e.message()),
         None => anyhow!("{}: {}", file.display(), e.message()),
     })?;
-    let base = file.parent().unwrap_or(Path::new(".")).join(raw.pipeline.root.as_deref().unwrap_or("."));
+    let base = lexical_clean(&file.parent().unwrap_or(Path::new(".")).join(raw.pipeline.root.as_deref().unwrap_or(".")));
     let out_dir = base.join(raw.pipeline.out_dir.clone().unwrap_or_else(|| format!("runs/{}", raw.pipeline.name)));
 
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -291,6 +291,25 @@ fn resolve_input(
         }
     }
     Ok(InputSource::Files(paths))
+}
+
+/// Removes `.` and resolves `..` against the preceding folder, without touching the disk.
+fn lexical_clean(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 fn unknown_field(msg: &str) -> Option<String> {
