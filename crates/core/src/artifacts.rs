@@ -194,6 +194,23 @@ pub struct TokenRow {
     pub ids: Vec<u32>,
 }
 
+impl TokenRow {
+    /// Checks that every id is below `vocab_size` (ids from outside must not reach
+    /// an embedding unchecked); `path` is for the error.
+    pub fn check_vocab(rows: &[TokenRow], path: &Path, vocab_size: u64) -> Result<(), ArtifactError> {
+        for (row, r) in rows.iter().enumerate() {
+            if let Some(bad) = r.ids.iter().find(|&&t| u64::from(t) >= vocab_size) {
+                return Err(ArtifactError::BadValue {
+                    path: path.into(),
+                    row,
+                    problem: format!("doc {}: token id {bad} >= vocab_size {vocab_size}", r.doc_id),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Artifact for TokenRow {
     const KIND: ArtifactKind = ArtifactKind::Tokens;
     fn to_batch(rows: &[Self]) -> RecordBatch {

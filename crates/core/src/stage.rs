@@ -188,6 +188,20 @@ pub fn expand_glob(pattern: &str) -> anyhow::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// `main` of a stage binary: parses [`StageArgs`], runs the stage, prints the
+/// error chain and exits non-zero on failure.
+pub fn stage_main(stages: &[Stage]) -> std::process::ExitCode {
+    use clap::Parser;
+    init_logging();
+    match run_from_args(stages, &StageArgs::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Initialises `tracing` logs to stderr (RUST_LOG, default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber_env_filter();

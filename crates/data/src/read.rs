@@ -107,8 +107,16 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
     body.split(|&b| b == b'\n').enumerate().filter(move |_| !empty).map(|(i, l)| (i as u64 + 1, l))
 }
 
-fn invalid_utf8_reason(e: &std::str::Utf8Error) -> String {
-    format!("invalid UTF-8 at byte {} of the line", e.valid_up_to())
+/// The line as text, or `None` after rejecting it for invalid UTF-8.
+fn utf8_line<'a>(file: &str, no: u64, line: &'a [u8], out: &mut ReadOutput) -> Option<&'a str> {
+    match std::str::from_utf8(line) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            let reason = format!("invalid UTF-8 at byte {} of the line", e.valid_up_to());
+            out.reject(file, no, reason, &String::from_utf8_lossy(line));
+            None
+        }
+    }
 }
 
 /// Plain text: lines with invalid UTF-8 are rejected one by one; the rest form
@@ -121,13 +129,7 @@ pub fn read_text(file: &str, bytes: &[u8], unit: TextUnit, out: &mut ReadOutput)
         }
     };
     for (no, line) in lines(bytes) {
-        let line = match std::str::from_utf8(line) {
-            Ok(l) => l,
-            Err(e) => {
-                out.reject(file, no, invalid_utf8_reason(&e), &String::from_utf8_lossy(line));
-                continue;
-            }
-        };
+        let Some(line) = utf8_line(file, no, line, out) else { continue };
         match unit {
             TextUnit::Line => {
                 current = Some((no, line.to_string()));
@@ -149,13 +151,7 @@ pub fn read_text(file: &str, bytes: &[u8], unit: TextUnit, out: &mut ReadOutput)
 /// JSONL: one JSON object per non-blank line, text in `text_field`.
 pub fn read_jsonl(file: &str, bytes: &[u8], text_field: &str, out: &mut ReadOutput) {
     for (no, line) in lines(bytes) {
-        let line = match std::str::from_utf8(line) {
-            Ok(l) => l,
-            Err(e) => {
-                out.reject(file, no, invalid_utf8_reason(&e), &String::from_utf8_lossy(line));
-                continue;
-            }
-        };
+        let Some(line) = utf8_line(file, no, line, out) else { continue };
         if line.trim().is_empty() {
             continue;
         }

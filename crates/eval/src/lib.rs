@@ -79,6 +79,7 @@ pub fn run(cfg: &EvalConfig, model_dir: &Path, split: &Path, out_dir: &Path, ctx
     let device = parse_device(cfg.device.as_deref().unwrap_or(&ctx.device))?;
     let loaded = load_model(model_dir, device)?;
     let rows = TokenRow::read(split)?;
+    TokenRow::check_vocab(&rows, split, loaded.model.cfg.vocab_size as u64)?;
     let mut ids: Vec<i64> = rows.iter().flat_map(|r| r.ids.iter().map(|&t| t as i64)).collect();
     if cfg.max_tokens > 0 {
         ids.truncate(cfg.max_tokens);

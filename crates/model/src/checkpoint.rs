@@ -31,6 +31,11 @@ pub struct HfGpt2Config {
     pub initializer_range: f64,
     pub tie_word_embeddings: bool,
     pub torch_dtype: String,
+    /// `<|endoftext|>` when the tokenizer has it, else null.
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
 }
 
 impl From<&GptConfig> for HfGpt2Config {
@@ -52,6 +57,8 @@ impl From<&GptConfig> for HfGpt2Config {
             initializer_range: 0.02,
             tie_word_embeddings: true,
             torch_dtype: "float32".into(),
+            bos_token_id: None,
+            eos_token_id: None,
         }
     }
 }
@@ -98,7 +105,9 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
 /// Writes the model's files into `dir` (which must exist).
 pub fn write_model_files(dir: &Path, vs: &nn::VarStore, cfg: &GptConfig, tokenizer: &Tokenizer) -> anyhow::Result<()> {
     vs.save(dir.join(WEIGHTS)).with_context(|| format!("writing {}", dir.join(WEIGHTS).display()))?;
-    let hf = serde_json::to_string_pretty(&HfGpt2Config::from(cfg))?;
+    let eot = tokenizer.token_to_id(forja_data::tokenizer::EOT);
+    let hf = HfGpt2Config { bos_token_id: eot, eos_token_id: eot, ..HfGpt2Config::from(cfg) };
+    let hf = serde_json::to_string_pretty(&hf)?;
     std::fs::write(dir.join(CONFIG), hf)?;
     tokenizer.save(&dir.join(TOKENIZER))?;
     Ok(())

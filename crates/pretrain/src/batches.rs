@@ -18,13 +18,8 @@ impl TokenStream {
     /// Reads a `tokens` artifact and checks every id against `vocab_size`.
     pub fn load(path: &Path, vocab_size: i64, device: Device) -> anyhow::Result<Self> {
         let rows = TokenRow::read(path)?;
-        let mut ids: Vec<i64> = Vec::with_capacity(rows.iter().map(|r| r.ids.len()).sum());
-        for (i, row) in rows.iter().enumerate() {
-            if let Some(bad) = row.ids.iter().find(|&&t| t as i64 >= vocab_size) {
-                anyhow::bail!("{}: row {i} (doc {}): token id {bad} >= vocab_size {vocab_size}", path.display(), row.doc_id);
-            }
-            ids.extend(row.ids.iter().map(|&t| t as i64));
-        }
+        TokenRow::check_vocab(&rows, path, vocab_size as u64)?;
+        let ids: Vec<i64> = rows.iter().flat_map(|r| r.ids.iter().map(|&t| i64::from(t))).collect();
         Self::from_ids(&ids, device).with_context(|| path.display().to_string())
     }
 

@@ -196,3 +196,43 @@ fn token_ids_beyond_the_vocabulary_are_refused_with_the_row() {
     let err = TokenStream::load(&path, 50, Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("bad.arrow") && err.contains("doc d0") && err.contains("token id 99 >= vocab_size 50"), "{err}");
 }
+
+/// The real thing: the stage binary is SIGKILLed once its first checkpoint exists,
+/// started again, and must end with the weights of an uninterrupted run.
+#[test]
+fn a_killed_process_resumes_to_the_same_weights() {
+    let data = tempfile::tempdir().unwrap();
+    let inputs = fixture(data.path());
+    let run_bin = |out: &Path| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_forja-pretrain"));
+        cmd.arg("pretrain")
+            .arg("--input").arg(format!("tokenizer={}", inputs.tokenizer.display()))
+            .arg("--input").arg(format!("train={}", inputs.train.display()))
+            .arg("--input").arg(format!("val={}", inputs.val.display()))
+            .args(["--set", "model={\"block_size\":16,\"n_layer\":1,\"n_head\":2,\"n_embd\":16}"])
+            .args(["--set", "max_steps=60", "--set", "checkpoint_interval=5", "--set", "eval_interval=20"])
+            .args(["--set", "eval_iters=2", "--set", "batch_size=4", "--set", "threads=1", "--seed", "11"])
+            .arg("--out").arg(out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    let straight = tempfile::tempdir().unwrap();
+    assert!(run_bin(straight.path()).status().unwrap().success());
+
+    let killed = tempfile::tempdir().unwrap();
+    let mut child = run_bin(killed.path()).spawn().unwrap();
+    let state = killed.path().join("checkpoint/trainer_state.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !state.exists() && std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap_or(()); // SIGKILL; it may have finished already
+    child.wait().unwrap();
+    assert!(run_bin(killed.path()).status().unwrap().success());
+
+    let (a, b) = (weights(straight.path()), weights(killed.path()));
+    for ((na, ta), (_, tb)) in a.iter().zip(&b) {
+        assert!(ta.equal(tb), "{na} differs after kill and resume");
+    }
+}

@@ -1,0 +1,97 @@
+//! criterion benchmarks, one module per stage: `cargo bench -p forja-benches`.
+//! Throughput is reported per input byte (data) or per token (model, pretrain).
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::path::PathBuf;
+
+fn shakespeare() -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tinyshakespeare/input.txt");
+    std::fs::read_to_string(p).expect("fixtures/tinyshakespeare/input.txt")
+}
+
+mod data {
+    use super::*;
+    use forja_data::clean::{clean, CleanConfig};
+    use forja_data::read::{read_text, ReadOutput, TextUnit};
+    use forja_data::tokenizer::{self, TokenizerConfig};
+
+    pub fn benches(c: &mut Criterion) {
+        let text = shakespeare();
+        let mut g = c.benchmark_group("data");
+        g.sample_size(10);
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        g.bench_function("read+clean tinyshakespeare (paragraphs)", |b| {
+            b.iter(|| {
+                let mut out = ReadOutput::default();
+                read_text("input.txt", text.as_bytes(), TextUnit::Paragraph, &mut out);
+                let mut rejects = out.rejects;
+                clean(out.records, &CleanConfig::default(), &mut rejects).0.len()
+            })
+        });
+        let chars = tokenizer::char_tokenizer(std::iter::once(text.as_str()), &[]).expect("char tokenizer");
+        g.bench_function("char tokenize tinyshakespeare", |b| b.iter(|| chars.encode(&text).map(|v| v.len())));
+        let cfg = TokenizerConfig { vocab_size: 512, ..Default::default() };
+        let bpe = tokenizer::train(text.split("\n\n"), &cfg).expect("bpe");
+        g.bench_function("bpe-512 tokenize tinyshakespeare", |b| b.iter(|| bpe.encode(&text).map(|v| v.len())));
+        g.finish();
+    }
+}
+
+mod pretrain {
+    use super::*;
+    use forja_model::{Gpt, GptConfig};
+    use forja_pretrain::batches::TokenStream;
+    use forja_pretrain::optim::{AdamW, OptimConfig};
+    use tch::{nn, Device};
+
+    /// One optimiser step of nanoGPT's Tiny Shakespeare CPU configuration.
+    pub fn benches(c: &mut Criterion) {
+        let ids: Vec<i64> = shakespeare().bytes().map(i64::from).collect();
+        let data = TokenStream::from_ids(&ids, Device::Cpu).expect("stream");
+        let cfg = GptConfig { vocab_size: 256, block_size: 64, n_layer: 4, n_head: 4, n_embd: 128, ..Default::default() };
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Gpt::new(&vs.root(), &cfg).expect("model");
+        let mut opt = AdamW::new(&vs);
+        let ocfg = OptimConfig { lr: 1e-3, ..Default::default() };
+        let mut g = c.benchmark_group("pretrain");
+        g.sample_size(20);
+        g.throughput(Throughput::Elements(12 * 64));
+        let mut step = 0u64;
+        g.bench_function("gpt 4x128 step, batch 12x64", |b| {
+            b.iter(|| {
+                step += 1;
+                let (x, y) = data.random_batch(12, 64, 0, 0, step);
+                let loss = model.loss(&x, &y, true);
+                loss.backward();
+                opt.clip_grad_norm(1.0);
+                opt.step(&ocfg, ocfg.lr);
+                opt.zero_grad();
+                loss.double_value(&[])
+            })
+        });
+        g.finish();
+    }
+}
+
+mod generate {
+    use super::*;
+    use forja_model::{generate, Gpt, GptConfig, SamplingConfig};
+    use tch::{nn, Device};
+
+    /// Sampling 64 tokens with the KV cache.
+    pub fn benches(c: &mut Criterion) {
+        let cfg = GptConfig { vocab_size: 256, block_size: 128, n_layer: 4, n_head: 4, n_embd: 128, ..Default::default() };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Gpt::new(&vs.root(), &cfg).expect("model");
+        let s = SamplingConfig { max_new_tokens: 64, ..Default::default() };
+        let mut g = c.benchmark_group("model");
+        g.sample_size(10);
+        g.throughput(Throughput::Elements(64));
+        g.bench_function("generate 64 tokens (kv cache)", |b| b.iter(|| generate(&model, &[1, 2, 3], None, &s).map(|v| v.len())));
+        g.finish();
+    }
+}
+
+criterion_group!(benches, data::benches, pretrain::benches, generate::benches);
+criterion_main!(benches);
