@@ -36,6 +36,8 @@ pub struct StageRecord {
     /// Hash of kind, parameters, input hashes and program version: the cache key.
     pub key: String,
     pub params: serde_json::Value,
+    /// Hash of `params` (canonical JSON).
+    pub params_hash: String,
     pub inputs: BTreeMap<String, HashedPath>,
     pub outputs: BTreeMap<String, HashedPath>,
     pub wall_s: f64,
