@@ -137,22 +137,7 @@ pub fn run_with_hook(
     }
     anyhow::ensure!(cfg.max_steps > 0 && cfg.batch_size > 0 && cfg.grad_accum > 0, "max_steps, batch_size and grad_accum must be > 0");
     let tokenizer = Tokenizer::load(&inputs.tokenizer)?;
-    let mut model_cfg = cfg.model.clone();
-    if let Some(init) = &inputs.init {
-        let init_cfg = checkpoint::read_config(init)?;
-        if model_cfg.vocab_size == 0 {
-            model_cfg.vocab_size = init_cfg.vocab_size;
-        }
-        anyhow::ensure!(
-            GptConfig { dropout: model_cfg.dropout, ..init_cfg.clone() } == model_cfg,
-            "init model {} has config {init_cfg:?}, but this stage asks for {model_cfg:?}",
-            init.display()
-        );
-    }
-    if model_cfg.vocab_size == 0 {
-        model_cfg.vocab_size = tokenizer.vocab_size() as i64;
-    }
-    model_cfg.validate()?;
+    let model_cfg = model_config(cfg, inputs, &tokenizer)?;
     let block = model_cfg.block_size;
     let train = TokenStream::load(&inputs.train, model_cfg.vocab_size, device)?;
     let val = TokenStream::load(&inputs.val, model_cfg.vocab_size, device)?;
@@ -171,22 +156,11 @@ pub fn run_with_hook(
     let mut opt = AdamW::new(&vs);
     let run_key = run_key(cfg, &model_cfg, inputs, seed)?;
     let ckpt = out_dir.join(CKPT_DIR);
-    let mut metrics: Vec<MetricRow> = Vec::new();
-    let (mut step, mut best_val, mut evals_since_best) = (0u64, f64::INFINITY, 0u64);
-    let mut resumed_from = None;
-    if let Some(state) = read_state(&ckpt)? {
-        if state.run_key == run_key {
-            vs.load(ckpt.join(checkpoint::WEIGHTS))?;
-            let moments = Tensor::read_safetensors(ckpt.join(OPTIM_FILE))?;
-            opt.load_state(&moments, state.adam_t)?;
-            metrics = MetricRow::read(&ckpt.join(METRICS_FILE))?;
-            (step, best_val, evals_since_best) = (state.step, state.best_val.unwrap_or(f64::INFINITY), state.evals_since_best);
-            resumed_from = Some(step);
-            tracing::info!(step, "resuming from checkpoint {}", ckpt.display());
-        } else {
-            tracing::warn!("checkpoint {} belongs to another configuration; starting afresh", ckpt.display());
-        }
-    }
+    let progress = try_resume(&ckpt, &run_key, &mut vs, &mut opt)?;
+    let resumed_from = progress.as_ref().map(|p| p.step);
+    let Progress { mut step, mut best_val, mut evals_since_best, mut metrics } =
+        progress.unwrap_or(Progress { step: 0, best_val: f64::INFINITY, evals_since_best: 0, metrics: Vec::new() });
+    let saver = CheckpointWriter { dir: &ckpt, vs: &vs, model_cfg: &model_cfg, tokenizer: &tokenizer, ctx };
 
     let decay_steps = if cfg.optim.lr_decay_steps == 0 { cfg.max_steps } else { cfg.optim.lr_decay_steps };
     let tokens_per_step = (cfg.batch_size * block) as f64 * cfg.grad_accum as f64;
@@ -198,21 +172,7 @@ pub fn run_with_hook(
     let mut window = (Instant::now(), step);
     while step < cfg.max_steps {
         let lr = lr_at(&cfg.optim, step, decay_steps);
-        tch::manual_seed((seed as i64).wrapping_mul(1_000_003).wrapping_add(step as i64));
-        let mut batch_loss = 0.0;
-        for micro in 0..cfg.grad_accum {
-            let (x, y) = train.random_batch(cfg.batch_size, block, seed, 0, step * cfg.grad_accum + micro);
-            let loss = model.loss(&x, &y, true);
-            let scaled = if cfg.grad_accum > 1 { &loss / cfg.grad_accum as f64 } else { loss.shallow_clone() };
-            scaled.backward();
-            batch_loss += loss.double_value(&[]) / cfg.grad_accum as f64;
-        }
-        if !batch_loss.is_finite() {
-            bail!("step {step}: loss is {batch_loss}; training diverged (lower optim.lr or raise warmup_steps)");
-        }
-        let grad_norm = opt.clip_grad_norm(cfg.optim.grad_clip);
-        opt.step(&cfg.optim, lr);
-        opt.zero_grad();
+        let (batch_loss, grad_norm) = train_step(&model, &mut opt, &train, cfg, seed, step, lr)?;
         step += 1;
         metrics.push(MetricRow::new(&ctx.name, step, "batch_loss", batch_loss, "train"));
         metrics.push(MetricRow::new(&ctx.name, step, "lr", lr, "-"));
@@ -245,14 +205,14 @@ pub fn run_with_hook(
         if due || step == cfg.max_steps || early_stopped {
             let best = best_val.is_finite().then_some(best_val);
             let state = TrainerState { step, adam_t: opt.t, best_val: best, evals_since_best, run_key: run_key.clone() };
-            save_checkpoint(&ckpt, &vs, &model_cfg, &tokenizer, &opt, &state, &metrics, ctx)?;
+            saver.save(&opt, &state, &metrics)?;
         }
-        if early_stopped || hook(step).is_break() {
-            if !early_stopped {
-                bar.abandon();
-                bail!("stopped by hook after step {step}");
-            }
+        if early_stopped {
             break;
+        }
+        if hook(step).is_break() {
+            bar.abandon();
+            bail!("stopped by hook after step {step}");
         }
     }
     bar.finish();
@@ -274,6 +234,79 @@ pub fn run_with_hook(
         tokens_per_s,
         params: model_cfg.n_params(),
     })
+}
+
+/// The model's configuration: the stage's, with the vocabulary taken from the
+/// tokenizer (or the init model) when not given; an init model must match it.
+fn model_config(cfg: &PretrainConfig, inputs: &PretrainInputs, tokenizer: &Tokenizer) -> anyhow::Result<GptConfig> {
+    let mut model_cfg = cfg.model.clone();
+    if let Some(init) = &inputs.init {
+        let init_cfg = checkpoint::read_config(init)?;
+        if model_cfg.vocab_size == 0 {
+            model_cfg.vocab_size = init_cfg.vocab_size;
+        }
+        anyhow::ensure!(
+            GptConfig { dropout: model_cfg.dropout, ..init_cfg.clone() } == model_cfg,
+            "init model {} has config {init_cfg:?}, but this stage asks for {model_cfg:?}",
+            init.display()
+        );
+    }
+    if model_cfg.vocab_size == 0 {
+        model_cfg.vocab_size = tokenizer.vocab_size() as i64;
+    }
+    model_cfg.validate()?;
+    Ok(model_cfg)
+}
+
+/// Where a run stands: restored from a checkpoint, or fresh.
+struct Progress {
+    step: u64,
+    best_val: f64,
+    evals_since_best: u64,
+    metrics: Vec<MetricRow>,
+}
+
+/// Restores weights, AdamW moments and progress from `ckpt` if it belongs to
+/// this run (same `run_key`); otherwise leaves everything as it is.
+fn try_resume(ckpt: &Path, run_key: &str, vs: &mut nn::VarStore, opt: &mut AdamW) -> anyhow::Result<Option<Progress>> {
+    let Some(state) = read_state(ckpt)? else { return Ok(None) };
+    if state.run_key != run_key {
+        tracing::warn!("checkpoint {} belongs to another configuration; starting afresh", ckpt.display());
+        return Ok(None);
+    }
+    vs.load(ckpt.join(checkpoint::WEIGHTS)).with_context(|| format!("loading {}", ckpt.display()))?;
+    let moments = Tensor::read_safetensors(ckpt.join(OPTIM_FILE))?;
+    opt.load_state(&moments, state.adam_t)?;
+    tracing::info!(step = state.step, "resuming from checkpoint {}", ckpt.display());
+    Ok(Some(Progress {
+        step: state.step,
+        best_val: state.best_val.unwrap_or(f64::INFINITY),
+        evals_since_best: state.evals_since_best,
+        metrics: MetricRow::read(&ckpt.join(METRICS_FILE))?,
+    }))
+}
+
+/// One optimiser step over `grad_accum` micro-batches; returns the mean
+/// micro-batch loss and the gradient norm before clipping.
+fn train_step(model: &Gpt, opt: &mut AdamW, data: &TokenStream, cfg: &PretrainConfig, seed: u64, step: u64, lr: f64) -> anyhow::Result<(f64, f64)> {
+    let block = model.cfg.block_size;
+    // Dropout draws from libtorch's global RNG: seed it from (seed, step).
+    tch::manual_seed((seed as i64).wrapping_mul(1_000_003).wrapping_add(step as i64));
+    let mut batch_loss = 0.0;
+    for micro in 0..cfg.grad_accum {
+        let (x, y) = data.random_batch(cfg.batch_size, block, seed, 0, step * cfg.grad_accum + micro);
+        let loss = model.loss(&x, &y, true);
+        let scaled = if cfg.grad_accum > 1 { &loss / cfg.grad_accum as f64 } else { loss.shallow_clone() };
+        scaled.backward();
+        batch_loss += loss.double_value(&[]) / cfg.grad_accum as f64;
+    }
+    if !batch_loss.is_finite() {
+        bail!("step {}: loss is {batch_loss}; training diverged (lower optim.lr or raise optim.warmup_steps)", step + 1);
+    }
+    let grad_norm = opt.clip_grad_norm(cfg.optim.grad_clip);
+    opt.step(&cfg.optim, lr);
+    opt.zero_grad();
+    Ok((batch_loss, grad_norm))
 }
 
 /// Mean loss over `eval_iters` fixed batches (the same batches at every evaluation).
@@ -315,24 +348,26 @@ fn read_state(ckpt: &Path) -> anyhow::Result<Option<TrainerState>> {
     Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: bad trainer state", path.display()))?))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn save_checkpoint(
-    ckpt: &Path,
-    vs: &nn::VarStore,
-    model_cfg: &GptConfig,
-    tokenizer: &Tokenizer,
-    opt: &AdamW,
-    state: &TrainerState,
-    metrics: &[MetricRow],
-    ctx: &StageCtx,
-) -> anyhow::Result<()> {
-    forja_core::fsutil::atomic_dir(ckpt, |dir| {
-        write_model_files(dir, vs, model_cfg, tokenizer)?;
-        Tensor::write_safetensors(&opt.state_tensors(), dir.join(OPTIM_FILE))?;
-        MetricRow::write(&dir.join(METRICS_FILE), &ctx.name, &ctx.config_hash, metrics)?;
-        std::fs::write(dir.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
-        Ok(())
-    })
+/// What a checkpoint is written from.
+struct CheckpointWriter<'a> {
+    dir: &'a Path,
+    vs: &'a nn::VarStore,
+    model_cfg: &'a GptConfig,
+    tokenizer: &'a Tokenizer,
+    ctx: &'a StageCtx,
+}
+
+impl CheckpointWriter<'_> {
+    /// Writes weights, AdamW moments, metrics so far and trainer state, atomically.
+    fn save(&self, opt: &AdamW, state: &TrainerState, metrics: &[MetricRow]) -> anyhow::Result<()> {
+        forja_core::fsutil::atomic_dir(self.dir, |dir| {
+            write_model_files(dir, self.vs, self.model_cfg, self.tokenizer)?;
+            Tensor::write_safetensors(&opt.state_tensors(), dir.join(OPTIM_FILE))?;
+            MetricRow::write(&dir.join(METRICS_FILE), &self.ctx.name, &self.ctx.config_hash, metrics)?;
+            std::fs::write(dir.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
+            Ok(())
+        })
+    }
 }
 
 /// Prints a line above the progress bar (also when the bar is hidden, e.g. in CI logs).
