@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 use arrow_array::{RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use forja_core::artifacts::Artifact;

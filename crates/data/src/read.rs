@@ -194,6 +194,62 @@ fn json_type(v: &serde_json::Value) -> &'static str {
     }
 }
 
+/// A CSV record whose field count differs from the header's.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RaggedRecord {
+    /// 1-based line where the record starts.
+    pub line: u64,
+    /// 1-based data record (header excluded).
+    pub record: u64,
+    pub found: usize,
+    pub expected: usize,
+}
+
+/// Finds the first record with more or fewer fields than the header (RFC 4180
+/// quoting: separators and newlines inside quotes belong to the field), to point
+/// at it when polars refuses a file.
+pub fn first_ragged_record(bytes: &[u8], separator: u8) -> Option<RaggedRecord> {
+    let (mut fields, mut in_quotes, mut line, mut start_line, mut record) = (1usize, false, 1u64, 1u64, 0u64);
+    let mut expected = None;
+    let mut empty_line = true;
+    let mut i = 0;
+    while i <= bytes.len() {
+        let b = bytes.get(i).copied();
+        match b {
+            Some(b'"') => {
+                in_quotes = !in_quotes;
+                empty_line = false;
+            }
+            Some(c) if c == separator && !in_quotes => {
+                fields += 1;
+                empty_line = false;
+            }
+            Some(b'\n') if in_quotes => line += 1,
+            Some(b'\n') | None => {
+                if !empty_line || fields > 1 {
+                    match expected {
+                        None => expected = Some(fields),
+                        Some(n) => {
+                            record += 1;
+                            if fields != n {
+                                return Some(RaggedRecord { line: start_line, record, found: fields, expected: n });
+                            }
+                        }
+                    }
+                }
+                line += 1;
+                start_line = line;
+                fields = 1;
+                empty_line = true;
+            }
+            Some(b'\r') => {}
+            Some(_) => empty_line = false,
+        }
+        i += 1;
+    }
+    None
+}
+
 /// CSV through polars, every column read as text. Missing text values are
 /// rejected per record; invalid UTF-8 is decoded lossily and the record rejected.
 pub fn read_csv(path: &Path, cfg: &ReadConfig, out: &mut ReadOutput) -> anyhow::Result<()> {
@@ -210,9 +266,18 @@ pub fn read_csv(path: &Path, cfg: &ReadConfig, out: &mut ReadOutput) -> anyhow::
         .with_has_header(true)
         .with_infer_schema_length(Some(0))
         .map_parse_options(|o| o.with_separator(separator).with_encoding(CsvEncoding::LossyUtf8))
-        .into_reader_with_file_handle(std::io::Cursor::new(bytes))
+        .into_reader_with_file_handle(std::io::Cursor::new(bytes.as_slice()))
         .finish()
-        .with_context(|| format!("{file}: not readable as CSV"))?;
+        .map_err(|e| match first_ragged_record(&bytes, separator) {
+            Some(r) => anyhow::anyhow!(
+                "{file}: line {} (record {}) has {} fields where the header has {}",
+                r.line,
+                r.record,
+                r.found,
+                r.expected
+            ),
+            None => anyhow::anyhow!("{file}: not readable as CSV: {e}"),
+        })?;
     let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
     if !names.iter().any(|n| n == &cfg.text_field) {
         bail!("{file}: no text column `{}` (found columns: {})", cfg.text_field, names.join(", "));

@@ -117,17 +117,11 @@ pub fn run_train_tokenizer(cfg: &TokenizerConfig, corpus: &[PathBuf], out_dir: &
 }
 
 /// Parameters of the `tokenize` stage.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TokenizeConfig {
     /// Text appended after each document, e.g. `"\n\n"` or `"<|endoftext|>"`.
     pub doc_separator: String,
-}
-
-impl Default for TokenizeConfig {
-    fn default() -> Self {
-        Self { doc_separator: String::new() }
-    }
 }
 
 /// Tokenises documents in parallel (rayon), one output per input split.

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 use forja_core::artifacts::Artifact;
 use forja_core::stage::StageCtx;
 use forja_core::{Document, Reject};
@@ -252,4 +253,16 @@ fn the_stage_binary_runs_clean_and_refuses_bad_parameters() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr.contains("unknown field `val_fractio`") && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_ragged_csv_is_refused_naming_file_and_line() {
+    use forja_data::read::{first_ragged_record, RaggedRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.csv");
+    std::fs::write(&path, "text,label\n\"two\nlines, quoted\",a\nok,b\ntoo,many,fields\n").unwrap();
+    let err = read_file(&path, &ReadConfig::default(), &mut ReadOutput::default()).unwrap_err().to_string();
+    assert!(err.contains("r.csv: line 5 (record 3) has 3 fields where the header has 2"), "{err}");
+    assert_eq!(first_ragged_record(b"a;b\n1;2\n\n3\n", b';'), Some(RaggedRecord { line: 4, record: 2, found: 1, expected: 2 }));
+    assert_eq!(first_ragged_record(b"a,b\r\n1,\"x,y\"\r\n", b','), None);
 }

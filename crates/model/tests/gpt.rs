@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 use forja_data::tokenizer::char_tokenizer;
 use forja_model::generate::sample;
 use forja_model::{generate, load_model, save_model, Gpt, GptConfig, KvCache, SamplingConfig};

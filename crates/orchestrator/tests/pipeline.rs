@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 use forja::pipeline::{load, parse, Override};
 use forja::registry;
 use forja::run::{run_plan, RunOptions};

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 use forja_core::artifacts::Artifact;
 use forja_core::stage::StageCtx;
 use forja_core::{MetricRow, TokenRow};
