@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod hash;
 pub mod ipc;
 pub mod manifest;
+pub mod plot;
 pub mod schema;
 pub mod stage;
 

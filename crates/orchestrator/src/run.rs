@@ -222,7 +222,10 @@ fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
     }
     for s in &manifest.stages {
         if let Some(rep) = s.outputs.get("report") {
-            r += &format!("\nStage report: `{}`\n", rep.path);
+            r += &format!("\nStage report ({}): `{}`\n", s.name, rep.path);
+        }
+        if let Some(plot) = s.outputs.get("plot") {
+            r += &format!("\nLoss curves ({}): `{}`\n", s.name, plot.path);
         }
     }
     forja_core::fsutil::atomic_write(&plan.out_dir.join("report.md"), r.as_bytes())?;

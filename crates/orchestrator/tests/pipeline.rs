@@ -212,3 +212,30 @@ fn the_binaries_report_errors_without_panicking() {
     assert_eq!(rejects.len(), 1);
     assert_eq!(rejects[0].position, 2);
 }
+
+#[test]
+fn a_failing_stage_is_recorded_and_its_successors_do_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_pipeline(dir.path());
+    let reg = registry();
+    // A context longer than the validation split cannot be trained.
+    let too_long: Override = "lm.model.block_size=100000".parse().unwrap();
+    let err = run_plan(&load(&file, &reg, &[too_long]).unwrap(), &RunOptions::default()).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("stage `lm` (pretrain) failed") && msg.contains("fewer than block_size + 1"), "{msg}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/tiny/manifest.json")).unwrap()).unwrap();
+    let stages = manifest["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 4, "eval never started");
+    assert_eq!(stages[3]["status"], "failed");
+    assert!(stages[3]["error"].as_str().unwrap().contains("block_size"));
+    assert!(!dir.path().join("runs/tiny/eval").exists());
+
+    // Fixed, the run reuses the stages that succeeded and runs the rest.
+    let fixed = run_plan(&load(&file, &reg, &[]).unwrap(), &RunOptions::default()).unwrap();
+    assert_eq!(
+        statuses(&fixed).into_iter().map(|(_, s)| s).collect::<Vec<_>>(),
+        vec![StageStatus::Skipped, StageStatus::Skipped, StageStatus::Skipped, StageStatus::Ran, StageStatus::Ran]
+    );
+    assert!(dir.path().join("runs/tiny/lm/loss.svg").exists());
+}

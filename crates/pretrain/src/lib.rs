@@ -21,7 +21,11 @@ pub const PRETRAIN: Stage = Stage {
         InputSpec { name: "val", required: true, many: false },
         InputSpec { name: "init", required: false, many: false },
     ],
-    outputs: &[OutputSpec { name: "model", path: "model" }, OutputSpec { name: "metrics", path: "metrics.arrow" }],
+    outputs: &[
+        OutputSpec { name: "model", path: "model" },
+        OutputSpec { name: "metrics", path: "metrics.arrow" },
+        OutputSpec { name: "plot", path: "loss.svg" },
+    ],
     check: |p| parse_params::<PretrainConfig>("pretrain", p).map(drop),
     run: |p, inputs, out, ctx| {
         let cfg: PretrainConfig = parse_params("pretrain", p)?;

@@ -224,6 +224,7 @@ pub fn run_with_hook(
     }
     checkpoint::save_model(&out_dir.join("model"), &vs, &model_cfg, &tokenizer)?;
     MetricRow::write(&out_dir.join(METRICS_FILE), &ctx.name, &ctx.config_hash, &metrics)?;
+    write_loss_plot(&out_dir.join("loss.svg"), &metrics)?;
     println!("pretrain: {step} steps, final val loss {last_val:.4} (best {best_val:.4}), {tokens_per_s:.0} tokens/s");
     Ok(PretrainSummary {
         steps: step,
@@ -368,6 +369,23 @@ impl CheckpointWriter<'_> {
             Ok(())
         })
     }
+}
+
+/// Draws the loss curves (mini-batch loss, and the train/val estimates) as SVG.
+fn write_loss_plot(path: &Path, metrics: &[MetricRow]) -> anyhow::Result<()> {
+    use forja_core::plot::{line_chart, Series};
+    let pick = |name: &str, split: &str| -> Vec<(f64, f64)> {
+        metrics.iter().filter(|m| m.name == name && m.split == split).map(|m| (m.step as f64, m.value)).collect()
+    };
+    let series = [
+        Series { label: "batch loss", color: "#bbb", points: pick("batch_loss", "train") },
+        Series { label: "train (eval)", color: "#1f77b4", points: pick("loss", "train") },
+        Series { label: "val (eval)", color: "#d62728", points: pick("loss", "val") },
+    ];
+    if let Some(svg) = line_chart("pre-training loss", "step", "cross-entropy", &series) {
+        forja_core::fsutil::atomic_write(path, svg.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Prints a line above the progress bar (also when the bar is hidden, e.g. in CI logs).
