@@ -24,11 +24,13 @@ pub struct EvalConfig {
     pub prompts: Vec<String>,
     pub sampling: SamplingConfig,
     pub device: Option<String>,
+    /// Name of the scored split in the metrics (`val`, `test`, ...).
+    pub split_name: String,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { batch_size: 32, max_tokens: 0, prompts: vec!["\n".into()], sampling: SamplingConfig::default(), device: None }
+        Self { batch_size: 32, max_tokens: 0, prompts: vec!["\n".into()], sampling: SamplingConfig::default(), device: None, split_name: "val".into() }
     }
 }
 
@@ -85,10 +87,11 @@ pub fn run(cfg: &EvalConfig, model_dir: &Path, split: &Path, out_dir: &Path, ctx
         ids.truncate(cfg.max_tokens);
     }
     let score = score_tokens(&loaded.model, &ids, cfg.batch_size).with_context(|| format!("scoring {}", split.display()))?;
+    let split_name = cfg.split_name.as_str();
     let metrics = vec![
-        MetricRow::new(&ctx.name, 0, "loss", score.loss, "val"),
-        MetricRow::new(&ctx.name, 0, "perplexity", score.perplexity, "val"),
-        MetricRow::new(&ctx.name, 0, "tokens", score.tokens as f64, "val"),
+        MetricRow::new(&ctx.name, 0, "loss", score.loss, split_name),
+        MetricRow::new(&ctx.name, 0, "perplexity", score.perplexity, split_name),
+        MetricRow::new(&ctx.name, 0, "tokens", score.tokens as f64, split_name),
     ];
     let mut gens = Vec::new();
     for prompt in &cfg.prompts {
@@ -103,16 +106,16 @@ pub fn run(cfg: &EvalConfig, model_dir: &Path, split: &Path, out_dir: &Path, ctx
     }
     MetricRow::write(&out_dir.join("metrics.arrow"), &ctx.name, &ctx.config_hash, &metrics)?;
     Generation::write(&out_dir.join("generations.arrow"), &ctx.name, &ctx.config_hash, &gens)?;
-    let report = report_md(model_dir, split, &score, &gens);
+    let report = report_md(model_dir, split, split_name, &score, &gens);
     forja_core::fsutil::atomic_write(&out_dir.join("report.md"), report.as_bytes())?;
-    println!("eval: val loss {:.4}, perplexity {:.2} over {} tokens", score.loss, score.perplexity, score.tokens);
+    println!("eval: {split_name} loss {:.4}, perplexity {:.2} over {} tokens", score.loss, score.perplexity, score.tokens);
     Ok(score)
 }
 
-fn report_md(model_dir: &Path, split: &Path, s: &LmScore, gens: &[Generation]) -> String {
+fn report_md(model_dir: &Path, split: &Path, split_name: &str, s: &LmScore, gens: &[Generation]) -> String {
     let mut r = format!("# Evaluation\n\nModel: `{}`\nSplit: `{}`\n\n", model_dir.display(), split.display());
     r += "| metric | value |\n|---|---|\n";
-    r += &format!("| val loss | {:.4} |\n| perplexity | {:.3} |\n| tokens scored | {} |\n\n", s.loss, s.perplexity, s.tokens);
+    r += &format!("| {split_name} loss | {:.4} |\n| perplexity | {:.3} |\n| tokens scored | {} |\n\n", s.loss, s.perplexity, s.tokens);
     r += "## Samples\n\n";
     for g in gens {
         r += &format!("Prompt: `{:?}`\n\n```text\n{}{}\n```\n\n", g.prompt, g.prompt, g.completion);
