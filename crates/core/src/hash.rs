@@ -79,3 +79,15 @@ pub fn canonical_json(v: &serde_json::Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// Version of the running program: package version and a hash of the executable,
+/// so results of an older build are never taken for this one's. Computed once.
+pub fn program_version() -> String {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            let exe = std::env::current_exe().ok().and_then(|p| hash_path(&p).ok()).unwrap_or_default();
+            format!("{}+{}", env!("CARGO_PKG_VERSION"), &exe[..exe.len().min(16)])
+        })
+        .clone()
+}

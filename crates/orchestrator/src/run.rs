@@ -5,7 +5,7 @@
 use crate::pipeline::{InputSource, Plan, PlannedStage};
 use anyhow::{bail, Context, Result};
 use forja_core::artifacts::Artifact;
-use forja_core::hash::{hash_json, hash_path};
+use forja_core::hash::{hash_json, hash_path, program_version};
 use forja_core::manifest::{HashedPath, RunManifest, StageRecord, StageStatus};
 use forja_core::stage::{StageCtx, StageInputs};
 use forja_core::MetricRow;
@@ -28,13 +28,6 @@ const STATE_FILE: &str = ".forja-stage.json";
 pub struct RunOptions {
     /// Stages to rerun even if their key is unchanged.
     pub force: BTreeSet<String>,
-}
-
-/// Version of this program: package version and a hash of the executable, so a
-/// rebuilt program never reuses results of an older one.
-pub fn program_version() -> String {
-    let exe = std::env::current_exe().ok().and_then(|p| hash_path(&p).ok()).unwrap_or_default();
-    format!("{}+{}", env!("CARGO_PKG_VERSION"), &exe[..exe.len().min(16)])
 }
 
 /// Runs the plan; returns the manifest (also written to `OUT/manifest.json`).

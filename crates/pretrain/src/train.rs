@@ -336,6 +336,8 @@ fn run_key(cfg: &PretrainConfig, model_cfg: &GptConfig, inputs: &PretrainInputs,
         "val": hash(&inputs.val)?,
         "tokenizer": hash(&inputs.tokenizer)?,
         "init": init,
+        // A rebuilt program may train differently: never resume another build's run.
+        "program": forja_core::hash::program_version(),
     });
     Ok(forja_core::hash::hash_json(&key))
 }
