@@ -39,6 +39,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    anyhow::ensure!(a.steps > 0, "--steps must be > 0");
     if a.threads > 0 {
         tch::set_num_threads(a.threads);
     }
