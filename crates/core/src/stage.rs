@@ -202,16 +202,16 @@ pub fn stage_main(stages: &[Stage]) -> std::process::ExitCode {
     }
 }
 
-/// Initialises `tracing` logs to stderr (RUST_LOG, default `info`).
+/// Initialises `tracing` logs to stderr (`RUST_LOG`, default `info`).
 pub fn init_logging() {
-    let filter = tracing_subscriber_env_filter();
-    let _ignored = tracing::subscriber::set_global_default(filter);
-}
-
-fn tracing_subscriber_env_filter() -> impl tracing::Subscriber + Send + Sync {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .finish()
+        .with_ansi(std::io::stderr().is_terminal())
+        .finish();
+    // Already set (e.g. by an embedding program): keep theirs.
+    let _ignored = tracing::subscriber::set_global_default(subscriber);
 }
