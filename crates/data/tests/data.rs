@@ -266,3 +266,40 @@ fn a_ragged_csv_is_refused_naming_file_and_line() {
     assert_eq!(first_ragged_record(b"a;b\n1;2\n\n3\n", b';'), Some(RaggedRecord { line: 4, record: 2, found: 1, expected: 2 }));
     assert_eq!(first_ragged_record(b"a,b\r\n1,\"x,y\"\r\n", b','), None);
 }
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(rel)
+}
+
+#[test]
+fn banking77_csv_reads_every_record_including_quoted_newlines() {
+    let mut out = ReadOutput::default();
+    read_file(&fixture("banking77/train.csv"), &ReadConfig::default(), &mut out).unwrap();
+    assert_eq!(out.records.len(), 10_003, "SOURCE.md: 10,003 records in 10,017 lines");
+    assert!(out.rejects.is_empty(), "{:?}", out.rejects.first());
+    assert_eq!(out.records[0].text, "I am still waiting on my card?");
+    assert_eq!(out.records[0].meta["category"], "card_arrival");
+    assert!(out.records.iter().any(|r| r.text.contains('\n')), "multi-line quoted fields survive");
+    let bytes = std::fs::read(fixture("banking77/train.csv")).unwrap();
+    assert_eq!(forja_data::read::first_ragged_record(&bytes, b','), None);
+
+    let mut rejects = out.rejects;
+    let (docs, counts) = clean(out.records, &CleanConfig::default(), &mut rejects);
+    assert_eq!(docs.len() + rejects.len(), 10_003);
+    assert_eq!(counts.duplicates, rejects.len());
+}
+
+#[test]
+fn c4_jsonl_keeps_text_and_moves_other_fields_to_meta() {
+    let mut out = ReadOutput::default();
+    read_file(&fixture("c4-sample/c4_sample.jsonl"), &ReadConfig::default(), &mut out).unwrap();
+    assert_eq!(out.records.len(), 1_000);
+    assert!(out.rejects.is_empty());
+    assert!(out.records.iter().all(|r| r.meta.contains_key("url") && r.meta.contains_key("timestamp")));
+    let mut rejects = Vec::new();
+    let (docs, _) = clean(out.records, &CleanConfig::default(), &mut rejects);
+    assert_eq!(docs.len() + rejects.len(), 1_000);
+    assert!(docs[0].text.starts_with("Beginners BBQ Class Taking Place in Missoula!"));
+    let meta: serde_json::Value = serde_json::from_str(&docs[0].meta).unwrap();
+    assert!(meta["url"].as_str().unwrap().starts_with("http"));
+}
