@@ -81,7 +81,7 @@ fn clean_report_md(r: &CleanReport, rejects: &[Reject]) -> String {
     s += "| rule | records |\n|---|---|\n";
     s += &format!("| records read | {} |\n", c.read + r.unreadable_records);
     s += &format!("| unreadable (bad JSON, invalid UTF-8, missing text) | {} |\n", r.unreadable_records);
-    s += &format!("| changed by normalization (kept) | {} |\n", c.changed_by_normalization);
+    s += &format!("| changed by normalization | {} |\n", c.changed_by_normalization);
     s += &format!("| empty after normalization | {} |\n", c.empty);
     s += &format!("| shorter than min_chars | {} |\n", c.too_short);
     s += &format!("| exact duplicates | {} |\n", c.duplicates);
