@@ -237,3 +237,25 @@ fn a_killed_process_resumes_to_the_same_weights() {
         assert!(ta.equal(tb), "{na} differs after kill and resume");
     }
 }
+
+#[test]
+fn early_stopping_ends_the_run_when_validation_stops_improving() {
+    let _serial = serial();
+    let data = tempfile::tempdir().unwrap();
+    let inputs = fixture(data.path());
+    // lr = 0: the weights never change, so validation never improves on its first value.
+    let cfg = PretrainConfig {
+        optim: OptimConfig { lr: 0.0, min_lr: 0.0, ..tiny_cfg().optim },
+        max_steps: 20,
+        eval_interval: 4,
+        early_stopping_patience: 2,
+        ..tiny_cfg()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let s = run(&cfg, &inputs, out.path(), &ctx()).unwrap();
+    assert!(s.early_stopped);
+    assert_eq!(s.steps, 12, "evaluations at 4 (best), 8 and 12 (two without improvement)");
+    assert!(out.path().join("model/model.safetensors").exists());
+    let vals = MetricRow::read(&out.path().join("metrics.arrow")).unwrap();
+    assert_eq!(vals.iter().filter(|m| m.name == "loss" && m.split == "val").count(), 3);
+}
