@@ -212,9 +212,8 @@ pub fn first_ragged_record(bytes: &[u8], separator: u8) -> Option<RaggedRecord> 
     let (mut fields, mut in_quotes, mut line, mut start_line, mut record) = (1usize, false, 1u64, 1u64, 0u64);
     let mut expected = None;
     let mut empty_line = true;
-    let mut i = 0;
-    while i <= bytes.len() {
-        let b = bytes.get(i).copied();
+    // Each byte, then `None` for the end of the file (which ends the last record).
+    for b in bytes.iter().copied().map(Some).chain([None]) {
         match b {
             Some(b'"') => {
                 in_quotes = !in_quotes;
@@ -226,7 +225,7 @@ pub fn first_ragged_record(bytes: &[u8], separator: u8) -> Option<RaggedRecord> 
             }
             Some(b'\n') if in_quotes => line += 1,
             Some(b'\n') | None => {
-                if !empty_line || fields > 1 {
+                if !empty_line {
                     match expected {
                         None => expected = Some(fields),
                         Some(n) => {
@@ -245,7 +244,6 @@ pub fn first_ragged_record(bytes: &[u8], separator: u8) -> Option<RaggedRecord> 
             Some(b'\r') => {}
             Some(_) => empty_line = false,
         }
-        i += 1;
     }
     None
 }

@@ -12,6 +12,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The document splits, in the order `clean` writes and `tokenize` reads them.
+pub const SPLITS: [&str; 3] = ["train", "val", "test"];
+
 /// Parameters of the `clean` stage.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -58,7 +61,7 @@ pub fn run_clean(cfg: &CleanStageConfig, files: &[PathBuf], out_dir: &Path, ctx:
         rejected: rejects.len(),
         counts,
     };
-    for (name, docs) in [("train", &splits.train), ("val", &splits.val), ("test", &splits.test)] {
+    for (name, docs) in SPLITS.into_iter().zip([&splits.train, &splits.val, &splits.test]) {
         Document::write(&out_dir.join(format!("{name}.arrow")), &ctx.name, &ctx.config_hash, docs)?;
     }
     Reject::write(&out_dir.join("rejects.arrow"), &ctx.name, &ctx.config_hash, &rejects)?;
@@ -95,14 +98,6 @@ fn clean_report_md(r: &CleanReport, rejects: &[Reject]) -> String {
     s
 }
 
-/// Parameters of the `train_tokenizer` stage.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainTokenizerConfig {
-    #[serde(flatten)]
-    pub tokenizer: TokenizerConfig,
-}
-
 /// Trains a tokenizer on the documents of `corpus`; writes `tokenizer.json`.
 pub fn run_train_tokenizer(cfg: &TokenizerConfig, corpus: &[PathBuf], out_dir: &Path) -> anyhow::Result<Tokenizer> {
     let mut docs = Vec::new();
@@ -136,15 +131,6 @@ pub fn tokenize_docs(tok: &Tokenizer, docs: &[Document], cfg: &TokenizeConfig) -
         .collect()
 }
 
-fn split_inputs() -> impl Iterator<Item = &'static str> {
-    ["train", "val", "test"].into_iter()
-}
-
-/// Parses and checks parameters of a stage kind.
-fn checker<T: serde::de::DeserializeOwned>(kind: &'static str) -> impl Fn(&serde_json::Value) -> anyhow::Result<T> {
-    move |p| parse_params::<T>(kind, p)
-}
-
 /// The `clean` stage.
 pub const CLEAN: Stage = Stage {
     kind: "clean",
@@ -157,9 +143,9 @@ pub const CLEAN: Stage = Stage {
         OutputSpec { name: "rejects", path: "rejects.arrow" },
         OutputSpec { name: "report", path: "report.md" },
     ],
-    check: |p| checker::<CleanStageConfig>("clean")(p).map(drop),
+    check: |p| parse_params::<CleanStageConfig>("clean", p).map(drop),
     run: |p, inputs, out, ctx| {
-        let cfg = checker::<CleanStageConfig>("clean")(p)?;
+        let cfg = parse_params::<CleanStageConfig>("clean", p)?;
         run_clean(&cfg, inputs.many("files"), out, ctx).map(drop)
     },
 };
@@ -170,10 +156,10 @@ pub const TRAIN_TOKENIZER: Stage = Stage {
     about: "train a byte-level BPE or character tokenizer, saved as tokenizer.json",
     inputs: &[InputSpec { name: "corpus", required: true, many: true }],
     outputs: &[OutputSpec { name: "tokenizer", path: "tokenizer.json" }],
-    check: |p| checker::<TrainTokenizerConfig>("train_tokenizer")(p).map(drop),
+    check: |p| parse_params::<TokenizerConfig>("train_tokenizer", p).map(drop),
     run: |p, inputs, out, _ctx| {
-        let cfg = checker::<TrainTokenizerConfig>("train_tokenizer")(p)?;
-        run_train_tokenizer(&cfg.tokenizer, inputs.many("corpus"), out).map(drop)
+        let cfg = parse_params::<TokenizerConfig>("train_tokenizer", p)?;
+        run_train_tokenizer(&cfg, inputs.many("corpus"), out).map(drop)
     },
 };
 
@@ -192,16 +178,16 @@ pub const TOKENIZE: Stage = Stage {
         OutputSpec { name: "val", path: "val.tokens.arrow" },
         OutputSpec { name: "test", path: "test.tokens.arrow" },
     ],
-    check: |p| checker::<TokenizeConfig>("tokenize")(p).map(drop),
+    check: |p| parse_params::<TokenizeConfig>("tokenize", p).map(drop),
     run: |p, inputs, out, ctx| {
-        let cfg = checker::<TokenizeConfig>("tokenize")(p)?;
+        let cfg = parse_params::<TokenizeConfig>("tokenize", p)?;
         run_tokenize(&cfg, inputs, out, ctx)
     },
 };
 
 fn run_tokenize(cfg: &TokenizeConfig, inputs: &StageInputs, out: &Path, ctx: &StageCtx) -> anyhow::Result<()> {
     let tok = Tokenizer::load(inputs.one("tokenizer")?)?;
-    for split in split_inputs() {
+    for split in SPLITS {
         // A split that is not given is written empty, so outputs are always complete.
         let docs = match inputs.optional(split)? {
             Some(p) => Document::read(p)?,

@@ -48,21 +48,21 @@ pub fn score_tokens(model: &Gpt, ids: &[i64], batch_size: i64) -> anyhow::Result
     let _guard = tch::no_grad_guard();
     let block = model.cfg.block_size as usize;
     anyhow::ensure!(ids.len() > 1, "need at least 2 tokens to score, got {}", ids.len());
-    let starts: Vec<usize> = (0..ids.len() - 1).step_by(block).collect();
+    let scored = ids.len() - 1; // positions with a next token
+    let (full, rest) = (scored / block, scored % block);
     let (mut total, mut count) = (0.0f64, 0usize);
     // Full windows go in batches; the last, shorter window alone.
-    let full: Vec<usize> = starts.iter().copied().filter(|&s| s + block < ids.len()).collect();
-    for chunk in full.chunks(batch_size.max(1) as usize) {
+    let windows: Vec<usize> = (0..full).map(|w| w * block).collect();
+    for chunk in windows.chunks(batch_size.max(1) as usize) {
         let xs: Vec<i64> = chunk.iter().flat_map(|&s| ids[s..s + block].iter().copied()).collect();
         let ys: Vec<i64> = chunk.iter().flat_map(|&s| ids[s + 1..s + 1 + block].iter().copied()).collect();
-        let n = (chunk.len() * block) as f64;
-        total += window_loss(model, &xs, &ys, chunk.len() as i64) * n;
+        total += window_loss(model, &xs, &ys, chunk.len() as i64) * (chunk.len() * block) as f64;
         count += chunk.len() * block;
     }
-    if let Some(&s) = starts.iter().find(|&&s| s + block >= ids.len()) {
-        let len = ids.len() - 1 - s;
-        total += window_loss(model, &ids[s..s + len], &ids[s + 1..s + 1 + len], 1) * len as f64;
-        count += len;
+    if rest > 0 {
+        let s = full * block;
+        total += window_loss(model, &ids[s..s + rest], &ids[s + 1..s + 1 + rest], 1) * rest as f64;
+        count += rest;
     }
     let loss = total / count as f64;
     Ok(LmScore { loss, perplexity: loss.exp(), tokens: count })

@@ -119,9 +119,16 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
 }
 
+/// What checking a pipeline needs to hand: the file (for messages and spans), its
+/// stages, the known stage kinds, the folder paths start from, and overrides.
 struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
+    all: &'a [Spanned<RawStage>],
+    names: HashMap<String, usize>,
+    registry: &'a [Stage],
+    base: PathBuf,
+    overrides: &'a [Override],
 }
 
 impl Ctx<'_> {
@@ -152,66 +159,50 @@ pub fn load(file: &Path, registry: &[Stage], overrides: &[Override]) -> Result<P
 
 /// Checks a pipeline given as text (`file` is for messages and relative paths).
 pub fn parse(file: &Path, text: &str, registry: &[Stage], overrides: &[Override]) -> Result<Plan> {
-    let cx = Ctx { file, text };
     let raw: RawPipeline = toml::from_str(text).map_err(|e| match e.span() {
-        Some(span) => cx.err(span, e.message()),
+        Some(span) => anyhow!("{}:{}: {}", file.display(), line_of(text, span.start), e.message()),
         None => anyhow!("{}: {}", file.display(), e.message()),
     })?;
     let base = lexical_clean(&file.parent().unwrap_or(Path::new(".")).join(raw.pipeline.root.as_deref().unwrap_or(".")));
     let out_dir = base.join(raw.pipeline.out_dir.clone().unwrap_or_else(|| format!("runs/{}", raw.pipeline.name)));
+    let (name, seed, device) = (raw.pipeline.name.clone(), raw.pipeline.seed, raw.pipeline.device.clone());
 
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut cx = Ctx { file, text, all: &raw.stages, names: HashMap::new(), registry, base, overrides };
     for (i, s) in raw.stages.iter().enumerate() {
         let name = s.get_ref().name.get_ref();
-        if seen.insert(name.clone(), i).is_some() {
+        if cx.names.insert(name.clone(), i).is_some() {
             bail!(cx.err(s.get_ref().name.span(), format!("duplicate stage name `{name}`")));
         }
     }
     for o in overrides {
-        if !seen.contains_key(&o.stage) {
+        if !cx.names.contains_key(&o.stage) {
             bail!("--set: no stage named `{}` in {}", o.stage, file.display());
         }
     }
 
-    let mut planned = Vec::new();
-    for s in &raw.stages {
-        planned.push(check_stage(&cx, s, &raw.stages, &seen, registry, &base, overrides)?);
-    }
+    let planned = raw.stages.iter().map(|s| cx.check_stage(s)).collect::<Result<Vec<_>>>()?;
     if raw.stages.is_empty() {
         bail!("{}: the pipeline has no [[stage]]", file.display());
     }
     let order = topo_order(&planned, &raw.stages, &cx)?;
     let stages = order.into_iter().map(|i| planned[i].clone()).collect();
-    Ok(Plan {
-        name: raw.pipeline.name,
-        file: file.to_path_buf(),
-        out_dir,
-        seed: raw.pipeline.seed,
-        device: raw.pipeline.device,
-        stages,
-    })
+    Ok(Plan { name, file: file.to_path_buf(), out_dir, seed, device, stages })
 }
 
-fn check_stage(
-    cx: &Ctx,
-    s: &Spanned<RawStage>,
-    all: &[Spanned<RawStage>],
-    names: &HashMap<String, usize>,
-    registry: &[Stage],
-    base: &Path,
-    overrides: &[Override],
-) -> Result<PlannedStage> {
+impl Ctx<'_> {
+fn check_stage(&self, s: &Spanned<RawStage>) -> Result<PlannedStage> {
+    let registry = self.registry;
     let raw = s.get_ref();
     let name = raw.name.get_ref().clone();
     let kind = raw.kind.get_ref();
     let stage = *registry.iter().find(|r| r.kind == kind).ok_or_else(|| {
         let known: Vec<_> = registry.iter().map(|r| r.kind).collect();
-        cx.err(raw.kind.span(), format!("unknown stage kind `{kind}` (known: {})", known.join(", ")))
+        self.err(raw.kind.span(), format!("unknown stage kind `{kind}` (known: {})", known.join(", ")))
     })?;
 
     // Parameters: the file's table, then command-line overrides, then the stage's own check.
     let mut table = raw.params.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
-    for o in overrides.iter().filter(|o| o.stage == name) {
+    for o in self.overrides.iter().filter(|o| o.stage == name) {
         set_path(&mut table, &o.path, o.value.clone());
     }
     let params = serde_json::to_value(&table)?;
@@ -219,78 +210,69 @@ fn check_stage(
         let msg = format!("{e:#}");
         let span = raw.params.as_ref().map_or(s.span(), |p| p.span());
         let span = match unknown_field(&msg) {
-            Some(key) => cx.key_span(&span, &key),
+            Some(key) => self.key_span(&span, &key),
             None => span,
         };
-        bail!(cx.err(span, format!("stage `{name}`: {msg}")));
+        bail!(self.err(span, format!("stage `{name}`: {msg}")));
     }
 
     let mut inputs = BTreeMap::new();
     for (input, value) in &raw.inputs {
         let spec = stage.inputs.iter().find(|i| i.name == input).ok_or_else(|| {
             let known: Vec<_> = stage.inputs.iter().map(|i| i.name).collect();
-            cx.err(value.span(), format!("stage `{name}` ({kind}) has no input `{input}` (inputs: {})", known.join(", ")))
+            self.err(value.span(), format!("stage `{name}` ({kind}) has no input `{input}` (inputs: {})", known.join(", ")))
         })?;
         let items = match value.get_ref() {
             RawInput::One(v) => vec![v.clone()],
             RawInput::Many(v) => v.clone(),
         };
         if items.len() != 1 && !spec.many {
-            bail!(cx.err(value.span(), format!("input `{input}` of stage `{name}` takes one path")));
+            bail!(self.err(value.span(), format!("input `{input}` of stage `{name}` takes one path")));
         }
         let mut sources = Vec::new();
         for item in items {
-            sources.push(resolve_input(cx, value.span(), &name, &item, all, names, registry, base, spec.many)?);
+            sources.push(self.resolve_input(value.span(), &name, &item, spec.many)?);
         }
         inputs.insert(input.clone(), sources);
     }
     for spec in stage.inputs.iter().filter(|i| i.required) {
         if !inputs.contains_key(spec.name) {
-            bail!(cx.err(s.span(), format!("stage `{name}` ({kind}) needs input `{}`", spec.name)));
+            bail!(self.err(s.span(), format!("stage `{name}` ({kind}) needs input `{}`", spec.name)));
         }
     }
     Ok(PlannedStage { name, stage, inputs, params })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn resolve_input(
-    cx: &Ctx,
-    span: Range<usize>,
-    stage_name: &str,
-    item: &str,
-    all: &[Spanned<RawStage>],
-    names: &HashMap<String, usize>,
-    registry: &[Stage],
-    base: &Path,
-    many: bool,
-) -> Result<InputSource> {
+/// Resolves one input item: `@stage.output`, or files (globs expanded, checked to exist).
+fn resolve_input(&self, span: Range<usize>, stage_name: &str, item: &str, many: bool) -> Result<InputSource> {
     if let Some(reference) = item.strip_prefix('@') {
         let (from, output) = reference
             .split_once('.')
-            .ok_or_else(|| cx.err(span.clone(), format!("`{item}`: a reference is `@STAGE.OUTPUT`")))?;
-        let idx = *names.get(from).ok_or_else(|| cx.err(span.clone(), format!("`{item}`: no stage named `{from}`")))?;
+            .ok_or_else(|| self.err(span.clone(), format!("`{item}`: a reference is `@STAGE.OUTPUT`")))?;
+        let idx = *self.names.get(from).ok_or_else(|| self.err(span.clone(), format!("`{item}`: no stage named `{from}`")))?;
         if from == stage_name {
-            bail!(cx.err(span, format!("stage `{stage_name}` reads its own output `{item}`")));
+            bail!(self.err(span, format!("stage `{stage_name}` reads its own output `{item}`")));
         }
-        let from_kind = all[idx].get_ref().kind.get_ref();
-        if let Some(st) = registry.iter().find(|r| r.kind == from_kind) {
+        let from_kind = self.all[idx].get_ref().kind.get_ref();
+        if let Some(st) = self.registry.iter().find(|r| r.kind == from_kind) {
             if !st.outputs.iter().any(|o| o.name == output) {
                 let outs: Vec<_> = st.outputs.iter().map(|o| o.name).collect();
-                bail!(cx.err(span, format!("`{item}`: stage `{from}` ({from_kind}) has no output `{output}` (outputs: {})", outs.join(", "))));
+                bail!(self.err(span, format!("`{item}`: stage `{from}` ({from_kind}) has no output `{output}` (outputs: {})", outs.join(", "))));
             }
         }
         return Ok(InputSource::Output { stage: from.to_string(), output: output.to_string() });
     }
-    let pattern = base.join(item);
+    let pattern = self.base.join(item);
     let pattern = pattern.to_string_lossy();
     let paths = if many { expand_glob(&pattern) } else { Ok(vec![PathBuf::from(pattern.as_ref())]) }
-        .map_err(|e| cx.err(span.clone(), format!("stage `{stage_name}`: {e:#}")))?;
+        .map_err(|e| self.err(span.clone(), format!("stage `{stage_name}`: {e:#}")))?;
     for p in &paths {
         if !p.exists() {
-            bail!(cx.err(span, format!("stage `{stage_name}`: input file {} does not exist", p.display())));
+            bail!(self.err(span, format!("stage `{stage_name}`: input file {} does not exist", p.display())));
         }
     }
     Ok(InputSource::Files(paths))
+}
 }
 
 /// Removes `.` and resolves `..` against the preceding folder, without touching the disk.

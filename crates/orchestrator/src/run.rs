@@ -50,9 +50,7 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunManifest> {
     };
     let manifest_path = plan.out_dir.join("manifest.json");
     for stage in &plan.stages {
-        let record = run_one(plan, stage, opts, &version);
-        let failed = record.as_ref().map_or(true, |r| r.status == StageStatus::Failed);
-        match record {
+        match run_one(plan, stage, opts, &version) {
             Ok(r) => manifest.stages.push(r),
             Err(e) => {
                 manifest.stages.push(StageRecord {
@@ -70,9 +68,6 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunManifest> {
                 manifest.save(&manifest_path)?;
                 return Err(e.context(format!("stage `{}` ({}) failed", stage.name, stage.stage.kind)));
             }
-        }
-        if failed {
-            break;
         }
     }
     manifest.save(&manifest_path)?;

@@ -58,6 +58,8 @@ pub fn lr_at(cfg: &OptimConfig, step: u64, decay_steps: u64) -> f64 {
 struct Slot {
     name: String,
     param: Tensor,
+    /// Its gradient's place: a view of the flat gradient buffer.
+    grad_home: Tensor,
     offset: i64,
     numel: i64,
     shape: Vec<i64>,
@@ -89,6 +91,7 @@ impl AdamW {
         let total: i64 = vars.iter().map(|(_, p)| p.numel() as i64).sum();
         let opts = (tch::Kind::Float, vs.device());
         let flat_p = Tensor::zeros([total], opts);
+        let flat_g = Tensor::zeros([total], opts);
         let mut slots = Vec::with_capacity(vars.len());
         let (mut offset, mut n_decay) = (0, 0);
         for (name, mut param) in vars {
@@ -100,10 +103,11 @@ impl AdamW {
             if param.dim() >= 2 {
                 n_decay += numel;
             }
-            slots.push(Slot { name, param, offset, numel, shape });
+            let grad_home = flat_g.narrow(0, offset, numel).view(shape.as_slice());
+            slots.push(Slot { name, param, grad_home, offset, numel, shape });
             offset += numel;
         }
-        Self { slots, flat_g: flat_p.zeros_like(), m: flat_p.zeros_like(), v: flat_p.zeros_like(), flat_p, n_decay, t: 0 }
+        Self { slots, flat_g, m: flat_p.zeros_like(), v: flat_p.zeros_like(), flat_p, n_decay, t: 0 }
     }
 
     fn flat_view(&self, flat: &Tensor, s: &Slot) -> Tensor {
@@ -115,16 +119,13 @@ impl AdamW {
     /// gradient found elsewhere is copied in and re-homed.
     fn gather_grads(&mut self) {
         let _guard = tch::no_grad_guard();
-        for s in &self.slots {
+        for s in &mut self.slots {
             let mut g = s.param.grad();
-            let mut home = self.flat_view(&self.flat_g, s);
             if !g.defined() {
-                let _ = home.zero_();
-                continue;
-            }
-            if g.data_ptr() != home.data_ptr() {
-                home.copy_(&g);
-                g.set_data(&home);
+                let _ = s.grad_home.zero_();
+            } else if g.data_ptr() != s.grad_home.data_ptr() {
+                s.grad_home.copy_(&g);
+                g.set_data(&s.grad_home);
             }
         }
     }
