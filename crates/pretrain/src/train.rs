@@ -165,12 +165,14 @@ pub fn run_with_hook(
     let decay_steps = if cfg.optim.lr_decay_steps == 0 { cfg.max_steps } else { cfg.optim.lr_decay_steps };
     let tokens_per_step = (cfg.batch_size * block) as f64 * cfg.grad_accum as f64;
     let bar = progress_bar(cfg.max_steps, step);
-    let mut early_stopped = false;
+    let patience_spent = |evals: u64| cfg.early_stopping_patience > 0 && evals >= cfg.early_stopping_patience;
+    // A resumed run that had already stopped early stays stopped.
+    let mut early_stopped = patience_spent(evals_since_best);
     let mut last_val = f64::NAN;
     let started = Instant::now();
     let start_step = step;
     let mut window = (Instant::now(), step);
-    while step < cfg.max_steps {
+    while step < cfg.max_steps && !early_stopped {
         let lr = lr_at(&cfg.optim, step, decay_steps);
         let (batch_loss, grad_norm) = train_step(&model, &mut opt, &train, cfg, seed, step, lr)?;
         step += 1;
@@ -195,7 +197,7 @@ pub fn run_with_hook(
                 (best_val, evals_since_best) = (vl, 0);
             } else {
                 evals_since_best += 1;
-                if cfg.early_stopping_patience > 0 && evals_since_best >= cfg.early_stopping_patience {
+                if patience_spent(evals_since_best) {
                     say(&bar, format!("early stopping at step {step}: no val improvement in {evals_since_best} evaluations"));
                     early_stopped = true;
                 }
@@ -207,10 +209,7 @@ pub fn run_with_hook(
             let state = TrainerState { step, adam_t: opt.t, best_val: best, evals_since_best, run_key: run_key.clone() };
             saver.save(&opt, &state, &metrics)?;
         }
-        if early_stopped {
-            break;
-        }
-        if hook(step).is_break() {
+        if !early_stopped && hook(step).is_break() {
             bar.abandon();
             bail!("stopped by hook after step {step}");
         }

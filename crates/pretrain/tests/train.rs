@@ -258,4 +258,8 @@ fn early_stopping_ends_the_run_when_validation_stops_improving() {
     assert!(out.path().join("model/model.safetensors").exists());
     let vals = MetricRow::read(&out.path().join("metrics.arrow")).unwrap();
     assert_eq!(vals.iter().filter(|m| m.name == "loss" && m.split == "val").count(), 3);
+
+    // Run again on the same folder: the checkpoint says it stopped, so it stays stopped.
+    let again = run(&cfg, &inputs, out.path(), &ctx()).unwrap();
+    assert_eq!((again.steps, again.resumed_from, again.early_stopped), (12, Some(12), true));
 }
