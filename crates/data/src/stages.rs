@@ -195,6 +195,12 @@ fn run_tokenize(cfg: &TokenizeConfig, inputs: &StageInputs, out: &Path, ctx: &St
         };
         let rows = tokenize_docs(&tok, &docs, cfg)?;
         let n: usize = rows.iter().map(|r| r.ids.len()).sum();
+        if let Some(unk) = tok.token_to_id(tokenizer::UNK) {
+            let unknown = rows.iter().flat_map(|r| &r.ids).filter(|&&t| t == unk).count();
+            if unknown > 0 {
+                tracing::warn!(split, unknown, "characters unseen by the tokenizer were encoded as {}", tokenizer::UNK);
+            }
+        }
         TokenRow::write(&out.join(format!("{split}.tokens.arrow")), &ctx.name, &ctx.config_hash, &rows)?;
         tracing::info!(split, docs = rows.len(), tokens = n, "tokenized");
     }
