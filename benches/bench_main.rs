@@ -39,21 +39,32 @@ mod data {
 
 mod pretrain {
     use super::*;
+    use forja_core::stage::StageCtx;
+    use forja_model::checkpoint::write_model_files;
     use forja_model::{Gpt, GptConfig};
-    use forja_pretrain::batches::TokenStream;
-    use forja_pretrain::optim::{AdamW, OptimConfig};
+    use forja_pretrain::objectives::{CausalLm, ModelWriter, Streams};
+    use forja_train::batches::TokenStream;
+    use forja_train::{Engine, EngineConfig, OptimConfig, ParamGroup};
     use tch::{nn, Device};
 
-    /// One optimiser step of nanoGPT's Tiny Shakespeare CPU configuration.
+    /// One optimiser step of nanoGPT's Tiny Shakespeare CPU configuration,
+    /// through the engine's own step.
     pub fn benches(c: &mut Criterion) {
         let ids: Vec<i64> = shakespeare().bytes().map(i64::from).collect();
-        let data = TokenStream::from_ids(&ids, Device::Cpu).expect("stream");
+        let stream = || TokenStream::from_ids(&ids, Device::Cpu).expect("stream");
         let cfg = GptConfig { vocab_size: 256, block_size: 64, n_layer: 4, n_head: 4, n_embd: 128, ..Default::default() };
         tch::manual_seed(0);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let mut vs = nn::VarStore::new(Device::Cpu);
         let model = Gpt::new(&vs.root(), &cfg).expect("model");
-        let mut opt = AdamW::new(&vs);
-        let ocfg = OptimConfig { lr: 1e-3, ..Default::default() };
+        let tokenizer = forja_tokenizer::char_tokenizer(std::iter::once("ab"), &[]).expect("tokenizer");
+        let write: ModelWriter = Box::new(|vs, dir| write_model_files(dir, vs, &cfg, &tokenizer));
+        let data = Streams { train: stream(), val: stream(), batch_size: 12, block: 64, seed: 0 };
+        let mut obj = CausalLm { model: &model, data, grad_accum: 1, write };
+        let ecfg = EngineConfig { optim: OptimConfig { lr: 1e-3, ..Default::default() }, max_steps: u64::MAX, ..Default::default() };
+        let groups = ParamGroup::decay_split(&vs, 0.1);
+        let ctx = StageCtx { name: "bench".into(), seed: 0, device: "cpu".into(), config_hash: String::new(), code_hash: "" };
+        let scratch = std::env::temp_dir();
+        let mut engine = Engine::new(&ecfg, &mut vs, groups, 0, String::new(), &ctx, &scratch).expect("engine");
         let mut g = c.benchmark_group("pretrain");
         g.sample_size(20);
         g.throughput(Throughput::Elements(12 * 64));
@@ -61,13 +72,7 @@ mod pretrain {
         g.bench_function("gpt 4x128 step, batch 12x64", |b| {
             b.iter(|| {
                 step += 1;
-                let (x, y) = data.random_batch(12, 64, 0, 0, step);
-                let loss = model.loss(&x, &y, true);
-                loss.backward();
-                opt.clip_grad_norm(1.0);
-                opt.step(&ocfg, ocfg.lr);
-                opt.zero_grad();
-                loss.double_value(&[])
+                engine.train_step(&mut obj, step, 1e-3, false).map(|_| ())
             })
         });
         g.finish();

@@ -2,11 +2,8 @@
 
 use crate::ipc::{read_artifact, write_artifact, ArtifactError};
 use crate::schema::{col, ArtifactKind};
-use arrow_array::builder::{ListBuilder, UInt32Builder};
-use arrow_array::{
-    Array, ArrayRef, Float32Array, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array,
-    UInt64Array,
-};
+use arrow_array::builder::{Float32Builder, ListBuilder, UInt32Builder};
+use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -44,23 +41,17 @@ fn batch(kind: ArtifactKind, columns: Vec<ArrayRef>) -> RecordBatch {
 }
 
 fn column<'a, T: 'static>(path: &Path, b: &'a RecordBatch, name: &str) -> Result<&'a T, ArtifactError> {
-    b.column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| ArtifactError::BadValue {
-            path: path.into(),
-            row: 0,
-            problem: format!("column `{name}` missing or of the wrong type"),
-        })
+    b.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).ok_or_else(|| ArtifactError::BadValue {
+        path: path.into(),
+        row: 0,
+        problem: format!("column `{name}` missing or of the wrong type"),
+    })
 }
 
 fn no_nulls(path: &Path, name: &str, a: &dyn Array) -> Result<(), ArtifactError> {
     match (0..a.len()).find(|&i| a.is_null(i)) {
         None => Ok(()),
-        Some(row) => Err(ArtifactError::BadValue {
-            path: path.into(),
-            row,
-            problem: format!("null in non-nullable column `{name}`"),
-        }),
+        Some(row) => Err(ArtifactError::BadValue { path: path.into(), row, problem: format!("null in non-nullable column `{name}`") }),
     }
 }
 
@@ -145,13 +136,7 @@ impl Reject {
         while !raw.is_char_boundary(end) {
             end -= 1;
         }
-        Self {
-            source: source.to_string(),
-            position,
-            reason: reason.into(),
-            raw: raw[..end].to_string(),
-            raw_len: raw.len() as u64,
-        }
+        Self { source: source.to_string(), position, reason: reason.into(), raw: raw[..end].to_string(), raw_len: raw.len() as u64 }
     }
 }
 
@@ -227,15 +212,11 @@ impl Artifact for TokenRow {
         let doc_id = str_col(path, b, col::DOC_ID)?;
         let list = column::<ListArray>(path, b, col::IDS)?;
         no_nulls(path, col::IDS, list)?;
-        let values = list
-            .values()
-            .as_any()
-            .downcast_ref::<UInt32Array>()
-            .ok_or_else(|| ArtifactError::BadValue {
-                path: path.into(),
-                row: 0,
-                problem: "`ids` items are not u32".into(),
-            })?;
+        let values = list.values().as_any().downcast_ref::<UInt32Array>().ok_or_else(|| ArtifactError::BadValue {
+            path: path.into(),
+            row: 0,
+            problem: "`ids` items are not u32".into(),
+        })?;
         let offsets = list.value_offsets();
         Ok(doc_id
             .into_iter()
@@ -243,6 +224,46 @@ impl Artifact for TokenRow {
             .map(|(i, doc_id)| {
                 let (s, e) = (offsets[i] as usize, offsets[i + 1] as usize);
                 TokenRow { doc_id, ids: values.values()[s..e].to_vec() }
+            })
+            .collect())
+    }
+}
+
+/// A document's embedding vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingRow {
+    pub doc_id: String,
+    pub vector: Vec<f32>,
+}
+
+impl Artifact for EmbeddingRow {
+    const KIND: ArtifactKind = ArtifactKind::Embeddings;
+    fn to_batch(rows: &[Self]) -> RecordBatch {
+        let total: usize = rows.iter().map(|r| r.vector.len()).sum();
+        let mut vectors = ListBuilder::with_capacity(Float32Builder::with_capacity(total), rows.len())
+            .with_field(Arc::new(arrow_schema::Field::new("item", arrow_schema::DataType::Float32, false)));
+        for r in rows {
+            vectors.values().append_slice(&r.vector);
+            vectors.append(true);
+        }
+        batch(Self::KIND, vec![strings(rows.iter().map(|r| r.doc_id.as_str())), Arc::new(vectors.finish())])
+    }
+    fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<Self>, ArtifactError> {
+        let doc_id = str_col(path, b, col::DOC_ID)?;
+        let list = column::<ListArray>(path, b, col::VECTOR)?;
+        no_nulls(path, col::VECTOR, list)?;
+        let values = list.values().as_any().downcast_ref::<Float32Array>().ok_or_else(|| ArtifactError::BadValue {
+            path: path.into(),
+            row: 0,
+            problem: "`vector` items are not f32".into(),
+        })?;
+        let offsets = list.value_offsets();
+        Ok(doc_id
+            .into_iter()
+            .enumerate()
+            .map(|(i, doc_id)| {
+                let (s, e) = (offsets[i] as usize, offsets[i + 1] as usize);
+                EmbeddingRow { doc_id, vector: values.values()[s..e].to_vec() }
             })
             .collect())
     }

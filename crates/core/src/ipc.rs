@@ -51,12 +51,9 @@ pub fn write_artifact(
 /// Reads an artifact, checking first that it is of `kind` and has its columns.
 pub fn read_artifact(path: &Path, kind: ArtifactKind) -> Result<Vec<RecordBatch>, ArtifactError> {
     let file = File::open(path).map_err(|source| ArtifactError::Io { path: path.into(), source })?;
-    let reader = FileReader::try_new(BufReader::new(file), None)
-        .map_err(|source| ArtifactError::Arrow { path: path.into(), source })?;
+    let reader = FileReader::try_new(BufReader::new(file), None).map_err(|source| ArtifactError::Arrow { path: path.into(), source })?;
     check_schema(path, kind, &reader.schema())?;
-    reader
-        .map(|b| b.map_err(|source| ArtifactError::Arrow { path: path.into(), source }))
-        .collect()
+    reader.map(|b| b.map_err(|source| ArtifactError::Arrow { path: path.into(), source })).collect()
 }
 
 /// Checks that `found` is an artifact of `kind`: its metadata names the kind and
@@ -64,20 +61,12 @@ pub fn read_artifact(path: &Path, kind: ArtifactKind) -> Result<Vec<RecordBatch>
 pub fn check_schema(path: &Path, kind: ArtifactKind, found: &Schema) -> Result<(), ArtifactError> {
     if let Some(name) = found.metadata().get(meta::SCHEMA) {
         if name != kind.name() {
-            return Err(ArtifactError::WrongKind {
-                path: path.into(),
-                expected: kind.name(),
-                found: name.clone(),
-            });
+            return Err(ArtifactError::WrongKind { path: path.into(), expected: kind.name(), found: name.clone() });
         }
     }
     let expected = kind.fields();
-    let ok = expected.iter().all(|e| {
-        found
-            .field_with_name(e.name())
-            .map(|f| f.data_type().equals_datatype(e.data_type()))
-            .unwrap_or(false)
-    });
+    let ok =
+        expected.iter().all(|e| found.field_with_name(e.name()).map(|f| f.data_type().equals_datatype(e.data_type())).unwrap_or(false));
     if ok {
         Ok(())
     } else {

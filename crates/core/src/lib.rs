@@ -5,7 +5,9 @@
 //! - [`artifacts`]: typed rows (documents, rejects, tokens, metrics, generations)
 //!   and their conversion to and from record batches;
 //! - [`hash`] and [`manifest`]: content hashes and the run manifest;
-//! - [`fsutil`]: atomic file and directory writes.
+//! - [`fsutil`]: atomic file and directory writes;
+//! - [`metric`]: metric and split names;
+//! - [`stage`]: the typed stage interface, its JSON/CLI adapter, the stage binaries' CLI.
 //!
 //! This crate never depends on libtorch.
 
@@ -14,10 +16,11 @@ pub mod fsutil;
 pub mod hash;
 pub mod ipc;
 pub mod manifest;
+pub mod metric;
 pub mod plot;
 pub mod schema;
 pub mod stage;
 
-pub use artifacts::{Artifact, Document, Generation, MetricRow, Reject, TokenRow};
+pub use artifacts::{Artifact, Document, EmbeddingRow, Generation, MetricRow, Reject, TokenRow};
 pub use ipc::{read_artifact, write_artifact, ArtifactError};
 pub use schema::ArtifactKind;

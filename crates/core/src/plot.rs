@@ -38,17 +38,25 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         let _ = writeln!(svg, "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>", H - PAD + 16.0, tick(xv));
     }
     let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", W / 2.0, H - 8.0, escape(x_label));
-    let _ = writeln!(svg, "<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{}</text>", H / 2.0, H / 2.0, escape(y_label));
+    let _ = writeln!(
+        svg,
+        "<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{}</text>",
+        H / 2.0,
+        H / 2.0,
+        escape(y_label)
+    );
     for (i, s) in series.iter().enumerate() {
-        let path: Vec<String> = s
-            .points
-            .iter()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
-            .collect();
+        let path: Vec<String> =
+            s.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
         let _ = writeln!(svg, "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"/>", s.color, path.join(" "));
         let ly = PAD + 16.0 * i as f64;
-        let _ = writeln!(svg, "<line x1=\"{:.1}\" y1=\"{ly}\" x2=\"{:.1}\" y2=\"{ly}\" stroke=\"{}\" stroke-width=\"2\"/>", W - PAD - 120.0, W - PAD - 100.0, s.color);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{:.1}\" y1=\"{ly}\" x2=\"{:.1}\" y2=\"{ly}\" stroke=\"{}\" stroke-width=\"2\"/>",
+            W - PAD - 120.0,
+            W - PAD - 100.0,
+            s.color
+        );
         let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>", W - PAD - 95.0, ly + 4.0, escape(s.label));
     }
     svg.push_str("</svg>\n");
@@ -64,7 +72,11 @@ fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
 }
 
 fn tick(v: f64) -> String {
-    if v.abs() >= 1000.0 { format!("{v:.0}") } else { format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string() }
+    if v.abs() >= 1000.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string()
+    }
 }
 
 fn escape(s: &str) -> String {

@@ -39,6 +39,7 @@ pub mod col {
     pub const COMPLETION: &str = "completion";
     pub const MODEL: &str = "model";
     pub const REWARD: &str = "reward";
+    pub const VECTOR: &str = "vector";
 }
 
 /// The kinds of artifact that stages exchange.
@@ -49,6 +50,7 @@ pub enum ArtifactKind {
     Tokens,
     Metrics,
     Generations,
+    Embeddings,
 }
 
 impl ArtifactKind {
@@ -59,6 +61,7 @@ impl ArtifactKind {
             Self::Tokens => "tokens",
             Self::Metrics => "metrics",
             Self::Generations => "generations",
+            Self::Embeddings => "embeddings",
         }
     }
 
@@ -75,14 +78,9 @@ impl ArtifactKind {
                 utf8(RAW),
                 Field::new(RAW_LEN, DataType::UInt64, false),
             ],
-            Self::Tokens => vec![
-                utf8(DOC_ID),
-                Field::new(
-                    IDS,
-                    DataType::List(Arc::new(Field::new("item", DataType::UInt32, false))),
-                    false,
-                ),
-            ],
+            Self::Tokens => {
+                vec![utf8(DOC_ID), Field::new(IDS, DataType::List(Arc::new(Field::new("item", DataType::UInt32, false))), false)]
+            }
             Self::Metrics => vec![
                 utf8(STAGE),
                 Field::new(STEP, DataType::UInt64, false),
@@ -90,12 +88,10 @@ impl ArtifactKind {
                 Field::new(VALUE, DataType::Float64, false),
                 utf8(SPLIT),
             ],
-            Self::Generations => vec![
-                utf8(PROMPT),
-                utf8(COMPLETION),
-                utf8(MODEL),
-                Field::new(REWARD, DataType::Float32, true),
-            ],
+            Self::Generations => vec![utf8(PROMPT), utf8(COMPLETION), utf8(MODEL), Field::new(REWARD, DataType::Float32, true)],
+            Self::Embeddings => {
+                vec![utf8(DOC_ID), Field::new(VECTOR, DataType::List(Arc::new(Field::new("item", DataType::Float32, false))), false)]
+            }
         }
     }
 
@@ -113,9 +109,5 @@ impl ArtifactKind {
 
 /// Renders columns as `name: type` for error messages.
 pub fn describe_fields<'a>(fields: impl IntoIterator<Item = &'a Field>) -> String {
-    fields
-        .into_iter()
-        .map(|f| format!("{}: {}", f.name(), f.data_type()))
-        .collect::<Vec<_>>()
-        .join(", ")
+    fields.into_iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", ")
 }

@@ -1,8 +1,9 @@
 //! What every stage shares: its declared inputs and outputs, the context a run
 //! gives it, and the command line of the stage binaries.
 //!
-//! A stage is a library function `run(cfg, inputs, out_dir)`; the orchestrator and
-//! the stage's own binary both reach it through [`Stage::run`], so they cannot drift.
+//! A stage kind implements [`Stage`] (typed parameters and inputs, declared
+//! outputs, `run`); the orchestrator and the stage's own binary both reach it
+//! through the one adapter [`DynStage`], so they cannot drift.
 
 use anyhow::{bail, Context};
 use std::collections::BTreeMap;
@@ -18,10 +19,23 @@ pub struct InputSpec {
 }
 
 /// One declared output: a file or folder inside the stage's output folder.
-#[derive(Debug, Clone, Copy)]
+/// A stage declares each output once, as a constant, and writes to
+/// [`OutDir::path`] of that constant, so the name and the file cannot drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutputSpec {
     pub name: &'static str,
     pub path: &'static str,
+}
+
+/// Outputs that the orchestrator reads across stages (run metrics, report links).
+pub mod outputs {
+    use super::OutputSpec;
+    /// A `metrics` artifact; the run concatenates every stage's.
+    pub const METRICS: OutputSpec = OutputSpec { name: "metrics", path: "metrics.arrow" };
+    /// A Markdown report, linked from the run report.
+    pub const REPORT: OutputSpec = OutputSpec { name: "report", path: "report.md" };
+    /// Loss curves as SVG, linked from the run report.
+    pub const PLOT: OutputSpec = OutputSpec { name: "plot", path: "loss.svg" };
 }
 
 /// What a run tells a stage.
@@ -34,6 +48,8 @@ pub struct StageCtx {
     pub device: String,
     /// Hash of the stage's parameters, written into artifact metadata.
     pub config_hash: String,
+    /// Hash of the code the stage runs (see [`Stage::CODE_HASH`]).
+    pub code_hash: &'static str,
 }
 
 /// Resolved input paths by input name.
@@ -64,22 +80,122 @@ impl StageInputs {
     }
 }
 
-/// A stage kind: its declaration and its entry point.
-#[derive(Clone, Copy)]
-pub struct Stage {
-    pub kind: &'static str,
-    pub about: &'static str,
-    pub inputs: &'static [InputSpec],
-    pub outputs: &'static [OutputSpec],
-    /// Checks parameters without running (unknown keys, bad values).
-    pub check: fn(&serde_json::Value) -> anyhow::Result<()>,
-    /// Runs the stage: parameters as JSON, resolved inputs, output folder.
-    pub run: fn(&serde_json::Value, &StageInputs, &Path, &StageCtx) -> anyhow::Result<()>,
+/// A stage's typed inputs, built from the resolved paths.
+pub trait FromInputs: Sized {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self>;
 }
 
-impl Stage {
+/// The output folder of a running stage.
+#[derive(Debug, Clone)]
+pub struct OutDir {
+    dir: PathBuf,
+}
+
+impl OutDir {
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf() }
+    }
+
+    /// Where a declared output lives.
+    pub fn path(&self, spec: &OutputSpec) -> PathBuf {
+        self.dir.join(spec.path)
+    }
+
+    /// The folder itself (for files that are not outputs: checkpoints, incidents).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A stage kind, typed: its parameters, its inputs, the outputs it declares,
+/// and its entry point. [`DynStage`] adapts every `Stage` to the JSON/CLI side.
+pub trait Stage: Send + Sync + 'static {
+    const KIND: &'static str;
+    const ABOUT: &'static str;
+    const INPUTS: &'static [InputSpec];
+    const OUTPUTS: &'static [OutputSpec];
+    /// Hash of the code this stage runs: its crate and the workspace crates it
+    /// depends on, computed at build time (`forja-buildhash`). Keys the cache, so
+    /// a rebuild that does not touch this code keeps the stage's results.
+    const CODE_HASH: &'static str;
+    type Params: serde::de::DeserializeOwned + serde::Serialize;
+    type Inputs: FromInputs;
+
+    /// Runs the stage; returns the outputs it wrote (every declared one).
+    fn run(&self, params: &Self::Params, inputs: &Self::Inputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>>;
+}
+
+/// A stage seen from the JSON/CLI side (object-safe): parameters as JSON,
+/// inputs as resolved paths. Implemented for every [`Stage`].
+pub trait DynStage: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn about(&self) -> &'static str;
+    fn inputs(&self) -> &'static [InputSpec];
+    fn outputs(&self) -> &'static [OutputSpec];
+    fn code_hash(&self) -> &'static str;
+    /// Checks parameters without running (unknown keys, bad values).
+    fn check(&self, params: &serde_json::Value) -> anyhow::Result<()>;
+    /// Runs the stage. A panic inside it (libtorch raises through panics) becomes
+    /// an error, and every declared output must exist afterwards.
+    fn run_json(&self, params: &serde_json::Value, inputs: &StageInputs, out_dir: &Path, ctx: &StageCtx)
+        -> anyhow::Result<Vec<OutputSpec>>;
+}
+
+impl dyn DynStage {
     pub fn output_path(&self, out_dir: &Path, name: &str) -> Option<PathBuf> {
-        self.outputs.iter().find(|o| o.name == name).map(|o| out_dir.join(o.path))
+        self.outputs().iter().find(|o| o.name == name).map(|o| out_dir.join(o.path))
+    }
+}
+
+impl<S: Stage> DynStage for S {
+    fn kind(&self) -> &'static str {
+        S::KIND
+    }
+    fn about(&self) -> &'static str {
+        S::ABOUT
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        S::INPUTS
+    }
+    fn outputs(&self) -> &'static [OutputSpec] {
+        S::OUTPUTS
+    }
+    fn code_hash(&self) -> &'static str {
+        S::CODE_HASH
+    }
+    fn check(&self, params: &serde_json::Value) -> anyhow::Result<()> {
+        parse_params::<S::Params>(S::KIND, params).map(drop)
+    }
+    fn run_json(
+        &self,
+        params: &serde_json::Value,
+        inputs: &StageInputs,
+        out_dir: &Path,
+        ctx: &StageCtx,
+    ) -> anyhow::Result<Vec<OutputSpec>> {
+        let params: S::Params = parse_params(S::KIND, params)?;
+        let inputs = S::Inputs::from_inputs(inputs).with_context(|| format!("inputs of stage `{}`", S::KIND))?;
+        let out = OutDir::new(out_dir);
+        let ctx = StageCtx { code_hash: S::CODE_HASH, ..ctx.clone() };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&params, &inputs, &out, &ctx)));
+        let written = match result {
+            Ok(r) => r?,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                bail!("stage `{}` panicked: {msg}", S::KIND);
+            }
+        };
+        for spec in S::OUTPUTS {
+            let path = out.path(spec);
+            if !written.contains(spec) || !path.exists() {
+                bail!("stage `{}` did not write its output `{}` ({})", S::KIND, spec.name, path.display());
+            }
+        }
+        Ok(written)
     }
 }
 
@@ -91,9 +207,7 @@ pub fn parse_params<T: serde::de::DeserializeOwned>(kind: &str, params: &serde_j
 /// Parses `key=value` into a JSON value; `value` is read as JSON when it parses
 /// (numbers, booleans, arrays), else as a string. Dotted keys nest: `a.b=1`.
 pub fn set_param(params: &mut serde_json::Value, assignment: &str) -> anyhow::Result<()> {
-    let (key, raw) = assignment
-        .split_once('=')
-        .with_context(|| format!("`{assignment}`: expected KEY=VALUE"))?;
+    let (key, raw) = assignment.split_once('=').with_context(|| format!("`{assignment}`: expected KEY=VALUE"))?;
     let value = serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.to_string()));
     let mut node = params;
     let parts: Vec<&str> = key.split('.').collect();
@@ -132,43 +246,38 @@ pub struct StageArgs {
 }
 
 /// Runs one stage of `stages` from parsed [`StageArgs`].
-pub fn run_from_args(stages: &[Stage], args: &StageArgs) -> anyhow::Result<()> {
-    let stage = stages
-        .iter()
-        .find(|s| s.kind == args.kind)
-        .with_context(|| {
-            let kinds: Vec<_> = stages.iter().map(|s| s.kind).collect();
-            format!("unknown stage kind `{}` (known: {})", args.kind, kinds.join(", "))
-        })?;
+pub fn run_from_args(stages: &[&dyn DynStage], args: &StageArgs) -> anyhow::Result<()> {
+    let stage = *stages.iter().find(|s| s.kind() == args.kind).with_context(|| {
+        let kinds: Vec<_> = stages.iter().map(|s| s.kind()).collect();
+        format!("unknown stage kind `{}` (known: {})", args.kind, kinds.join(", "))
+    })?;
     let mut params = serde_json::json!({});
     for p in &args.params {
         set_param(&mut params, p)?;
     }
-    (stage.check)(&params)?;
+    stage.check(&params)?;
     let mut inputs = StageInputs::default();
     for i in &args.inputs {
         let (name, path) = i.split_once('=').with_context(|| format!("--input `{i}`: expected NAME=PATH"))?;
-        let spec = stage
-            .inputs
-            .iter()
-            .find(|s| s.name == name)
-            .with_context(|| format!("stage `{}` has no input `{name}`", stage.kind))?;
+        let spec =
+            stage.inputs().iter().find(|s| s.name == name).with_context(|| format!("stage `{}` has no input `{name}`", stage.kind()))?;
         let paths = if spec.many { expand_glob(path)? } else { vec![PathBuf::from(path)] };
         inputs.0.entry(name.to_string()).or_default().extend(paths);
     }
-    for spec in stage.inputs.iter().filter(|s| s.required) {
+    for spec in stage.inputs().iter().filter(|s| s.required) {
         if !inputs.0.contains_key(spec.name) {
-            bail!("stage `{}` needs input `{}`", stage.kind, spec.name);
+            bail!("stage `{}` needs input `{}`", stage.kind(), spec.name);
         }
     }
     let ctx = StageCtx {
-        name: stage.kind.to_string(),
+        name: stage.kind().to_string(),
         seed: args.seed,
         device: args.device.clone(),
         config_hash: crate::hash::hash_json(&params),
+        code_hash: stage.code_hash(),
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    (stage.run)(&params, &inputs, &args.out, &ctx)
+    stage.run_json(&params, &inputs, &args.out, &ctx).map(drop)
 }
 
 /// Expands a glob into the sorted paths it matches; a plain path is returned as is.
@@ -190,7 +299,7 @@ pub fn expand_glob(pattern: &str) -> anyhow::Result<Vec<PathBuf>> {
 
 /// `main` of a stage binary: parses [`StageArgs`], runs the stage, prints the
 /// error chain and exits non-zero on failure.
-pub fn stage_main(stages: &[Stage]) -> std::process::ExitCode {
+pub fn stage_main(stages: &[&dyn DynStage]) -> std::process::ExitCode {
     use clap::Parser;
     init_logging();
     match run_from_args(stages, &StageArgs::parse()) {
@@ -207,11 +316,8 @@ pub fn init_logging() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .finish();
+    let subscriber =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).finish();
     // Already set (e.g. by an embedding program): keep theirs.
     let _ignored = tracing::subscriber::set_global_default(subscriber);
 }

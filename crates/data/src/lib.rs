@@ -8,6 +8,7 @@ pub mod clean;
 pub mod read;
 pub mod split;
 pub mod stages;
-pub mod tokenizer;
+/// Tokenizers live in their own crate (no polars), re-exported here.
+pub use forja_tokenizer as tokenizer;
 
 pub use stages::STAGES;

@@ -167,18 +167,9 @@ pub fn read_jsonl(file: &str, bytes: &[u8], text_field: &str, out: &mut ReadOutp
             }
         };
         match obj.remove(text_field) {
-            Some(serde_json::Value::String(text)) => {
-                out.records.push(RawRecord { file: file.into(), position: no, text, meta: obj })
-            }
-            Some(serde_json::Value::Null) | None => {
-                out.reject(file, no, format!("missing text field `{text_field}`"), line)
-            }
-            Some(other) => out.reject(
-                file,
-                no,
-                format!("text field `{text_field}` is {}, not a string", json_type(&other)),
-                line,
-            ),
+            Some(serde_json::Value::String(text)) => out.records.push(RawRecord { file: file.into(), position: no, text, meta: obj }),
+            Some(serde_json::Value::Null) | None => out.reject(file, no, format!("missing text field `{text_field}`"), line),
+            Some(other) => out.reject(file, no, format!("text field `{text_field}` is {}, not a string", json_type(&other)), line),
         }
     }
 }
@@ -267,13 +258,9 @@ pub fn read_csv(path: &Path, cfg: &ReadConfig, out: &mut ReadOutput) -> anyhow::
         .into_reader_with_file_handle(std::io::Cursor::new(bytes.as_slice()))
         .finish()
         .map_err(|e| match first_ragged_record(&bytes, separator) {
-            Some(r) => anyhow::anyhow!(
-                "{file}: line {} (record {}) has {} fields where the header has {}",
-                r.line,
-                r.record,
-                r.found,
-                r.expected
-            ),
+            Some(r) => {
+                anyhow::anyhow!("{file}: line {} (record {}) has {} fields where the header has {}", r.line, r.record, r.found, r.expected)
+            }
             None => anyhow::anyhow!("{file}: not readable as CSV: {e}"),
         })?;
     let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();

@@ -6,7 +6,7 @@ use crate::split::{split, SplitConfig};
 use crate::tokenizer::{self, Tokenizer, TokenizerConfig};
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
-use forja_core::stage::{parse_params, InputSpec, OutputSpec, Stage, StageCtx, StageInputs};
+use forja_core::stage::{outputs, FromInputs, InputSpec, OutDir, OutputSpec, Stage, StageCtx, StageInputs};
 use forja_core::{Document, Reject, TokenRow};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -41,7 +41,7 @@ pub struct CleanReport {
 /// Reads `files`, cleans, de-duplicates and splits them. Writes `train.arrow`,
 /// `val.arrow`, `test.arrow` (documents), `rejects.arrow` and `report.md`.
 /// Invariant: records read = kept (train + val + test) + rejected.
-pub fn run_clean(cfg: &CleanStageConfig, files: &[PathBuf], out_dir: &Path, ctx: &StageCtx) -> anyhow::Result<CleanReport> {
+pub fn run_clean(cfg: &CleanStageConfig, files: &[PathBuf], out: &OutDir, ctx: &StageCtx) -> anyhow::Result<CleanReport> {
     cfg.split.validate()?;
     anyhow::ensure!(!files.is_empty(), "clean: no input files");
     let mut read = ReadOutput::default();
@@ -61,11 +61,11 @@ pub fn run_clean(cfg: &CleanStageConfig, files: &[PathBuf], out_dir: &Path, ctx:
         rejected: rejects.len(),
         counts,
     };
-    for (name, docs) in SPLITS.into_iter().zip([&splits.train, &splits.val, &splits.test]) {
-        Document::write(&out_dir.join(format!("{name}.arrow")), &ctx.name, &ctx.config_hash, docs)?;
+    for (spec, docs) in CLEAN_SPLITS.iter().zip([&splits.train, &splits.val, &splits.test]) {
+        Document::write(&out.path(spec), &ctx.name, &ctx.config_hash, docs)?;
     }
-    Reject::write(&out_dir.join("rejects.arrow"), &ctx.name, &ctx.config_hash, &rejects)?;
-    forja_core::fsutil::atomic_write(&out_dir.join("report.md"), clean_report_md(&report, &rejects).as_bytes())?;
+    Reject::write(&out.path(&REJECTS), &ctx.name, &ctx.config_hash, &rejects)?;
+    forja_core::fsutil::atomic_write(&out.path(&outputs::REPORT), clean_report_md(&report, &rejects).as_bytes())?;
     tracing::info!(
         read = report.counts.read + unreadable,
         kept = report.counts.kept,
@@ -99,14 +99,14 @@ fn clean_report_md(r: &CleanReport, rejects: &[Reject]) -> String {
 }
 
 /// Trains a tokenizer on the documents of `corpus`; writes `tokenizer.json`.
-pub fn run_train_tokenizer(cfg: &TokenizerConfig, corpus: &[PathBuf], out_dir: &Path) -> anyhow::Result<Tokenizer> {
+pub fn run_train_tokenizer(cfg: &TokenizerConfig, corpus: &[PathBuf], out: &OutDir) -> anyhow::Result<Tokenizer> {
     let mut docs = Vec::new();
     for p in corpus {
         docs.extend(Document::read(p)?);
     }
     anyhow::ensure!(!docs.is_empty(), "train_tokenizer: the corpus has no documents");
     let tok = tokenizer::train(docs.iter().map(|d| d.text.as_str()), cfg)?;
-    tok.save(&out_dir.join("tokenizer.json"))?;
+    tok.save(&out.path(&TOKENIZER))?;
     tracing::info!(vocab = tok.vocab_size(), docs = docs.len(), "tokenizer trained");
     Ok(tok)
 }
@@ -131,65 +131,118 @@ pub fn tokenize_docs(tok: &Tokenizer, docs: &[Document], cfg: &TokenizeConfig) -
         .collect()
 }
 
+/// Outputs of `clean`: one documents artifact per split, in [`SPLITS`] order.
+pub const CLEAN_SPLITS: [OutputSpec; 3] = [
+    OutputSpec { name: "train", path: "train.arrow" },
+    OutputSpec { name: "val", path: "val.arrow" },
+    OutputSpec { name: "test", path: "test.arrow" },
+];
+pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
+/// Output of `train_tokenizer`.
+pub const TOKENIZER: OutputSpec = OutputSpec { name: "tokenizer", path: "tokenizer.json" };
+/// Outputs of `tokenize`: one tokens artifact per split, in [`SPLITS`] order.
+pub const TOKEN_SPLITS: [OutputSpec; 3] = [
+    OutputSpec { name: "train", path: "train.tokens.arrow" },
+    OutputSpec { name: "val", path: "val.tokens.arrow" },
+    OutputSpec { name: "test", path: "test.tokens.arrow" },
+];
+
+/// Input files of `clean` (the `files` input).
+pub struct Files(pub Vec<PathBuf>);
+
+impl FromInputs for Files {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self(inputs.many("files").to_vec()))
+    }
+}
+
+/// Documents of `train_tokenizer` (the `corpus` input).
+pub struct Corpus(pub Vec<PathBuf>);
+
+impl FromInputs for Corpus {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self(inputs.many("corpus").to_vec()))
+    }
+}
+
 /// The `clean` stage.
-pub const CLEAN: Stage = Stage {
-    kind: "clean",
-    about: "read text/JSONL/CSV, normalise, drop empty and duplicate records, split",
-    inputs: &[InputSpec { name: "files", required: true, many: true }],
-    outputs: &[
-        OutputSpec { name: "train", path: "train.arrow" },
-        OutputSpec { name: "val", path: "val.arrow" },
-        OutputSpec { name: "test", path: "test.arrow" },
-        OutputSpec { name: "rejects", path: "rejects.arrow" },
-        OutputSpec { name: "report", path: "report.md" },
-    ],
-    check: |p| parse_params::<CleanStageConfig>("clean", p).map(drop),
-    run: |p, inputs, out, ctx| {
-        let cfg = parse_params::<CleanStageConfig>("clean", p)?;
-        run_clean(&cfg, inputs.many("files"), out, ctx).map(drop)
-    },
-};
+pub struct Clean;
+
+impl Stage for Clean {
+    const KIND: &'static str = "clean";
+    const ABOUT: &'static str = "read text/JSONL/CSV, normalise, drop empty and duplicate records, split";
+    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "files", required: true, many: true }];
+    const OUTPUTS: &'static [OutputSpec] = &[CLEAN_SPLITS[0], CLEAN_SPLITS[1], CLEAN_SPLITS[2], REJECTS, outputs::REPORT];
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = CleanStageConfig;
+    type Inputs = Files;
+
+    fn run(&self, cfg: &CleanStageConfig, files: &Files, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        run_clean(cfg, &files.0, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
 
 /// The `train_tokenizer` stage.
-pub const TRAIN_TOKENIZER: Stage = Stage {
-    kind: "train_tokenizer",
-    about: "train a byte-level BPE or character tokenizer, saved as tokenizer.json",
-    inputs: &[InputSpec { name: "corpus", required: true, many: true }],
-    outputs: &[OutputSpec { name: "tokenizer", path: "tokenizer.json" }],
-    check: |p| parse_params::<TokenizerConfig>("train_tokenizer", p).map(drop),
-    run: |p, inputs, out, _ctx| {
-        let cfg = parse_params::<TokenizerConfig>("train_tokenizer", p)?;
-        run_train_tokenizer(&cfg, inputs.many("corpus"), out).map(drop)
-    },
-};
+pub struct TrainTokenizer;
+
+impl Stage for TrainTokenizer {
+    const KIND: &'static str = "train_tokenizer";
+    const ABOUT: &'static str = "train a byte-level BPE or character tokenizer, saved as tokenizer.json";
+    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "corpus", required: true, many: true }];
+    const OUTPUTS: &'static [OutputSpec] = &[TOKENIZER];
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = TokenizerConfig;
+    type Inputs = Corpus;
+
+    fn run(&self, cfg: &TokenizerConfig, corpus: &Corpus, out: &OutDir, _ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        run_train_tokenizer(cfg, &corpus.0, out)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+/// Inputs of `tokenize`.
+pub struct TokenizeInputs {
+    pub tokenizer: PathBuf,
+    /// Document splits in [`SPLITS`] order; a missing one is written empty.
+    pub splits: [Option<PathBuf>; 3],
+}
+
+impl FromInputs for TokenizeInputs {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        let split = |name| inputs.optional(name).map(|p| p.map(Path::to_path_buf));
+        Ok(Self { tokenizer: inputs.one("tokenizer")?.to_path_buf(), splits: [split("train")?, split("val")?, split("test")?] })
+    }
+}
 
 /// The `tokenize` stage.
-pub const TOKENIZE: Stage = Stage {
-    kind: "tokenize",
-    about: "tokenise document splits in parallel into token files",
-    inputs: &[
+pub struct Tokenize;
+
+impl Stage for Tokenize {
+    const KIND: &'static str = "tokenize";
+    const ABOUT: &'static str = "tokenise document splits in parallel into token files";
+    const INPUTS: &'static [InputSpec] = &[
         InputSpec { name: "tokenizer", required: true, many: false },
         InputSpec { name: "train", required: true, many: false },
         InputSpec { name: "val", required: false, many: false },
         InputSpec { name: "test", required: false, many: false },
-    ],
-    outputs: &[
-        OutputSpec { name: "train", path: "train.tokens.arrow" },
-        OutputSpec { name: "val", path: "val.tokens.arrow" },
-        OutputSpec { name: "test", path: "test.tokens.arrow" },
-    ],
-    check: |p| parse_params::<TokenizeConfig>("tokenize", p).map(drop),
-    run: |p, inputs, out, ctx| {
-        let cfg = parse_params::<TokenizeConfig>("tokenize", p)?;
-        run_tokenize(&cfg, inputs, out, ctx)
-    },
-};
+    ];
+    const OUTPUTS: &'static [OutputSpec] = &TOKEN_SPLITS;
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = TokenizeConfig;
+    type Inputs = TokenizeInputs;
 
-fn run_tokenize(cfg: &TokenizeConfig, inputs: &StageInputs, out: &Path, ctx: &StageCtx) -> anyhow::Result<()> {
-    let tok = Tokenizer::load(inputs.one("tokenizer")?)?;
-    for split in SPLITS {
+    fn run(&self, cfg: &TokenizeConfig, inputs: &TokenizeInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        run_tokenize(cfg, inputs, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+fn run_tokenize(cfg: &TokenizeConfig, inputs: &TokenizeInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<()> {
+    let tok = Tokenizer::load(&inputs.tokenizer)?;
+    for ((split, spec), path) in SPLITS.into_iter().zip(&TOKEN_SPLITS).zip(&inputs.splits) {
         // A split that is not given is written empty, so outputs are always complete.
-        let docs = match inputs.optional(split)? {
+        let docs = match path {
             Some(p) => Document::read(p)?,
             None => Vec::new(),
         };
@@ -201,11 +254,11 @@ fn run_tokenize(cfg: &TokenizeConfig, inputs: &StageInputs, out: &Path, ctx: &St
                 tracing::warn!(split, unknown, "characters unseen by the tokenizer were encoded as {}", tokenizer::UNK);
             }
         }
-        TokenRow::write(&out.join(format!("{split}.tokens.arrow")), &ctx.name, &ctx.config_hash, &rows)?;
+        TokenRow::write(&out.path(spec), &ctx.name, &ctx.config_hash, &rows)?;
         tracing::info!(split, docs = rows.len(), tokens = n, "tokenized");
     }
     Ok(())
 }
 
 /// All data stages.
-pub const STAGES: &[Stage] = &[CLEAN, TRAIN_TOKENIZER, TOKENIZE];
+pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&Clean, &TrainTokenizer, &Tokenize];

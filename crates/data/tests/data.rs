@@ -16,11 +16,17 @@ fn shakespeare() -> String {
 }
 
 fn ctx() -> StageCtx {
-    StageCtx { name: "clean".into(), seed: 7, device: "cpu".into(), config_hash: "test".into() }
+    StageCtx { name: "clean".into(), seed: 7, device: "cpu".into(), config_hash: "test".into(), code_hash: "test" }
 }
 
 fn doc(text: &str) -> Document {
-    Document { id: forja_core::hash::hash_bytes(text.as_bytes()), text: text.into(), source: "s".into(), lang: "und".into(), meta: "{}".into() }
+    Document {
+        id: forja_core::hash::hash_bytes(text.as_bytes()),
+        text: text.into(),
+        source: "s".into(),
+        lang: "und".into(),
+        meta: "{}".into(),
+    }
 }
 
 #[test]
@@ -94,8 +100,7 @@ fn csv_reads_through_polars_and_rejects_missing_and_undecodable_values() {
 
 #[test]
 fn a_missing_file_is_an_error_naming_it() {
-    let err = read_file(&PathBuf::from("/no/such/file.jsonl"), &ReadConfig::default(), &mut ReadOutput::default())
-        .unwrap_err();
+    let err = read_file(&PathBuf::from("/no/such/file.jsonl"), &ReadConfig::default(), &mut ReadOutput::default()).unwrap_err();
     assert!(format!("{err:#}").contains("/no/such/file.jsonl"));
 }
 
@@ -147,7 +152,7 @@ fn clean_stage_loses_nothing_across_formats() {
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let cfg = CleanStageConfig { split: SplitConfig { val_fraction: 0.3, ..Default::default() }, ..Default::default() };
-    let report = run_clean(&cfg, &[txt, jsonl, csv], &out, &ctx()).unwrap();
+    let report = run_clean(&cfg, &[txt, jsonl, csv], &forja_core::stage::OutDir::new(&out), &ctx()).unwrap();
 
     let kept: usize = ["train", "val", "test"].iter().map(|s| Document::read(&out.join(format!("{s}.arrow"))).unwrap().len()).sum();
     let rejects = Reject::read(&out.join("rejects.arrow")).unwrap();

@@ -5,11 +5,13 @@
 
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
-use forja_core::stage::{parse_params, InputSpec, OutputSpec, Stage, StageCtx, StageInputs};
+use forja_core::metric::{self, split};
+use forja_core::stage::{outputs, FromInputs, InputSpec, OutDir, OutputSpec, Stage, StageCtx, StageInputs};
 use forja_core::{Generation, MetricRow, TokenRow};
-use forja_model::{generate, load_model, parse_device, Gpt, SamplingConfig};
+use forja_model::generate::generate_uncached;
+use forja_model::{generate, load_model, parse_device, AnyModel, LanguageModel, SamplingConfig};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 /// Parameters of the `eval` stage.
@@ -30,7 +32,14 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { batch_size: 32, max_tokens: 0, prompts: vec!["\n".into()], sampling: SamplingConfig::default(), device: None, split_name: "val".into() }
+        Self {
+            batch_size: 32,
+            max_tokens: 0,
+            prompts: vec!["\n".into()],
+            sampling: SamplingConfig::default(),
+            device: None,
+            split_name: split::VAL.into(),
+        }
     }
 }
 
@@ -44,9 +53,9 @@ pub struct LmScore {
 
 /// Mean next-token loss over `ids`, cut into non-overlapping windows of the
 /// model's context (each scored token counted once).
-pub fn score_tokens(model: &Gpt, ids: &[i64], batch_size: i64) -> anyhow::Result<LmScore> {
+pub fn score_tokens(model: &dyn LanguageModel, ids: &[i64], batch_size: i64) -> anyhow::Result<LmScore> {
     let _guard = tch::no_grad_guard();
-    let block = model.cfg.block_size as usize;
+    let block = model.context() as usize;
     anyhow::ensure!(ids.len() > 1, "need at least 2 tokens to score, got {}", ids.len());
     let scored = ids.len() - 1; // positions with a next token
     let (full, rest) = (scored / block, scored % block);
@@ -56,58 +65,61 @@ pub fn score_tokens(model: &Gpt, ids: &[i64], batch_size: i64) -> anyhow::Result
     for chunk in windows.chunks(batch_size.max(1) as usize) {
         let xs: Vec<i64> = chunk.iter().flat_map(|&s| ids[s..s + block].iter().copied()).collect();
         let ys: Vec<i64> = chunk.iter().flat_map(|&s| ids[s + 1..s + 1 + block].iter().copied()).collect();
-        total += window_loss(model, &xs, &ys, chunk.len() as i64) * (chunk.len() * block) as f64;
+        total += window_loss(model, &xs, &ys, chunk.len() as i64)? * (chunk.len() * block) as f64;
         count += chunk.len() * block;
     }
     if rest > 0 {
         let s = full * block;
-        total += window_loss(model, &ids[s..s + rest], &ids[s + 1..s + 1 + rest], 1) * rest as f64;
+        total += window_loss(model, &ids[s..s + rest], &ids[s + 1..s + 1 + rest], 1)? * rest as f64;
         count += rest;
     }
     let loss = total / count as f64;
     Ok(LmScore { loss, perplexity: loss.exp(), tokens: count })
 }
 
-fn window_loss(model: &Gpt, xs: &[i64], ys: &[i64], rows: i64) -> f64 {
+fn window_loss(model: &dyn LanguageModel, xs: &[i64], ys: &[i64], rows: i64) -> anyhow::Result<f64> {
     let device = model.device();
     let x = Tensor::from_slice(xs).to(device).view([rows, -1]);
     let y = Tensor::from_slice(ys).to(device).view([rows, -1]);
-    model.loss(&x, &y, false).double_value(&[])
+    Ok(model.loss(&x, &y, false)?.double_value(&[]))
 }
 
 /// Scores `split` and samples completions; writes `metrics.arrow`,
 /// `generations.arrow` and `report.md` under `out_dir`.
-pub fn run(cfg: &EvalConfig, model_dir: &Path, split: &Path, out_dir: &Path, ctx: &StageCtx) -> anyhow::Result<LmScore> {
+pub fn run(cfg: &EvalConfig, model_dir: &Path, split: &Path, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<LmScore> {
     let device = parse_device(cfg.device.as_deref().unwrap_or(&ctx.device))?;
     let loaded = load_model(model_dir, device)?;
+    let model = loaded.model.as_lm().with_context(|| {
+        format!("{}: eval scores causal language models; this one is `{}`", model_dir.display(), loaded.model.model_type())
+    })?;
     let rows = TokenRow::read(split)?;
-    TokenRow::check_vocab(&rows, split, loaded.model.cfg.vocab_size as u64)?;
+    TokenRow::check_vocab(&rows, split, model.vocab_size() as u64)?;
     let mut ids: Vec<i64> = rows.iter().flat_map(|r| r.ids.iter().map(|&t| t as i64)).collect();
     if cfg.max_tokens > 0 {
         ids.truncate(cfg.max_tokens);
     }
-    let score = score_tokens(&loaded.model, &ids, cfg.batch_size).with_context(|| format!("scoring {}", split.display()))?;
+    let score = score_tokens(model, &ids, cfg.batch_size).with_context(|| format!("scoring {}", split.display()))?;
     let split_name = cfg.split_name.as_str();
     let metrics = vec![
-        MetricRow::new(&ctx.name, 0, "loss", score.loss, split_name),
-        MetricRow::new(&ctx.name, 0, "perplexity", score.perplexity, split_name),
-        MetricRow::new(&ctx.name, 0, "tokens", score.tokens as f64, split_name),
+        MetricRow::new(&ctx.name, 0, metric::LOSS, score.loss, split_name),
+        MetricRow::new(&ctx.name, 0, metric::PERPLEXITY, score.perplexity, split_name),
+        MetricRow::new(&ctx.name, 0, metric::TOKENS, score.tokens as f64, split_name),
     ];
     let mut gens = Vec::new();
     for prompt in &cfg.prompts {
-        let prompt_ids: Vec<u32> = if prompt.is_empty() {
-            ids.first().map(|&t| vec![t as u32]).unwrap_or_default()
-        } else {
-            loaded.tokenizer.encode(prompt)?
+        let prompt_ids: Vec<u32> =
+            if prompt.is_empty() { ids.first().map(|&t| vec![t as u32]).unwrap_or_default() } else { loaded.tokenizer.encode(prompt)? };
+        let new_ids = match &loaded.model {
+            AnyModel::Gpt(g) => generate(g, &prompt_ids, None, &cfg.sampling)?,
+            _ => generate_uncached(model, &prompt_ids, None, &cfg.sampling)?,
         };
-        let out = generate(&loaded.model, &prompt_ids, None, &cfg.sampling)?;
-        let completion = loaded.tokenizer.decode(&out)?;
+        let completion = loaded.tokenizer.decode(&new_ids)?;
         gens.push(Generation { prompt: prompt.clone(), completion, model: model_dir.display().to_string(), reward: None });
     }
-    MetricRow::write(&out_dir.join("metrics.arrow"), &ctx.name, &ctx.config_hash, &metrics)?;
-    Generation::write(&out_dir.join("generations.arrow"), &ctx.name, &ctx.config_hash, &gens)?;
+    MetricRow::write(&out.path(&outputs::METRICS), &ctx.name, &ctx.config_hash, &metrics)?;
+    Generation::write(&out.path(&GENERATIONS), &ctx.name, &ctx.config_hash, &gens)?;
     let report = report_md(model_dir, split, split_name, &score, &gens);
-    forja_core::fsutil::atomic_write(&out_dir.join("report.md"), report.as_bytes())?;
+    forja_core::fsutil::atomic_write(&out.path(&outputs::REPORT), report.as_bytes())?;
     println!("eval: {split_name} loss {:.4}, perplexity {:.2} over {} tokens", score.loss, score.perplexity, score.tokens);
     Ok(score)
 }
@@ -123,24 +135,39 @@ fn report_md(model_dir: &Path, split: &Path, split_name: &str, s: &LmScore, gens
     r
 }
 
-fn run_stage(p: &serde_json::Value, inputs: &StageInputs, out: &Path, ctx: &StageCtx) -> anyhow::Result<()> {
-    let cfg: EvalConfig = parse_params("eval", p)?;
-    run(&cfg, inputs.one("model")?, inputs.one("split")?, out, ctx).map(drop)
+/// Output of `eval`: sample completions.
+pub const GENERATIONS: OutputSpec = OutputSpec { name: "generations", path: "generations.arrow" };
+
+/// Inputs of `eval`.
+pub struct EvalInputs {
+    pub model: PathBuf,
+    pub split: PathBuf,
+}
+
+impl FromInputs for EvalInputs {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self { model: inputs.one("model")?.to_path_buf(), split: inputs.one("split")?.to_path_buf() })
+    }
 }
 
 /// The `eval` stage.
-pub const EVAL: Stage = Stage {
-    kind: "eval",
-    about: "loss and perplexity of a language model on a token split, and sample generations",
-    inputs: &[InputSpec { name: "model", required: true, many: false }, InputSpec { name: "split", required: true, many: false }],
-    outputs: &[
-        OutputSpec { name: "metrics", path: "metrics.arrow" },
-        OutputSpec { name: "generations", path: "generations.arrow" },
-        OutputSpec { name: "report", path: "report.md" },
-    ],
-    check: |p| parse_params::<EvalConfig>("eval", p).map(drop),
-    run: run_stage,
-};
+pub struct Eval;
+
+impl Stage for Eval {
+    const KIND: &'static str = "eval";
+    const ABOUT: &'static str = "loss and perplexity of a language model (GPT or LSTM) on a token split, and sample generations";
+    const INPUTS: &'static [InputSpec] =
+        &[InputSpec { name: "model", required: true, many: false }, InputSpec { name: "split", required: true, many: false }];
+    const OUTPUTS: &'static [OutputSpec] = &[outputs::METRICS, GENERATIONS, outputs::REPORT];
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = EvalConfig;
+    type Inputs = EvalInputs;
+
+    fn run(&self, cfg: &EvalConfig, inputs: &EvalInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        run(cfg, &inputs.model, &inputs.split, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
 
 /// All stages of this crate.
-pub const STAGES: &[Stage] = &[EVAL];
+pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&Eval];

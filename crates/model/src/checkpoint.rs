@@ -1,12 +1,18 @@
-//! Model folders: `model.safetensors` + `config.json` (Hugging Face GPT-2 format)
-//! + `tokenizer.json`, written atomically.
+//! Model folders: `model.safetensors` + `config.json` (Hugging Face format where
+//! an HF architecture matches) + `tokenizer.json`, written atomically; loading
+//! dispatches on `config.json`'s `model_type` (`gpt2`, `bert`, `forja-lstm`).
+//! Weights load only from safetensors (no code runs on load).
 
+use crate::bert::{Bert, BertConfig, BertMlmHead, BERT_MODEL_TYPE};
 use crate::gpt::{Gpt, GptConfig};
+use crate::lm::LanguageModel;
+use crate::lstm::{LstmConfig, LstmLm, LSTM_MODEL_TYPE};
 use anyhow::{bail, Context};
-use forja_data::tokenizer::Tokenizer;
+use forja_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::Path;
-use tch::{nn, Device};
+use tch::{nn, Device, Tensor};
 
 pub const WEIGHTS: &str = "model.safetensors";
 pub const CONFIG: &str = "config.json";
@@ -104,11 +110,15 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
 
 /// Writes the model's files into `dir` (which must exist).
 pub fn write_model_files(dir: &Path, vs: &nn::VarStore, cfg: &GptConfig, tokenizer: &Tokenizer) -> anyhow::Result<()> {
-    vs.save(dir.join(WEIGHTS)).with_context(|| format!("writing {}", dir.join(WEIGHTS).display()))?;
-    let eot = tokenizer.token_to_id(forja_data::tokenizer::EOT);
+    let eot = tokenizer.token_to_id(forja_tokenizer::EOT);
     let hf = HfGpt2Config { bos_token_id: eot, eos_token_id: eot, ..HfGpt2Config::from(cfg) };
-    let hf = serde_json::to_string_pretty(&hf)?;
-    std::fs::write(dir.join(CONFIG), hf)?;
+    write_folder(dir, vs, &hf, tokenizer)
+}
+
+/// Writes weights (safetensors), `config.json` and `tokenizer.json` into `dir`.
+pub fn write_folder<C: Serialize>(dir: &Path, vs: &nn::VarStore, config: &C, tokenizer: &Tokenizer) -> anyhow::Result<()> {
+    vs.save(dir.join(WEIGHTS)).with_context(|| format!("writing {}", dir.join(WEIGHTS).display()))?;
+    std::fs::write(dir.join(CONFIG), serde_json::to_string_pretty(config)?)?;
     tokenizer.save(&dir.join(TOKENIZER))?;
     Ok(())
 }
@@ -118,28 +128,155 @@ pub fn save_model(dir: &Path, vs: &nn::VarStore, cfg: &GptConfig, tokenizer: &To
     forja_core::fsutil::atomic_dir(dir, |tmp| write_model_files(tmp, vs, cfg, tokenizer))
 }
 
-/// Reads `config.json` of a model folder.
-pub fn read_config(dir: &Path) -> anyhow::Result<GptConfig> {
+fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, what: &str) -> anyhow::Result<T> {
     let path = dir.join(CONFIG);
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let hf: HfGpt2Config = serde_json::from_str(&text).with_context(|| format!("{}: not a GPT-2 config", path.display()))?;
-    hf.to_gpt().with_context(|| path.display().to_string())
+    serde_json::from_str(&text).with_context(|| format!("{}: not a {what} config", path.display()))
+}
+
+/// `model_type` of a model folder's `config.json`.
+pub fn model_type(dir: &Path) -> anyhow::Result<String> {
+    #[derive(Deserialize)]
+    struct Head {
+        model_type: String,
+    }
+    Ok(read_json::<Head>(dir, "model")?.model_type)
+}
+
+/// Reads `config.json` of a GPT model folder.
+pub fn read_config(dir: &Path) -> anyhow::Result<GptConfig> {
+    let hf: HfGpt2Config = read_json(dir, "GPT-2")?;
+    hf.to_gpt().with_context(|| dir.join(CONFIG).display().to_string())
+}
+
+/// Reads `config.json` of a BERT model folder.
+pub fn read_bert_config(dir: &Path) -> anyhow::Result<BertConfig> {
+    let cfg: BertConfig = read_json(dir, "BERT")?;
+    cfg.validate().with_context(|| dir.join(CONFIG).display().to_string())?;
+    Ok(cfg)
+}
+
+/// Reads `config.json` of an LSTM model folder.
+pub fn read_lstm_config(dir: &Path) -> anyhow::Result<LstmConfig> {
+    read_json(dir, "LSTM")
+}
+
+/// Copies the tensors of a safetensors file into the variables of `vs`, by
+/// name. A variable found under its name without a leading `bert.` loads too
+/// (HF's `BertModel` files have no prefix, `BertForMaskedLM`'s do). Variables
+/// for which `optional` holds may be absent (new heads, LoRA adapters); any
+/// other missing variable, or a shape mismatch, is an error naming it.
+pub fn load_weights(vs: &mut nn::VarStore, file: &Path, optional: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
+    let tensors: HashMap<String, Tensor> =
+        Tensor::read_safetensors(file).with_context(|| format!("reading weights {}", file.display()))?.into_iter().collect();
+    let _guard = tch::no_grad_guard();
+    let mut missing = Vec::new();
+    for (name, mut var) in vs.variables() {
+        let src = tensors.get(&name).or_else(|| name.strip_prefix("bert.").and_then(|n| tensors.get(n)));
+        match src {
+            Some(t) => {
+                anyhow::ensure!(
+                    t.size() == var.size(),
+                    "{}: tensor `{name}` has shape {:?}, the model expects {:?}",
+                    file.display(),
+                    t.size(),
+                    var.size()
+                );
+                var.copy_(&t.to_kind(var.kind()).to(var.device()));
+            }
+            None if optional(&name) => {}
+            None => missing.push(name),
+        }
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        bail!("{}: lacks {} tensor(s) the model needs: {}", file.display(), missing.len(), missing.join(", "));
+    }
+    Ok(())
+}
+
+/// Whether a safetensors file holds a tensor (under `name` or without `bert.`).
+pub fn has_tensor(file: &Path, name: &str) -> anyhow::Result<bool> {
+    let names: Vec<String> = Tensor::read_safetensors(file)
+        .with_context(|| format!("reading weights {}", file.display()))?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    Ok(names.iter().any(|n| n == name || Some(n.as_str()) == name.strip_prefix("bert.")))
+}
+
+/// A BERT encoder with its masked-LM head when the checkpoint has one.
+#[derive(Debug)]
+pub struct BertModel {
+    pub bert: Bert,
+    pub mlm: Option<BertMlmHead>,
+}
+
+/// A model of any supported architecture.
+#[derive(Debug)]
+pub enum AnyModel {
+    Gpt(Gpt),
+    Bert(Box<BertModel>),
+    Lstm(LstmLm),
+}
+
+impl AnyModel {
+    /// The model as a causal language model, if it is one.
+    pub fn as_lm(&self) -> Option<&dyn LanguageModel> {
+        match self {
+            AnyModel::Gpt(g) => Some(g),
+            AnyModel::Lstm(l) => Some(l),
+            AnyModel::Bert(_) => None,
+        }
+    }
+
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            AnyModel::Gpt(_) => "gpt2",
+            AnyModel::Bert(_) => BERT_MODEL_TYPE,
+            AnyModel::Lstm(_) => LSTM_MODEL_TYPE,
+        }
+    }
 }
 
 /// A model loaded from its folder.
 pub struct LoadedModel {
     pub vs: nn::VarStore,
-    pub model: Gpt,
+    pub model: AnyModel,
     pub tokenizer: Tokenizer,
 }
 
-/// Loads a model folder onto `device`.
+/// Builds the model a folder describes (random weights) under `vs`.
+pub fn build_model(dir: &Path, vs: &nn::VarStore) -> anyhow::Result<AnyModel> {
+    let root = vs.root();
+    Ok(match model_type(dir)?.as_str() {
+        "gpt2" => AnyModel::Gpt(Gpt::new(&root, &read_config(dir)?)?),
+        BERT_MODEL_TYPE => {
+            let cfg = read_bert_config(dir)?;
+            let bert = Bert::new(&(&root / "bert"), &cfg, None)?;
+            let has_head = has_tensor(&dir.join(WEIGHTS), "cls.predictions.bias")?;
+            let mlm = has_head.then(|| BertMlmHead::new(&(&root / "cls" / "predictions"), &cfg));
+            AnyModel::Bert(Box::new(BertModel { bert, mlm }))
+        }
+        LSTM_MODEL_TYPE => AnyModel::Lstm(LstmLm::new(&root, &read_lstm_config(dir)?)?),
+        other => bail!("{}: model_type `{other}` is not supported (gpt2, bert, {LSTM_MODEL_TYPE})", dir.join(CONFIG).display()),
+    })
+}
+
+/// Loads a model folder of any supported `model_type` onto `device`.
 pub fn load_model(dir: &Path, device: Device) -> anyhow::Result<LoadedModel> {
-    let cfg = read_config(dir)?;
     let tokenizer = Tokenizer::load(&dir.join(TOKENIZER))?;
     let mut vs = nn::VarStore::new(device);
-    let model = Gpt::new(&vs.root(), &cfg)?;
-    let weights = dir.join(WEIGHTS);
-    vs.load(&weights).with_context(|| format!("loading weights {}", weights.display()))?;
+    let model = build_model(dir, &vs)?;
+    load_weights(&mut vs, &dir.join(WEIGHTS), &|_| false)?;
     Ok(LoadedModel { vs, model, tokenizer })
+}
+
+/// Loads a GPT model folder (an error names the folder's other `model_type`).
+pub fn load_gpt(dir: &Path, device: Device) -> anyhow::Result<(nn::VarStore, Gpt, Tokenizer)> {
+    let loaded = load_model(dir, device)?;
+    match loaded.model {
+        AnyModel::Gpt(g) => Ok((loaded.vs, g, loaded.tokenizer)),
+        other => bail!("{}: a GPT model is needed, this is `{}`", dir.display(), other.model_type()),
+    }
 }

@@ -2,6 +2,7 @@
 //! Kept apart from the model, as nanochat keeps its engine.
 
 use crate::gpt::{Gpt, KvCache};
+use crate::lm::LanguageModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -37,9 +38,7 @@ impl SamplingConfig {
 
 /// Picks a token from `logits` (one row).
 pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> u32 {
-    let argmax = || {
-        logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
-    };
+    let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
     if cfg.temperature == 0.0 {
         return argmax();
     }
@@ -94,7 +93,7 @@ pub fn generate(model: &Gpt, prompt: &[u32], stop: Option<u32>, cfg: &SamplingCo
         }
         let ids: Vec<i64> = feed.iter().map(|&t| t as i64).collect();
         let idx = Tensor::from_slice(&ids).to(device).view([1, -1]);
-        let logits = model.forward(&idx, false, Some(&mut cache)); // [1, t, vocab]
+        let logits = model.forward(&idx, false, Some(&mut cache))?; // [1, t, vocab]
         let last = logits.select(1, -1).squeeze_dim(0).to_kind(Kind::Float).to(tch::Device::Cpu);
         let row: Vec<f32> = Vec::<f32>::try_from(&last)?;
         let next = sample(&row, cfg, &mut rng);
@@ -110,4 +109,105 @@ pub fn generate(model: &Gpt, prompt: &[u32], stop: Option<u32>, cfg: &SamplingCo
 
 fn tail(tokens: &[u32], n: usize) -> &[u32] {
     &tokens[tokens.len().saturating_sub(n)..]
+}
+
+/// One continuation of a batched generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// New tokens (the stop token, if met, is not included).
+    pub tokens: Vec<u32>,
+    /// Log-probability of each new token under the model (temperature 1, before
+    /// top-k/top-p), as PPO rollouts need.
+    pub logprobs: Vec<f32>,
+    /// Whether generation ended at a stop token (else at the token limit).
+    pub stopped: bool,
+}
+
+/// Continues several prompts at once over one KV cache: prompts are left-padded
+/// to the same length, each row with its own positions and a key-padding mask,
+/// and each row samples from its own generator (`seed + row`, so row 0 draws as
+/// [`generate`] does). Stops a row at any token of `stop`. The prompt plus the
+/// new tokens must fit the context: `max_new_tokens` is cut to what is left, and
+/// a prompt that fills the context is an error naming the limit.
+pub fn generate_batch(model: &Gpt, prompts: &[Vec<u32>], stop: &[u32], cfg: &SamplingConfig) -> anyhow::Result<Vec<Generated>> {
+    cfg.validate()?;
+    anyhow::ensure!(!prompts.is_empty(), "generation needs at least one prompt");
+    anyhow::ensure!(prompts.iter().all(|p| !p.is_empty()), "generation needs non-empty prompts");
+    let _guard = tch::no_grad_guard();
+    let device = model.device();
+    let block = model.cfg.block_size as usize;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    anyhow::ensure!(longest < block, "a prompt of {longest} tokens leaves no room in the model's context of {block} positions");
+    let max_new = cfg.max_new_tokens.min(block - longest);
+    let b = prompts.len();
+    let (mut ids, mut pos, mut keys) = (Vec::with_capacity(b * longest), Vec::with_capacity(b * longest), Vec::with_capacity(b * longest));
+    for p in prompts {
+        let pad = longest - p.len();
+        for j in 0..longest {
+            ids.push(if j < pad { 0 } else { i64::from(p[j - pad]) });
+            pos.push(j.saturating_sub(pad) as i64);
+            keys.push(j >= pad);
+        }
+    }
+    let as_tensor = |v: &[i64]| Tensor::from_slice(v).to(device).view([b as i64, -1]);
+    let mut key_mask = Tensor::from_slice(&keys).to(device).view([b as i64, -1]);
+    let mut cache = KvCache::new(model.cfg.n_layer);
+    let mut hidden = model.hidden_padded(&as_tensor(&ids), &as_tensor(&pos), &key_mask, &mut cache)?;
+    let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+    let mut rngs: Vec<ChaCha8Rng> = (0..b).map(|i| ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(i as u64))).collect();
+    let mut out = vec![Generated { tokens: Vec::new(), logprobs: Vec::new(), stopped: false }; b];
+    for _ in 0..max_new {
+        let logits = model.lm_head(&hidden.select(1, -1)); // [b, vocab]
+        let logp = logits.log_softmax(-1, Kind::Float).to(tch::Device::Cpu);
+        let rows: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&logits.to_kind(Kind::Float).to(tch::Device::Cpu))?;
+        let logp: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&logp)?;
+        let mut feed = Vec::with_capacity(b);
+        for (i, row) in rows.iter().enumerate() {
+            let g = &mut out[i];
+            if g.stopped {
+                feed.push(0);
+                continue;
+            }
+            let next = sample(row, cfg, &mut rngs[i]);
+            if stop.contains(&next) {
+                g.stopped = true;
+            } else {
+                g.tokens.push(next);
+                g.logprobs.push(logp[i][next as usize]);
+            }
+            feed.push(i64::from(next));
+        }
+        if out.iter().all(|g| g.stopped) {
+            break;
+        }
+        let ones = Tensor::ones([b as i64, 1], (Kind::Bool, device));
+        key_mask = Tensor::cat(&[&key_mask, &ones], 1);
+        let positions = as_tensor(&next_pos);
+        next_pos.iter_mut().for_each(|p| *p += 1);
+        hidden = model.hidden_padded(&as_tensor(&feed), &positions, &key_mask, &mut cache)?;
+    }
+    Ok(out)
+}
+
+/// Generation for any causal language model without a cache (each token runs
+/// the model over the last `context` tokens): the LSTM baseline's samples.
+pub fn generate_uncached(model: &dyn LanguageModel, prompt: &[u32], stop: Option<u32>, cfg: &SamplingConfig) -> anyhow::Result<Vec<u32>> {
+    cfg.validate()?;
+    anyhow::ensure!(!prompt.is_empty(), "generation needs a non-empty prompt");
+    let _guard = tch::no_grad_guard();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut tokens: Vec<u32> = prompt.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..cfg.max_new_tokens {
+        let window: Vec<i64> = tail(&tokens, model.context() as usize).iter().map(|&t| i64::from(t)).collect();
+        let idx = Tensor::from_slice(&window).to(model.device()).view([1, -1]);
+        let logits = model.logits(&idx, false)?.select(1, -1).squeeze_dim(0).to(tch::Device::Cpu);
+        let next = sample(&Vec::<f32>::try_from(&logits)?, cfg, &mut rng);
+        if Some(next) == stop {
+            break;
+        }
+        tokens.push(next);
+        out.push(next);
+    }
+    Ok(out)
 }

@@ -6,8 +6,15 @@
 //! (`transformer.h.0.attn.c_attn.weight` is `[n_embd, 3 n_embd]`, a "Conv1D"), so a
 //! `model.safetensors` + `config.json` written here loads there.
 //!
+//! Seams for trainers: [`Gpt::hidden`] (hidden states, for reward and value heads)
+//! apart from [`Gpt::lm_head`]; projections plain or LoRA at build time
+//! ([`Gpt::with_lora`]); bfloat16 matrix products ([`Gpt::precision`]); padded
+//! batches through [`Gpt::forward_padded`]; sequence-length errors that name the
+//! context limit.
+//!
 //! References: Radford et al. 2019 (GPT-2); Karpathy's nanoGPT `model.py`.
 
+use crate::layers::{check_ids, layer_norm, Fwd, Layout, LoraConfig, Precision, Proj};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -64,33 +71,6 @@ impl GptConfig {
     }
 }
 
-/// GPT-2's "Conv1D": a linear layer whose weight is `[in, out]`.
-#[derive(Debug)]
-struct Conv1D {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Conv1D {
-    fn new(vs: nn::Path, n_in: i64, n_out: i64, std: f64) -> Self {
-        let weight = vs.var("weight", &[n_in, n_out], nn::Init::Randn { mean: 0.0, stdev: std });
-        let bias = vs.var("bias", &[n_out], nn::Init::Const(0.0));
-        Self { weight, bias }
-    }
-}
-
-impl Module for Conv1D {
-    /// # Shapes
-    /// `[.., in]` → `[.., out]`
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let mut shape = x.size();
-        let n_in = shape.pop().unwrap_or(0);
-        let y = self.bias.addmm(&x.reshape([-1, n_in]), &self.weight); // [rows, out]
-        shape.push(self.weight.size()[1]);
-        y.view(shape.as_slice())
-    }
-}
-
 /// Keys and values of one layer, for generation.
 #[derive(Debug, Default)]
 pub struct LayerCache {
@@ -119,21 +99,31 @@ impl KvCache {
     }
 }
 
+/// Which keys each query may see, for padded batches.
+struct KeyMask<'a> {
+    /// `[batch, past + seq]` bool: true where the key is a real token.
+    keys: &'a Tensor,
+}
+
 #[derive(Debug)]
 struct Attention {
-    c_attn: Conv1D,
-    c_proj: Conv1D,
+    c_attn: Proj,
+    c_proj: Proj,
     n_head: i64,
     dropout: f64,
 }
 
+fn conv1d(vs: nn::Path, n_in: i64, n_out: i64, std: f64, lora: Option<&LoraConfig>) -> Proj {
+    Proj::new(vs, n_in, n_out, Layout::InOut, nn::Init::Randn { mean: 0.0, stdev: std }, lora)
+}
+
 impl Attention {
-    fn new(vs: nn::Path, cfg: &GptConfig) -> Self {
+    fn new(vs: nn::Path, cfg: &GptConfig, lora: Option<&LoraConfig>) -> Self {
         let c = cfg.n_embd;
         let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
         Self {
-            c_attn: Conv1D::new(&vs / "c_attn", c, 3 * c, 0.02),
-            c_proj: Conv1D::new(&vs / "c_proj", c, c, proj_std),
+            c_attn: conv1d(&vs / "c_attn", c, 3 * c, 0.02, lora),
+            c_proj: conv1d(&vs / "c_proj", c, c, proj_std, lora),
             n_head: cfg.n_head,
             dropout: cfg.dropout,
         }
@@ -141,10 +131,10 @@ impl Attention {
 
     /// # Shapes
     /// `x`: `[batch, seq, n_embd]` → `[batch, seq, n_embd]`
-    fn forward(&self, x: &Tensor, train: bool, cache: Option<&mut LayerCache>) -> Tensor {
-        let (b, t, c) = x.size3().unwrap_or((0, 0, 0));
+    fn forward(&self, x: &Tensor, f: Fwd, cache: Option<&mut LayerCache>, mask: Option<&KeyMask>) -> Tensor {
+        let (b, t, c) = (x.size()[0], x.size()[1], x.size()[2]);
         let hd = c / self.n_head;
-        let qkv = self.c_attn.forward(x); // [b, t, 3c]
+        let qkv = self.c_attn.forward(x, f); // [b, t, 3c]
         let heads = |z: &Tensor| z.view([b, t, self.n_head, hd]).transpose(1, 2); // [b, h, t, hd]
         let parts = qkv.split(c, 2);
         let (q, mut k, mut v) = (heads(&parts[0]), heads(&parts[1]), heads(&parts[2]));
@@ -158,41 +148,51 @@ impl Attention {
             cache.k = Some(k.shallow_clone());
             cache.v = Some(v.shallow_clone());
         }
-        let p = if train { self.dropout } else { 0.0 };
-        let y = if past == 0 || t == 1 {
+        let p = if f.train { self.dropout } else { 0.0 };
+        let y = match mask {
+            Some(m) => {
+                // Causal and key-padding mask; each position also sees itself, so a
+                // padding query never has an empty row (its output is unused).
+                let causal = Tensor::ones([t, past + t], (Kind::Bool, x.device())).tril(past); // [t, past+t]
+                let own = Tensor::eye_m(t, past + t, (Kind::Bool, x.device())).roll([past], [1]);
+                let keys = m.keys.view([b, 1, 1, past + t]);
+                let allowed = causal.logical_and(&keys).logical_or(&own); // [b, 1, t, past+t]
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(allowed), p, false, None, false)
+            }
             // No past: plain causal. One new token: it may see every cached position.
-            Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, p, past == 0, None, false)
-        } else {
-            // Several new tokens after a past: query i sees keys up to past + i.
-            let mask = Tensor::ones([t, past + t], (Kind::Bool, x.device())).tril(past);
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false)
+            None if past == 0 || t == 1 => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, p, past == 0, None, false),
+            None => {
+                // Several new tokens after a past: query i sees keys up to past + i.
+                let causal = Tensor::ones([t, past + t], (Kind::Bool, x.device())).tril(past);
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(causal), p, false, None, false)
+            }
         }; // [b, h, t, hd]
         let y = y.transpose(1, 2).contiguous().view([b, t, c]);
-        self.c_proj.forward(&y).dropout(p, train)
+        self.c_proj.forward(&y, f).dropout(p, f.train)
     }
 }
 
 #[derive(Debug)]
 struct Mlp {
-    c_fc: Conv1D,
-    c_proj: Conv1D,
+    c_fc: Proj,
+    c_proj: Proj,
     dropout: f64,
 }
 
 impl Mlp {
-    fn new(vs: nn::Path, cfg: &GptConfig) -> Self {
+    fn new(vs: nn::Path, cfg: &GptConfig, lora: Option<&LoraConfig>) -> Self {
         let c = cfg.n_embd;
         let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
         Self {
-            c_fc: Conv1D::new(&vs / "c_fc", c, 4 * c, 0.02),
-            c_proj: Conv1D::new(&vs / "c_proj", 4 * c, c, proj_std),
+            c_fc: conv1d(&vs / "c_fc", c, 4 * c, 0.02, lora),
+            c_proj: conv1d(&vs / "c_proj", 4 * c, c, proj_std, lora),
             dropout: cfg.dropout,
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let h = self.c_fc.forward(x).gelu("none"); // [b, t, 4c]
-        self.c_proj.forward(&h).dropout(self.dropout, train)
+    fn forward(&self, x: &Tensor, f: Fwd) -> Tensor {
+        let h = self.c_fc.forward(x, f).gelu("none"); // [b, t, 4c]
+        self.c_proj.forward(&h, f).dropout(self.dropout, f.train)
     }
 }
 
@@ -205,17 +205,18 @@ struct Block {
 }
 
 impl Block {
-    fn new(vs: nn::Path, cfg: &GptConfig) -> Self {
+    fn new(vs: nn::Path, cfg: &GptConfig, lora: Option<&LoraConfig>) -> Self {
         let ln = |name: &str| {
             let ln_cfg = nn::LayerNormConfig { eps: cfg.layer_norm_epsilon, ..Default::default() };
             nn::layer_norm(&vs / name, vec![cfg.n_embd], ln_cfg)
         };
-        Self { ln_1: ln("ln_1"), attn: Attention::new(&vs / "attn", cfg), ln_2: ln("ln_2"), mlp: Mlp::new(&vs / "mlp", cfg) }
+        Self { ln_1: ln("ln_1"), attn: Attention::new(&vs / "attn", cfg, lora), ln_2: ln("ln_2"), mlp: Mlp::new(&vs / "mlp", cfg, lora) }
     }
 
-    fn forward(&self, x: &Tensor, train: bool, cache: Option<&mut LayerCache>) -> Tensor {
-        let x = x + self.attn.forward(&self.ln_1.forward(x), train, cache);
-        &x + self.mlp.forward(&self.ln_2.forward(&x), train)
+    /// The residual stream stays float32; branches may compute in bfloat16.
+    fn forward(&self, x: &Tensor, f: Fwd, cache: Option<&mut LayerCache>, mask: Option<&KeyMask>) -> Tensor {
+        let x = x + self.attn.forward(&layer_norm(&self.ln_1, x), f, cache, mask).to_kind(Kind::Float);
+        &x + self.mlp.forward(&layer_norm(&self.ln_2, &x), f).to_kind(Kind::Float)
     }
 }
 
@@ -227,13 +228,24 @@ pub struct Gpt {
     wpe: nn::Embedding,
     h: Vec<Block>,
     ln_f: nn::LayerNorm,
+    /// Precision of matrix products.
+    pub precision: Precision,
 }
 
 impl Gpt {
     /// Creates the model's variables under `vs` (randomly initialised: N(0, 0.02),
     /// residual projections scaled by 1/sqrt(2 n_layer)).
     pub fn new(vs: &nn::Path, cfg: &GptConfig) -> anyhow::Result<Self> {
+        Self::with_lora(vs, cfg, None)
+    }
+
+    /// As [`Gpt::new`], with LoRA adapters on the projections `lora` targets
+    /// (`c_attn`, `c_proj`, `c_fc`), named `….c_attn.lora_A.weight` / `lora_B`.
+    pub fn with_lora(vs: &nn::Path, cfg: &GptConfig, lora: Option<&LoraConfig>) -> anyhow::Result<Self> {
         cfg.validate()?;
+        if let Some(l) = lora {
+            l.validate()?;
+        }
         let t = vs / "transformer";
         let emb_cfg = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() };
         let ln_cfg = nn::LayerNormConfig { eps: cfg.layer_norm_epsilon, ..Default::default() };
@@ -241,26 +253,84 @@ impl Gpt {
             cfg: cfg.clone(),
             wte: nn::embedding(&t / "wte", cfg.vocab_size, cfg.n_embd, emb_cfg),
             wpe: nn::embedding(&t / "wpe", cfg.block_size, cfg.n_embd, emb_cfg),
-            h: (0..cfg.n_layer).map(|i| Block::new(&t / "h" / i, cfg)).collect(),
+            h: (0..cfg.n_layer).map(|i| Block::new(&t / "h" / i, cfg, lora)).collect(),
             ln_f: nn::layer_norm(&t / "ln_f", vec![cfg.n_embd], ln_cfg),
+            precision: Precision::F32,
         })
+    }
+
+    /// The LoRA adapter tensors, `(name, tensor)` (empty without LoRA).
+    pub fn lora_params(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, b) in self.h.iter().enumerate() {
+            let projs = [
+                ("attn.c_attn", &b.attn.c_attn),
+                ("attn.c_proj", &b.attn.c_proj),
+                ("mlp.c_fc", &b.mlp.c_fc),
+                ("mlp.c_proj", &b.mlp.c_proj),
+            ];
+            for (name, p) in projs {
+                if let Some((a, bt)) = p.lora() {
+                    out.push((format!("transformer.h.{i}.{name}.lora_A.weight"), a.shallow_clone()));
+                    out.push((format!("transformer.h.{i}.{name}.lora_B.weight"), bt.shallow_clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn fwd(&self, train: bool) -> Fwd {
+        Fwd::new(train, self.precision)
+    }
+
+    /// Final hidden states (after `ln_f`), float32.
+    ///
+    /// # Shapes
+    /// `idx`: `[batch, seq]` (i64, past + seq ≤ block_size) → `[batch, seq, n_embd]`
+    pub fn hidden(&self, idx: &Tensor, train: bool, mut cache: Option<&mut KvCache>) -> anyhow::Result<Tensor> {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let (_, t) = check_ids(idx, past, self.cfg.block_size)?;
+        let pos = Tensor::arange_start(past, past + t, (Kind::Int64, idx.device()));
+        let f = self.fwd(train);
+        let mut x = (self.wte.forward(idx) + self.wpe.forward(&pos)).dropout(self.cfg.dropout, train); // [b, t, c]
+        for (i, block) in self.h.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(&x, f, layer_cache, None);
+        }
+        Ok(layer_norm(&self.ln_f, &x))
+    }
+
+    /// Hidden states of a left-padded batch: `positions` `[batch, seq]` are each
+    /// row's own positions, `key_mask` `[batch, past + seq]` marks real tokens.
+    pub fn hidden_padded(&self, idx: &Tensor, positions: &Tensor, key_mask: &Tensor, cache: &mut KvCache) -> anyhow::Result<Tensor> {
+        let past = cache.len();
+        let (b, t) = check_ids(idx, past, self.cfg.block_size)?;
+        anyhow::ensure!(positions.size() == [b, t], "positions must be [{b}, {t}], got {:?}", positions.size());
+        anyhow::ensure!(key_mask.size() == [b, past + t], "key mask must be [{b}, {}], got {:?}", past + t, key_mask.size());
+        let f = self.fwd(false);
+        let mask = KeyMask { keys: key_mask };
+        let mut x = self.wte.forward(idx) + self.wpe.forward(positions); // [b, t, c]
+        for (i, block) in self.h.iter().enumerate() {
+            x = block.forward(&x, f, Some(&mut cache.layers[i]), Some(&mask));
+        }
+        Ok(layer_norm(&self.ln_f, &x))
+    }
+
+    /// Next-token logits from hidden states (the tied embedding), float32.
+    ///
+    /// # Shapes
+    /// `[batch, seq, n_embd]` → `[batch, seq, vocab]`
+    pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
+        let f = self.fwd(false);
+        f.cast(hidden).matmul(&f.cast(&self.wte.ws).tr()).to_kind(Kind::Float)
     }
 
     /// Logits for every position.
     ///
     /// # Shapes
-    /// `idx`: `[batch, seq]` (i64, seq ≤ block_size - cached) → `[batch, seq, vocab]`
-    pub fn forward(&self, idx: &Tensor, train: bool, mut cache: Option<&mut KvCache>) -> Tensor {
-        let (_, t) = idx.size2().unwrap_or((0, 0));
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        let pos = Tensor::arange_start(past, past + t, (Kind::Int64, idx.device()));
-        let mut x = (self.wte.forward(idx) + self.wpe.forward(&pos)).dropout(self.cfg.dropout, train); // [b, t, c]
-        for (i, block) in self.h.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(&x, train, layer_cache);
-        }
-        let x = self.ln_f.forward(&x);
-        x.matmul(&self.wte.ws.tr()) // [b, t, vocab]
+    /// `idx`: `[batch, seq]` (i64, past + seq ≤ block_size) → `[batch, seq, vocab]`
+    pub fn forward(&self, idx: &Tensor, train: bool, cache: Option<&mut KvCache>) -> anyhow::Result<Tensor> {
+        Ok(self.lm_head(&self.hidden(idx, train, cache)?))
     }
 
     /// The device the weights live on.
@@ -268,13 +338,12 @@ impl Gpt {
         self.wte.ws.device()
     }
 
-    /// Mean cross-entropy of next-token prediction.
+    /// Mean cross-entropy of next-token prediction (targets of -100 are ignored).
     ///
     /// # Shapes
     /// `idx`, `targets`: `[batch, seq]` → scalar
-    pub fn loss(&self, idx: &Tensor, targets: &Tensor, train: bool) -> Tensor {
-        let logits = self.forward(idx, train, None);
-        let v = self.cfg.vocab_size;
-        logits.view([-1, v]).cross_entropy_loss::<Tensor>(&targets.reshape([-1]), None, tch::Reduction::Mean, -100, 0.0)
+    pub fn loss(&self, idx: &Tensor, targets: &Tensor, train: bool) -> anyhow::Result<Tensor> {
+        let logits = self.forward(idx, train, None)?;
+        Ok(crate::lm::cross_entropy(&logits, targets))
     }
 }

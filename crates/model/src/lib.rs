@@ -1,13 +1,27 @@
 //! forja-model: models on libtorch.
 //!
 //! - [`gpt`]: the decoder-only Transformer (GPT-2 layout, HF-compatible names);
-//! - [`generate`]: KV-cache generation and sampling;
-//! - [`checkpoint`]: model folders (safetensors + config.json + tokenizer.json).
+//! - [`bert`]: the encoder (HF `BertModel` names), its masked-LM head, mean pooling;
+//! - [`lstm`]: the recurrent language-model baseline;
+//! - [`lm`]: the [`LanguageModel`] trait every causal model implements;
+//! - [`layers`]: projections plain or LoRA, precision, shape checks;
+//! - [`generate`]: KV-cache generation (single and batched with log-probabilities)
+//!   and sampling;
+//! - [`checkpoint`]: model folders (safetensors + config.json + tokenizer.json),
+//!   loading by `model_type`.
 
+pub mod bert;
 pub mod checkpoint;
 pub mod generate;
 pub mod gpt;
+pub mod layers;
+pub mod lm;
+pub mod lstm;
 
-pub use checkpoint::{load_model, parse_device, save_model, LoadedModel};
-pub use generate::{generate, SamplingConfig};
+pub use bert::{mean_pool, Bert, BertConfig, BertMlmHead};
+pub use checkpoint::{load_gpt, load_model, parse_device, save_model, AnyModel, LoadedModel};
+pub use generate::{generate, generate_batch, Generated, SamplingConfig};
 pub use gpt::{Gpt, GptConfig, KvCache};
+pub use layers::{LoraConfig, Precision};
+pub use lm::LanguageModel;
+pub use lstm::{LstmConfig, LstmLm};

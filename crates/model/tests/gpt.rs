@@ -1,7 +1,9 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
-use forja_data::tokenizer::char_tokenizer;
 use forja_model::generate::sample;
-use forja_model::{generate, load_model, save_model, Gpt, GptConfig, KvCache, SamplingConfig};
+use forja_model::{
+    generate, generate_batch, load_model, save_model, AnyModel, Gpt, GptConfig, KvCache, LoraConfig, Precision, SamplingConfig,
+};
+use forja_tokenizer::char_tokenizer;
 use rand::SeedableRng;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -24,8 +26,8 @@ fn ids(v: &[i64]) -> Tensor {
 fn forward_gives_one_logit_row_per_position() {
     let (_vs, m) = model(&tiny());
     let x = Tensor::randint(11, [3, 7], (Kind::Int64, Device::Cpu));
-    assert_eq!(m.forward(&x, false, None).size(), vec![3, 7, 11]);
-    let loss = m.loss(&x, &x, false).double_value(&[]);
+    assert_eq!(m.forward(&x, false, None).unwrap().size(), vec![3, 7, 11]);
+    let loss = m.loss(&x, &x, false).unwrap().double_value(&[]);
     // Untrained: about ln(vocab).
     assert!((loss - (11f64).ln()).abs() < 0.5, "{loss}");
 }
@@ -35,8 +37,8 @@ fn changing_a_future_token_leaves_earlier_logits_unchanged() {
     let (_vs, m) = model(&tiny());
     let a = ids(&[1, 2, 3, 4, 5, 6]);
     let b = ids(&[1, 2, 3, 9, 5, 6]);
-    let la = m.forward(&a, false, None);
-    let lb = m.forward(&b, false, None);
+    let la = m.forward(&a, false, None).unwrap();
+    let lb = m.forward(&b, false, None).unwrap();
     let before = |l: &Tensor| l.narrow(1, 0, 3);
     assert!(before(&la).allclose(&before(&lb), 0.0, 0.0, false), "positions 0..3 must not see position 3");
     let after = |l: &Tensor| l.narrow(1, 3, 3);
@@ -48,13 +50,13 @@ fn kv_cache_decoding_matches_the_full_forward() {
     let (_vs, m) = model(&tiny());
     let _guard = tch::no_grad_guard();
     let seq = [3i64, 1, 4, 1, 5, 9, 2, 6];
-    let full = m.forward(&ids(&seq), false, None);
+    let full = m.forward(&ids(&seq), false, None).unwrap();
     let mut cache = KvCache::new(2);
-    let mut rows = vec![m.forward(&ids(&seq[..3]), false, Some(&mut cache))];
-    let multi = m.forward(&ids(&seq[3..5]), false, Some(&mut cache)); // several tokens after a past
+    let mut rows = vec![m.forward(&ids(&seq[..3]), false, Some(&mut cache)).unwrap()];
+    let multi = m.forward(&ids(&seq[3..5]), false, Some(&mut cache)).unwrap(); // several tokens after a past
     rows.push(multi);
     for &t in &seq[5..] {
-        rows.push(m.forward(&ids(&[t]), false, Some(&mut cache)));
+        rows.push(m.forward(&ids(&[t]), false, Some(&mut cache)).unwrap());
     }
     assert_eq!(cache.len(), 8);
     let incremental = Tensor::cat(&rows, 1);
@@ -85,7 +87,8 @@ fn a_saved_model_loads_with_gpt2_names_and_identical_outputs() {
 
     let loaded = load_model(&path, Device::Cpu).unwrap();
     let x = ids(&[1, 2, 3]);
-    assert!(m.forward(&x, false, None).allclose(&loaded.model.forward(&x, false, None), 0.0, 0.0, false));
+    let AnyModel::Gpt(g) = &loaded.model else { panic!("loaded as {}", loaded.model.model_type()) };
+    assert!(m.forward(&x, false, None).unwrap().allclose(&g.forward(&x, false, None).unwrap(), 0.0, 0.0, false));
     assert_eq!(loaded.tokenizer.encode("cab").unwrap(), tok.encode("cab").unwrap());
 }
 
@@ -124,4 +127,96 @@ fn generation_is_seeded_and_runs_past_the_context() {
     assert_eq!(a, b);
     assert!(a.iter().all(|&t| t < 11));
     assert!(generate(&m, &[], None, &cfg).is_err());
+}
+
+#[test]
+fn a_sequence_longer_than_the_context_is_an_error_naming_the_limit() {
+    let (_vs, m) = model(&tiny());
+    let long = Tensor::zeros([1, 17], (Kind::Int64, Device::Cpu));
+    let err = m.forward(&long, false, None).unwrap_err().to_string();
+    assert!(err.contains("17 tokens") && err.contains("context of 16"), "{err}");
+    let mut cache = KvCache::new(2);
+    let _cached = m.forward(&Tensor::zeros([1, 10], (Kind::Int64, Device::Cpu)), false, Some(&mut cache)).unwrap();
+    let err = m.forward(&Tensor::zeros([1, 7], (Kind::Int64, Device::Cpu)), false, Some(&mut cache)).unwrap_err().to_string();
+    assert!(err.contains("after 10 cached"), "{err}");
+    assert!(m.forward(&Tensor::zeros([4], (Kind::Int64, Device::Cpu)), false, None).is_err(), "not [batch, seq]");
+}
+
+#[test]
+fn hidden_states_and_the_head_compose_to_the_logits() {
+    let (_vs, m) = model(&tiny());
+    let x = ids(&[1, 2, 3, 4]);
+    let h = m.hidden(&x, false, None).unwrap();
+    assert_eq!(h.size(), vec![1, 4, 8]);
+    assert!(m.lm_head(&h).allclose(&m.forward(&x, false, None).unwrap(), 0.0, 0.0, false));
+}
+
+#[test]
+fn lora_starts_as_the_identity_with_the_expected_parameter_count() {
+    let cfg = tiny();
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let base = Gpt::new(&vs.root(), &cfg).unwrap();
+    tch::manual_seed(0);
+    let vs_lora = nn::VarStore::new(Device::Cpu);
+    let lora = LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, targets: vec!["c_attn".into(), "c_fc".into()] };
+    let with = Gpt::with_lora(&vs_lora.root(), &cfg, Some(&lora)).unwrap();
+    // Same base weights: copy them over (variable creation order differs).
+    tch::no_grad(|| {
+        for (name, t) in vs.variables() {
+            vs_lora.variables()[&name].shallow_clone().copy_(&t);
+        }
+    });
+    let params = with.lora_params();
+    // Per layer: c_attn A [2, 8] + B [24, 2], c_fc A [2, 8] + B [32, 2]; 2 layers.
+    let count: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
+    assert_eq!(count, 2 * (2 * 8 + 24 * 2 + 2 * 8 + 32 * 2));
+    assert!(params.iter().any(|(n, _)| n == "transformer.h.1.mlp.c_fc.lora_B.weight"));
+    let x = ids(&[1, 2, 3, 4, 5]);
+    assert!(base.forward(&x, false, None).unwrap().allclose(&with.forward(&x, false, None).unwrap(), 1e-6, 1e-6, false), "B = 0 at start");
+    // A non-zero B changes the output.
+    tch::no_grad(|| {
+        let _ = params[1].1.shallow_clone().fill_(0.1);
+    });
+    assert!(!base.forward(&x, false, None).unwrap().allclose(&with.forward(&x, false, None).unwrap(), 1e-6, 1e-6, false));
+    let bad = LoraConfig { rank: 0, ..lora };
+    assert!(Gpt::with_lora(&nn::VarStore::new(Device::Cpu).root(), &cfg, Some(&bad)).is_err());
+}
+
+#[test]
+fn batched_generation_matches_one_at_a_time_and_returns_log_probabilities() {
+    let (_vs, m) = model(&tiny());
+    let greedy = SamplingConfig { temperature: 0.0, max_new_tokens: 6, ..Default::default() };
+    let prompts = vec![vec![1u32, 2, 3], vec![4u32], vec![5u32, 6]];
+    let batch = generate_batch(&m, &prompts, &[], &greedy).unwrap();
+    for (p, g) in prompts.iter().zip(&batch) {
+        let single = generate(&m, p, None, &greedy).unwrap();
+        assert_eq!(g.tokens, single, "prompt {p:?}: left padding must not change the continuation");
+        assert_eq!(g.logprobs.len(), g.tokens.len());
+        // The log-probability of each token: the model's, at that point.
+        let mut seq: Vec<i64> = p.iter().map(|&t| t as i64).collect();
+        for (&t, &lp) in g.tokens.iter().zip(&g.logprobs) {
+            let logits = m.forward(&ids(&seq), false, None).unwrap().select(1, -1).log_softmax(-1, Kind::Float);
+            assert!((logits.double_value(&[0, t as i64]) - lp as f64).abs() < 1e-4);
+            seq.push(t as i64);
+        }
+    }
+    // A stop token ends a row.
+    let stop = batch[0].tokens[1];
+    let stopped = generate_batch(&m, &prompts[..1], &[stop], &greedy).unwrap();
+    assert!(stopped[0].stopped && stopped[0].tokens.len() < 6 && !stopped[0].tokens.contains(&stop));
+    let full = generate_batch(&m, &[vec![1; 16]], &[], &greedy);
+    assert!(full.unwrap_err().to_string().contains("context of 16"));
+}
+
+#[test]
+fn bf16_matrix_products_stay_close_to_float32() {
+    let (_vs, mut m) = model(&tiny());
+    let x = ids(&[1, 2, 3, 4, 5, 6]);
+    let f32_logits = m.forward(&x, false, None).unwrap();
+    m.precision = Precision::Bf16;
+    let bf16_logits = m.forward(&x, false, None).unwrap();
+    assert_eq!(bf16_logits.kind(), Kind::Float, "logits come back in float32");
+    let diff = (&f32_logits - &bf16_logits).abs().max().double_value(&[]);
+    assert!(diff > 0.0 && diff < 0.05, "{diff}");
 }

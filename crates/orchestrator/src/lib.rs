@@ -4,10 +4,10 @@
 pub mod pipeline;
 pub mod run;
 
-use forja_core::stage::Stage;
+use forja_core::stage::DynStage;
 
 /// Every stage kind forja knows.
-pub fn registry() -> Vec<Stage> {
+pub fn registry() -> Vec<&'static dyn DynStage> {
     let mut stages = Vec::new();
     stages.extend_from_slice(forja_data::STAGES);
     stages.extend_from_slice(forja_pretrain::STAGES);

@@ -73,9 +73,9 @@ fn real_main() -> Result<()> {
         Cmd::Stage(args) => run_from_args(&registry, &args)?,
         Cmd::Stages => {
             for s in &registry {
-                let ins: Vec<_> = s.inputs.iter().map(|i| format!("{}{}", i.name, if i.required { "" } else { "?" })).collect();
-                let outs: Vec<_> = s.outputs.iter().map(|o| o.name).collect();
-                println!("{:16} {}\n{:16} inputs: {}; outputs: {}", s.kind, s.about, "", ins.join(", "), outs.join(", "));
+                let ins: Vec<_> = s.inputs().iter().map(|i| format!("{}{}", i.name, if i.required { "" } else { "?" })).collect();
+                let outs: Vec<_> = s.outputs().iter().map(|o| o.name).collect();
+                println!("{:16} {}\n{:16} inputs: {}; outputs: {}", s.kind(), s.about(), "", ins.join(", "), outs.join(", "));
             }
         }
     }

@@ -3,7 +3,7 @@
 //! file and line.
 
 use anyhow::{anyhow, bail, Result};
-use forja_core::stage::{expand_glob, Stage};
+use forja_core::stage::{expand_glob, DynStage};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -73,7 +73,7 @@ pub enum InputSource {
 #[derive(Clone)]
 pub struct PlannedStage {
     pub name: String,
-    pub stage: Stage,
+    pub stage: &'static dyn DynStage,
     pub inputs: BTreeMap<String, Vec<InputSource>>,
     pub params: serde_json::Value,
 }
@@ -126,7 +126,7 @@ struct Ctx<'a> {
     text: &'a str,
     all: &'a [Spanned<RawStage>],
     names: HashMap<String, usize>,
-    registry: &'a [Stage],
+    registry: &'a [&'static dyn DynStage],
     base: PathBuf,
     overrides: &'a [Override],
 }
@@ -152,13 +152,13 @@ impl Ctx<'_> {
 }
 
 /// Reads and checks a pipeline file against the known `stages`, applying `overrides`.
-pub fn load(file: &Path, registry: &[Stage], overrides: &[Override]) -> Result<Plan> {
+pub fn load(file: &Path, registry: &[&'static dyn DynStage], overrides: &[Override]) -> Result<Plan> {
     let text = std::fs::read_to_string(file).map_err(|e| anyhow!("{}: {e}", file.display()))?;
     parse(file, &text, registry, overrides)
 }
 
 /// Checks a pipeline given as text (`file` is for messages and relative paths).
-pub fn parse(file: &Path, text: &str, registry: &[Stage], overrides: &[Override]) -> Result<Plan> {
+pub fn parse(file: &Path, text: &str, registry: &[&'static dyn DynStage], overrides: &[Override]) -> Result<Plan> {
     let raw: RawPipeline = toml::from_str(text).map_err(|e| match e.span() {
         Some(span) => anyhow!("{}:{}: {}", file.display(), line_of(text, span.start), e.message()),
         None => anyhow!("{}: {}", file.display(), e.message()),
@@ -190,89 +190,91 @@ pub fn parse(file: &Path, text: &str, registry: &[Stage], overrides: &[Override]
 }
 
 impl Ctx<'_> {
-fn check_stage(&self, s: &Spanned<RawStage>) -> Result<PlannedStage> {
-    let registry = self.registry;
-    let raw = s.get_ref();
-    let name = raw.name.get_ref().clone();
-    let kind = raw.kind.get_ref();
-    let stage = *registry.iter().find(|r| r.kind == kind).ok_or_else(|| {
-        let known: Vec<_> = registry.iter().map(|r| r.kind).collect();
-        self.err(raw.kind.span(), format!("unknown stage kind `{kind}` (known: {})", known.join(", ")))
-    })?;
-
-    // Parameters: the file's table, then command-line overrides, then the stage's own check.
-    let mut table = raw.params.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
-    for o in self.overrides.iter().filter(|o| o.stage == name) {
-        set_path(&mut table, &o.path, o.value.clone());
-    }
-    let params = serde_json::to_value(&table)?;
-    if let Err(e) = (stage.check)(&params) {
-        let msg = format!("{e:#}");
-        let span = raw.params.as_ref().map_or(s.span(), |p| p.span());
-        let span = match unknown_field(&msg) {
-            Some(key) => self.key_span(&span, &key),
-            None => span,
-        };
-        bail!(self.err(span, format!("stage `{name}`: {msg}")));
-    }
-
-    let mut inputs = BTreeMap::new();
-    for (input, value) in &raw.inputs {
-        let spec = stage.inputs.iter().find(|i| i.name == input).ok_or_else(|| {
-            let known: Vec<_> = stage.inputs.iter().map(|i| i.name).collect();
-            self.err(value.span(), format!("stage `{name}` ({kind}) has no input `{input}` (inputs: {})", known.join(", ")))
+    fn check_stage(&self, s: &Spanned<RawStage>) -> Result<PlannedStage> {
+        let registry = self.registry;
+        let raw = s.get_ref();
+        let name = raw.name.get_ref().clone();
+        let kind = raw.kind.get_ref();
+        let stage = *registry.iter().find(|r| r.kind() == kind).ok_or_else(|| {
+            let known: Vec<_> = registry.iter().map(|r| r.kind()).collect();
+            self.err(raw.kind.span(), format!("unknown stage kind `{kind}` (known: {})", known.join(", ")))
         })?;
-        let items = match value.get_ref() {
-            RawInput::One(v) => vec![v.clone()],
-            RawInput::Many(v) => v.clone(),
-        };
-        if items.len() != 1 && !spec.many {
-            bail!(self.err(value.span(), format!("input `{input}` of stage `{name}` takes one path")));
-        }
-        let mut sources = Vec::new();
-        for item in items {
-            sources.push(self.resolve_input(value.span(), &name, &item, spec.many)?);
-        }
-        inputs.insert(input.clone(), sources);
-    }
-    for spec in stage.inputs.iter().filter(|i| i.required) {
-        if !inputs.contains_key(spec.name) {
-            bail!(self.err(s.span(), format!("stage `{name}` ({kind}) needs input `{}`", spec.name)));
-        }
-    }
-    Ok(PlannedStage { name, stage, inputs, params })
-}
 
-/// Resolves one input item: `@stage.output`, or files (globs expanded, checked to exist).
-fn resolve_input(&self, span: Range<usize>, stage_name: &str, item: &str, many: bool) -> Result<InputSource> {
-    if let Some(reference) = item.strip_prefix('@') {
-        let (from, output) = reference
-            .split_once('.')
-            .ok_or_else(|| self.err(span.clone(), format!("`{item}`: a reference is `@STAGE.OUTPUT`")))?;
-        let idx = *self.names.get(from).ok_or_else(|| self.err(span.clone(), format!("`{item}`: no stage named `{from}`")))?;
-        if from == stage_name {
-            bail!(self.err(span, format!("stage `{stage_name}` reads its own output `{item}`")));
+        // Parameters: the file's table, then command-line overrides, then the stage's own check.
+        let mut table = raw.params.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
+        for o in self.overrides.iter().filter(|o| o.stage == name) {
+            set_path(&mut table, &o.path, o.value.clone());
         }
-        let from_kind = self.all[idx].get_ref().kind.get_ref();
-        if let Some(st) = self.registry.iter().find(|r| r.kind == from_kind) {
-            if !st.outputs.iter().any(|o| o.name == output) {
-                let outs: Vec<_> = st.outputs.iter().map(|o| o.name).collect();
-                bail!(self.err(span, format!("`{item}`: stage `{from}` ({from_kind}) has no output `{output}` (outputs: {})", outs.join(", "))));
+        let params = serde_json::to_value(&table)?;
+        if let Err(e) = stage.check(&params) {
+            let msg = format!("{e:#}");
+            let span = raw.params.as_ref().map_or(s.span(), |p| p.span());
+            let span = match unknown_field(&msg) {
+                Some(key) => self.key_span(&span, &key),
+                None => span,
+            };
+            bail!(self.err(span, format!("stage `{name}`: {msg}")));
+        }
+
+        let mut inputs = BTreeMap::new();
+        for (input, value) in &raw.inputs {
+            let spec = stage.inputs().iter().find(|i| i.name == input).ok_or_else(|| {
+                let known: Vec<_> = stage.inputs().iter().map(|i| i.name).collect();
+                self.err(value.span(), format!("stage `{name}` ({kind}) has no input `{input}` (inputs: {})", known.join(", ")))
+            })?;
+            let items = match value.get_ref() {
+                RawInput::One(v) => vec![v.clone()],
+                RawInput::Many(v) => v.clone(),
+            };
+            if items.len() != 1 && !spec.many {
+                bail!(self.err(value.span(), format!("input `{input}` of stage `{name}` takes one path")));
+            }
+            let mut sources = Vec::new();
+            for item in items {
+                sources.push(self.resolve_input(value.span(), &name, &item, spec.many)?);
+            }
+            inputs.insert(input.clone(), sources);
+        }
+        for spec in stage.inputs().iter().filter(|i| i.required) {
+            if !inputs.contains_key(spec.name) {
+                bail!(self.err(s.span(), format!("stage `{name}` ({kind}) needs input `{}`", spec.name)));
             }
         }
-        return Ok(InputSource::Output { stage: from.to_string(), output: output.to_string() });
+        Ok(PlannedStage { name, stage, inputs, params })
     }
-    let pattern = self.base.join(item);
-    let pattern = pattern.to_string_lossy();
-    let paths = if many { expand_glob(&pattern) } else { Ok(vec![PathBuf::from(pattern.as_ref())]) }
-        .map_err(|e| self.err(span.clone(), format!("stage `{stage_name}`: {e:#}")))?;
-    for p in &paths {
-        if !p.exists() {
-            bail!(self.err(span, format!("stage `{stage_name}`: input file {} does not exist", p.display())));
+
+    /// Resolves one input item: `@stage.output`, or files (globs expanded, checked to exist).
+    fn resolve_input(&self, span: Range<usize>, stage_name: &str, item: &str, many: bool) -> Result<InputSource> {
+        if let Some(reference) = item.strip_prefix('@') {
+            let (from, output) =
+                reference.split_once('.').ok_or_else(|| self.err(span.clone(), format!("`{item}`: a reference is `@STAGE.OUTPUT`")))?;
+            let idx = *self.names.get(from).ok_or_else(|| self.err(span.clone(), format!("`{item}`: no stage named `{from}`")))?;
+            if from == stage_name {
+                bail!(self.err(span, format!("stage `{stage_name}` reads its own output `{item}`")));
+            }
+            let from_kind = self.all[idx].get_ref().kind.get_ref();
+            if let Some(st) = self.registry.iter().find(|r| r.kind() == from_kind) {
+                if !st.outputs().iter().any(|o| o.name == output) {
+                    let outs: Vec<_> = st.outputs().iter().map(|o| o.name).collect();
+                    bail!(self.err(
+                        span,
+                        format!("`{item}`: stage `{from}` ({from_kind}) has no output `{output}` (outputs: {})", outs.join(", "))
+                    ));
+                }
+            }
+            return Ok(InputSource::Output { stage: from.to_string(), output: output.to_string() });
         }
+        let pattern = self.base.join(item);
+        let pattern = pattern.to_string_lossy();
+        let paths = if many { expand_glob(&pattern) } else { Ok(vec![PathBuf::from(pattern.as_ref())]) }
+            .map_err(|e| self.err(span.clone(), format!("stage `{stage_name}`: {e:#}")))?;
+        for p in &paths {
+            if !p.exists() {
+                bail!(self.err(span, format!("stage `{stage_name}`: input file {} does not exist", p.display())));
+            }
+        }
+        Ok(InputSource::Files(paths))
     }
-    Ok(InputSource::Files(paths))
-}
 }
 
 /// Removes `.` and resolves `..` against the preceding folder, without touching the disk.

@@ -1,12 +1,14 @@
 //! Runs a checked [`Plan`]: stages in order, each skipped when its cache key
-//! (kind, parameters, input content hashes, seed, device, program version)
-//! matches its last successful run and its outputs are intact.
+//! (kind, parameters, input content hashes, seed, device, and the hash of the
+//! code the stage runs) matches its last successful run and its outputs are intact.
 
 use crate::pipeline::{InputSource, Plan, PlannedStage};
 use anyhow::{bail, Context, Result};
 use forja_core::artifacts::Artifact;
 use forja_core::hash::{hash_json, hash_path, program_version};
 use forja_core::manifest::{HashedPath, RunManifest, StageRecord, StageStatus};
+use forja_core::metric;
+use forja_core::stage::outputs;
 use forja_core::stage::{StageCtx, StageInputs};
 use forja_core::MetricRow;
 use serde::{Deserialize, Serialize};
@@ -50,12 +52,12 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunManifest> {
     };
     let manifest_path = plan.out_dir.join("manifest.json");
     for stage in &plan.stages {
-        match run_one(plan, stage, opts, &version) {
+        match run_one(plan, stage, opts) {
             Ok(r) => manifest.stages.push(r),
             Err(e) => {
                 manifest.stages.push(StageRecord {
                     name: stage.name.clone(),
-                    kind: stage.stage.kind.into(),
+                    kind: stage.stage.kind().into(),
                     status: StageStatus::Failed,
                     key: String::new(),
                     params: stage.params.clone(),
@@ -66,7 +68,7 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunManifest> {
                     error: Some(format!("{e:#}")),
                 });
                 manifest.save(&manifest_path)?;
-                return Err(e.context(format!("stage `{}` ({}) failed", stage.name, stage.stage.kind)));
+                return Err(e.context(format!("stage `{}` ({}) failed", stage.name, stage.stage.kind())));
             }
         }
     }
@@ -102,7 +104,7 @@ fn resolve_inputs(plan: &Plan, stage: &PlannedStage) -> Result<StageInputs> {
     Ok(inputs)
 }
 
-fn run_one(plan: &Plan, stage: &PlannedStage, opts: &RunOptions, version: &str) -> Result<StageRecord> {
+fn run_one(plan: &Plan, stage: &PlannedStage, opts: &RunOptions) -> Result<StageRecord> {
     let inputs = resolve_inputs(plan, stage)?;
     let mut hashed_inputs = BTreeMap::new();
     for (name, paths) in &inputs.0 {
@@ -114,18 +116,20 @@ fn run_one(plan: &Plan, stage: &PlannedStage, opts: &RunOptions, version: &str) 
     }
     let input_hashes: BTreeMap<&String, &String> = hashed_inputs.iter().map(|(k, v)| (k, &v.blake3)).collect();
     let key = hash_json(&serde_json::json!({
-        "kind": stage.stage.kind,
+        "kind": stage.stage.kind(),
         "params": stage.params,
         "inputs": input_hashes,
         "seed": plan.seed,
         "device": plan.device,
-        "program": version,
+        // The code this stage runs (its crate and the workspace crates it uses):
+        // rebuilding after an edit elsewhere keeps its results.
+        "code": stage.stage.code_hash(),
     }));
     let dir = stage_dir(plan, &stage.name);
     let state_path = dir.join(STATE_FILE);
     let mut record = StageRecord {
         name: stage.name.clone(),
-        kind: stage.stage.kind.into(),
+        kind: stage.stage.kind().into(),
         status: StageStatus::Skipped,
         key: key.clone(),
         params: stage.params.clone(),
@@ -137,26 +141,28 @@ fn run_one(plan: &Plan, stage: &PlannedStage, opts: &RunOptions, version: &str) 
     };
     if !opts.force.contains(&stage.name) {
         if let Some(outputs) = cached_outputs(&state_path, &key) {
-            println!("[{}] skipped: inputs, parameters and program unchanged", stage.name);
+            println!("[{}] skipped: inputs, parameters and code unchanged", stage.name);
             record.outputs = outputs;
             return Ok(record);
         }
     }
-    println!("[{}] running {}", stage.name, stage.stage.kind);
+    println!("[{}] running {}", stage.name, stage.stage.kind());
     std::fs::create_dir_all(&dir)?;
     if state_path.exists() {
         std::fs::remove_file(&state_path)?;
     }
-    let ctx = StageCtx { name: stage.name.clone(), seed: plan.seed, device: plan.device.clone(), config_hash: hash_json(&stage.params) };
+    let ctx = StageCtx {
+        name: stage.name.clone(),
+        seed: plan.seed,
+        device: plan.device.clone(),
+        config_hash: hash_json(&stage.params),
+        code_hash: stage.stage.code_hash(),
+    };
     let started = Instant::now();
-    (stage.stage.run)(&stage.params, &inputs, &dir, &ctx)?;
+    let written = stage.stage.run_json(&stage.params, &inputs, &dir, &ctx)?;
     record.wall_s = started.elapsed().as_secs_f64();
-    for out in stage.stage.outputs {
-        let path = dir.join(out.path);
-        if !path.exists() {
-            bail!("stage `{}` did not write its output `{}` ({})", stage.name, out.name, path.display());
-        }
-        record.outputs.insert(out.name.to_string(), HashedPath::of(&path)?);
+    for out in written {
+        record.outputs.insert(out.name.to_string(), HashedPath::of(&dir.join(out.path))?);
     }
     let state = StageState { key, outputs: record.outputs.clone() };
     forja_core::fsutil::atomic_write(&state_path, serde_json::to_string_pretty(&state)?.as_bytes())?;
@@ -172,10 +178,7 @@ fn cached_outputs(state_path: &Path, key: &str) -> Option<BTreeMap<String, Hashe
     if state.key != key {
         return None;
     }
-    let intact = state
-        .outputs
-        .values()
-        .all(|o| hash_path(Path::new(&o.path)).map(|h| h == o.blake3).unwrap_or(false));
+    let intact = state.outputs.values().all(|o| hash_path(Path::new(&o.path)).map(|h| h == o.blake3).unwrap_or(false));
     intact.then_some(state.outputs)
 }
 
@@ -183,7 +186,7 @@ fn cached_outputs(state_path: &Path, key: &str) -> Option<BTreeMap<String, Hashe
 fn collect_metrics(plan: &Plan, manifest: &RunManifest) -> Result<()> {
     let mut rows = Vec::new();
     for rec in &manifest.stages {
-        if let Some(m) = rec.outputs.get("metrics") {
+        if let Some(m) = rec.outputs.get(outputs::METRICS.name) {
             rows.extend(MetricRow::read(Path::new(&m.path))?);
         }
     }
@@ -201,7 +204,7 @@ fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
     }
     let rows = MetricRow::read(&plan.out_dir.join("metrics.arrow"))?;
     let mut last: BTreeMap<(String, String, String), (u64, f64)> = BTreeMap::new();
-    for m in rows.iter().filter(|m| ["loss", "perplexity"].contains(&m.name.as_str())) {
+    for m in rows.iter().filter(|m| [metric::LOSS, metric::PERPLEXITY].contains(&m.name.as_str())) {
         last.insert((m.stage.clone(), m.name.clone(), m.split.clone()), (m.step, m.value));
     }
     r += "\n## Final metrics\n\n| stage | metric | split | step | value |\n|---|---|---|---|---|\n";
@@ -209,10 +212,10 @@ fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
         r += &format!("| {stage} | {name} | {split} | {step} | {value:.4} |\n");
     }
     for s in &manifest.stages {
-        if let Some(rep) = s.outputs.get("report") {
+        if let Some(rep) = s.outputs.get(outputs::REPORT.name) {
             r += &format!("\nStage report ({}): `{}`\n", s.name, rep.path);
         }
-        if let Some(plot) = s.outputs.get("plot") {
+        if let Some(plot) = s.outputs.get(outputs::PLOT.name) {
             r += &format!("\nLoss curves ({}): `{}`\n", s.name, plot.path);
         }
     }

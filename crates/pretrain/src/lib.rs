@@ -1,43 +1,114 @@
-//! forja-pretrain: self-supervised pre-training of a GPT (next-token prediction).
+//! forja-pretrain: self-supervised pre-training on the training engine, and
+//! pretrained models in and out.
 //!
-//! - [`train`]: the loop (read it top to bottom);
-//! - [`optim`]: AdamW with owned state, LR schedule, gradient clipping;
-//! - [`batches`]: token streams and deterministic batches.
+//! - [`pretrain`]: the `pretrain` stage (GPT / LSTM next-token, BERT masked-LM;
+//!   continued pre-training from any model folder);
+//! - [`objectives`]: the causal-LM and masked-LM [`forja_train::Objective`]s;
+//! - [`models`]: `import_model` (HF BERT / GPT-2 folders) and `embed`
+//!   (sentence embeddings).
 
-pub mod batches;
-pub mod optim;
-pub mod train;
+pub mod models;
+pub mod objectives;
+pub mod pretrain;
 
-use forja_core::stage::{parse_params, InputSpec, OutputSpec, Stage};
-pub use train::{run, run_with_hook, PretrainConfig, PretrainInputs, PretrainSummary};
+use forja_core::stage::{FromInputs, InputSpec, OutDir, OutputSpec, Stage, StageCtx, StageInputs};
+pub use pretrain::{run, run_with_hook, Architecture, PretrainConfig, PretrainInputs};
+use std::path::PathBuf;
 
-/// The `pretrain` stage.
-pub const PRETRAIN: Stage = Stage {
-    kind: "pretrain",
-    about: "next-token pre-training of a GPT, with validation, checkpoints and exact resume",
-    inputs: &[
-        InputSpec { name: "tokenizer", required: true, many: false },
-        InputSpec { name: "train", required: true, many: false },
-        InputSpec { name: "val", required: true, many: false },
-        InputSpec { name: "init", required: false, many: false },
-    ],
-    outputs: &[
-        OutputSpec { name: "model", path: "model" },
-        OutputSpec { name: "metrics", path: "metrics.arrow" },
-        OutputSpec { name: "plot", path: "loss.svg" },
-    ],
-    check: |p| parse_params::<PretrainConfig>("pretrain", p).map(drop),
-    run: |p, inputs, out, ctx| {
-        let cfg: PretrainConfig = parse_params("pretrain", p)?;
-        let inputs = PretrainInputs {
+impl FromInputs for PretrainInputs {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self {
             tokenizer: inputs.one("tokenizer")?.to_path_buf(),
             train: inputs.one("train")?.to_path_buf(),
             val: inputs.one("val")?.to_path_buf(),
             init: inputs.optional("init")?.map(Into::into),
-        };
-        run(&cfg, &inputs, out, ctx).map(drop)
-    },
-};
+        })
+    }
+}
+
+/// The `pretrain` stage.
+pub struct Pretrain;
+
+impl Stage for Pretrain {
+    const KIND: &'static str = "pretrain";
+    const ABOUT: &'static str = "pre-train a GPT or LSTM (next token) or a BERT (masked LM), with validation, best weights, diagnosis, checkpoints and exact resume";
+    const INPUTS: &'static [InputSpec] = &[
+        InputSpec { name: "tokenizer", required: true, many: false },
+        InputSpec { name: "train", required: true, many: false },
+        InputSpec { name: "val", required: true, many: false },
+        InputSpec { name: "init", required: false, many: false },
+    ];
+    const OUTPUTS: &'static [OutputSpec] = &pretrain::OUTPUTS;
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = PretrainConfig;
+    type Inputs = PretrainInputs;
+
+    fn run(&self, cfg: &PretrainConfig, inputs: &PretrainInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        run(cfg, inputs, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+/// A model folder (the `model` input).
+pub struct ModelDir(pub PathBuf);
+
+impl FromInputs for ModelDir {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self(inputs.one("model")?.to_path_buf()))
+    }
+}
+
+/// The `import_model` stage.
+pub struct ImportModel;
+
+impl Stage for ImportModel {
+    const KIND: &'static str = "import_model";
+    const ABOUT: &'static str = "check and import a Hugging Face BERT or GPT-2 model folder (safetensors, config.json, tokenizer.json)";
+    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "model", required: true, many: false }];
+    const OUTPUTS: &'static [OutputSpec] = &[pretrain::MODEL];
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = models::ImportConfig;
+    type Inputs = ModelDir;
+
+    fn run(&self, _cfg: &models::ImportConfig, input: &ModelDir, out: &OutDir, _ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        models::import_model(&input.0, &out.path(&pretrain::MODEL))?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+/// Inputs of `embed`.
+pub struct EmbedInputs {
+    pub model: PathBuf,
+    pub documents: PathBuf,
+}
+
+impl FromInputs for EmbedInputs {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self { model: inputs.one("model")?.to_path_buf(), documents: inputs.one("documents")?.to_path_buf() })
+    }
+}
+
+/// Output of `embed`.
+pub const EMBEDDINGS: OutputSpec = OutputSpec { name: "embeddings", path: "embeddings.arrow" };
+
+/// The `embed` stage.
+pub struct Embed;
+
+impl Stage for Embed {
+    const KIND: &'static str = "embed";
+    const ABOUT: &'static str = "mean-pooled, L2-normalised sentence embeddings of documents with a BERT encoder";
+    const INPUTS: &'static [InputSpec] =
+        &[InputSpec { name: "model", required: true, many: false }, InputSpec { name: "documents", required: true, many: false }];
+    const OUTPUTS: &'static [OutputSpec] = &[EMBEDDINGS];
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = models::EmbedConfig;
+    type Inputs = EmbedInputs;
+
+    fn run(&self, cfg: &models::EmbedConfig, inputs: &EmbedInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        models::run_embed(cfg, &inputs.model, &inputs.documents, &out.path(&EMBEDDINGS), ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
 
 /// All stages of this crate.
-pub const STAGES: &[Stage] = &[PRETRAIN];
+pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&Pretrain, &ImportModel, &Embed];

@@ -1,15 +1,15 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 use forja_core::artifacts::Artifact;
-use forja_core::stage::StageCtx;
+use forja_core::stage::{OutDir, StageCtx};
 use forja_core::{MetricRow, TokenRow};
-use forja_data::tokenizer::char_tokenizer;
-use forja_model::{Gpt, GptConfig};
-use forja_pretrain::batches::TokenStream;
-use forja_pretrain::optim::{lr_at, AdamW, OptimConfig};
-use forja_pretrain::{run, run_with_hook, PretrainConfig, PretrainInputs};
+use forja_model::GptConfig;
+use forja_pretrain::{PretrainConfig, PretrainInputs};
+use forja_tokenizer::char_tokenizer;
+use forja_train::batches::TokenStream;
+use forja_train::{OptimConfig, TrainSummary};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use tch::{nn, Device, Tensor};
+use tch::{Device, Tensor};
 
 /// libtorch's RNG is global to the process: tests that seed it run one at a time.
 static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -19,7 +19,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn ctx() -> StageCtx {
-    StageCtx { name: "pretrain".into(), seed: 3, device: "cpu".into(), config_hash: "t".into() }
+    StageCtx { name: "pretrain".into(), seed: 3, device: "cpu".into(), config_hash: "t".into(), code_hash: "t" }
 }
 
 /// Tokenizer and train/val token files from the first 30 kB of Tiny Shakespeare.
@@ -53,77 +53,24 @@ fn tiny_cfg() -> PretrainConfig {
     }
 }
 
+fn run(cfg: &PretrainConfig, inputs: &PretrainInputs, out: &Path, ctx: &StageCtx) -> anyhow::Result<TrainSummary> {
+    forja_pretrain::run(cfg, inputs, &OutDir::new(out), ctx)
+}
+
+fn run_with_hook(
+    cfg: &PretrainConfig,
+    inputs: &PretrainInputs,
+    out: &Path,
+    ctx: &StageCtx,
+    hook: &mut dyn FnMut(u64) -> ControlFlow<()>,
+) -> anyhow::Result<TrainSummary> {
+    forja_pretrain::run_with_hook(cfg, inputs, &OutDir::new(out), ctx, hook)
+}
+
 fn weights(dir: &Path) -> Vec<(String, Tensor)> {
     let mut w = Tensor::read_safetensors(dir.join("model/model.safetensors")).unwrap();
     w.sort_by(|a, b| a.0.cmp(&b.0));
     w
-}
-
-#[test]
-fn loss_falls_when_overfitting_one_batch() {
-    let _serial = serial();
-    tch::manual_seed(0);
-    let cfg = GptConfig { vocab_size: 20, block_size: 8, n_layer: 2, n_head: 2, n_embd: 32, ..Default::default() };
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = Gpt::new(&vs.root(), &cfg).unwrap();
-    let mut opt = AdamW::new(&vs);
-    let ocfg = OptimConfig { lr: 1e-2, weight_decay: 0.0, ..Default::default() };
-    let data: Vec<i64> = (0..64).map(|i| (i * 7 % 20) as i64).collect();
-    let stream = TokenStream::from_ids(&data, Device::Cpu).unwrap();
-    let (x, y) = stream.batch_at(&[0, 9, 20, 33], 8);
-    let mut losses = Vec::new();
-    for _ in 0..60 {
-        let loss = model.loss(&x, &y, true);
-        loss.backward();
-        opt.clip_grad_norm(1.0);
-        opt.step(&ocfg, ocfg.lr);
-        opt.zero_grad();
-        losses.push(loss.double_value(&[]));
-    }
-    assert!(losses[59] < 0.2 * losses[0], "first {} last {}", losses[0], losses[59]);
-}
-
-#[test]
-fn adamw_matches_pytorch_on_a_constant_gradient() {
-    // With a constant gradient, Adam's bias-corrected step is lr * sign(g); decoupled
-    // decay multiplies by (1 - lr * wd) first. Two steps from p = [1, -2] (a matrix):
-    // 1 * 0.99 - 0.1 = 0.89, 0.89 * 0.99 - 0.1 = 0.7811; -2 * 0.99 - 0.1 = -2.08, -2.1592.
-    let vs = nn::VarStore::new(Device::Cpu);
-    let p = vs.root().var("w", &[1, 2], nn::Init::Const(0.0));
-    tch::no_grad(|| p.shallow_clone().copy_(&Tensor::from_slice(&[1.0f32, -2.0]).view([1, 2])));
-    let mut opt = AdamW::new(&vs);
-    let cfg = OptimConfig { lr: 0.1, weight_decay: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, ..Default::default() };
-    for _ in 0..2 {
-        let loss = (&p * Tensor::from_slice(&[0.5f32, 0.25]).view([1, 2])).sum(tch::Kind::Float);
-        loss.backward();
-        opt.step(&cfg, cfg.lr);
-        opt.zero_grad();
-    }
-    let got = Vec::<f32>::try_from(&p.view([-1])).unwrap();
-    assert!((got[0] - 0.7811).abs() < 1e-4 && (got[1] + 2.1592).abs() < 1e-4, "{got:?}");
-}
-
-#[test]
-fn gradient_clipping_bounds_the_global_norm() {
-    let vs = nn::VarStore::new(Device::Cpu);
-    let a = vs.root().var("a", &[2], nn::Init::Const(1.0));
-    let b = vs.root().var("b", &[1], nn::Init::Const(1.0));
-    let mut opt = AdamW::new(&vs);
-    ((&a * 3.0).sum(tch::Kind::Float) + (&b * 4.0).sum(tch::Kind::Float)).backward();
-    let norm = opt.clip_grad_norm(1.0);
-    assert!((norm - (9.0f64 + 9.0 + 16.0).sqrt()).abs() < 1e-5, "{norm}");
-    let after = (a.grad().square().sum(tch::Kind::Float) + b.grad().square().sum(tch::Kind::Float)).sqrt().double_value(&[]);
-    assert!((after - 1.0).abs() < 1e-4, "{after}");
-}
-
-#[test]
-fn learning_rate_warms_up_then_decays_to_the_floor() {
-    let cfg = OptimConfig { lr: 1.0, min_lr: 0.1, warmup_steps: 10, ..Default::default() };
-    assert!((lr_at(&cfg, 0, 100) - 1.0 / 11.0).abs() < 1e-12);
-    assert!((lr_at(&cfg, 10, 100) - 1.0).abs() < 1e-12);
-    assert!((lr_at(&cfg, 55, 100) - 0.55).abs() < 1e-12, "halfway: the mean of lr and min_lr");
-    assert!((lr_at(&cfg, 100, 100) - 0.1).abs() < 1e-12);
-    assert_eq!(lr_at(&cfg, 500, 100), 0.1);
 }
 
 #[test]
@@ -140,7 +87,11 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     // Killed after step 5: the last checkpoint is step 3, steps 4-5 are lost and redone.
     let crashed = tempfile::tempdir().unwrap();
     let err = run_with_hook(&cfg, &inputs, crashed.path(), &ctx(), &mut |step| {
-        if step == 5 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if step == 5 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     })
     .unwrap_err();
     assert!(err.to_string().contains("stopped by hook after step 5"));
@@ -186,7 +137,13 @@ fn continued_pretraining_starts_from_the_init_model() {
     let b = run(&cfg, &cont, second.path(), &ctx()).unwrap();
     let fresh = tempfile::tempdir().unwrap();
     let c = run(&cfg, &inputs, fresh.path(), &ctx()).unwrap();
-    assert!(b.final_val_loss < c.final_val_loss, "continued {} vs fresh {} (first run ended at {})", b.final_val_loss, c.final_val_loss, a.final_val_loss);
+    assert!(
+        b.final_val_loss < c.final_val_loss,
+        "continued {} vs fresh {} (first run ended at {})",
+        b.final_val_loss,
+        c.final_val_loss,
+        a.final_val_loss
+    );
 }
 
 #[test]
@@ -207,13 +164,17 @@ fn a_killed_process_resumes_to_the_same_weights() {
     let run_bin = |out: &Path| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_forja-pretrain"));
         cmd.arg("pretrain")
-            .arg("--input").arg(format!("tokenizer={}", inputs.tokenizer.display()))
-            .arg("--input").arg(format!("train={}", inputs.train.display()))
-            .arg("--input").arg(format!("val={}", inputs.val.display()))
+            .arg("--input")
+            .arg(format!("tokenizer={}", inputs.tokenizer.display()))
+            .arg("--input")
+            .arg(format!("train={}", inputs.train.display()))
+            .arg("--input")
+            .arg(format!("val={}", inputs.val.display()))
             .args(["--set", "model={\"block_size\":16,\"n_layer\":1,\"n_head\":2,\"n_embd\":16}"])
             .args(["--set", "max_steps=60", "--set", "checkpoint_interval=5", "--set", "eval_interval=20"])
             .args(["--set", "eval_iters=2", "--set", "batch_size=4", "--set", "threads=1", "--seed", "11"])
-            .arg("--out").arg(out)
+            .arg("--out")
+            .arg(out)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         cmd
@@ -256,6 +217,7 @@ fn early_stopping_ends_the_run_when_validation_stops_improving() {
     assert!(s.early_stopped);
     assert_eq!(s.steps, 12, "evaluations at 4 (best), 8 and 12 (two without improvement)");
     assert!(out.path().join("model/model.safetensors").exists());
+    assert_eq!(s.best_step, Some(4), "the first validation stays the best");
     let vals = MetricRow::read(&out.path().join("metrics.arrow")).unwrap();
     assert_eq!(vals.iter().filter(|m| m.name == "loss" && m.split == "val").count(), 3);
 

@@ -1,19 +1,28 @@
-//! Pre-training throughput of forja's GPT step, shaped like the PyTorch eager peer
+//! Pre-training throughput of forja's GPT step, shaped like the PyTorch peer
 //! (`../shared/bench/torch_gpt_ref.py`): same model, data (bytes of a text file,
-//! vocab 256), AdamW (lr 1e-3, weight decay 0.1), clipping at 1.0, float32.
-//! Prints one JSON line, and a matmul peak for model FLOPs utilisation.
+//! vocab 256, or random tokens of `--vocab`), AdamW (lr 1e-3, weight decay 0.1),
+//! clipping at 1.0. Each step is the training engine's own
+//! [`forja_train::Engine::train_step`], the one the `pretrain` stage runs.
+//! Prints one JSON line, with a matmul peak for model FLOPs utilisation.
 
 use clap::Parser;
-use forja_model::{parse_device, Gpt, GptConfig};
-use forja_pretrain::batches::TokenStream;
-use forja_pretrain::optim::{AdamW, OptimConfig};
+use forja_core::stage::StageCtx;
+use forja_model::checkpoint::write_model_files;
+use forja_model::{parse_device, Gpt, GptConfig, Precision};
+use forja_pretrain::objectives::{CausalLm, Streams};
+use forja_train::batches::TokenStream;
+use forja_train::{DiagnosisConfig, Engine, EngineConfig, OptimConfig, ParamGroup, StepOutcome};
+use rand::{Rng, SeedableRng};
 use std::time::Instant;
 use tch::{nn, Kind, Tensor};
 
 #[derive(Parser)]
 struct Args {
+    /// Text file read as bytes (vocab 256); without it, random tokens of `--vocab`.
     #[arg(long)]
-    text: std::path::PathBuf,
+    text: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    vocab: i64,
     #[arg(long, default_value_t = 4)]
     n_layer: i64,
     #[arg(long, default_value_t = 4)]
@@ -25,13 +34,16 @@ struct Args {
     #[arg(long, default_value_t = 12)]
     batch: i64,
     #[arg(long, default_value_t = 60)]
-    steps: usize,
+    steps: u64,
     #[arg(long, default_value_t = 5)]
-    warmup: usize,
+    warmup: u64,
     #[arg(long, default_value_t = 0)]
     threads: i32,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// bfloat16 matrix products (as `precision = "bf16"` in a pipeline).
+    #[arg(long)]
+    bf16: bool,
     /// Also print mean forward / backward / optimiser milliseconds.
     #[arg(long)]
     phases: bool,
@@ -40,50 +52,62 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     anyhow::ensure!(a.steps > 0, "--steps must be > 0");
-    if a.threads > 0 {
-        tch::set_num_threads(a.threads);
-    }
+    let _threads = forja_train::ThreadsGuard::set(a.threads);
     let device = parse_device(&a.device)?;
     tch::manual_seed(0);
-    let bytes = std::fs::read(&a.text)?;
-    let ids: Vec<i64> = bytes.iter().map(|&b| b as i64).collect();
-    let data = TokenStream::from_ids(&ids, device)?;
-    let cfg = GptConfig { vocab_size: 256, block_size: a.block, n_layer: a.n_layer, n_head: a.n_head, n_embd: a.n_embd, ..Default::default() };
-    let vs = nn::VarStore::new(device);
-    let model = Gpt::new(&vs.root(), &cfg)?;
-    let mut opt = AdamW::new(&vs);
-    let ocfg = OptimConfig { lr: 1e-3, weight_decay: 0.1, beta1: 0.9, beta2: 0.999, grad_clip: 1.0, ..Default::default() };
-    let mut times = Vec::new();
-    let mut phases: Vec<[f64; 3]> = Vec::new();
+    let (ids, vocab) = match &a.text {
+        Some(path) => (std::fs::read(path)?.iter().map(|&b| i64::from(b)).collect::<Vec<_>>(), 256),
+        None => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+            ((0..1_000_000).map(|_| rng.random_range(0..a.vocab)).collect(), a.vocab)
+        }
+    };
+    let cfg =
+        GptConfig { vocab_size: vocab, block_size: a.block, n_layer: a.n_layer, n_head: a.n_head, n_embd: a.n_embd, ..Default::default() };
+    let mut vs = nn::VarStore::new(device);
+    let mut model = Gpt::new(&vs.root(), &cfg)?;
+    model.precision = if a.bf16 { Precision::Bf16 } else { Precision::F32 };
+    let data = Streams {
+        train: TokenStream::from_ids(&ids, device)?,
+        val: TokenStream::from_ids(&ids, device)?,
+        batch_size: a.batch,
+        block: a.block,
+        seed: 0,
+    };
+    let tokenizer = forja_tokenizer::char_tokenizer(std::iter::once("ab"), &[])?;
+    let write: forja_pretrain::objectives::ModelWriter = Box::new(|vs, dir| write_model_files(dir, vs, &cfg, &tokenizer));
+    let mut obj = CausalLm { model: &model, data, grad_accum: 1, write };
+    let ecfg = EngineConfig {
+        optim: OptimConfig { lr: 1e-3, weight_decay: 0.1, beta1: 0.9, beta2: 0.999, grad_clip: 1.0, warmup_steps: 0, ..Default::default() },
+        max_steps: a.warmup + a.steps,
+        // Throughput only: no spike or explosion checks (non-finite values still count).
+        diagnosis: DiagnosisConfig { spike_factor: 0.0, explode_factor: 0.0, ..Default::default() },
+        ..Default::default()
+    };
+    let groups = ParamGroup::decay_split(&vs, ecfg.optim.weight_decay);
+    let ctx = StageCtx { name: "bench".into(), seed: 0, device: a.device.clone(), config_hash: String::new(), code_hash: "" };
+    let scratch = std::env::temp_dir();
+    let mut engine = Engine::new(&ecfg, &mut vs, groups, 0, String::new(), &ctx, &scratch)?;
+    let (mut times, mut phases) = (Vec::new(), Vec::new());
     let (mut first, mut last) = (0.0, 0.0);
     for step in 0..a.warmup + a.steps {
-        let (x, y) = data.random_batch(a.batch, a.block, 0, 0, step as u64);
         let t0 = Instant::now();
-        let loss = model.loss(&x, &y, true);
-        let t_fwd = t0.elapsed().as_secs_f64();
-        loss.backward();
-        let t_bwd = t0.elapsed().as_secs_f64();
-        opt.clip_grad_norm(ocfg.grad_clip);
-        opt.step(&ocfg, ocfg.lr);
-        opt.zero_grad();
-        let l = loss.double_value(&[]);
-        let t_opt = t0.elapsed().as_secs_f64();
-        if a.phases && step >= a.warmup {
-            phases.push([t_fwd, t_bwd - t_fwd, t_opt - t_bwd]);
-        }
+        let outcome = engine.train_step(&mut obj, step, ecfg.optim.lr, false)?;
         if device.is_cuda() {
             tch::Cuda::synchronize(0);
         }
         let dt = t0.elapsed().as_secs_f64();
+        let StepOutcome::Applied { stats, .. } = outcome else { anyhow::bail!("step {step} diverged") };
         if step >= a.warmup {
             times.push(dt);
+            phases.push([stats.forward_s, stats.backward_s, stats.optimizer_s]);
             if step == a.warmup {
-                first = l;
+                first = stats.loss;
             }
-            last = l;
+            last = stats.loss;
         }
     }
-    if a.phases && !phases.is_empty() {
+    if a.phases {
         let n = phases.len() as f64;
         let mean = |i: usize| phases.iter().map(|p| p[i]).sum::<f64>() / n * 1000.0;
         eprintln!("phases ms: forward {:.2}, backward {:.2}, clip+optimizer {:.2}", mean(0), mean(1), mean(2));
@@ -96,7 +120,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "peer": "forja", "threads": tch::get_num_threads(), "params": cfg.n_params(),
+            "peer": if a.bf16 { "forja+bf16" } else { "forja" }, "threads": tch::get_num_threads(), "params": cfg.n_params(),
             "tokens_per_s": tps, "step_ms_median": med * 1000.0, "first_loss": first, "final_loss": last,
             "matmul_peak_gflops": peak / 1e9, "mfu": mfu,
         })

@@ -2,6 +2,10 @@
 //! - byte-level BPE trained on the cleaned corpus (GPT-2 style);
 //! - character level (nanoGPT's shakespeare_char), as a BPE without merges whose
 //!   vocabulary is the corpus's characters in sorted order, plus `<unk>`.
+//!
+//! Any other `tokenizer.json` loads too (e.g. the WordPiece of an imported BERT).
+//! A crate of its own so that models, trainers and the server read tokenizers
+//! without compiling the data stack (polars).
 
 use anyhow::{anyhow, Context};
 use serde::{Deserialize, Serialize};
@@ -52,16 +56,19 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     /// Loads a `tokenizer.json`.
+    /// Padding and truncation stored in the file (MiniLM's pads to 128) are
+    /// turned off: forja pads its batches itself and never truncates silently.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| anyhow!("{}: not a readable tokenizer.json: {e}", path.display()))?;
+        let mut inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| anyhow!("{}: not a readable tokenizer.json: {e}", path.display()))?;
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| anyhow!("{}: turning truncation off: {e}", path.display()))?;
         Ok(Self { inner })
     }
 
     /// Parses a `tokenizer.json` text.
     pub fn from_json(json: &str) -> anyhow::Result<Self> {
-        let inner: tokenizers::Tokenizer =
-            json.parse().map_err(|e| anyhow!("not a valid tokenizer.json: {e}"))?;
+        let inner: tokenizers::Tokenizer = json.parse().map_err(|e| anyhow!("not a valid tokenizer.json: {e}"))?;
         Ok(Self { inner })
     }
 
@@ -73,6 +80,12 @@ impl Tokenizer {
 
     pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         let enc = self.inner.encode_fast(text, false).map_err(|e| anyhow!("encoding: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encodes with the tokenizer's post-processor (e.g. BERT's `[CLS] … [SEP]`).
+    pub fn encode_with_special(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let enc = self.inner.encode_fast(text, true).map_err(|e| anyhow!("encoding: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 

@@ -1,0 +1,32 @@
+//! Names of metrics and splits in `metrics` artifacts, in one place: stages
+//! write them and the orchestrator, reports and tests read them.
+
+/// Mean loss over an evaluation (with `split` = `train`, `val` or `test`).
+pub const LOSS: &str = "loss";
+/// exp(loss) of a language model.
+pub const PERPLEXITY: &str = "perplexity";
+/// Tokens scored by an evaluation.
+pub const TOKENS: &str = "tokens";
+/// Loss of one optimiser step's mini-batch(es).
+pub const BATCH_LOSS: &str = "batch_loss";
+/// Learning rate used at a step.
+pub const LR: &str = "lr";
+/// Global gradient L2 norm before clipping.
+pub const GRAD_NORM: &str = "grad_norm";
+/// Gradient L2 norm of one layer (the metric's split names the layer).
+pub const LAYER_GRAD_NORM: &str = "layer_grad_norm";
+/// Training throughput.
+pub const TOKENS_PER_S: &str = "tokens_per_s";
+/// A training incident (the split names its kind; the value is the measure).
+pub const INCIDENT: &str = "incident";
+/// Masked-LM accuracy on masked positions.
+pub const MLM_ACCURACY: &str = "mlm_accuracy";
+
+/// Split names of metric rows.
+pub mod split {
+    pub const TRAIN: &str = "train";
+    pub const VAL: &str = "val";
+    pub const TEST: &str = "test";
+    /// Not tied to a split.
+    pub const NONE: &str = "-";
+}

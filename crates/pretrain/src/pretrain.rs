@@ -1,0 +1,397 @@
+//! The `pretrain` stage: builds the model the configuration names (GPT, BERT,
+//! LSTM), optionally from an `init` model folder (continued pre-training from a
+//! forja or an imported HF checkpoint), and trains it with the engine on its
+//! objective (next-token prediction, or masked-LM for BERT).
+
+use crate::objectives::{CausalLm, MaskedLm, MlmConfig, MlmTokens, ModelWriter, Streams};
+use anyhow::{bail, Context};
+use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_model::bert::{Bert, BertConfig, BertMlmHead};
+use forja_model::checkpoint::{self, load_weights, write_folder, write_model_files, WEIGHTS};
+use forja_model::lstm::{LstmConfig, LstmLm, LSTM_MODEL_TYPE};
+use forja_model::{parse_device, Gpt, GptConfig, Precision};
+use forja_tokenizer::Tokenizer;
+use forja_train::batches::TokenStream;
+use forja_train::{DiagnosisConfig, Engine, EngineConfig, EngineOutputs, Objective, OptimConfig, ParamGroup, ThreadsGuard, TrainSummary};
+use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device};
+
+/// The model trained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// Decoder-only Transformer, next-token prediction.
+    #[default]
+    Gpt,
+    /// Encoder Transformer, masked-LM.
+    Bert,
+    /// Recurrent baseline, next-token prediction.
+    Lstm,
+}
+
+/// Parameters of the `pretrain` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PretrainConfig {
+    pub architecture: Architecture,
+    /// Sizes: `block_size` is the context (BERT: positions; LSTM: training
+    /// sequence length), `n_embd` the width, `n_layer` the depth, `n_head` the
+    /// attention heads (Transformers).
+    pub model: GptConfig,
+    /// Masked-LM settings (BERT).
+    pub mlm: MlmConfig,
+    pub optim: OptimConfig,
+    /// Sequences per micro-batch.
+    pub batch_size: i64,
+    /// Micro-batches per optimiser step (effective batch = batch_size × grad_accum).
+    pub grad_accum: u64,
+    pub max_steps: u64,
+    /// Validate every this many steps (and at the end).
+    pub eval_interval: u64,
+    /// Batches per validation estimate.
+    pub eval_iters: u64,
+    /// Write a resumable checkpoint every this many steps (0: only at the end).
+    pub checkpoint_interval: u64,
+    /// Stop after this many validations without a new best (0: never).
+    pub early_stopping_patience: u64,
+    /// Log a line (and per-layer gradient norms) every this many steps.
+    pub log_interval: u64,
+    /// Detection of divergent steps and the recovery policy.
+    pub diagnosis: DiagnosisConfig,
+    /// `f32`, or `bf16` matrix products (float32 weights, loss and optimizer).
+    pub precision: Precision,
+    /// Export the best-validation weights (true) or the last step's.
+    pub keep_best: bool,
+    /// Overrides the run's seed.
+    pub seed: Option<u64>,
+    /// Overrides the run's device (`cpu`, `cuda`, `cuda:N`).
+    pub device: Option<String>,
+    /// libtorch intra-op threads for this stage (0: libtorch's default).
+    pub threads: i32,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        Self {
+            architecture: Architecture::Gpt,
+            model: GptConfig::default(),
+            mlm: MlmConfig::default(),
+            optim: e.optim,
+            batch_size: 12,
+            grad_accum: e.grad_accum,
+            max_steps: e.max_steps,
+            eval_interval: e.eval_interval,
+            eval_iters: e.eval_iters,
+            checkpoint_interval: e.checkpoint_interval,
+            early_stopping_patience: e.early_stopping_patience,
+            log_interval: e.log_interval,
+            diagnosis: e.diagnosis,
+            precision: Precision::F32,
+            keep_best: e.keep_best,
+            seed: None,
+            device: None,
+            threads: 0,
+        }
+    }
+}
+
+impl PretrainConfig {
+    /// The engine's part of the configuration.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            optim: self.optim.clone(),
+            grad_accum: self.grad_accum,
+            max_steps: self.max_steps,
+            eval_interval: self.eval_interval,
+            eval_iters: self.eval_iters,
+            checkpoint_interval: self.checkpoint_interval,
+            early_stopping_patience: self.early_stopping_patience,
+            log_interval: self.log_interval,
+            diagnosis: self.diagnosis.clone(),
+            keep_best: self.keep_best,
+        }
+    }
+}
+
+/// Inputs of the `pretrain` stage.
+#[derive(Debug, Clone)]
+pub struct PretrainInputs {
+    pub tokenizer: PathBuf,
+    pub train: PathBuf,
+    pub val: PathBuf,
+    /// A model folder to continue pre-training from (forja's or imported).
+    pub init: Option<PathBuf>,
+}
+
+/// Outputs of `pretrain`.
+pub const MODEL: OutputSpec = OutputSpec { name: "model", path: "model" };
+pub const OUTPUTS: [OutputSpec; 4] = [MODEL, outputs::METRICS, outputs::PLOT, outputs::REPORT];
+
+/// Where the engine writes this stage's outputs.
+pub fn engine_outputs(out: &OutDir) -> EngineOutputs {
+    EngineOutputs {
+        model: out.path(&MODEL),
+        metrics: out.path(&outputs::METRICS),
+        plot: out.path(&outputs::PLOT),
+        report: out.path(&outputs::REPORT),
+    }
+}
+
+/// Trains; writes `model/` (best or last weights), `metrics.arrow`, `loss.svg`,
+/// `report.md` and `checkpoint/` under `out`. Resumes from `out/checkpoint`
+/// when it matches this run.
+pub fn run(cfg: &PretrainConfig, inputs: &PretrainInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<TrainSummary> {
+    run_with_hook(cfg, inputs, out, ctx, &mut |_| ControlFlow::Continue(()))
+}
+
+/// What every architecture needs to be built and trained.
+struct Setup<'a> {
+    cfg: &'a PretrainConfig,
+    inputs: &'a PretrainInputs,
+    tokenizer: Tokenizer,
+    device: Device,
+    seed: u64,
+}
+
+/// [`run`] with a hook called after every step; `Break` stops the run at once,
+/// without final outputs, as if the process were killed there.
+pub fn run_with_hook(
+    cfg: &PretrainConfig,
+    inputs: &PretrainInputs,
+    out: &OutDir,
+    ctx: &StageCtx,
+    hook: forja_train::engine::StepHook,
+) -> anyhow::Result<TrainSummary> {
+    let seed = cfg.seed.unwrap_or(ctx.seed);
+    let device_name = cfg.device.clone().unwrap_or_else(|| ctx.device.clone());
+    let device = parse_device(&device_name)?;
+    let _threads = ThreadsGuard::set(cfg.threads);
+    anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
+    check_precision(cfg.precision, device)?;
+    let tokenizer = Tokenizer::load(&inputs.tokenizer)?;
+    let setup = Setup { cfg, inputs, tokenizer, device, seed };
+    let run_key = run_key(cfg, inputs, seed, &device_name, ctx)?;
+    let summary = match cfg.architecture {
+        Architecture::Gpt => train_gpt(&setup, run_key, out, ctx, hook)?,
+        Architecture::Lstm => train_lstm(&setup, run_key, out, ctx, hook)?,
+        Architecture::Bert => train_bert(&setup, run_key, out, ctx, hook)?,
+    };
+    println!(
+        "{}: {} steps, final val loss {:.4} (best {:.4}{}), {:.0} tokens/s, {} incident(s)",
+        ctx.name,
+        summary.steps,
+        summary.final_val_loss,
+        summary.best_val_loss,
+        summary.best_step.map_or(String::new(), |s| format!(" at step {s}")),
+        summary.tokens_per_s,
+        summary.incidents.len()
+    );
+    Ok(summary)
+}
+
+/// bfloat16 needs a device whose libtorch can multiply in it.
+fn check_precision(precision: Precision, device: Device) -> anyhow::Result<()> {
+    if precision == Precision::Bf16 {
+        let probe = tch::Tensor::ones([2, 2], (tch::Kind::BFloat16, device));
+        let ok = std::panic::catch_unwind(|| probe.f_matmul(&probe).is_ok()).unwrap_or(false);
+        anyhow::ensure!(ok, "precision = \"bf16\": libtorch cannot multiply bfloat16 matrices on {device:?}");
+    }
+    Ok(())
+}
+
+/// Hash of everything the trajectory depends on: the whole typed configuration,
+/// the seed and device in force, every input's content, and the stage's code.
+fn run_key(cfg: &PretrainConfig, inputs: &PretrainInputs, seed: u64, device: &str, ctx: &StageCtx) -> anyhow::Result<String> {
+    let hash = |p: &Path| forja_core::hash::hash_path(p).with_context(|| format!("hashing {}", p.display()));
+    let key = serde_json::json!({
+        "cfg": cfg,
+        "seed": seed,
+        "device": device,
+        "threads": tch::get_num_threads(),
+        "train": hash(&inputs.train)?,
+        "val": hash(&inputs.val)?,
+        "tokenizer": hash(&inputs.tokenizer)?,
+        "init": inputs.init.as_deref().map(hash).transpose()?,
+        "code": ctx.code_hash,
+    });
+    Ok(forja_core::hash::hash_json(&key))
+}
+
+fn streams(s: &Setup, vocab_size: i64, block: i64) -> anyhow::Result<Streams> {
+    let train = TokenStream::load(&s.inputs.train, vocab_size, s.device)?;
+    let val = TokenStream::load(&s.inputs.val, vocab_size, s.device)?;
+    for (name, stream) in [("train", &train), ("val", &val)] {
+        if !stream.fits(block) {
+            bail!("{name} split has {} tokens, fewer than block_size + 1 = {}", stream.len(), block + 1);
+        }
+    }
+    Ok(Streams { train, val, batch_size: s.cfg.batch_size, block, seed: s.seed })
+}
+
+/// Runs the engine over `obj` with the usual parameter groups of `vs`.
+fn train(
+    s: &Setup,
+    vs: &mut nn::VarStore,
+    obj: &mut dyn Objective,
+    run_key: String,
+    out: &OutDir,
+    ctx: &StageCtx,
+    hook: forja_train::engine::StepHook,
+) -> anyhow::Result<TrainSummary> {
+    let engine_cfg = s.cfg.engine();
+    let groups = ParamGroup::decay_split(vs, s.cfg.optim.weight_decay);
+    let mut engine = Engine::new(&engine_cfg, vs, groups, s.seed, run_key, ctx, out.dir())?;
+    engine.run(obj, &engine_outputs(out), hook)
+}
+
+/// Loads `init` weights into `vs` (variables for which `optional` holds may be missing).
+fn load_init(s: &Setup, vs: &mut nn::VarStore, optional: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
+    if let Some(init) = &s.inputs.init {
+        load_weights(vs, &init.join(WEIGHTS), optional).with_context(|| format!("continuing from {}", init.display()))?;
+    }
+    Ok(())
+}
+
+/// The init folder's `model_type` must be the architecture's.
+fn check_init_type(s: &Setup, expected: &str) -> anyhow::Result<()> {
+    if let Some(init) = &s.inputs.init {
+        let found = checkpoint::model_type(init)?;
+        anyhow::ensure!(
+            found == expected,
+            "init model {} is `{found}`, but architecture = {:?} needs `{expected}`",
+            init.display(),
+            s.cfg.architecture
+        );
+    }
+    Ok(())
+}
+
+/// The GPT's configuration: the stage's, with the vocabulary taken from the
+/// tokenizer (or the init model) when not given; an init model must match it.
+fn gpt_config(s: &Setup) -> anyhow::Result<GptConfig> {
+    let mut model_cfg = s.cfg.model.clone();
+    if let Some(init) = &s.inputs.init {
+        check_init_type(s, "gpt2")?;
+        let init_cfg = checkpoint::read_config(init)?;
+        if model_cfg.vocab_size == 0 {
+            model_cfg.vocab_size = init_cfg.vocab_size;
+        }
+        anyhow::ensure!(
+            GptConfig { dropout: model_cfg.dropout, ..init_cfg.clone() } == model_cfg,
+            "init model {} has config {init_cfg:?}, but this stage asks for {model_cfg:?}",
+            init.display()
+        );
+    }
+    if model_cfg.vocab_size == 0 {
+        model_cfg.vocab_size = s.tokenizer.vocab_size() as i64;
+    }
+    model_cfg.validate()?;
+    Ok(model_cfg)
+}
+
+fn train_gpt(
+    s: &Setup,
+    run_key: String,
+    out: &OutDir,
+    ctx: &StageCtx,
+    hook: forja_train::engine::StepHook,
+) -> anyhow::Result<TrainSummary> {
+    let model_cfg = gpt_config(s)?;
+    let data = streams(s, model_cfg.vocab_size, model_cfg.block_size)?;
+    tch::manual_seed(s.seed as i64);
+    let mut vs = nn::VarStore::new(s.device);
+    let mut model = Gpt::new(&vs.root(), &model_cfg)?;
+    model.precision = s.cfg.precision;
+    load_init(s, &mut vs, &|_| false)?;
+    let write: ModelWriter = Box::new(|vs, dir| write_model_files(dir, vs, &model_cfg, &s.tokenizer));
+    let mut obj = CausalLm { model: &model, data, grad_accum: s.cfg.grad_accum, write };
+    train(s, &mut vs, &mut obj, run_key, out, ctx, hook)
+}
+
+fn train_lstm(
+    s: &Setup,
+    run_key: String,
+    out: &OutDir,
+    ctx: &StageCtx,
+    hook: forja_train::engine::StepHook,
+) -> anyhow::Result<TrainSummary> {
+    let m = &s.cfg.model;
+    let mut lstm_cfg = LstmConfig {
+        model_type: LSTM_MODEL_TYPE.into(),
+        vocab_size: if m.vocab_size > 0 { m.vocab_size } else { s.tokenizer.vocab_size() as i64 },
+        n_embd: m.n_embd,
+        n_layer: m.n_layer,
+        dropout: m.dropout,
+        block_size: m.block_size,
+    };
+    if let Some(init) = &s.inputs.init {
+        check_init_type(s, LSTM_MODEL_TYPE)?;
+        let init_cfg = checkpoint::read_lstm_config(init)?;
+        anyhow::ensure!(
+            LstmConfig { dropout: lstm_cfg.dropout, block_size: lstm_cfg.block_size, ..init_cfg.clone() } == lstm_cfg,
+            "init model {} has config {init_cfg:?}, but this stage asks for {lstm_cfg:?}",
+            init.display()
+        );
+        lstm_cfg.vocab_size = init_cfg.vocab_size;
+    }
+    let data = streams(s, lstm_cfg.vocab_size, lstm_cfg.block_size)?;
+    tch::manual_seed(s.seed as i64);
+    let mut vs = nn::VarStore::new(s.device);
+    let mut model = LstmLm::new(&vs.root(), &lstm_cfg)?;
+    model.precision = s.cfg.precision;
+    load_init(s, &mut vs, &|_| false)?;
+    let write: ModelWriter = Box::new(|vs, dir| write_folder(dir, vs, &lstm_cfg, &s.tokenizer));
+    let mut obj = CausalLm { model: &model, data, grad_accum: s.cfg.grad_accum, write };
+    train(s, &mut vs, &mut obj, run_key, out, ctx, hook)
+}
+
+/// The id of the first of `names` the tokenizer has.
+fn special_id(tok: &Tokenizer, names: &[&str]) -> Option<i64> {
+    names.iter().find_map(|n| tok.token_to_id(n)).map(i64::from)
+}
+
+fn train_bert(
+    s: &Setup,
+    run_key: String,
+    out: &OutDir,
+    ctx: &StageCtx,
+    hook: forja_train::engine::StepHook,
+) -> anyhow::Result<TrainSummary> {
+    s.cfg.mlm.validate()?;
+    let m = &s.cfg.model;
+    let bert_cfg = match &s.inputs.init {
+        Some(init) => {
+            check_init_type(s, "bert")?;
+            BertConfig { hidden_dropout_prob: m.dropout, attention_probs_dropout_prob: m.dropout, ..checkpoint::read_bert_config(init)? }
+        }
+        None => {
+            let vocab = if m.vocab_size > 0 { m.vocab_size } else { s.tokenizer.vocab_size() as i64 };
+            BertConfig::sized(vocab, m.n_embd, m.n_layer, m.n_head, m.block_size, m.dropout)
+        }
+    };
+    let mask = special_id(&s.tokenizer, &["[MASK]", "<mask>"]).context(
+        "masked-LM needs a mask token: the tokenizer has neither `[MASK]` nor `<mask>` (add it to train_tokenizer's special_tokens)",
+    )?;
+    let tokens = MlmTokens {
+        mask,
+        cls: special_id(&s.tokenizer, &["[CLS]", "<s>"]),
+        sep: special_id(&s.tokenizer, &["[SEP]", "</s>"]),
+        vocab_size: bert_cfg.vocab_size,
+    };
+    let block = m.block_size.min(bert_cfg.max_position_embeddings);
+    let data = streams(s, bert_cfg.vocab_size, block)?;
+    tch::manual_seed(s.seed as i64);
+    let mut vs = nn::VarStore::new(s.device);
+    let root = vs.root();
+    let mut bert = Bert::new(&(&root / "bert"), &bert_cfg, None)?;
+    bert.precision = s.cfg.precision;
+    let head = BertMlmHead::new(&(&root / "cls" / "predictions"), &bert_cfg);
+    // An imported encoder (e.g. MiniLM) has no masked-LM head: it starts fresh.
+    load_init(s, &mut vs, &|name| name.starts_with("cls."))?;
+    let write: ModelWriter = Box::new(|vs, dir| write_folder(dir, vs, &bert_cfg, &s.tokenizer));
+    let mut obj = MaskedLm { bert: &bert, head: &head, data, grad_accum: s.cfg.grad_accum, cfg: s.cfg.mlm.clone(), tokens, write };
+    train(s, &mut vs, &mut obj, run_key, out, ctx, hook)
+}

@@ -1,0 +1,728 @@
+//! The training loop every trainer plugs into, top to bottom.
+//!
+//! A trainer supplies an [`Objective`] (how micro-batch `(step, micro)` is drawn
+//! and scored, how validation batches are scored, how its model folder is
+//! written) and its parameter groups; the [`Engine`] owns everything around
+//! that: the warm-up + cosine schedule, gradient accumulation, clipping, AdamW,
+//! periodic validation, early stopping that keeps the best weights, atomic
+//! checkpoints and exact resume, diagnosis and recovery, metrics, the progress
+//! bar, the loss plot and the training report.
+//!
+//! Determinism: step `s` seeds libtorch's RNG (dropout) from `(seed, s)` and the
+//! objective draws its batches from `(seed, s, micro)`; a checkpoint holds
+//! weights, AdamW moments, metrics and the trainer state; so a run resumed from
+//! its last checkpoint ends with the weights of one never interrupted (CPU, same
+//! thread count).
+
+use crate::diagnose::{blame, layer_norms, DiagnosisConfig, Incident, IncidentKind, Monitor, Policy};
+use crate::optim::{lr_at, AdamW, OptimConfig, ParamGroup};
+use anyhow::{bail, Context};
+use forja_core::artifacts::Artifact;
+use forja_core::metric::{self, split};
+use forja_core::stage::StageCtx;
+use forja_core::{MetricRow, TokenRow};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn, Tensor};
+
+/// Settings of the loop (a trainer's parameters include these).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EngineConfig {
+    pub optim: OptimConfig,
+    /// Micro-batches per optimiser step.
+    pub grad_accum: u64,
+    pub max_steps: u64,
+    /// Validate every this many steps (and at the end).
+    pub eval_interval: u64,
+    /// Batches per validation estimate.
+    pub eval_iters: u64,
+    /// Write a resumable checkpoint every this many steps (0: only at the end).
+    pub checkpoint_interval: u64,
+    /// Stop after this many validations without a new best (0: never).
+    pub early_stopping_patience: u64,
+    /// Log a line (and per-layer gradient norms) every this many steps.
+    pub log_interval: u64,
+    pub diagnosis: DiagnosisConfig,
+    /// Export the weights of the best validation rather than the last step's.
+    pub keep_best: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            optim: OptimConfig::default(),
+            grad_accum: 1,
+            max_steps: 200,
+            eval_interval: 50,
+            eval_iters: 20,
+            checkpoint_interval: 100,
+            early_stopping_patience: 0,
+            log_interval: 10,
+            diagnosis: DiagnosisConfig::default(),
+            keep_best: true,
+        }
+    }
+}
+
+/// A validation split an objective is scored on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalSplit {
+    Train,
+    Val,
+}
+
+impl EvalSplit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Train => split::TRAIN,
+            Self::Val => split::VAL,
+        }
+    }
+}
+
+/// One evaluation batch's score: the loss and named extra metrics.
+#[derive(Debug, Clone, Default)]
+pub struct EvalScore {
+    pub loss: f64,
+    pub metrics: Vec<(&'static str, f64)>,
+}
+
+/// What is trained: the engine asks it for losses and for its model folder.
+pub trait Objective {
+    /// Loss of micro-batch `micro` of step `step` in training mode, with its
+    /// graph (the engine calls `backward`). The batch must be a pure function of
+    /// `(seed, step, micro)`.
+    fn train_loss(&mut self, step: u64, micro: u64) -> anyhow::Result<Tensor>;
+    /// Score of fixed evaluation batch `batch` of `split` (called without grad).
+    fn eval_batch(&mut self, split: EvalSplit, batch: u64) -> anyhow::Result<EvalScore>;
+    /// Whether the objective has a validation split.
+    fn has_val(&self) -> bool {
+        true
+    }
+    /// Writes the model folder (weights, config, tokenizer) into `dir`.
+    fn write_model(&self, vs: &nn::VarStore, dir: &Path) -> anyhow::Result<()>;
+    /// The inputs of micro-batch `(step, micro)` as token rows, saved when the
+    /// step goes wrong.
+    fn batch_rows(&self, step: u64, micro: u64) -> anyhow::Result<Vec<TokenRow>>;
+    /// Tokens per micro-batch (throughput).
+    fn tokens_per_micro(&self) -> f64;
+}
+
+/// Where the engine writes the stage's outputs.
+#[derive(Debug, Clone)]
+pub struct EngineOutputs {
+    pub model: PathBuf,
+    pub metrics: PathBuf,
+    pub plot: PathBuf,
+    pub report: PathBuf,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub resumed_from: Option<u64>,
+    pub final_val_loss: f64,
+    pub best_val_loss: f64,
+    pub best_step: Option<u64>,
+    pub early_stopped: bool,
+    pub tokens_per_s: f64,
+    pub incidents: Vec<Incident>,
+    pub trainable_params: i64,
+}
+
+/// How one step went.
+#[derive(Debug, Clone)]
+pub enum StepOutcome {
+    /// The update was applied. `layers`: per-layer gradient norms before
+    /// clipping, when asked for.
+    Applied { stats: StepStats, layers: Vec<(String, f64)> },
+    /// Something was wrong; nothing was applied (the gradients are zeroed).
+    Divergent { stats: StepStats, kind: IncidentKind, reference: Option<f64> },
+}
+
+/// Loss, gradient norm and the time spent in each phase of a step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepStats {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub optimizer_s: f64,
+}
+
+/// Resume state kept beside the weights in a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    step: u64,
+    adam_t: u64,
+    best_val: Option<f64>,
+    best_step: Option<u64>,
+    evals_since_best: u64,
+    monitor: Monitor,
+    /// Multiplier of the schedule after rollbacks.
+    lr_scale: f64,
+    recoveries: u64,
+    /// Steps whose batch is skipped (they went wrong before a rollback).
+    skip_steps: BTreeSet<u64>,
+    incidents: Vec<Incident>,
+    /// Hash of everything the trajectory depends on; a checkpoint of another
+    /// configuration is never resumed.
+    run_key: String,
+}
+
+impl TrainerState {
+    fn fresh(run_key: &str) -> Self {
+        Self {
+            step: 0,
+            adam_t: 0,
+            best_val: None,
+            best_step: None,
+            evals_since_best: 0,
+            monitor: Monitor::default(),
+            lr_scale: 1.0,
+            recoveries: 0,
+            skip_steps: BTreeSet::new(),
+            incidents: Vec::new(),
+            run_key: run_key.to_string(),
+        }
+    }
+}
+
+/// Folder names and files inside a stage folder.
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+pub const BEST_DIR: &str = "best";
+pub const INCIDENTS_DIR: &str = "incidents";
+const OPTIM_FILE: &str = "optimizer.safetensors";
+const STATE_FILE: &str = "trainer_state.json";
+const METRICS_FILE: &str = "metrics.arrow";
+/// The model weights file of a model folder (safetensors).
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// What a recovery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    Skipped,
+    RolledBack,
+}
+
+/// Whether to go on after a step; tests use it to stop a run as a crash would.
+pub type StepHook<'a> = &'a mut dyn FnMut(u64) -> ControlFlow<()>;
+
+/// Multiplier that spreads `(seed, step)` over libtorch's seed space (a large
+/// prime, so neighbouring seeds and steps never collide).
+const SEED_STRIDE: i64 = 1_000_003;
+
+/// The loop and the state it owns.
+pub struct Engine<'a> {
+    cfg: &'a EngineConfig,
+    vs: &'a mut nn::VarStore,
+    opt: AdamW,
+    seed: u64,
+    ctx: &'a StageCtx,
+    out_dir: &'a Path,
+    state: TrainerState,
+    metrics: Vec<MetricRow>,
+}
+
+impl<'a> Engine<'a> {
+    /// An engine over `groups` (parameters of `vs`) for a stage writing into
+    /// `out_dir`. `run_key` must hash everything the trajectory depends on.
+    pub fn new(
+        cfg: &'a EngineConfig,
+        vs: &'a mut nn::VarStore,
+        groups: Vec<ParamGroup>,
+        seed: u64,
+        run_key: String,
+        ctx: &'a StageCtx,
+        out_dir: &'a Path,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(cfg.max_steps > 0 && cfg.grad_accum > 0, "max_steps and grad_accum must be > 0");
+        let opt = AdamW::new(groups)?;
+        Ok(Self { cfg, vs, opt, seed, ctx, out_dir, state: TrainerState::fresh(&run_key), metrics: Vec::new() })
+    }
+
+    /// Number of trained scalars.
+    pub fn trainable_params(&self) -> i64 {
+        self.opt.numel()
+    }
+
+    fn ckpt_dir(&self) -> PathBuf {
+        self.out_dir.join(CHECKPOINT_DIR)
+    }
+
+    /// Learning rate at `step` (schedule × rollback multiplier).
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let decay = if self.cfg.optim.lr_decay_steps == 0 { self.cfg.max_steps } else { self.cfg.optim.lr_decay_steps };
+        lr_at(&self.cfg.optim, step, decay) * self.state.lr_scale
+    }
+
+    /// One training step (the only one there is: the stages, the benchmarks and
+    /// the tests all call this): `grad_accum` micro-batches forward and backward,
+    /// clipping, the health check, and the AdamW update when healthy.
+    pub fn train_step(&mut self, obj: &mut dyn Objective, step: u64, lr: f64, want_layers: bool) -> anyhow::Result<StepOutcome> {
+        // Dropout draws from libtorch's global RNG: seed it from (seed, step).
+        tch::manual_seed((self.seed as i64).wrapping_mul(SEED_STRIDE).wrapping_add(step as i64));
+        let accum = self.cfg.grad_accum;
+        let mut stats = StepStats::default();
+        for micro in 0..accum {
+            let t0 = Instant::now();
+            let loss = obj.train_loss(step, micro)?;
+            let t1 = Instant::now();
+            let scaled = if accum > 1 { &loss / accum as f64 } else { loss.shallow_clone() };
+            scaled.backward();
+            stats.loss += loss.double_value(&[]) / accum as f64;
+            stats.forward_s += (t1 - t0).as_secs_f64();
+            stats.backward_s += t1.elapsed().as_secs_f64();
+        }
+        let t_opt = Instant::now();
+        let layers = if want_layers { self.layer_grad_norms()? } else { Vec::new() };
+        stats.grad_norm = self.opt.clip_grad_norm(self.cfg.optim.grad_clip);
+        if let Some((kind, _, reference)) = self.state.monitor.check(&self.cfg.diagnosis, stats.loss, stats.grad_norm) {
+            self.opt.zero_grad();
+            return Ok(StepOutcome::Divergent { stats, kind, reference });
+        }
+        self.opt.step(&self.cfg.optim, lr);
+        self.opt.zero_grad();
+        self.state.monitor.update(&self.cfg.diagnosis, stats.loss, stats.grad_norm);
+        stats.optimizer_s = t_opt.elapsed().as_secs_f64();
+        Ok(StepOutcome::Applied { stats, layers })
+    }
+
+    /// Trains to `max_steps` (or an early stop); writes the outputs. Resumes from
+    /// `OUT/checkpoint` when it belongs to this run.
+    pub fn run(&mut self, obj: &mut dyn Objective, outputs: &EngineOutputs, hook: StepHook) -> anyhow::Result<TrainSummary> {
+        let resumed_from = self.try_resume()?;
+        if resumed_from.is_none() && self.cfg.diagnosis.policy == Policy::Rollback {
+            self.save_checkpoint(obj)?; // something good to roll back to
+        }
+        let cfg = self.cfg;
+        let bar = progress_bar(cfg.max_steps, self.state.step);
+        let patience_spent = |evals: u64| cfg.early_stopping_patience > 0 && evals >= cfg.early_stopping_patience;
+        // A resumed run that had already stopped early stays stopped.
+        let mut early_stopped = patience_spent(self.state.evals_since_best);
+        let tokens_per_step = obj.tokens_per_micro() * cfg.grad_accum as f64;
+        let (started, start_step) = (Instant::now(), self.state.step);
+        let mut window = (Instant::now(), self.state.step);
+        while self.state.step < cfg.max_steps && !early_stopped {
+            let step = self.state.step;
+            let lr = self.lr_at(step);
+            let done = step + 1;
+            if self.state.skip_steps.contains(&step) {
+                say(&bar, format!("step {done}: skipping the batch that went wrong before the rollback"));
+                self.state.step = done;
+            } else {
+                let log_step = done % cfg.log_interval.max(1) == 0 || done == cfg.max_steps;
+                match self.train_step(obj, step, lr, log_step && cfg.diagnosis.layer_grad_norms)? {
+                    StepOutcome::Applied { stats, layers } => {
+                        self.state.step = done;
+                        self.push(done, metric::BATCH_LOSS, stats.loss, split::TRAIN);
+                        self.push(done, metric::LR, lr, split::NONE);
+                        self.push(done, metric::GRAD_NORM, stats.grad_norm, split::NONE);
+                        self.record_layers(&bar, done, &layers);
+                        if log_step {
+                            let tps = tokens_per_step * (done - window.1) as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+                            window = (Instant::now(), done);
+                            self.push(done, metric::TOKENS_PER_S, tps, split::NONE);
+                            bar.set_message(format!("loss {:.4} lr {lr:.2e} {tps:.0} tok/s", stats.loss));
+                        }
+                    }
+                    StepOutcome::Divergent { stats, kind, reference } => {
+                        if self.handle_incident(obj, &bar, step, stats, kind, reference)? == Recovery::RolledBack {
+                            continue;
+                        }
+                    }
+                }
+            }
+            bar.set_position(done);
+            if done % cfg.eval_interval.max(1) == 0 || done == cfg.max_steps {
+                early_stopped = self.evaluate(obj, &bar, done, &patience_spent)?;
+            }
+            let due = cfg.checkpoint_interval > 0 && done % cfg.checkpoint_interval == 0;
+            if due || done == cfg.max_steps || early_stopped {
+                self.save_checkpoint(obj)?;
+            }
+            if !early_stopped && hook(done).is_break() {
+                bar.abandon();
+                bail!("stopped by hook after step {done}");
+            }
+        }
+        bar.finish();
+        let trained = (self.state.step - start_step) as f64;
+        let tokens_per_s = tokens_per_step * trained / started.elapsed().as_secs_f64().max(1e-9);
+        self.finish(obj, outputs, resumed_from, early_stopped, tokens_per_s)
+    }
+
+    /// Validates at `step`; tracks the best weights; returns whether patience ran out.
+    fn evaluate(
+        &mut self,
+        obj: &mut dyn Objective,
+        bar: &ProgressBar,
+        step: u64,
+        patience_spent: &dyn Fn(u64) -> bool,
+    ) -> anyhow::Result<bool> {
+        let train = self.estimate(obj, EvalSplit::Train)?;
+        self.record_eval(step, EvalSplit::Train, &train);
+        if !obj.has_val() {
+            say(bar, format!("step {step}: train loss {:.4}", train.loss));
+            return Ok(false);
+        }
+        let val = self.estimate(obj, EvalSplit::Val)?;
+        self.record_eval(step, EvalSplit::Val, &val);
+        say(bar, format!("step {step}: train loss {:.4}, val loss {:.4}", train.loss, val.loss));
+        if self.state.best_val.is_none_or(|b| val.loss < b) {
+            self.state.best_val = Some(val.loss);
+            self.state.best_step = Some(step);
+            self.state.evals_since_best = 0;
+            if self.cfg.keep_best {
+                let dir = self.out_dir.join(BEST_DIR);
+                forja_core::fsutil::atomic_dir(&dir, |d| obj.write_model(self.vs, d))?;
+            }
+            return Ok(false);
+        }
+        self.state.evals_since_best += 1;
+        let stop = patience_spent(self.state.evals_since_best);
+        if stop {
+            say(bar, format!("early stopping at step {step}: no val improvement in {} evaluations", self.state.evals_since_best));
+        }
+        Ok(stop)
+    }
+
+    /// Mean score over `eval_iters` fixed batches (the same at every evaluation).
+    fn estimate(&self, obj: &mut dyn Objective, split: EvalSplit) -> anyhow::Result<EvalScore> {
+        let _guard = tch::no_grad_guard();
+        let n = self.cfg.eval_iters.max(1);
+        let mut mean = EvalScore::default();
+        for i in 0..n {
+            let s = obj.eval_batch(split, i)?;
+            mean.loss += s.loss / n as f64;
+            for (name, v) in s.metrics {
+                match mean.metrics.iter_mut().find(|(m, _)| *m == name) {
+                    Some((_, acc)) => *acc += v / n as f64,
+                    None => mean.metrics.push((name, v / n as f64)),
+                }
+            }
+        }
+        Ok(mean)
+    }
+
+    fn record_eval(&mut self, step: u64, split: EvalSplit, score: &EvalScore) {
+        self.push(step, metric::LOSS, score.loss, split.name());
+        for &(name, v) in &score.metrics {
+            self.push(step, name, v, split.name());
+        }
+    }
+
+    fn push(&mut self, step: u64, name: &str, value: f64, split: &str) {
+        self.metrics.push(MetricRow::new(&self.ctx.name, step, name, value, split));
+    }
+
+    /// Logs per-layer gradient norms and reports each layer whose gradient
+    /// vanishes (once per layer).
+    fn record_layers(&mut self, bar: &ProgressBar, step: u64, layers: &[(String, f64)]) {
+        let threshold = self.cfg.diagnosis.vanish_threshold;
+        for (layer, norm) in layers {
+            self.push(step, metric::LAYER_GRAD_NORM, *norm, layer);
+            let reported =
+                self.state.incidents.iter().any(|i| i.kind == IncidentKind::VanishingGradient && i.layer.as_ref() == Some(layer));
+            if threshold > 0.0 && *norm < threshold && !reported {
+                let kind = IncidentKind::VanishingGradient;
+                let action = format!("logged (below {threshold:e}); training goes on");
+                let incident = Incident { step, kind, layer: Some(layer.clone()), value: *norm, reference: None, action, batch_file: None };
+                tracing::warn!("{incident}");
+                say(bar, format!("incident: {incident}"));
+                self.push(step, metric::INCIDENT, *norm, kind.as_str());
+                self.state.incidents.push(incident);
+            }
+        }
+    }
+
+    /// Per-layer gradient norms of the current gradients.
+    fn layer_grad_norms(&mut self) -> anyhow::Result<Vec<(String, f64)>> {
+        let norms = self.opt.param_grad_norms()?;
+        Ok(layer_norms(&self.opt.param_names(), &norms))
+    }
+
+    /// Records a divergent step, saves its batch, and applies the policy.
+    /// After a skip the loop goes on as after any step (validation and
+    /// checkpoints due at it still happen); after a rollback it resumes from the
+    /// restored step.
+    fn handle_incident(
+        &mut self,
+        obj: &mut dyn Objective,
+        bar: &ProgressBar,
+        step: u64,
+        stats: StepStats,
+        kind: IncidentKind,
+        reference: Option<f64>,
+    ) -> anyhow::Result<Recovery> {
+        // The gradients were zeroed; recompute them to name the layer.
+        let layer = self.blame_layer(obj, step)?;
+        let done = step + 1;
+        let batch_file = self.save_batch(obj, step)?;
+        let value = if kind == IncidentKind::LossSpike || kind == IncidentKind::NonFiniteLoss { stats.loss } else { stats.grad_norm };
+        let dcfg = &self.cfg.diagnosis;
+        let over_budget = self.state.recoveries >= dcfg.max_recoveries;
+        let policy = if over_budget { Policy::Stop } else { dcfg.policy };
+        let action = match policy {
+            Policy::Skip => "skipped the batch".to_string(),
+            Policy::Rollback => format!("rolled back to the last checkpoint, learning rate × {}", dcfg.lr_factor),
+            Policy::Stop if over_budget => format!("stopped after {} recoveries", self.state.recoveries),
+            Policy::Stop => "stopped".to_string(),
+        };
+        let incident = Incident { step: done, kind, layer, value, reference, action, batch_file };
+        tracing::warn!("{incident}");
+        say(bar, format!("incident: {incident}"));
+        self.push(done, metric::INCIDENT, value, kind.as_str());
+        self.state.incidents.push(incident.clone());
+        match policy {
+            Policy::Skip => {
+                self.state.recoveries += 1;
+                self.state.step = done;
+                Ok(Recovery::Skipped)
+            }
+            Policy::Rollback => {
+                let keep = (self.state.incidents.clone(), self.state.recoveries + 1, self.state.lr_scale * dcfg.lr_factor);
+                let mut skip = self.state.skip_steps.clone();
+                skip.insert(step);
+                let incident_rows: Vec<MetricRow> = self.metrics.iter().filter(|m| m.name == metric::INCIDENT).cloned().collect();
+                let restored = self.try_resume()?.context("rollback: no checkpoint to roll back to")?;
+                (self.state.incidents, self.state.recoveries, self.state.lr_scale) = keep;
+                self.state.skip_steps.extend(skip);
+                for row in incident_rows {
+                    if !self.metrics.contains(&row) {
+                        self.metrics.push(row);
+                    }
+                }
+                say(bar, format!("rolled back to step {restored}; learning rate × {}", self.state.lr_scale));
+                bar.set_position(restored);
+                Ok(Recovery::RolledBack)
+            }
+            Policy::Stop => {
+                let path = self.out_dir.join(INCIDENTS_DIR).join("incidents.json");
+                forja_core::fsutil::atomic_write(&path, serde_json::to_string_pretty(&self.state.incidents)?.as_bytes())?;
+                bail!("training stopped: {incident}");
+            }
+        }
+    }
+
+    /// Recomputes step `step`'s gradients (same batch, same dropout seed) and
+    /// names the layer with a non-finite or the largest gradient norm.
+    fn blame_layer(&mut self, obj: &mut dyn Objective, step: u64) -> anyhow::Result<Option<String>> {
+        tch::manual_seed((self.seed as i64).wrapping_mul(SEED_STRIDE).wrapping_add(step as i64));
+        for micro in 0..self.cfg.grad_accum {
+            obj.train_loss(step, micro)?.backward();
+        }
+        let layers = self.layer_grad_norms()?;
+        self.opt.zero_grad();
+        Ok(blame(&layers))
+    }
+
+    /// Saves the inputs of a step's micro-batches as a tokens artifact.
+    fn save_batch(&self, obj: &dyn Objective, step: u64) -> anyhow::Result<Option<String>> {
+        let mut rows = Vec::new();
+        for micro in 0..self.cfg.grad_accum {
+            rows.extend(obj.batch_rows(step, micro)?);
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let path = self.out_dir.join(INCIDENTS_DIR).join(format!("step-{:06}.tokens.arrow", step + 1));
+        TokenRow::write(&path, &self.ctx.name, &self.ctx.config_hash, &rows)?;
+        Ok(Some(path.display().to_string()))
+    }
+
+    /// Writes weights, AdamW moments, metrics so far and trainer state, atomically.
+    fn save_checkpoint(&mut self, obj: &dyn Objective) -> anyhow::Result<()> {
+        self.state.adam_t = self.opt.t;
+        let (vs, opt, state, metrics, ctx) = (&*self.vs, &self.opt, &self.state, &self.metrics, self.ctx);
+        forja_core::fsutil::atomic_dir(&self.ckpt_dir(), |dir| {
+            obj.write_model(vs, dir)?;
+            Tensor::write_safetensors(&opt.state_tensors(), dir.join(OPTIM_FILE))?;
+            MetricRow::write(&dir.join(METRICS_FILE), &ctx.name, &ctx.config_hash, metrics)?;
+            std::fs::write(dir.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
+            Ok(())
+        })
+    }
+
+    /// Restores weights, AdamW moments, metrics and state from the checkpoint if
+    /// it belongs to this run (same `run_key`); returns its step.
+    fn try_resume(&mut self) -> anyhow::Result<Option<u64>> {
+        let ckpt = self.ckpt_dir();
+        let path = ckpt.join(STATE_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let state: TrainerState = match serde_json::from_str(&text) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("{}: unreadable trainer state ({e}); starting afresh", path.display());
+                return Ok(None);
+            }
+        };
+        if state.run_key != self.state.run_key {
+            tracing::warn!("checkpoint {} belongs to another configuration; starting afresh", ckpt.display());
+            return Ok(None);
+        }
+        let weights = ckpt.join(WEIGHTS_FILE);
+        self.vs.load(&weights).with_context(|| format!("loading {}", weights.display()))?;
+        let moments = Tensor::read_safetensors(ckpt.join(OPTIM_FILE))?;
+        self.opt.load_state(&moments, state.adam_t)?;
+        self.metrics = MetricRow::read(&ckpt.join(METRICS_FILE))?;
+        tracing::info!(step = state.step, "resuming from checkpoint {}", ckpt.display());
+        let step = state.step;
+        self.state = state;
+        Ok(Some(step))
+    }
+
+    /// Exports the model (best or last weights), metrics, plot and report.
+    fn finish(
+        &mut self,
+        obj: &mut dyn Objective,
+        outputs: &EngineOutputs,
+        resumed_from: Option<u64>,
+        early_stopped: bool,
+        tokens_per_s: f64,
+    ) -> anyhow::Result<TrainSummary> {
+        let last_val = last_value(&self.metrics, metric::LOSS, split::VAL);
+        let best_dir = self.out_dir.join(BEST_DIR);
+        let use_best = self.cfg.keep_best && self.state.best_step.is_some() && best_dir.join(WEIGHTS_FILE).exists();
+        if use_best {
+            forja_core::fsutil::atomic_dir(&outputs.model, |d| copy_files(&best_dir, d))?;
+        } else {
+            let vs = &*self.vs;
+            forja_core::fsutil::atomic_dir(&outputs.model, |d| obj.write_model(vs, d))?;
+        }
+        MetricRow::write(&outputs.metrics, &self.ctx.name, &self.ctx.config_hash, &self.metrics)?;
+        write_loss_plot(&outputs.plot, &self.ctx.name, &self.metrics)?;
+        let summary = TrainSummary {
+            steps: self.state.step,
+            resumed_from,
+            final_val_loss: last_val,
+            best_val_loss: self.state.best_val.unwrap_or(f64::NAN),
+            best_step: self.state.best_step,
+            early_stopped,
+            tokens_per_s,
+            incidents: self.state.incidents.clone(),
+            trainable_params: self.trainable_params(),
+        };
+        let report = report_md(&self.ctx.name, &summary, use_best, outputs);
+        forja_core::fsutil::atomic_write(&outputs.report, report.as_bytes())?;
+        Ok(summary)
+    }
+}
+
+fn last_value(metrics: &[MetricRow], name: &str, split: &str) -> f64 {
+    metrics.iter().rev().find(|m| m.name == name && m.split == split).map_or(f64::NAN, |m| m.value)
+}
+
+fn copy_files(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The training report: summary, exported weights, incidents.
+fn report_md(stage: &str, s: &TrainSummary, used_best: bool, outputs: &EngineOutputs) -> String {
+    let mut r = format!("# Training `{stage}`\n\n| | |\n|---|---|\n");
+    r += &format!("| steps | {} |\n", s.steps);
+    if let Some(from) = s.resumed_from {
+        r += &format!("| resumed from step | {from} |\n");
+    }
+    r += &format!("| trainable parameters | {} |\n", s.trainable_params);
+    r += &format!("| final val loss | {:.4} |\n| best val loss | {:.4} |\n", s.final_val_loss, s.best_val_loss);
+    let exported = match (used_best, s.best_step) {
+        (true, Some(step)) => format!("best validation (step {step})"),
+        _ => "last step".to_string(),
+    };
+    r += &format!("| exported weights | {exported} |\n| early stopped | {} |\n", s.early_stopped);
+    r += &format!("| tokens/s | {:.0} |\n\n", s.tokens_per_s);
+    r += &format!("Loss curves: `{}`\n\n## Incidents\n\n", outputs.plot.display());
+    if s.incidents.is_empty() {
+        r += "None: every step had a finite loss and gradient, without spikes or explosions.\n";
+    } else {
+        r += "| step | kind | layer | value | moving average | action | batch |\n|---|---|---|---|---|---|---|\n";
+        for i in &s.incidents {
+            r += &format!(
+                "| {} | {} | {} | {:.4e} | {} | {} | {} |\n",
+                i.step,
+                i.kind.as_str(),
+                i.layer.as_deref().unwrap_or("-"),
+                i.value,
+                i.reference.map_or("-".into(), |v| format!("{v:.4e}")),
+                i.action,
+                i.batch_file.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    r
+}
+
+/// Draws the loss curves (mini-batch loss, and the train/val estimates) as SVG.
+fn write_loss_plot(path: &Path, stage: &str, metrics: &[MetricRow]) -> anyhow::Result<()> {
+    use forja_core::plot::{line_chart, Series};
+    let pick = |name: &str, split: &str| -> Vec<(f64, f64)> {
+        metrics.iter().filter(|m| m.name == name && m.split == split).map(|m| (m.step as f64, m.value)).collect()
+    };
+    let series = [
+        Series { label: "batch loss", color: "#bbb", points: pick(metric::BATCH_LOSS, split::TRAIN) },
+        Series { label: "train (eval)", color: "#1f77b4", points: pick(metric::LOSS, split::TRAIN) },
+        Series { label: "val (eval)", color: "#d62728", points: pick(metric::LOSS, split::VAL) },
+    ];
+    let title = format!("{stage}: loss");
+    let svg = line_chart(&title, "step", "loss", &series).unwrap_or_else(|| {
+        format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"400\" height=\"40\"><text x=\"10\" y=\"25\">{title}: no points</text></svg>"
+        )
+    });
+    forja_core::fsutil::atomic_write(path, svg.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Prints a line above the progress bar (also when the bar is hidden, e.g. in CI logs).
+fn say(bar: &ProgressBar, line: String) {
+    bar.suspend(|| println!("{line}"));
+}
+
+fn progress_bar(total: u64, at: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(at);
+    bar
+}
+
+/// Sets libtorch's intra-op thread count for a stage and restores it after, so
+/// a stage's setting never leaks into the next one in the same process.
+pub struct ThreadsGuard {
+    previous: i32,
+}
+
+impl ThreadsGuard {
+    /// `threads` 0 keeps the current setting.
+    pub fn set(threads: i32) -> Self {
+        let previous = tch::get_num_threads();
+        if threads > 0 {
+            tch::set_num_threads(threads);
+        }
+        Self { previous }
+    }
+}
+
+impl Drop for ThreadsGuard {
+    fn drop(&mut self) {
+        if tch::get_num_threads() != self.previous {
+            tch::set_num_threads(self.previous);
+        }
+    }
+}

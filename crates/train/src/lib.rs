@@ -1,0 +1,23 @@
+//! forja-train: the one training engine every trainer plugs into.
+//!
+//! - [`engine`]: the loop ([`Engine`]) and the [`Objective`] a trainer supplies;
+//! - [`optim`]: AdamW over parameter groups with owned state, the LR schedule,
+//!   gradient clipping;
+//! - [`diagnose`]: detection of divergent steps and the recovery policies;
+//! - [`batches`]: token streams and deterministic batches.
+//!
+//! A new objective (SFT, a reward model, DPO) implements [`Objective`] —
+//! `train_loss(step, micro)`, `eval_batch(split, i)`, `write_model(vs, dir)`,
+//! `batch_rows(step, micro)` — chooses its [`ParamGroup`]s, and calls
+//! [`Engine::run`]; it never writes its own loop, optimizer or checkpointing.
+
+pub mod batches;
+pub mod diagnose;
+pub mod engine;
+pub mod optim;
+
+pub use diagnose::{DiagnosisConfig, Incident, IncidentKind, Policy};
+pub use engine::{
+    Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, Objective, StepOutcome, StepStats, ThreadsGuard, TrainSummary,
+};
+pub use optim::{AdamW, OptimConfig, ParamGroup};

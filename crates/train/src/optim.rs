@@ -1,0 +1,282 @@
+//! AdamW whose state is tensors we own (so a checkpoint can hold it), the
+//! warm-up + cosine learning-rate schedule, and gradient clipping.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+/// Optimiser settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Floor of the cosine decay.
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    /// Step at which the decay reaches `min_lr` (0: the run's `max_steps`).
+    pub lr_decay_steps: u64,
+    /// Decoupled weight decay of matrices and embeddings (biases and norms: none).
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub grad_clip: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 6e-4,
+            min_lr: 6e-5,
+            warmup_steps: 100,
+            lr_decay_steps: 0,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+/// Learning rate at `step`: linear warm-up, cosine decay to `min_lr`, then flat
+/// (nanoGPT's `get_lr`).
+pub fn lr_at(cfg: &OptimConfig, step: u64, decay_steps: u64) -> f64 {
+    if step < cfg.warmup_steps {
+        return cfg.lr * (step + 1) as f64 / (cfg.warmup_steps + 1) as f64;
+    }
+    if step > decay_steps || decay_steps <= cfg.warmup_steps {
+        return cfg.min_lr;
+    }
+    let ratio = (step - cfg.warmup_steps) as f64 / (decay_steps - cfg.warmup_steps) as f64;
+    let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
+    cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
+}
+
+/// Parameters optimised together with their own learning-rate multiplier and
+/// weight decay (e.g. LoRA adapters only; a new head at a higher rate; biases and
+/// norms without decay).
+pub struct ParamGroup {
+    pub name: String,
+    /// `(name, variable)`; names key the optimizer state in checkpoints.
+    pub params: Vec<(String, Tensor)>,
+    /// Multiplies the scheduled learning rate.
+    pub lr_scale: f64,
+    /// Decoupled weight decay of this group.
+    pub weight_decay: f64,
+}
+
+impl ParamGroup {
+    /// The usual split of every trainable variable of `vs`: matrices and
+    /// embeddings (dim ≥ 2) with `weight_decay`, biases and norms without.
+    pub fn decay_split(vs: &nn::VarStore, weight_decay: f64) -> Vec<ParamGroup> {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, p)| p.requires_grad()).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let (decay, no_decay): (Vec<_>, Vec<_>) = vars.into_iter().partition(|(_, p)| p.dim() >= 2);
+        vec![
+            ParamGroup { name: "decay".into(), params: decay, lr_scale: 1.0, weight_decay },
+            ParamGroup { name: "no_decay".into(), params: no_decay, lr_scale: 1.0, weight_decay: 0.0 },
+        ]
+    }
+
+    /// Every parameter in one group.
+    pub fn all(name: &str, params: Vec<(String, Tensor)>, weight_decay: f64) -> ParamGroup {
+        ParamGroup { name: name.into(), params, lr_scale: 1.0, weight_decay }
+    }
+}
+
+/// One parameter: its place in the flat buffers.
+struct Slot {
+    name: String,
+    param: Tensor,
+    /// Its gradient's place: a view of the flat gradient buffer.
+    grad_home: Tensor,
+    offset: i64,
+    numel: i64,
+    shape: Vec<i64>,
+}
+
+/// A group's contiguous range of the flat buffers.
+struct GroupRange {
+    offset: i64,
+    numel: i64,
+    lr_scale: f64,
+    weight_decay: f64,
+}
+
+/// AdamW (Loshchilov & Hutter 2019) as PyTorch computes it, over parameter
+/// groups, on flat buffers: every parameter, gradient and moment is a view into
+/// one contiguous float32 tensor (groups are contiguous ranges of it), so an
+/// update is a handful of vectorised kernels instead of a few per parameter.
+/// Parameters outside the groups are neither updated nor given state (frozen).
+pub struct AdamW {
+    slots: Vec<Slot>,
+    groups: Vec<GroupRange>,
+    flat_p: Tensor,
+    flat_g: Tensor,
+    m: Tensor,
+    v: Tensor,
+    /// Number of updates taken.
+    pub t: u64,
+}
+
+impl AdamW {
+    /// Tracks the parameters of `groups`, moving each into a view of one flat
+    /// buffer (the variables keep their identity). Errors if a parameter appears
+    /// twice or is not float32.
+    pub fn new(groups: Vec<ParamGroup>) -> anyhow::Result<Self> {
+        let _guard = tch::no_grad_guard();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut total = 0i64;
+        let mut device = tch::Device::Cpu;
+        for g in &groups {
+            for (name, p) in &g.params {
+                anyhow::ensure!(seen.insert(name.clone()), "parameter `{name}` is in two optimizer groups");
+                anyhow::ensure!(p.kind() == tch::Kind::Float, "parameter `{name}` is {:?}; the optimizer keeps float32 masters", p.kind());
+                total += p.numel() as i64;
+                device = p.device();
+            }
+        }
+        let opts = (tch::Kind::Float, device);
+        let flat_p = Tensor::zeros([total], opts);
+        let flat_g = Tensor::zeros([total], opts);
+        let (mut slots, mut ranges) = (Vec::new(), Vec::new());
+        let mut offset = 0;
+        for g in groups {
+            let start = offset;
+            for (name, mut param) in g.params {
+                let numel = param.numel() as i64;
+                let shape = param.size();
+                let mut view = flat_p.narrow(0, offset, numel).view(shape.as_slice());
+                view.copy_(&param);
+                param.set_data(&view);
+                let grad_home = flat_g.narrow(0, offset, numel).view(shape.as_slice());
+                slots.push(Slot { name, param, grad_home, offset, numel, shape });
+                offset += numel;
+            }
+            ranges.push(GroupRange { offset: start, numel: offset - start, lr_scale: g.lr_scale, weight_decay: g.weight_decay });
+        }
+        Ok(Self { slots, groups: ranges, flat_g, m: flat_p.zeros_like(), v: flat_p.zeros_like(), flat_p, t: 0 })
+    }
+
+    /// Number of optimised scalars.
+    pub fn numel(&self) -> i64 {
+        self.flat_p.numel() as i64
+    }
+
+    fn flat_view(&self, flat: &Tensor, s: &Slot) -> Tensor {
+        flat.narrow(0, s.offset, s.numel).view(s.shape.as_slice())
+    }
+
+    /// Makes every gradient a view of the flat gradient buffer. After the first
+    /// backward pass the views stay (autograd then accumulates in place); a
+    /// gradient found elsewhere is copied in and re-homed.
+    fn gather_grads(&mut self) {
+        let _guard = tch::no_grad_guard();
+        for s in &mut self.slots {
+            let mut g = s.param.grad();
+            if !g.defined() {
+                let _ = s.grad_home.zero_();
+            } else if g.data_ptr() != s.grad_home.data_ptr() {
+                s.grad_home.copy_(&g);
+                g.set_data(&s.grad_home);
+            }
+        }
+    }
+
+    /// Global L2 norm of the gradients; if `max_norm > 0`, scales them so the norm
+    /// is at most `max_norm` (as `torch.nn.utils.clip_grad_norm_`). Returns the norm
+    /// before clipping (NaN or infinite when a gradient is).
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        self.gather_grads();
+        let _guard = tch::no_grad_guard();
+        let total = self.flat_g.norm().double_value(&[]);
+        if max_norm > 0.0 && total.is_finite() {
+            let coef = (max_norm / (total + 1e-6)).min(1.0);
+            if coef < 1.0 {
+                let _ = self.flat_g.g_mul_scalar_(coef);
+            }
+        }
+        total
+    }
+
+    /// Gradient L2 norm of each parameter, in the order of [`Self::param_names`].
+    pub fn param_grad_norms(&mut self) -> anyhow::Result<Vec<f64>> {
+        self.gather_grads();
+        let _guard = tch::no_grad_guard();
+        let squares = self.flat_g.square();
+        let sums: Vec<Tensor> = self.slots.iter().map(|s| squares.narrow(0, s.offset, s.numel).sum(tch::Kind::Float)).collect();
+        if sums.is_empty() {
+            return Ok(Vec::new());
+        }
+        let norms = Tensor::stack(&sums, 0).sqrt().to_kind(tch::Kind::Double).to(tch::Device::Cpu);
+        Ok(Vec::<f64>::try_from(&norms)?)
+    }
+
+    /// Names of the optimised parameters.
+    pub fn param_names(&self) -> Vec<&str> {
+        self.slots.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// One AdamW update with (scheduled) learning rate `lr`; each group scales it
+    /// by its `lr_scale` and applies its own weight decay.
+    pub fn step(&mut self, cfg: &OptimConfig, lr: f64) {
+        self.gather_grads();
+        let _guard = tch::no_grad_guard();
+        self.t += 1;
+        let bc1 = 1.0 - cfg.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - cfg.beta2.powi(self.t as i32);
+        let g = &self.flat_g;
+        let _ = self.m.lerp_(g, 1.0 - cfg.beta1);
+        let _ = self.v.lerp_(&g.square(), 1.0 - cfg.beta2);
+        let denom_base = self.v.sqrt();
+        for grp in &self.groups {
+            if grp.numel == 0 {
+                continue;
+            }
+            let lr = lr * grp.lr_scale;
+            let step_size = lr / bc1;
+            let mut p = self.flat_p.narrow(0, grp.offset, grp.numel);
+            if grp.weight_decay != 0.0 {
+                let _ = p.g_mul_scalar_(1.0 - lr * grp.weight_decay);
+            }
+            // denom = -(sqrt(v) / sqrt(bc2) + eps) / step_size, so that p += m / denom.
+            let mut denom = denom_base.narrow(0, grp.offset, grp.numel);
+            let _ = denom.g_mul_scalar_(-1.0 / (bc2.sqrt() * step_size));
+            let _ = denom.g_add_scalar_(-cfg.eps / step_size);
+            let _ = p.addcdiv_(&self.m.narrow(0, grp.offset, grp.numel), &denom);
+        }
+    }
+
+    /// Zeroes the gradients in place (they stay views of the flat buffer).
+    pub fn zero_grad(&mut self) {
+        let _ = self.flat_g.zero_();
+    }
+
+    /// The state as named tensors (`NAME.exp_avg`, `NAME.exp_avg_sq`).
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.slots
+            .iter()
+            .flat_map(|s| {
+                [
+                    (format!("{}.exp_avg", s.name), self.flat_view(&self.m, s)),
+                    (format!("{}.exp_avg_sq", s.name), self.flat_view(&self.v, s)),
+                ]
+            })
+            .collect()
+    }
+
+    /// Restores state saved by [`Self::state_tensors`].
+    pub fn load_state(&mut self, tensors: &[(String, Tensor)], t: u64) -> anyhow::Result<()> {
+        let _guard = tch::no_grad_guard();
+        let find =
+            |n: String| tensors.iter().find(|(k, _)| *k == n).map(|(_, v)| v).ok_or_else(|| anyhow::anyhow!("optimizer state lacks `{n}`"));
+        for s in &self.slots {
+            self.flat_view(&self.m, s).copy_(find(format!("{}.exp_avg", s.name))?);
+            self.flat_view(&self.v, s).copy_(find(format!("{}.exp_avg_sq", s.name))?);
+        }
+        self.t = t;
+        Ok(())
+    }
+}

@@ -1,0 +1,344 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+//! The engine on a toy objective (linear regression) whose anomalies and
+//! validation curve the tests script, and AdamW against closed forms.
+
+use forja_core::artifacts::Artifact;
+use forja_core::stage::StageCtx;
+use forja_core::{MetricRow, TokenRow};
+use forja_train::optim::lr_at;
+use forja_train::{
+    AdamW, DiagnosisConfig, Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, IncidentKind, Objective, OptimConfig, ParamGroup,
+    Policy, TrainSummary,
+};
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+/// libtorch's RNG is global to the process: tests that seed it run one at a time.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Clone, Copy)]
+enum Inject {
+    Nan,
+    Spike,
+}
+
+/// y = x·w* + noise-free, w* = [1, -2, 3, 0.5]; the model is `lin.weight` [4, 1]
+/// and `lin.bias` [1].
+struct Toy {
+    w: Tensor,
+    b: Tensor,
+    inject: BTreeMap<u64, Inject>,
+    /// Validation losses returned in turn (else the real loss).
+    val_script: Vec<f64>,
+    evals: usize,
+}
+
+impl Toy {
+    fn new(vs: &nn::VarStore) -> Self {
+        let root = vs.root() / "lin";
+        Self {
+            w: root.var("weight", &[4, 1], nn::Init::Const(0.0)),
+            b: root.var("bias", &[1], nn::Init::Const(0.0)),
+            inject: BTreeMap::new(),
+            val_script: Vec::new(),
+            evals: 0,
+        }
+    }
+
+    fn batch(step: u64) -> (Tensor, Tensor) {
+        let x = (Tensor::arange(32, (Kind::Float, Device::Cpu)).view([8, 4]) + step as f64).sin(); // [8, 4]
+        let w_true = Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5]).view([4, 1]);
+        let y = x.matmul(&w_true); // [8, 1]
+        (x, y)
+    }
+
+    fn loss_of(&self, step: u64) -> Tensor {
+        let (x, y) = Self::batch(step);
+        (x.matmul(&self.w) + &self.b - y).square().mean(Kind::Float)
+    }
+}
+
+impl Objective for Toy {
+    fn train_loss(&mut self, step: u64, _micro: u64) -> anyhow::Result<Tensor> {
+        let loss = self.loss_of(step);
+        Ok(match self.inject.get(&step) {
+            Some(Inject::Nan) => loss * f64::NAN,
+            Some(Inject::Spike) => loss * 1000.0 + 1000.0,
+            None => loss,
+        })
+    }
+
+    fn eval_batch(&mut self, _split: EvalSplit, i: u64) -> anyhow::Result<EvalScore> {
+        let real = self.loss_of(100 + i).double_value(&[]);
+        Ok(EvalScore { loss: real, metrics: vec![("toy_metric", 1.0)] })
+    }
+
+    fn write_model(&self, vs: &nn::VarStore, dir: &Path) -> anyhow::Result<()> {
+        vs.save(dir.join("model.safetensors"))?;
+        Ok(())
+    }
+
+    fn batch_rows(&self, step: u64, _micro: u64) -> anyhow::Result<Vec<TokenRow>> {
+        Ok(vec![TokenRow { doc_id: format!("step{step}"), ids: vec![step as u32] }])
+    }
+
+    fn tokens_per_micro(&self) -> f64 {
+        8.0
+    }
+}
+
+/// A Toy whose validation loss follows a script, one value per evaluation
+/// (train and val alternate; the val ones are scripted).
+struct Scripted(Toy);
+
+impl Objective for Scripted {
+    fn train_loss(&mut self, step: u64, micro: u64) -> anyhow::Result<Tensor> {
+        self.0.train_loss(step, micro)
+    }
+    fn eval_batch(&mut self, split: EvalSplit, i: u64) -> anyhow::Result<EvalScore> {
+        if split == EvalSplit::Val {
+            let v = self.0.val_script[self.0.evals];
+            self.0.evals += 1;
+            return Ok(EvalScore { loss: v, metrics: Vec::new() });
+        }
+        self.0.eval_batch(split, i)
+    }
+    fn write_model(&self, vs: &nn::VarStore, dir: &Path) -> anyhow::Result<()> {
+        self.0.write_model(vs, dir)
+    }
+    fn batch_rows(&self, step: u64, micro: u64) -> anyhow::Result<Vec<TokenRow>> {
+        self.0.batch_rows(step, micro)
+    }
+    fn tokens_per_micro(&self) -> f64 {
+        8.0
+    }
+}
+
+fn ctx() -> StageCtx {
+    StageCtx { name: "toy".into(), seed: 1, device: "cpu".into(), config_hash: "t".into(), code_hash: "t" }
+}
+
+fn outputs(dir: &Path) -> EngineOutputs {
+    EngineOutputs {
+        model: dir.join("model"),
+        metrics: dir.join("metrics.arrow"),
+        plot: dir.join("loss.svg"),
+        report: dir.join("report.md"),
+    }
+}
+
+fn cfg(policy: Policy) -> EngineConfig {
+    EngineConfig {
+        optim: OptimConfig { lr: 0.05, min_lr: 0.05, warmup_steps: 0, weight_decay: 0.0, grad_clip: 0.0, ..Default::default() },
+        max_steps: 30,
+        eval_interval: 10,
+        eval_iters: 1,
+        checkpoint_interval: 5,
+        log_interval: 5,
+        diagnosis: DiagnosisConfig { policy, warmup_steps: 3, ..Default::default() },
+        ..Default::default()
+    }
+}
+
+/// Trains `obj` in `dir` with `cfg`; returns the summary or the error.
+fn train(cfg: &EngineConfig, dir: &Path, make: impl FnOnce(&nn::VarStore) -> Box<dyn Objective>) -> anyhow::Result<TrainSummary> {
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let mut obj = make(&vs);
+    let groups = ParamGroup::decay_split(&vs, cfg.optim.weight_decay);
+    let ctx = ctx();
+    let mut engine = Engine::new(cfg, &mut vs, groups, 1, "key".into(), &ctx, dir)?;
+    engine.run(obj.as_mut(), &outputs(dir), &mut |_| ControlFlow::Continue(()))
+}
+
+fn final_weight(dir: &Path) -> Vec<f32> {
+    let t = Tensor::read_safetensors(dir.join("model/model.safetensors")).unwrap();
+    let w = &t.iter().find(|(n, _)| n == "lin.weight").unwrap().1;
+    Vec::<f32>::try_from(&w.view([-1])).unwrap()
+}
+
+#[test]
+fn the_loss_falls_and_the_outputs_are_written() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let s = train(&cfg(Policy::Skip), dir.path(), |vs| Box::new(Toy::new(vs))).unwrap();
+    assert_eq!(s.steps, 30);
+    assert!(s.incidents.is_empty(), "{:?}", s.incidents);
+    let m = MetricRow::read(&dir.path().join("metrics.arrow")).unwrap();
+    let batch: Vec<f64> = m.iter().filter(|r| r.name == "batch_loss").map(|r| r.value).collect();
+    assert!(batch[29] < 0.2 * batch[0], "first {} last {}", batch[0], batch[29]);
+    assert!(m.iter().any(|r| r.name == "layer_grad_norm" && r.split == "lin" && r.step == 5), "per-layer gradient norms are logged");
+    assert!(m.iter().any(|r| r.name == "toy_metric" && r.split == "val"), "objective metrics are recorded");
+    let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(report.contains("| steps | 30 |") && report.contains("None: every step"), "{report}");
+    assert!(std::fs::read_to_string(dir.path().join("loss.svg")).unwrap().contains("<svg"));
+}
+
+#[test]
+fn early_stopping_exports_the_best_weights_not_the_last() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = EngineConfig { eval_interval: 5, early_stopping_patience: 2, max_steps: 40, ..cfg(Policy::Skip) };
+    // Validations at 5, 10 (best), 15, 20: patience 2 stops at 20.
+    let s = train(&c, dir.path(), |vs| {
+        let mut toy = Toy::new(vs);
+        toy.val_script = vec![3.0, 1.0, 2.0, 2.5, 9.0];
+        Box::new(Scripted(toy))
+    })
+    .unwrap();
+    assert!(s.early_stopped);
+    assert_eq!((s.steps, s.best_step, s.best_val_loss), (20, Some(10), 1.0));
+    // The weights at step 10: the same run stopped there.
+    let at10 = tempfile::tempdir().unwrap();
+    let c10 = EngineConfig { max_steps: 10, keep_best: false, ..c.clone() };
+    train(&c10, at10.path(), |vs| {
+        let mut toy = Toy::new(vs);
+        toy.val_script = vec![3.0, 1.0];
+        Box::new(Scripted(toy))
+    })
+    .unwrap();
+    assert_eq!(final_weight(dir.path()), final_weight(at10.path()));
+    let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(report.contains("best validation (step 10)"), "{report}");
+}
+
+fn toy_with(inject: &[(u64, Inject)]) -> impl FnOnce(&nn::VarStore) -> Box<dyn Objective> + '_ {
+    move |vs| {
+        let mut toy = Toy::new(vs);
+        toy.inject = inject.iter().copied().collect();
+        Box::new(toy)
+    }
+}
+
+#[test]
+fn skip_drops_a_nan_batch_and_a_spike_and_trains_on() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let s = train(&cfg(Policy::Skip), dir.path(), toy_with(&[(7, Inject::Nan), (15, Inject::Spike)])).unwrap();
+    assert_eq!(s.steps, 30);
+    let kinds: Vec<(u64, IncidentKind)> = s.incidents.iter().map(|i| (i.step, i.kind)).collect();
+    assert_eq!(kinds, vec![(8, IncidentKind::NonFiniteLoss), (16, IncidentKind::LossSpike)]);
+    assert!(s.incidents.iter().all(|i| i.layer.as_deref() == Some("lin")), "{:?}", s.incidents);
+    assert!(final_weight(dir.path()).iter().all(|w| w.is_finite()));
+    let saved = TokenRow::read(&dir.path().join("incidents/step-000008.tokens.arrow")).unwrap();
+    assert_eq!(saved[0].ids, vec![7], "the offending batch is saved");
+    let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(report.contains("| 8 | non_finite_loss | lin |") && report.contains("| 16 | loss_spike | lin |"), "{report}");
+    let m = MetricRow::read(&dir.path().join("metrics.arrow")).unwrap();
+    assert_eq!(m.iter().filter(|r| r.name == "incident").count(), 2);
+    assert!(!m.iter().any(|r| r.name == "batch_loss" && r.step == 8), "no update at the skipped step");
+}
+
+#[test]
+fn rollback_restores_the_checkpoint_lowers_the_rate_and_skips_the_batch() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let s = train(&cfg(Policy::Rollback), dir.path(), toy_with(&[(12, Inject::Spike)])).unwrap();
+    assert_eq!(s.steps, 30);
+    assert_eq!(s.incidents.len(), 1, "{:?}", s.incidents);
+    assert_eq!(s.incidents[0].kind, IncidentKind::LossSpike);
+    assert!(s.incidents[0].action.contains("rolled back"));
+    let m = MetricRow::read(&dir.path().join("metrics.arrow")).unwrap();
+    let lr_at = |step: u64| m.iter().find(|r| r.name == "lr" && r.step == step).map(|r| r.value);
+    assert_eq!(lr_at(10), Some(0.05));
+    assert_eq!(lr_at(11), Some(0.025), "steps after the rollback (to step 10) run at half the rate");
+    assert_eq!(lr_at(13), None, "the offending batch (step 13) is skipped");
+    assert_eq!(m.iter().filter(|r| r.name == "batch_loss" && r.step == 11).count(), 1, "the rolled-back steps are not doubled");
+    assert!(final_weight(dir.path()).iter().all(|w| w.is_finite()));
+}
+
+#[test]
+fn stop_ends_the_stage_with_an_error_naming_the_step_and_layer() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let err = train(&cfg(Policy::Stop), dir.path(), toy_with(&[(4, Inject::Nan)])).unwrap_err().to_string();
+    assert!(err.contains("step 5") && err.contains("non finite loss") && err.contains("layer `lin`"), "{err}");
+    assert!(!dir.path().join("model").exists());
+    assert!(dir.path().join("incidents/incidents.json").exists());
+}
+
+#[test]
+fn adamw_matches_pytorch_on_a_constant_gradient() {
+    // With a constant gradient, Adam's bias-corrected step is lr * sign(g); decoupled
+    // decay multiplies by (1 - lr * wd) first. Two steps from p = [1, -2] (a matrix):
+    // 1 * 0.99 - 0.1 = 0.89, 0.89 * 0.99 - 0.1 = 0.7811; -2 * 0.99 - 0.1 = -2.08, -2.1592.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let p = vs.root().var("w", &[1, 2], nn::Init::Const(0.0));
+    tch::no_grad(|| p.shallow_clone().copy_(&Tensor::from_slice(&[1.0f32, -2.0]).view([1, 2])));
+    let mut opt = AdamW::new(ParamGroup::decay_split(&vs, 0.1)).unwrap();
+    let cfg = OptimConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, ..Default::default() };
+    for _ in 0..2 {
+        let loss = (&p * Tensor::from_slice(&[0.5f32, 0.25]).view([1, 2])).sum(Kind::Float);
+        loss.backward();
+        opt.step(&cfg, cfg.lr);
+        opt.zero_grad();
+    }
+    let got = Vec::<f32>::try_from(&p.view([-1])).unwrap();
+    assert!((got[0] - 0.7811).abs() < 1e-4 && (got[1] + 2.1592).abs() < 1e-4, "{got:?}");
+}
+
+#[test]
+fn parameter_groups_have_their_own_rate_and_decay_and_the_rest_stays_frozen() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let a = vs.root().var("a", &[1, 1], nn::Init::Const(1.0));
+    let b = vs.root().var("b", &[1, 1], nn::Init::Const(1.0));
+    let frozen = vs.root().var("frozen", &[1, 1], nn::Init::Const(1.0));
+    let groups = vec![
+        ParamGroup { name: "a".into(), params: vec![("a".into(), a.shallow_clone())], lr_scale: 1.0, weight_decay: 0.0 },
+        ParamGroup { name: "b".into(), params: vec![("b".into(), b.shallow_clone())], lr_scale: 10.0, weight_decay: 0.5 },
+    ];
+    let mut opt = AdamW::new(groups).unwrap();
+    assert_eq!(opt.numel(), 2);
+    let cfg = OptimConfig { lr: 0.01, ..Default::default() };
+    ((&a + &b + &frozen).sum(Kind::Float)).backward();
+    opt.step(&cfg, cfg.lr);
+    // a: 1 - 0.01; b: 1 * (1 - 0.1 * 0.5) - 0.1.
+    assert!((a.double_value(&[0, 0]) - 0.99).abs() < 1e-6);
+    assert!((b.double_value(&[0, 0]) - 0.85).abs() < 1e-6, "{}", b.double_value(&[0, 0]));
+    assert_eq!(frozen.double_value(&[0, 0]), 1.0);
+    assert!(
+        AdamW::new(vec![ParamGroup::all("x", vec![("a".into(), a.shallow_clone()), ("a".into(), a)], 0.0)]).is_err(),
+        "a parameter twice"
+    );
+}
+
+#[test]
+fn gradient_clipping_bounds_the_global_norm() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let a = vs.root().var("a", &[2], nn::Init::Const(1.0));
+    let b = vs.root().var("b", &[1], nn::Init::Const(1.0));
+    let mut opt = AdamW::new(ParamGroup::decay_split(&vs, 0.0)).unwrap();
+    ((&a * 3.0).sum(Kind::Float) + (&b * 4.0).sum(Kind::Float)).backward();
+    let norm = opt.clip_grad_norm(1.0);
+    assert!((norm - (9.0f64 + 9.0 + 16.0).sqrt()).abs() < 1e-5, "{norm}");
+    let after = (a.grad().square().sum(Kind::Float) + b.grad().square().sum(Kind::Float)).sqrt().double_value(&[]);
+    assert!((after - 1.0).abs() < 1e-4, "{after}");
+    let per = opt.param_grad_norms().unwrap();
+    assert_eq!(opt.param_names(), vec!["a", "b"]);
+    assert!((per[0] - 3.0 * 2f64.sqrt() / norm).abs() < 1e-4 && (per[1] - 4.0 / norm).abs() < 1e-4, "{per:?}");
+}
+
+#[test]
+fn learning_rate_warms_up_then_decays_to_the_floor() {
+    let cfg = OptimConfig { lr: 1.0, min_lr: 0.1, warmup_steps: 10, ..Default::default() };
+    assert!((lr_at(&cfg, 0, 100) - 1.0 / 11.0).abs() < 1e-12);
+    assert!((lr_at(&cfg, 10, 100) - 1.0).abs() < 1e-12);
+    assert!((lr_at(&cfg, 55, 100) - 0.55).abs() < 1e-12, "halfway: the mean of lr and min_lr");
+    assert!((lr_at(&cfg, 100, 100) - 0.1).abs() < 1e-12);
+    assert_eq!(lr_at(&cfg, 500, 100), 0.1);
+}
+
+#[test]
+fn the_thread_setting_of_a_stage_does_not_leak() {
+    let before = tch::get_num_threads();
+    {
+        let _g = forja_train::ThreadsGuard::set(1);
+        assert_eq!(tch::get_num_threads(), 1);
+    }
+    assert_eq!(tch::get_num_threads(), before);
+}
