@@ -24,8 +24,11 @@ pub enum Policy {
 pub struct DiagnosisConfig {
     /// Policy for divergent steps (non-finite loss or gradient, spike, explosion).
     pub policy: Policy,
-    /// A batch loss above `spike_factor` × its moving average is a spike (0: off).
+    /// A batch loss above `spike_factor` × its moving average, and at least
+    /// `spike_min_increase` above it, is a spike (0: off). The second condition
+    /// keeps noise on a near-zero loss (0.02 → 0.06) from counting.
     pub spike_factor: f64,
+    pub spike_min_increase: f64,
     /// A gradient norm above `explode_factor` × its moving average is an explosion (0: off).
     pub explode_factor: f64,
     /// A layer whose gradient norm falls below this is reported as vanishing (0: off).
@@ -47,6 +50,7 @@ impl Default for DiagnosisConfig {
         Self {
             policy: Policy::Skip,
             spike_factor: 3.0,
+            spike_min_increase: 0.5,
             explode_factor: 20.0,
             vanish_threshold: 1e-9,
             warmup_steps: 20,
@@ -140,7 +144,7 @@ impl Monitor {
             return None;
         }
         if let Some(avg) = self.loss_ema {
-            if cfg.spike_factor > 0.0 && loss > cfg.spike_factor * avg {
+            if cfg.spike_factor > 0.0 && loss > cfg.spike_factor * avg && loss - avg > cfg.spike_min_increase {
                 return Some((IncidentKind::LossSpike, loss, Some(avg)));
             }
         }
@@ -219,6 +223,10 @@ mod tests {
         m.update(&cfg, 2.0, 1.0);
         assert_eq!(m.check(&cfg, 2.5, 1.5), None);
         assert_eq!(m.check(&cfg, 7.0, 1.0).map(|c| c.0), Some(IncidentKind::LossSpike));
+        let mut small = Monitor::default();
+        small.update(&cfg, 0.02, 1.0);
+        small.update(&cfg, 0.02, 1.0);
+        assert_eq!(small.check(&cfg, 0.07, 1.0), None, "noise on a near-zero loss is no spike");
         assert_eq!(m.check(&cfg, 2.0, 50.0).map(|c| c.0), Some(IncidentKind::ExplodingGradient));
         assert_eq!(m.check(&cfg, f64::NAN, 1.0).map(|c| c.0), Some(IncidentKind::NonFiniteLoss));
         assert_eq!(m.check(&cfg, 2.0, f64::INFINITY).map(|c| c.0), Some(IncidentKind::NonFiniteGradient));

@@ -1,0 +1,216 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+//! Parity with the Python ecosystem: forja's GPT and BERT against Hugging Face
+//! `transformers` (through `scripts/hf-check.py` in the project's venv), and
+//! sentence embeddings of the imported all-MiniLM-L6-v2 against the golden file
+//! written by `sentence-transformers` (`scripts/minilm-golden.py`).
+//! `scripts/setup` installs the venv packages and links `models/all-MiniLM-L6-v2`.
+
+use forja_core::artifacts::Artifact;
+use forja_core::stage::{OutDir, StageCtx};
+use forja_core::{Document, EmbeddingRow};
+use forja_model::bert::{Bert, BertConfig, BertMlmHead};
+use forja_model::checkpoint::{write_folder, AnyModel};
+use forja_model::{load_model, save_model, Gpt, GptConfig};
+use forja_pretrain::models::{embed_texts, import_model, run_embed, EmbedConfig};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn minilm() -> PathBuf {
+    let dir = root().join("models/all-MiniLM-L6-v2");
+    assert!(dir.join("model.safetensors").exists(), "{} is missing: run scripts/setup", dir.display());
+    dir
+}
+
+/// Runs `scripts/hf-check.py KIND DIR` on `ids`; returns its JSON.
+fn hf_check(kind: &str, dir: &Path, ids: &[Vec<i64>]) -> Value {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ids_path, out_path) = (tmp.path().join("ids.json"), tmp.path().join("out.json"));
+    std::fs::write(&ids_path, serde_json::to_string(ids).unwrap()).unwrap();
+    let python = root().join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .arg(root().join("scripts/hf-check.py"))
+        .args([kind, dir.to_str().unwrap(), ids_path.to_str().unwrap(), out_path.to_str().unwrap()])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup)", python.display()));
+    assert!(out.status.success(), "hf-check {kind} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&std::fs::read_to_string(out_path).unwrap()).unwrap()
+}
+
+/// A nested JSON array of numbers as a float tensor.
+fn tensor(v: &Value) -> Tensor {
+    fn flat(v: &Value, out: &mut Vec<f32>, shape: &mut Vec<i64>, depth: usize) {
+        match v {
+            Value::Array(items) => {
+                if shape.len() == depth {
+                    shape.push(items.len() as i64);
+                }
+                items.iter().for_each(|i| flat(i, out, shape, depth + 1));
+            }
+            Value::Number(n) => out.push(n.as_f64().unwrap() as f32),
+            other => panic!("not a number: {other}"),
+        }
+    }
+    let (mut out, mut shape) = (Vec::new(), Vec::new());
+    flat(v, &mut out, &mut shape, 0);
+    Tensor::from_slice(&out).view(shape.as_slice())
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
+
+fn ids_tensor(ids: &[Vec<i64>]) -> Tensor {
+    Tensor::from_slice(&ids.concat()).view([ids.len() as i64, -1])
+}
+
+fn char_tok(vocab: usize) -> forja_tokenizer::Tokenizer {
+    let chars: String = (0..vocab as u32).filter_map(|i| char::from_u32('a' as u32 + i)).collect();
+    forja_tokenizer::char_tokenizer(std::iter::once(chars.as_str()), &[]).unwrap()
+}
+
+#[test]
+fn a_forja_gpt_gives_the_logits_of_transformers_gpt2() {
+    let cfg = GptConfig { vocab_size: 30, block_size: 16, n_layer: 2, n_head: 2, n_embd: 16, ..Default::default() };
+    tch::manual_seed(7);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Gpt::new(&vs.root(), &cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_model(&dir.path().join("m"), &vs, &cfg, &char_tok(29)).unwrap();
+    let ids = vec![vec![1i64, 5, 9, 2, 28, 3, 3, 0], vec![4, 4, 4, 7, 8, 1, 2, 29]];
+    let want = tensor(&hf_check("gpt2", &dir.path().join("m"), &ids)["logits"]);
+    let got = tch::no_grad(|| model.forward(&ids_tensor(&ids), false, None).unwrap());
+    let d = max_diff(&got, &want);
+    eprintln!("GPT logits: max |forja - transformers| = {d:e}");
+    assert!(d < 1e-4, "max |forja - transformers| = {d}");
+}
+
+#[test]
+fn a_forja_bert_gives_the_hidden_states_and_mlm_logits_of_transformers() {
+    let cfg = BertConfig::sized(40, 24, 2, 3, 32, 0.0);
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let root = vs.root();
+    let bert = Bert::new(&(&root / "bert"), &cfg, None).unwrap();
+    let head = BertMlmHead::new(&(&root / "cls" / "predictions"), &cfg);
+    // Non-trivial LayerNorm and bias values, so that a misplaced one would show.
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            if name.ends_with("bias") || name.contains("LayerNorm") {
+                let _ = t.g_add_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.1));
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("bert");
+    std::fs::create_dir_all(&folder).unwrap();
+    write_folder(&folder, &vs, &cfg, &char_tok(39)).unwrap();
+    let ids = vec![vec![1i64, 5, 9, 2, 38, 3, 3, 0, 11, 12], vec![4, 4, 4, 7, 8, 1, 2, 39, 0, 1]];
+    let hidden = tch::no_grad(|| bert.forward(&ids_tensor(&ids), None, None, false).unwrap());
+    let want = tensor(&hf_check("bert", &folder, &ids)["last_hidden_state"]);
+    let d = max_diff(&hidden, &want);
+    eprintln!("BERT hidden states: max |forja - transformers| = {d:e}");
+    assert!(d < 1e-4, "hidden states: max |forja - transformers| = {d}");
+    let logits = tch::no_grad(|| head.forward(&hidden, &bert));
+    let want = tensor(&hf_check("bert-mlm", &folder, &ids)["logits"]);
+    let d = max_diff(&logits, &want);
+    eprintln!("BERT MLM logits: max |forja - transformers| = {d:e}");
+    assert!(d < 1e-4, "MLM logits: max |forja - transformers| = {d}");
+}
+
+/// The golden file: sentences, their token ids and embeddings.
+struct Golden {
+    sentences: Vec<String>,
+    input_ids: Vec<Vec<u32>>,
+    embeddings: Tensor,
+}
+
+fn golden() -> Golden {
+    let text = std::fs::read_to_string(root().join("fixtures/minilm/golden.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    Golden {
+        sentences: serde_json::from_value(v["sentences"].clone()).unwrap(),
+        input_ids: serde_json::from_value(v["input_ids"].clone()).unwrap(),
+        embeddings: tensor(&v["embeddings"]),
+    }
+}
+
+fn ctx() -> StageCtx {
+    StageCtx { name: "embed".into(), seed: 1, device: "cpu".into(), config_hash: "t".into(), code_hash: "t" }
+}
+
+#[test]
+fn imported_minilm_embeds_sentences_as_sentence_transformers_does() {
+    let g = golden();
+    assert!(g.sentences.len() >= 20);
+    let dir = tempfile::tempdir().unwrap();
+    let imported = dir.path().join("minilm");
+    assert_eq!(import_model(&minilm(), &imported).unwrap(), "bert");
+    let loaded = load_model(&imported, Device::Cpu).unwrap();
+    // The WordPiece tokenizer: the same ids as the Python tokenizer.
+    for (s, want) in g.sentences.iter().zip(&g.input_ids) {
+        assert_eq!(&loaded.tokenizer.encode_with_special(s).unwrap(), want, "{s:?}");
+    }
+    let texts: Vec<&str> = g.sentences.iter().map(String::as_str).collect();
+    let got = embed_texts(&loaded, &texts, &EmbedConfig { batch_size: 7, ..Default::default() }).unwrap();
+    let got = Tensor::from_slice(&got.concat()).view([texts.len() as i64, -1]);
+    let d = max_diff(&got, &g.embeddings);
+    eprintln!("MiniLM embeddings: max |forja - sentence-transformers| = {d:e} over {} sentences", texts.len());
+    assert!(d < 1e-4, "max |forja - sentence-transformers| = {d} over {} sentences", texts.len());
+
+    // The same through the `embed` stage, from a documents artifact.
+    let docs: Vec<Document> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Document {
+            id: format!("d{i}"),
+            text: t.to_string(),
+            source: format!("golden:{i}"),
+            lang: "und".into(),
+            meta: "{}".into(),
+        })
+        .collect();
+    let docs_path = dir.path().join("docs.arrow");
+    Document::write(&docs_path, "t", "t", &docs).unwrap();
+    let out = OutDir::new(dir.path());
+    let emb_path = out.path(&forja_pretrain::EMBEDDINGS);
+    run_embed(&EmbedConfig::default(), &imported, &docs_path, &emb_path, &ctx()).unwrap();
+    let rows = EmbeddingRow::read(&emb_path).unwrap();
+    assert_eq!(rows.len(), 24);
+    assert_eq!(rows[3].doc_id, "d3");
+    let stage = Tensor::from_slice(&rows.iter().flat_map(|r| r.vector.clone()).collect::<Vec<f32>>()).view([24, -1]);
+    assert!(max_diff(&stage, &g.embeddings) < 1e-4);
+}
+
+#[test]
+fn imported_minilm_hidden_states_match_transformers() {
+    let g = golden();
+    let loaded = load_model(&minilm(), Device::Cpu).unwrap();
+    let AnyModel::Bert(b) = &loaded.model else { panic!("MiniLM loads as BERT") };
+    let ids: Vec<Vec<i64>> = vec![g.input_ids[1].iter().map(|&t| i64::from(t)).collect()];
+    let got = tch::no_grad(|| b.bert.forward(&ids_tensor(&ids), None, None, false).unwrap());
+    let want = tensor(&hf_check("bert", &minilm(), &ids)["last_hidden_state"]);
+    let d = max_diff(&got, &want);
+    eprintln!("MiniLM hidden states: max |forja - transformers| = {d:e}");
+    assert!(d < 1e-4, "max |forja - transformers| = {d}");
+}
+
+#[test]
+fn a_folder_missing_a_tensor_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(minilm().join(f), broken.join(f)).unwrap();
+    }
+    let mut tensors = Tensor::read_safetensors(minilm().join("model.safetensors")).unwrap();
+    tensors.retain(|(n, _)| n != "encoder.layer.3.output.dense.weight");
+    Tensor::write_safetensors(&tensors, broken.join("model.safetensors")).unwrap();
+    let err = format!("{:#}", import_model(&broken, &dir.path().join("out")).unwrap_err());
+    assert!(err.contains("bert.encoder.layer.3.output.dense.weight") && err.contains("lacks 1 tensor"), "{err}");
+}
