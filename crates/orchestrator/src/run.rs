@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use forja_core::artifacts::Artifact;
 use forja_core::hash::{hash_json, hash_path, program_version};
 use forja_core::manifest::{HashedPath, RunManifest, StageRecord, StageStatus};
-use forja_core::metric;
+use forja_core::metric::{self, split};
 use forja_core::stage::outputs;
 use forja_core::stage::{StageCtx, StageInputs};
 use forja_core::MetricRow;
@@ -194,8 +194,30 @@ fn collect_metrics(plan: &Plan, manifest: &RunManifest) -> Result<()> {
     Ok(())
 }
 
-/// Writes `OUT/report.md`: each stage's status and time, and the last value of
-/// each loss-like metric.
+/// Every stage that validated as it trained (val `loss` rows at steps > 0),
+/// side by side: architecture, steps, final and best validation loss, incidents.
+fn trained_side_by_side(manifest: &RunManifest, rows: &[MetricRow]) -> String {
+    let mut table = String::new();
+    for s in &manifest.stages {
+        let vals: Vec<&MetricRow> =
+            rows.iter().filter(|m| m.stage == s.name && m.name == metric::LOSS && m.split == split::VAL && m.step > 0).collect();
+        let (Some(last), Some(best)) = (vals.last(), vals.iter().min_by(|a, b| a.value.total_cmp(&b.value))) else { continue };
+        let arch = s.params.get("architecture").and_then(|a| a.as_str()).unwrap_or("gpt");
+        let size = s.params.get("model").map_or("-".to_string(), |m| m.to_string().replace('|', "\\|"));
+        let incidents = rows.iter().filter(|m| m.stage == s.name && m.name == metric::INCIDENT).count();
+        table += &format!(
+            "| {} | {arch} | `{size}` | {} | {:.4} | {:.4} (step {}) | {incidents} |\n",
+            s.name, last.step, last.value, best.value, best.step
+        );
+    }
+    if table.is_empty() {
+        return table;
+    }
+    "\n## Trained models side by side\n\n| stage | architecture | model | steps | final val loss | best val loss | incidents |\n|---|---|---|---|---|---|---|\n".to_string() + &table
+}
+
+/// Writes `OUT/report.md`: each stage's status and time, the last value of
+/// each loss-like metric, and the trained models side by side.
 fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
     let mut r = format!("# Run `{}`\n\nPipeline: `{}`  \nProgram: `{}`\n\n", plan.name, plan.file.display(), manifest.program_version);
     r += "| stage | kind | status | wall s |\n|---|---|---|---|\n";
@@ -211,6 +233,7 @@ fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
     for ((stage, name, split), (step, value)) in &last {
         r += &format!("| {stage} | {name} | {split} | {step} | {value:.4} |\n");
     }
+    r += &trained_side_by_side(manifest, &rows);
     for s in &manifest.stages {
         if let Some(rep) = s.outputs.get(outputs::REPORT.name) {
             r += &format!("\nStage report ({}): `{}`\n", s.name, rep.path);

@@ -239,3 +239,47 @@ fn a_failing_stage_is_recorded_and_its_successors_do_not_run() {
     );
     assert!(dir.path().join("runs/tiny/lm/loss.svg").exists());
 }
+
+/// A stage whose run panics, as libtorch errors surface through tch.
+struct Panics;
+
+impl forja_core::stage::FromInputs for Panics {
+    fn from_inputs(_: &forja_core::stage::StageInputs) -> anyhow::Result<Self> {
+        Ok(Panics)
+    }
+}
+
+impl forja_core::stage::Stage for Panics {
+    const KIND: &'static str = "panics";
+    const ABOUT: &'static str = "panics when run";
+    const INPUTS: &'static [forja_core::stage::InputSpec] = &[];
+    const OUTPUTS: &'static [forja_core::stage::OutputSpec] = &[forja_core::stage::outputs::REPORT];
+    const CODE_HASH: &'static str = "test";
+    type Params = serde_json::Value;
+    type Inputs = Panics;
+
+    fn run(
+        &self,
+        _: &serde_json::Value,
+        _: &Panics,
+        _: &forja_core::stage::OutDir,
+        _: &forja_core::stage::StageCtx,
+    ) -> anyhow::Result<Vec<forja_core::stage::OutputSpec>> {
+        panic!("libtorch says no: shape '[2, 3]' is invalid for input of size 5");
+    }
+}
+
+#[test]
+fn a_stage_that_panics_is_recorded_as_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!("{HEAD}\n[[stage]]\nname = \"p\"\nkind = \"panics\"\n");
+    let file = dir.path().join("p.toml");
+    let registry: Vec<&'static dyn forja_core::stage::DynStage> = vec![&Panics];
+    let plan = parse(&file, &toml, &registry, &[]).unwrap();
+    let err = format!("{:#}", run_plan(&plan, &RunOptions::default()).unwrap_err());
+    assert!(err.contains("stage `panics` panicked: libtorch says no"), "{err}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/x/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["stages"][0]["status"], "failed");
+    assert!(manifest["stages"][0]["error"].as_str().unwrap().contains("shape '[2, 3]'"));
+}
