@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Splits a training step of the PyTorch eager peer (../shared/bench/torch_gpt_ref.py,
 imported as is) into forward / backward / clip+optimizer, as
-`forja-bench-pretrain --phases` does for forja. Same configuration as scripts/bench.
+`forja-bench-pretrain --phases` does for forja. Same configurations as
+`scripts/bench pretrain`: nanogpt (default) or gpt6x384.
 
-  .venv/bin/python scripts/peer-phases.py [PEER_DIR]
+  .venv/bin/python scripts/peer-phases.py [--config nanogpt|gpt6x384] [PEER_DIR]
 """
 import os
 import statistics
@@ -13,19 +14,30 @@ import time
 import torch
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "..", "shared", "bench"))
+args = sys.argv[1:]
+config = "nanogpt"
+if args[:1] == ["--config"]:
+    config, args = args[1], args[2:]
+sys.path.insert(0, args[0] if args else os.path.join(root, "..", "shared", "bench"))
 import torch_gpt_ref as peer  # noqa: E402
 
 torch.manual_seed(0)
-text = open(os.path.join(root, "fixtures", "tinyshakespeare", "input.txt"), "rb").read()
-data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
-model = peer.GPT(256, 64, 4, 4, 128)
+if config == "nanogpt":
+    text = open(os.path.join(root, "fixtures", "tinyshakespeare", "input.txt"), "rb").read()
+    data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+    vocab, block, layers, heads, width, batch, steps = 256, 64, 4, 4, 128, 12, 105
+elif config == "gpt6x384":
+    vocab, block, layers, heads, width, batch, steps = 4096, 256, 6, 6, 384, 8, 20
+    data = torch.randint(0, vocab, (1_000_000,))
+else:
+    sys.exit(f"peer-phases: unknown config {config} (nanogpt, gpt6x384)")
+model = peer.GPT(vocab, block, layers, heads, width)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
 phases = []
-for step in range(105):
-    ix = torch.randint(len(data) - 65, (12,))
-    x = torch.stack([data[i : i + 64] for i in ix])
-    y = torch.stack([data[i + 1 : i + 65] for i in ix])
+for step in range(steps):
+    ix = torch.randint(len(data) - block - 1, (batch,))
+    x = torch.stack([data[i : i + block] for i in ix])
+    y = torch.stack([data[i + 1 : i + block + 1] for i in ix])
     t0 = time.perf_counter()
     loss = model(x, y)
     t1 = time.perf_counter()
@@ -39,4 +51,4 @@ for step in range(105):
     if step >= 5:
         phases.append((t1 - t0, t2 - t1, t3 - t2))
 mean = [statistics.mean(p[i] for p in phases) * 1000 for i in range(3)]
-print("peer phases ms: forward %.2f, backward %.2f, clip+optimizer %.2f" % tuple(mean))
+print(f"peer phases ms [{config}]: forward %.2f, backward %.2f, clip+optimizer %.2f" % tuple(mean))

@@ -2,8 +2,9 @@
 
 use crate::ipc::{read_artifact, write_artifact, ArtifactError};
 use crate::schema::{col, ArtifactKind};
-use arrow_array::builder::{Float32Builder, ListBuilder, UInt32Builder};
-use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow_array::builder::{ListBuilder, PrimitiveBuilder};
+use arrow_array::types::{ArrowPrimitiveType, Float32Type, UInt32Type};
+use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, ListArray, PrimitiveArray, RecordBatch, StringArray, UInt64Array};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -199,33 +200,13 @@ impl TokenRow {
 impl Artifact for TokenRow {
     const KIND: ArtifactKind = ArtifactKind::Tokens;
     fn to_batch(rows: &[Self]) -> RecordBatch {
-        let total: usize = rows.iter().map(|r| r.ids.len()).sum();
-        let mut ids = ListBuilder::with_capacity(UInt32Builder::with_capacity(total), rows.len())
-            .with_field(Arc::new(arrow_schema::Field::new("item", arrow_schema::DataType::UInt32, false)));
-        for r in rows {
-            ids.values().append_slice(&r.ids);
-            ids.append(true);
-        }
-        batch(Self::KIND, vec![strings(rows.iter().map(|r| r.doc_id.as_str())), Arc::new(ids.finish())])
+        let ids = list_column::<UInt32Type>(rows.iter().map(|r| r.ids.as_slice()));
+        batch(Self::KIND, vec![strings(rows.iter().map(|r| r.doc_id.as_str())), ids])
     }
     fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<Self>, ArtifactError> {
         let doc_id = str_col(path, b, col::DOC_ID)?;
-        let list = column::<ListArray>(path, b, col::IDS)?;
-        no_nulls(path, col::IDS, list)?;
-        let values = list.values().as_any().downcast_ref::<UInt32Array>().ok_or_else(|| ArtifactError::BadValue {
-            path: path.into(),
-            row: 0,
-            problem: "`ids` items are not u32".into(),
-        })?;
-        let offsets = list.value_offsets();
-        Ok(doc_id
-            .into_iter()
-            .enumerate()
-            .map(|(i, doc_id)| {
-                let (s, e) = (offsets[i] as usize, offsets[i + 1] as usize);
-                TokenRow { doc_id, ids: values.values()[s..e].to_vec() }
-            })
-            .collect())
+        let ids = list_col::<UInt32Type>(path, b, col::IDS)?;
+        Ok(doc_id.into_iter().zip(ids).map(|(doc_id, ids)| TokenRow { doc_id, ids }).collect())
     }
 }
 
@@ -239,34 +220,41 @@ pub struct EmbeddingRow {
 impl Artifact for EmbeddingRow {
     const KIND: ArtifactKind = ArtifactKind::Embeddings;
     fn to_batch(rows: &[Self]) -> RecordBatch {
-        let total: usize = rows.iter().map(|r| r.vector.len()).sum();
-        let mut vectors = ListBuilder::with_capacity(Float32Builder::with_capacity(total), rows.len())
-            .with_field(Arc::new(arrow_schema::Field::new("item", arrow_schema::DataType::Float32, false)));
-        for r in rows {
-            vectors.values().append_slice(&r.vector);
-            vectors.append(true);
-        }
-        batch(Self::KIND, vec![strings(rows.iter().map(|r| r.doc_id.as_str())), Arc::new(vectors.finish())])
+        let vectors = list_column::<Float32Type>(rows.iter().map(|r| r.vector.as_slice()));
+        batch(Self::KIND, vec![strings(rows.iter().map(|r| r.doc_id.as_str())), vectors])
     }
     fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<Self>, ArtifactError> {
         let doc_id = str_col(path, b, col::DOC_ID)?;
-        let list = column::<ListArray>(path, b, col::VECTOR)?;
-        no_nulls(path, col::VECTOR, list)?;
-        let values = list.values().as_any().downcast_ref::<Float32Array>().ok_or_else(|| ArtifactError::BadValue {
-            path: path.into(),
-            row: 0,
-            problem: "`vector` items are not f32".into(),
-        })?;
-        let offsets = list.value_offsets();
-        Ok(doc_id
-            .into_iter()
-            .enumerate()
-            .map(|(i, doc_id)| {
-                let (s, e) = (offsets[i] as usize, offsets[i + 1] as usize);
-                EmbeddingRow { doc_id, vector: values.values()[s..e].to_vec() }
-            })
-            .collect())
+        let vectors = list_col::<Float32Type>(path, b, col::VECTOR)?;
+        Ok(doc_id.into_iter().zip(vectors).map(|(doc_id, vector)| EmbeddingRow { doc_id, vector }).collect())
     }
+}
+
+/// A non-null list column of primitive items (`item` fields not nullable).
+fn list_column<'a, T: ArrowPrimitiveType>(rows: impl ExactSizeIterator<Item = &'a [T::Native]>) -> ArrayRef {
+    let mut list = ListBuilder::with_capacity(PrimitiveBuilder::<T>::new(), rows.len()).with_field(Arc::new(arrow_schema::Field::new(
+        "item",
+        T::DATA_TYPE,
+        false,
+    )));
+    for row in rows {
+        list.values().append_slice(row);
+        list.append(true);
+    }
+    Arc::new(list.finish())
+}
+
+/// The rows of a list column of primitive items.
+fn list_col<T: ArrowPrimitiveType>(path: &Path, b: &RecordBatch, name: &str) -> Result<Vec<Vec<T::Native>>, ArtifactError> {
+    let list = column::<ListArray>(path, b, name)?;
+    no_nulls(path, name, list)?;
+    let values = list.values().as_any().downcast_ref::<PrimitiveArray<T>>().ok_or_else(|| ArtifactError::BadValue {
+        path: path.into(),
+        row: 0,
+        problem: format!("`{name}` items are not {}", T::DATA_TYPE),
+    })?;
+    let offsets = list.value_offsets();
+    Ok((0..list.len()).map(|i| values.values()[offsets[i] as usize..offsets[i + 1] as usize].to_vec()).collect())
 }
 
 /// One measured value: `name` at `step` of `stage`, on `split`.

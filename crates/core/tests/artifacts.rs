@@ -4,7 +4,7 @@ use arrow_schema::{DataType, Field, Schema};
 use forja_core::artifacts::Artifact;
 use forja_core::hash::{canonical_json, hash_json, hash_path};
 use forja_core::stage::set_param;
-use forja_core::{ArtifactError, ArtifactKind, Document, Generation, MetricRow, Reject, TokenRow};
+use forja_core::{ArtifactError, ArtifactKind, Document, EmbeddingRow, Generation, MetricRow, Reject, TokenRow};
 use std::sync::Arc;
 
 fn doc(i: usize) -> Document {
@@ -25,6 +25,11 @@ fn every_artifact_round_trips() {
     let tokens = vec![TokenRow { doc_id: "a".into(), ids: vec![1, 2, 3] }, TokenRow { doc_id: "b".into(), ids: vec![] }];
     TokenRow::write(&dir.path().join("t.arrow"), "tokenize", "h", &tokens).unwrap();
     assert_eq!(TokenRow::read(&dir.path().join("t.arrow")).unwrap(), tokens);
+    let embeddings = vec![EmbeddingRow { doc_id: "a".into(), vector: vec![0.5, -0.25] }, EmbeddingRow { doc_id: "b".into(), vector: vec![] }];
+    EmbeddingRow::write(&dir.path().join("e.arrow"), "embed", "h", &embeddings).unwrap();
+    assert_eq!(EmbeddingRow::read(&dir.path().join("e.arrow")).unwrap(), embeddings);
+    let err = TokenRow::read(&dir.path().join("e.arrow")).unwrap_err().to_string();
+    assert!(err.contains("e.arrow") && err.contains("embeddings"), "an embeddings file is not tokens: {err}");
 
     let metrics = vec![MetricRow::new("pretrain", 10, "loss", 1.5, "val")];
     MetricRow::write(&dir.path().join("m.arrow"), "pretrain", "h", &metrics).unwrap();

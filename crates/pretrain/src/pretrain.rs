@@ -31,7 +31,10 @@ pub enum Architecture {
     Lstm,
 }
 
-/// Parameters of the `pretrain` stage.
+/// Parameters of the `pretrain` stage. The engine's settings sit here flat, as
+/// pipeline files have always named them (`pretrain.max_steps`, `optim.lr`):
+/// serde's `flatten` cannot be combined with `deny_unknown_fields`, so
+/// [`PretrainConfig::engine`] maps them onto [`EngineConfig`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PretrainConfig {

@@ -214,3 +214,47 @@ fn a_folder_missing_a_tensor_is_refused_naming_it() {
     let err = format!("{:#}", import_model(&broken, &dir.path().join("out")).unwrap_err());
     assert!(err.contains("bert.encoder.layer.3.output.dense.weight") && err.contains("lacks 1 tensor"), "{err}");
 }
+
+#[test]
+fn masked_lm_continues_from_the_imported_minilm() {
+    use forja_core::{MetricRow, TokenRow};
+    use forja_pretrain::{Architecture, PretrainConfig, PretrainInputs};
+    let dir = tempfile::tempdir().unwrap();
+    let tok = forja_tokenizer::Tokenizer::load(&minilm().join("tokenizer.json")).unwrap();
+    let text = golden().sentences.join(" [SEP] ").repeat(4);
+    let write = |name: &str| {
+        let path = dir.path().join(name);
+        TokenRow::write(&path, "t", "t", &[TokenRow { doc_id: name.into(), ids: tok.encode(&text).unwrap() }]).unwrap();
+        path
+    };
+    let inputs = PretrainInputs {
+        tokenizer: minilm().join("tokenizer.json"),
+        train: write("train.arrow"),
+        val: write("val.arrow"),
+        init: Some(minilm()),
+    };
+    let cfg = PretrainConfig {
+        architecture: Architecture::Bert,
+        model: forja_model::GptConfig { block_size: 32, ..Default::default() },
+        optim: forja_train::OptimConfig { lr: 1e-3, warmup_steps: 0, ..Default::default() },
+        batch_size: 4,
+        max_steps: 12,
+        eval_interval: 6,
+        eval_iters: 2,
+        checkpoint_interval: 0,
+        threads: 2,
+        ..Default::default()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let s = forja_pretrain::run(&cfg, &inputs, &OutDir::new(out.path()), &ctx()).unwrap();
+    assert_eq!(s.steps, 12);
+    // The head starts fresh (uniform: ln 30522 ≈ 10.3) over MiniLM's encoder and learns.
+    let m = MetricRow::read(&out.path().join("metrics.arrow")).unwrap();
+    let val: Vec<f64> = m.iter().filter(|r| r.name == "loss" && r.split == "val").map(|r| r.value).collect();
+    assert!(val[0] < 9.0 && val[1] < val[0], "{val:?}");
+    // The encoder kept MiniLM's size and loads with its head.
+    let loaded = load_model(&out.path().join("model"), Device::Cpu).unwrap();
+    let AnyModel::Bert(b) = &loaded.model else { panic!("a BERT") };
+    assert_eq!((b.bert.cfg.hidden_size, b.bert.cfg.num_hidden_layers), (384, 6));
+    assert!(b.mlm.is_some());
+}

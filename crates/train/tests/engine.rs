@@ -342,3 +342,41 @@ fn the_thread_setting_of_a_stage_does_not_leak() {
     }
     assert_eq!(tch::get_num_threads(), before);
 }
+
+/// A Toy with a parameter the loss never touches: its gradient is zero.
+struct WithDeadLayer(Toy, #[allow(dead_code)] Tensor);
+
+impl Objective for WithDeadLayer {
+    fn train_loss(&mut self, step: u64, micro: u64) -> anyhow::Result<Tensor> {
+        self.0.train_loss(step, micro)
+    }
+    fn eval_batch(&mut self, split: EvalSplit, i: u64) -> anyhow::Result<EvalScore> {
+        self.0.eval_batch(split, i)
+    }
+    fn write_model(&self, vs: &nn::VarStore, dir: &Path) -> anyhow::Result<()> {
+        self.0.write_model(vs, dir)
+    }
+    fn batch_rows(&self, step: u64, micro: u64) -> anyhow::Result<Vec<TokenRow>> {
+        self.0.batch_rows(step, micro)
+    }
+    fn tokens_per_micro(&self) -> f64 {
+        8.0
+    }
+}
+
+#[test]
+fn a_layer_whose_gradient_vanishes_is_reported_once_and_training_goes_on() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let s = train(&cfg(Policy::Stop), dir.path(), |vs| {
+        let dead = (vs.root() / "dead").var("weight", &[3, 3], nn::Init::Const(0.5));
+        Box::new(WithDeadLayer(Toy::new(vs), dead))
+    })
+    .unwrap();
+    assert_eq!(s.steps, 30, "a vanishing gradient is reported, not acted on");
+    let vanishing: Vec<_> = s.incidents.iter().filter(|i| i.kind == IncidentKind::VanishingGradient).collect();
+    assert_eq!(vanishing.len(), 1, "{:?}", s.incidents);
+    assert_eq!((vanishing[0].step, vanishing[0].layer.as_deref()), (5, Some("dead")));
+    let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(report.contains("| 5 | vanishing_gradient | dead |"), "{report}");
+}
