@@ -25,7 +25,8 @@ fn every_artifact_round_trips() {
     let tokens = vec![TokenRow { doc_id: "a".into(), ids: vec![1, 2, 3] }, TokenRow { doc_id: "b".into(), ids: vec![] }];
     TokenRow::write(&dir.path().join("t.arrow"), "tokenize", "h", &tokens).unwrap();
     assert_eq!(TokenRow::read(&dir.path().join("t.arrow")).unwrap(), tokens);
-    let embeddings = vec![EmbeddingRow { doc_id: "a".into(), vector: vec![0.5, -0.25] }, EmbeddingRow { doc_id: "b".into(), vector: vec![] }];
+    let embeddings =
+        vec![EmbeddingRow { doc_id: "a".into(), vector: vec![0.5, -0.25] }, EmbeddingRow { doc_id: "b".into(), vector: vec![] }];
     EmbeddingRow::write(&dir.path().join("e.arrow"), "embed", "h", &embeddings).unwrap();
     assert_eq!(EmbeddingRow::read(&dir.path().join("e.arrow")).unwrap(), embeddings);
     let err = TokenRow::read(&dir.path().join("e.arrow")).unwrap_err().to_string();
