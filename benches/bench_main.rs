@@ -44,7 +44,7 @@ mod pretrain {
     use forja_model::{Gpt, GptConfig};
     use forja_pretrain::objectives::{CausalLm, ModelWriter, Streams};
     use forja_train::batches::TokenStream;
-    use forja_train::{Engine, EngineConfig, OptimConfig, ParamGroup};
+    use forja_train::{Engine, EngineConfig, OptimConfig, ParamGroup, RunSpec};
     use tch::{nn, Device};
 
     /// One optimiser step of nanoGPT's Tiny Shakespeare CPU configuration,
@@ -64,7 +64,8 @@ mod pretrain {
         let groups = ParamGroup::decay_split(&vs, 0.1);
         let ctx = StageCtx { name: "bench".into(), seed: 0, device: "cpu".into(), config_hash: String::new(), code_hash: "" };
         let scratch = std::env::temp_dir();
-        let mut engine = Engine::new(&ecfg, &mut vs, groups, 0, String::new(), &ctx, &scratch).expect("engine");
+        let spec = RunSpec { seed: 0, run_key: String::new(), ctx: &ctx, out_dir: &scratch };
+        let mut engine = Engine::new(&ecfg, &mut vs, groups, spec).expect("engine");
         let mut g = c.benchmark_group("pretrain");
         g.sample_size(20);
         g.throughput(Throughput::Elements(12 * 64));

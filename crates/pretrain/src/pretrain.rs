@@ -12,7 +12,10 @@ use forja_model::lstm::{LstmConfig, LstmLm, LSTM_MODEL_TYPE};
 use forja_model::{parse_device, Gpt, GptConfig, Precision};
 use forja_tokenizer::Tokenizer;
 use forja_train::batches::TokenStream;
-use forja_train::{DiagnosisConfig, Engine, EngineConfig, EngineOutputs, Objective, OptimConfig, ParamGroup, ThreadsGuard, TrainSummary};
+use forja_train::engine::StepHook;
+use forja_train::{
+    DiagnosisConfig, Engine, EngineConfig, EngineOutputs, Objective, OptimConfig, ParamGroup, RunSpec, ThreadsGuard, TrainSummary,
+};
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -157,6 +160,9 @@ struct Setup<'a> {
     tokenizer: Tokenizer,
     device: Device,
     seed: u64,
+    run_key: String,
+    out: &'a OutDir,
+    ctx: &'a StageCtx,
 }
 
 /// [`run`] with a hook called after every step; `Break` stops the run at once,
@@ -166,7 +172,7 @@ pub fn run_with_hook(
     inputs: &PretrainInputs,
     out: &OutDir,
     ctx: &StageCtx,
-    hook: forja_train::engine::StepHook,
+    hook: StepHook,
 ) -> anyhow::Result<TrainSummary> {
     let seed = cfg.seed.unwrap_or(ctx.seed);
     let device_name = cfg.device.clone().unwrap_or_else(|| ctx.device.clone());
@@ -175,12 +181,12 @@ pub fn run_with_hook(
     anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
     check_precision(cfg.precision, device)?;
     let tokenizer = Tokenizer::load(&inputs.tokenizer)?;
-    let setup = Setup { cfg, inputs, tokenizer, device, seed };
     let run_key = run_key(cfg, inputs, seed, &device_name, ctx)?;
+    let setup = Setup { cfg, inputs, tokenizer, device, seed, run_key, out, ctx };
     let summary = match cfg.architecture {
-        Architecture::Gpt => train_gpt(&setup, run_key, out, ctx, hook)?,
-        Architecture::Lstm => train_lstm(&setup, run_key, out, ctx, hook)?,
-        Architecture::Bert => train_bert(&setup, run_key, out, ctx, hook)?,
+        Architecture::Gpt => train_gpt(&setup, hook)?,
+        Architecture::Lstm => train_lstm(&setup, hook)?,
+        Architecture::Bert => train_bert(&setup, hook)?,
     };
     println!(
         "{}: {} steps, final val loss {:.4} (best {:.4}{}), {:.0} tokens/s, {} incident(s)",
@@ -235,19 +241,12 @@ fn streams(s: &Setup, vocab_size: i64, block: i64) -> anyhow::Result<Streams> {
 }
 
 /// Runs the engine over `obj` with the usual parameter groups of `vs`.
-fn train(
-    s: &Setup,
-    vs: &mut nn::VarStore,
-    obj: &mut dyn Objective,
-    run_key: String,
-    out: &OutDir,
-    ctx: &StageCtx,
-    hook: forja_train::engine::StepHook,
-) -> anyhow::Result<TrainSummary> {
+fn train(s: &Setup, vs: &mut nn::VarStore, obj: &mut dyn Objective, hook: StepHook) -> anyhow::Result<TrainSummary> {
     let engine_cfg = s.cfg.engine();
     let groups = ParamGroup::decay_split(vs, s.cfg.optim.weight_decay);
-    let mut engine = Engine::new(&engine_cfg, vs, groups, s.seed, run_key, ctx, out.dir())?;
-    engine.run(obj, &engine_outputs(out), hook)
+    let spec = RunSpec { seed: s.seed, run_key: s.run_key.clone(), ctx: s.ctx, out_dir: s.out.dir() };
+    let mut engine = Engine::new(&engine_cfg, vs, groups, spec)?;
+    engine.run(obj, &engine_outputs(s.out), hook)
 }
 
 /// Loads `init` weights into `vs` (variables for which `optional` holds may be missing).
@@ -295,13 +294,7 @@ fn gpt_config(s: &Setup) -> anyhow::Result<GptConfig> {
     Ok(model_cfg)
 }
 
-fn train_gpt(
-    s: &Setup,
-    run_key: String,
-    out: &OutDir,
-    ctx: &StageCtx,
-    hook: forja_train::engine::StepHook,
-) -> anyhow::Result<TrainSummary> {
+fn train_gpt(s: &Setup, hook: StepHook) -> anyhow::Result<TrainSummary> {
     let model_cfg = gpt_config(s)?;
     let data = streams(s, model_cfg.vocab_size, model_cfg.block_size)?;
     tch::manual_seed(s.seed as i64);
@@ -311,16 +304,10 @@ fn train_gpt(
     load_init(s, &mut vs, &|_| false)?;
     let write: ModelWriter = Box::new(|vs, dir| write_model_files(dir, vs, &model_cfg, &s.tokenizer));
     let mut obj = CausalLm { model: &model, data, grad_accum: s.cfg.grad_accum, write };
-    train(s, &mut vs, &mut obj, run_key, out, ctx, hook)
+    train(s, &mut vs, &mut obj, hook)
 }
 
-fn train_lstm(
-    s: &Setup,
-    run_key: String,
-    out: &OutDir,
-    ctx: &StageCtx,
-    hook: forja_train::engine::StepHook,
-) -> anyhow::Result<TrainSummary> {
+fn train_lstm(s: &Setup, hook: StepHook) -> anyhow::Result<TrainSummary> {
     let m = &s.cfg.model;
     let mut lstm_cfg = LstmConfig {
         model_type: LSTM_MODEL_TYPE.into(),
@@ -348,7 +335,7 @@ fn train_lstm(
     load_init(s, &mut vs, &|_| false)?;
     let write: ModelWriter = Box::new(|vs, dir| write_folder(dir, vs, &lstm_cfg, &s.tokenizer));
     let mut obj = CausalLm { model: &model, data, grad_accum: s.cfg.grad_accum, write };
-    train(s, &mut vs, &mut obj, run_key, out, ctx, hook)
+    train(s, &mut vs, &mut obj, hook)
 }
 
 /// The id of the first of `names` the tokenizer has.
@@ -356,13 +343,7 @@ fn special_id(tok: &Tokenizer, names: &[&str]) -> Option<i64> {
     names.iter().find_map(|n| tok.token_to_id(n)).map(i64::from)
 }
 
-fn train_bert(
-    s: &Setup,
-    run_key: String,
-    out: &OutDir,
-    ctx: &StageCtx,
-    hook: forja_train::engine::StepHook,
-) -> anyhow::Result<TrainSummary> {
+fn train_bert(s: &Setup, hook: StepHook) -> anyhow::Result<TrainSummary> {
     s.cfg.mlm.validate()?;
     let m = &s.cfg.model;
     let bert_cfg = match &s.inputs.init {
@@ -396,5 +377,5 @@ fn train_bert(
     load_init(s, &mut vs, &|name| name.starts_with("cls."))?;
     let write: ModelWriter = Box::new(|vs, dir| write_folder(dir, vs, &bert_cfg, &s.tokenizer));
     let mut obj = MaskedLm { bert: &bert, head: &head, data, grad_accum: s.cfg.grad_accum, cfg: s.cfg.mlm.clone(), tokens, write };
-    train(s, &mut vs, &mut obj, run_key, out, ctx, hook)
+    train(s, &mut vs, &mut obj, hook)
 }

@@ -229,20 +229,23 @@ pub struct Engine<'a> {
     metrics: Vec<MetricRow>,
 }
 
+/// Which run an engine trains: its seed, the key of its trajectory, the stage
+/// it belongs to and the folder it writes into.
+pub struct RunSpec<'a> {
+    pub seed: u64,
+    /// Hash of everything the trajectory depends on (configuration, inputs'
+    /// content, the stage's code); a checkpoint with another key is not resumed.
+    pub run_key: String,
+    pub ctx: &'a StageCtx,
+    pub out_dir: &'a Path,
+}
+
 impl<'a> Engine<'a> {
-    /// An engine over `groups` (parameters of `vs`) for a stage writing into
-    /// `out_dir`. `run_key` must hash everything the trajectory depends on.
-    pub fn new(
-        cfg: &'a EngineConfig,
-        vs: &'a mut nn::VarStore,
-        groups: Vec<ParamGroup>,
-        seed: u64,
-        run_key: String,
-        ctx: &'a StageCtx,
-        out_dir: &'a Path,
-    ) -> anyhow::Result<Self> {
+    /// An engine over `groups` (parameters of `vs`) for the run `spec`.
+    pub fn new(cfg: &'a EngineConfig, vs: &'a mut nn::VarStore, groups: Vec<ParamGroup>, spec: RunSpec<'a>) -> anyhow::Result<Self> {
         anyhow::ensure!(cfg.max_steps > 0 && cfg.grad_accum > 0, "max_steps and grad_accum must be > 0");
         let opt = AdamW::new(groups)?;
+        let RunSpec { seed, run_key, ctx, out_dir } = spec;
         Ok(Self { cfg, vs, opt, seed, ctx, out_dir, state: TrainerState::fresh(&run_key), metrics: Vec::new() })
     }
 
@@ -307,7 +310,8 @@ impl<'a> Engine<'a> {
         let mut early_stopped = patience_spent(self.state.evals_since_best);
         let tokens_per_step = obj.tokens_per_micro() * cfg.grad_accum as f64;
         let (started, start_step) = (Instant::now(), self.state.step);
-        let mut window = (Instant::now(), self.state.step);
+        // Throughput is measured over the steps since the last log line.
+        let (mut window_start, mut window_step) = (Instant::now(), self.state.step);
         while self.state.step < cfg.max_steps && !early_stopped {
             let step = self.state.step;
             let lr = self.lr_at(step);
@@ -325,8 +329,8 @@ impl<'a> Engine<'a> {
                         self.push(done, metric::GRAD_NORM, stats.grad_norm, split::NONE);
                         self.record_layers(&bar, done, &layers);
                         if log_step {
-                            let tps = tokens_per_step * (done - window.1) as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
-                            window = (Instant::now(), done);
+                            let tps = tokens_per_step * (done - window_step) as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+                            (window_start, window_step) = (Instant::now(), done);
                             self.push(done, metric::TOKENS_PER_S, tps, split::NONE);
                             bar.set_message(format!("loss {:.4} lr {lr:.2e} {tps:.0} tok/s", stats.loss));
                         }

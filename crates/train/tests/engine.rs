@@ -8,7 +8,7 @@ use forja_core::{MetricRow, TokenRow};
 use forja_train::optim::lr_at;
 use forja_train::{
     AdamW, DiagnosisConfig, Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, IncidentKind, Objective, OptimConfig, ParamGroup,
-    Policy, TrainSummary,
+    Policy, RunSpec, TrainSummary,
 };
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -152,7 +152,7 @@ fn train(cfg: &EngineConfig, dir: &Path, make: impl FnOnce(&nn::VarStore) -> Box
     let mut obj = make(&vs);
     let groups = ParamGroup::decay_split(&vs, cfg.optim.weight_decay);
     let ctx = ctx();
-    let mut engine = Engine::new(cfg, &mut vs, groups, 1, "key".into(), &ctx, dir)?;
+    let mut engine = Engine::new(cfg, &mut vs, groups, RunSpec { seed: 1, run_key: "key".into(), ctx: &ctx, out_dir: dir })?;
     engine.run(obj.as_mut(), &outputs(dir), &mut |_| ControlFlow::Continue(()))
 }
 

@@ -11,7 +11,7 @@ use forja_model::checkpoint::write_model_files;
 use forja_model::{parse_device, Gpt, GptConfig, Precision};
 use forja_pretrain::objectives::{CausalLm, Streams};
 use forja_train::batches::TokenStream;
-use forja_train::{DiagnosisConfig, Engine, EngineConfig, OptimConfig, ParamGroup, StepOutcome};
+use forja_train::{DiagnosisConfig, Engine, EngineConfig, OptimConfig, ParamGroup, RunSpec, StepOutcome};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 use tch::{nn, Kind, Tensor};
@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     let groups = ParamGroup::decay_split(&vs, ecfg.optim.weight_decay);
     let ctx = StageCtx { name: "bench".into(), seed: 0, device: a.device.clone(), config_hash: String::new(), code_hash: "" };
     let scratch = std::env::temp_dir();
-    let mut engine = Engine::new(&ecfg, &mut vs, groups, 0, String::new(), &ctx, &scratch)?;
+    let mut engine = Engine::new(&ecfg, &mut vs, groups, RunSpec { seed: 0, run_key: String::new(), ctx: &ctx, out_dir: &scratch })?;
     let (mut times, mut phases) = (Vec::new(), Vec::new());
     let (mut first, mut last) = (0.0, 0.0);
     for step in 0..a.warmup + a.steps {
