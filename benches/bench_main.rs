@@ -99,5 +99,42 @@ mod generate {
     }
 }
 
-criterion_group!(benches, data::benches, pretrain::benches, generate::benches);
+mod encoder {
+    use super::*;
+    use forja_model::bert::{mean_pool, Bert, BertConfig};
+    use forja_model::lstm::{LstmConfig, LstmLm, LSTM_MODEL_TYPE};
+    use forja_model::LanguageModel;
+    use tch::{nn, Device, Kind, Tensor};
+
+    /// A BERT forward pass with mean pooling (the `embed` stage's work per batch),
+    /// and an LSTM language model's forward and backward.
+    pub fn benches(c: &mut Criterion) {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bert = Bert::new(&(vs.root() / "bert"), &BertConfig::sized(2048, 128, 4, 4, 128, 0.0), None).expect("bert");
+        let ids = Tensor::randint(2048, [32, 64], (Kind::Int64, Device::Cpu));
+        let mask = Tensor::ones([32, 64], (Kind::Int64, Device::Cpu));
+        let mut g = c.benchmark_group("model");
+        g.sample_size(10);
+        g.throughput(Throughput::Elements(32));
+        g.bench_function("bert 4x128 embed 32 sequences of 64 tokens", |b| {
+            b.iter(|| tch::no_grad(|| mean_pool(&bert.forward(&ids, None, Some(&mask), false).expect("forward"), &mask).size()))
+        });
+        let cfg = LstmConfig { model_type: LSTM_MODEL_TYPE.into(), vocab_size: 66, n_embd: 192, n_layer: 2, dropout: 0.0, block_size: 64 };
+        let lstm_vs = nn::VarStore::new(Device::Cpu);
+        let lstm = LstmLm::new(&lstm_vs.root(), &cfg).expect("lstm");
+        let x = Tensor::randint(66, [12, 64], (Kind::Int64, Device::Cpu));
+        g.throughput(Throughput::Elements(12 * 64));
+        g.bench_function("lstm 2x192 forward+backward, batch 12x64", |b| {
+            b.iter(|| {
+                let loss = lstm.loss(&x, &x, true).expect("loss");
+                loss.backward();
+                loss.double_value(&[])
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, data::benches, pretrain::benches, generate::benches, encoder::benches);
 criterion_main!(benches);

@@ -258,3 +258,34 @@ fn masked_lm_continues_from_the_imported_minilm() {
     assert_eq!((b.bert.cfg.hidden_size, b.bert.cfg.num_hidden_layers), (384, 6));
     assert!(b.mlm.is_some());
 }
+
+#[test]
+fn models_of_the_wrong_kind_or_broken_folders_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // A GPT cannot embed; a BERT cannot be scored as a causal LM.
+    let cfg = GptConfig { vocab_size: 30, block_size: 16, n_layer: 1, n_head: 2, n_embd: 8, ..Default::default() };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _gpt = Gpt::new(&vs.root(), &cfg).unwrap();
+    let gpt_dir = dir.path().join("gpt");
+    save_model(&gpt_dir, &vs, &cfg, &char_tok(29)).unwrap();
+    let loaded = load_model(&gpt_dir, Device::Cpu).unwrap();
+    let err = embed_texts(&loaded, &["hello"], &EmbedConfig::default()).unwrap_err().to_string();
+    assert!(err.contains("embed needs a BERT encoder") && err.contains("gpt2"), "{err}");
+    let tokens = dir.path().join("t.arrow");
+    forja_core::TokenRow::write(&tokens, "t", "t", &[forja_core::TokenRow { doc_id: "d".into(), ids: vec![1, 2, 3, 4] }]).unwrap();
+    let err = format!(
+        "{:#}",
+        forja_eval::run(&forja_eval::EvalConfig::default(), &minilm(), &tokens, &OutDir::new(dir.path()), &ctx()).unwrap_err()
+    );
+    assert!(err.contains("causal language models") && err.contains("`bert`"), "{err}");
+    // A folder without config.json, and one of an unknown model_type.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::copy(minilm().join("tokenizer.json"), empty.join("tokenizer.json")).unwrap();
+    let err = format!("{:#}", import_model(&empty, &dir.path().join("o1")).unwrap_err());
+    assert!(err.contains("empty/config.json"), "{err}");
+    std::fs::write(empty.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+    let err = format!("{:#}", import_model(&empty, &dir.path().join("o2")).unwrap_err());
+    assert!(err.contains("model_type `llama` is not supported"), "{err}");
+    assert!(!dir.path().join("o2").exists(), "nothing is written for a refused import");
+}
