@@ -26,6 +26,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 enum Inject {
     Nan,
     Spike,
+    /// Same loss value, gradient 1000× larger.
+    Explode,
 }
 
 /// y = x·w* + noise-free, w* = [1, -2, 3, 0.5]; the model is `lin.weight` [4, 1]
@@ -70,6 +72,7 @@ impl Objective for Toy {
         Ok(match self.inject.get(&step) {
             Some(Inject::Nan) => loss * f64::NAN,
             Some(Inject::Spike) => loss * 1000.0 + 1000.0,
+            Some(Inject::Explode) => &loss + (&self.w - self.w.detach()).sum(Kind::Float) * 1000.0,
             None => loss,
         })
     }
@@ -232,6 +235,18 @@ fn skip_drops_a_nan_batch_and_a_spike_and_trains_on() {
     let m = MetricRow::read(&dir.path().join("metrics.arrow")).unwrap();
     assert_eq!(m.iter().filter(|r| r.name == "incident").count(), 2);
     assert!(!m.iter().any(|r| r.name == "batch_loss" && r.step == 8), "no update at the skipped step");
+}
+
+#[test]
+fn an_exploding_gradient_with_a_normal_loss_is_caught() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let s = train(&cfg(Policy::Skip), dir.path(), toy_with(&[(9, Inject::Explode)])).unwrap();
+    let kinds: Vec<(u64, IncidentKind)> = s.incidents.iter().map(|i| (i.step, i.kind)).collect();
+    assert_eq!(kinds, vec![(10, IncidentKind::ExplodingGradient)]);
+    let i = &s.incidents[0];
+    assert!(i.value > 20.0 * i.reference.unwrap(), "{i:?}");
+    assert_eq!(i.layer.as_deref(), Some("lin"));
 }
 
 #[test]
