@@ -45,6 +45,9 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         H / 2.0,
         escape(y_label)
     );
+    // Legend at the top right, wide enough for the longest label (~7 px a character).
+    let longest = series.iter().map(|s| s.label.chars().count()).max().unwrap_or(0) as f64;
+    let legend_x = W - PAD - (7.0 * longest + 30.0).max(120.0);
     for (i, s) in series.iter().enumerate() {
         let path: Vec<String> =
             s.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
@@ -53,11 +56,11 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         let _ = writeln!(
             svg,
             "<line x1=\"{:.1}\" y1=\"{ly}\" x2=\"{:.1}\" y2=\"{ly}\" stroke=\"{}\" stroke-width=\"2\"/>",
-            W - PAD - 120.0,
-            W - PAD - 100.0,
+            legend_x,
+            legend_x + 20.0,
             s.color
         );
-        let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>", W - PAD - 95.0, ly + 4.0, escape(s.label));
+        let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>", legend_x + 25.0, ly + 4.0, escape(s.label));
     }
     svg.push_str("</svg>\n");
     Some(svg)

@@ -134,7 +134,9 @@ pub struct PretrainInputs {
 
 /// Outputs of `pretrain`.
 pub const MODEL: OutputSpec = OutputSpec { name: "model", path: "model" };
-pub const OUTPUTS: [OutputSpec; 4] = [MODEL, outputs::METRICS, outputs::PLOT, outputs::REPORT];
+/// Per-layer gradient norms over the steps.
+pub const GRAD_PLOT: OutputSpec = OutputSpec { name: "grad_plot", path: "grad_norms.svg" };
+pub const OUTPUTS: [OutputSpec; 5] = [MODEL, outputs::METRICS, outputs::PLOT, GRAD_PLOT, outputs::REPORT];
 
 /// Where the engine writes this stage's outputs.
 pub fn engine_outputs(out: &OutDir) -> EngineOutputs {
@@ -142,12 +144,13 @@ pub fn engine_outputs(out: &OutDir) -> EngineOutputs {
         model: out.path(&MODEL),
         metrics: out.path(&outputs::METRICS),
         plot: out.path(&outputs::PLOT),
+        grad_plot: out.path(&GRAD_PLOT),
         report: out.path(&outputs::REPORT),
     }
 }
 
 /// Trains; writes `model/` (best or last weights), `metrics.arrow`, `loss.svg`,
-/// `report.md` and `checkpoint/` under `out`. Resumes from `out/checkpoint`
+/// `grad_norms.svg`, `report.md` and `checkpoint/` under `out`. Resumes from `out/checkpoint`
 /// when it matches this run.
 pub fn run(cfg: &PretrainConfig, inputs: &PretrainInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<TrainSummary> {
     run_with_hook(cfg, inputs, out, ctx, &mut |_| ControlFlow::Continue(()))

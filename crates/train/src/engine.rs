@@ -117,7 +117,10 @@ pub trait Objective {
 pub struct EngineOutputs {
     pub model: PathBuf,
     pub metrics: PathBuf,
+    /// Loss curves (SVG).
     pub plot: PathBuf,
+    /// Per-layer gradient norms over the steps, log scale (SVG).
+    pub grad_plot: PathBuf,
     pub report: PathBuf,
 }
 
@@ -604,6 +607,7 @@ impl<'a> Engine<'a> {
         }
         MetricRow::write(&outputs.metrics, &self.ctx.name, &self.ctx.config_hash, &self.metrics)?;
         write_loss_plot(&outputs.plot, &self.ctx.name, &self.metrics)?;
+        write_grad_plot(&outputs.grad_plot, &self.ctx.name, &self.metrics)?;
         let summary = TrainSummary {
             steps: self.state.step,
             resumed_from,
@@ -650,7 +654,11 @@ fn report_md(stage: &str, s: &TrainSummary, used_best: bool, outputs: &EngineOut
     };
     r += &format!("| exported weights | {exported} |\n| early stopped | {} |\n", s.early_stopped);
     r += &format!("| tokens/s | {:.0} |\n\n", s.tokens_per_s);
-    r += &format!("Loss curves: `{}`\n\n## Incidents\n\n", outputs.plot.display());
+    r += &format!(
+        "Loss curves: `{}`  \nPer-layer gradient norms: `{}`\n\n## Incidents\n\n",
+        outputs.plot.display(),
+        outputs.grad_plot.display()
+    );
     if s.incidents.is_empty() {
         r += "None: every step had a finite loss and gradient, without spikes or explosions.\n";
     } else {
@@ -671,9 +679,47 @@ fn report_md(stage: &str, s: &TrainSummary, used_best: bool, outputs: &EngineOut
     r
 }
 
+/// Draws each layer's gradient norm (log10) over the steps as SVG: vanishing
+/// and exploding layers stand out at a glance.
+fn write_grad_plot(path: &Path, stage: &str, metrics: &[MetricRow]) -> anyhow::Result<()> {
+    use forja_core::plot::Series;
+    const PALETTE: [&str; 10] =
+        ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+    let mut layers: Vec<&str> = Vec::new();
+    for m in metrics.iter().filter(|m| m.name == metric::LAYER_GRAD_NORM) {
+        if !layers.contains(&m.split.as_str()) {
+            layers.push(&m.split);
+        }
+    }
+    let series: Vec<Series> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| Series {
+            label: layer,
+            color: PALETTE[i % PALETTE.len()],
+            points: metrics
+                .iter()
+                .filter(|m| m.name == metric::LAYER_GRAD_NORM && m.split == *layer && m.value > 0.0)
+                .map(|m| (m.step as f64, m.value.log10()))
+                .collect(),
+        })
+        .collect();
+    write_chart(path, &format!("{stage}: gradient norm per layer"), "log10 gradient L2 norm", &series)
+}
+
+/// Writes a line chart, or a one-line SVG saying there is nothing to draw.
+fn write_chart(path: &Path, title: &str, y_label: &str, series: &[forja_core::plot::Series]) -> anyhow::Result<()> {
+    let svg = forja_core::plot::line_chart(title, "step", y_label, series).unwrap_or_else(|| {
+        format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"400\" height=\"40\"><text x=\"10\" y=\"25\">{title}: no points</text></svg>"
+        )
+    });
+    forja_core::fsutil::atomic_write(path, svg.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Draws the loss curves (mini-batch loss, and the train/val estimates) as SVG.
 fn write_loss_plot(path: &Path, stage: &str, metrics: &[MetricRow]) -> anyhow::Result<()> {
-    use forja_core::plot::{line_chart, Series};
+    use forja_core::plot::Series;
     let pick = |name: &str, split: &str| -> Vec<(f64, f64)> {
         metrics.iter().filter(|m| m.name == name && m.split == split).map(|m| (m.step as f64, m.value)).collect()
     };
@@ -682,13 +728,7 @@ fn write_loss_plot(path: &Path, stage: &str, metrics: &[MetricRow]) -> anyhow::R
         Series { label: "train (eval)", color: "#1f77b4", points: pick(metric::LOSS, split::TRAIN) },
         Series { label: "val (eval)", color: "#d62728", points: pick(metric::LOSS, split::VAL) },
     ];
-    let title = format!("{stage}: loss");
-    let svg = line_chart(&title, "step", "loss", &series).unwrap_or_else(|| {
-        format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"400\" height=\"40\"><text x=\"10\" y=\"25\">{title}: no points</text></svg>"
-        )
-    });
-    forja_core::fsutil::atomic_write(path, svg.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    write_chart(path, &format!("{stage}: loss"), "loss", &series)
 }
 
 /// Prints a line above the progress bar (also when the bar is hidden, e.g. in CI logs).

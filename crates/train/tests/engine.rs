@@ -132,6 +132,7 @@ fn outputs(dir: &Path) -> EngineOutputs {
         model: dir.join("model"),
         metrics: dir.join("metrics.arrow"),
         plot: dir.join("loss.svg"),
+        grad_plot: dir.join("grad_norms.svg"),
         report: dir.join("report.md"),
     }
 }
@@ -179,7 +180,9 @@ fn the_loss_falls_and_the_outputs_are_written() {
     assert!(m.iter().any(|r| r.name == "toy_metric" && r.split == "val"), "objective metrics are recorded");
     let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(report.contains("| steps | 30 |") && report.contains("None: every step"), "{report}");
-    assert!(std::fs::read_to_string(dir.path().join("loss.svg")).unwrap().contains("<svg"));
+    assert!(std::fs::read_to_string(dir.path().join("loss.svg")).unwrap().contains("<polyline"));
+    let grads = std::fs::read_to_string(dir.path().join("grad_norms.svg")).unwrap();
+    assert!(grads.contains("<polyline") && grads.contains(">lin</text>"), "one line per layer, labelled");
 }
 
 #[test]
