@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""Op-level profile of the PyTorch eager peer (../shared/bench/torch_gpt_ref.py) on
+nanoGPT's CPU configuration: which libtorch kernels a training step spends its
+time in. forja calls the same kernels (same shapes), so the table also says where
+forja's milliseconds go, apart from the optimizer.
+
+  .venv/bin/python scripts/peer-profile.py [PEER_DIR]
+"""
+import os
+import sys
+
+import torch
+
+root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "..", "shared", "bench"))
+import torch_gpt_ref as peer  # noqa: E402
+torch.manual_seed(0)
+text = open(os.path.join(root, 'fixtures', 'tinyshakespeare', 'input.txt'), 'rb').read()
+data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+model = peer.GPT(256, 64, 4, 4, 128)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+def step():
+    ix = torch.randint(len(data) - 65, (12,))
+    x = torch.stack([data[i:i+64] for i in ix]); y = torch.stack([data[i+1:i+65] for i in ix])
+    loss = model(x, y); opt.zero_grad(set_to_none=True); loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
+for _ in range(10): step()
+from torch.profiler import profile, ProfilerActivity
+with profile(activities=[ProfilerActivity.CPU]) as prof:
+    for _ in range(20): step()
+print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
