@@ -207,8 +207,7 @@ pub fn run_with_hook(
 /// bfloat16 needs a device whose libtorch can multiply in it.
 fn check_precision(precision: Precision, device: Device) -> anyhow::Result<()> {
     if precision == Precision::Bf16 {
-        let probe = tch::Tensor::ones([2, 2], (tch::Kind::BFloat16, device));
-        let ok = std::panic::catch_unwind(|| probe.f_matmul(&probe).is_ok()).unwrap_or(false);
+        let ok = tch::Tensor::f_ones([2, 2], (tch::Kind::BFloat16, device)).and_then(|probe| probe.f_matmul(&probe)).is_ok();
         anyhow::ensure!(ok, "precision = \"bf16\": libtorch cannot multiply bfloat16 matrices on {device:?}");
     }
     Ok(())
