@@ -4,7 +4,7 @@
 //! Weights load only from safetensors (no code runs on load).
 
 use crate::bert::{Bert, BertConfig, BertMlmHead, BERT_MODEL_TYPE};
-use crate::gpt::{Gpt, GptConfig};
+use crate::gpt::{Activation, Gpt, GptConfig};
 use crate::lm::LanguageModel;
 use crate::lstm::{LstmConfig, LstmLm, LSTM_MODEL_TYPE};
 use anyhow::{bail, Context};
@@ -18,30 +18,68 @@ pub const WEIGHTS: &str = "model.safetensors";
 pub const CONFIG: &str = "config.json";
 pub const TOKENIZER: &str = "tokenizer.json";
 
-/// `config.json` as Hugging Face's `GPT2Config` reads it.
+/// `config.json` as Hugging Face's `GPT2Config` reads and writes it. Fields that
+/// Hugging Face leaves out take its defaults; other fields are ignored, and the
+/// ones that would change the computation are checked in [`HfGpt2Config::to_gpt`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HfGpt2Config {
     pub model_type: String,
+    #[serde(default)]
     pub architectures: Vec<String>,
     pub vocab_size: i64,
     pub n_positions: i64,
-    pub n_ctx: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_ctx: Option<i64>,
     pub n_embd: i64,
     pub n_layer: i64,
     pub n_head: i64,
+    /// Inner MLP width; `None` means 4 × `n_embd` (the only width forja builds).
+    #[serde(default)]
+    pub n_inner: Option<i64>,
+    #[serde(default = "hf_gpt2_activation")]
     pub activation_function: String,
+    #[serde(default = "hf_gpt2_dropout")]
     pub resid_pdrop: f64,
+    #[serde(default = "hf_gpt2_dropout")]
     pub embd_pdrop: f64,
+    #[serde(default = "hf_gpt2_dropout")]
     pub attn_pdrop: f64,
+    #[serde(default = "hf_gpt2_eps")]
     pub layer_norm_epsilon: f64,
+    #[serde(default = "hf_gpt2_init")]
     pub initializer_range: f64,
+    #[serde(default = "yes")]
     pub tie_word_embeddings: bool,
+    #[serde(default = "yes")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default = "hf_float32", alias = "dtype")]
     pub torch_dtype: String,
     /// `<|endoftext|>` when the tokenizer has it, else null.
     #[serde(default)]
     pub bos_token_id: Option<u32>,
     #[serde(default)]
     pub eos_token_id: Option<u32>,
+}
+
+fn hf_gpt2_activation() -> String {
+    "gelu_new".into()
+}
+fn hf_gpt2_dropout() -> f64 {
+    0.1
+}
+fn hf_gpt2_eps() -> f64 {
+    1e-5
+}
+fn hf_gpt2_init() -> f64 {
+    0.02
+}
+fn yes() -> bool {
+    true
+}
+fn hf_float32() -> String {
+    "float32".into()
 }
 
 impl From<&GptConfig> for HfGpt2Config {
@@ -51,17 +89,20 @@ impl From<&GptConfig> for HfGpt2Config {
             architectures: vec!["GPT2LMHeadModel".into()],
             vocab_size: c.vocab_size,
             n_positions: c.block_size,
-            n_ctx: c.block_size,
+            n_ctx: Some(c.block_size),
             n_embd: c.n_embd,
             n_layer: c.n_layer,
             n_head: c.n_head,
-            activation_function: "gelu".into(),
+            n_inner: None,
+            activation_function: c.activation.hf_name().into(),
             resid_pdrop: c.dropout,
             embd_pdrop: c.dropout,
             attn_pdrop: c.dropout,
             layer_norm_epsilon: c.layer_norm_epsilon,
             initializer_range: 0.02,
             tie_word_embeddings: true,
+            scale_attn_weights: true,
+            scale_attn_by_inverse_layer_idx: false,
             torch_dtype: "float32".into(),
             bos_token_id: None,
             eos_token_id: None,
@@ -74,8 +115,19 @@ impl HfGpt2Config {
         if self.model_type != "gpt2" {
             bail!("model_type `{}` is not supported (expected `gpt2`)", self.model_type);
         }
-        if self.activation_function != "gelu" {
-            bail!("activation_function `{}` is not supported (expected `gelu`)", self.activation_function);
+        let activation = match self.activation_function.as_str() {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluNew,
+            other => bail!("activation_function `{other}` is not supported (gelu, gelu_new)"),
+        };
+        if let Some(inner) = self.n_inner.filter(|&n| n != 4 * self.n_embd) {
+            bail!("n_inner {inner} is not supported (forja's MLP is 4 × n_embd = {})", 4 * self.n_embd);
+        }
+        if !self.tie_word_embeddings {
+            bail!("tie_word_embeddings = false is not supported (forja's GPT ties its head to wte)");
+        }
+        if !self.scale_attn_weights || self.scale_attn_by_inverse_layer_idx {
+            bail!("attention scaling other than 1/sqrt(head_dim) is not supported");
         }
         Ok(GptConfig {
             vocab_size: self.vocab_size,
@@ -85,6 +137,7 @@ impl HfGpt2Config {
             n_embd: self.n_embd,
             dropout: self.resid_pdrop,
             layer_norm_epsilon: self.layer_norm_epsilon,
+            activation,
         })
     }
 }

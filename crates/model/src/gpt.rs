@@ -33,11 +33,52 @@ pub struct GptConfig {
     /// Dropout on embeddings, attention and residual branches.
     pub dropout: f64,
     pub layer_norm_epsilon: f64,
+    /// GELU of the MLP: exact (`gelu`) or the tanh approximation GPT-2 itself
+    /// uses (`gelu_new`, Hugging Face's default for `gpt2`).
+    pub activation: Activation,
+}
+
+/// The MLP's activation, named as Hugging Face's `activation_function`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Exact GELU (erf).
+    #[default]
+    Gelu,
+    /// GELU's tanh approximation (GPT-2's original).
+    GeluNew,
+}
+
+impl Activation {
+    /// Hugging Face's name for it.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Self::Gelu => "gelu",
+            Self::GeluNew => "gelu_new",
+        }
+    }
+
+    /// libtorch's `approximate` argument of `gelu`.
+    fn approximate(self) -> &'static str {
+        match self {
+            Self::Gelu => "none",
+            Self::GeluNew => "tanh",
+        }
+    }
 }
 
 impl Default for GptConfig {
     fn default() -> Self {
-        Self { vocab_size: 0, block_size: 64, n_layer: 4, n_head: 4, n_embd: 128, dropout: 0.0, layer_norm_epsilon: 1e-5 }
+        Self {
+            vocab_size: 0,
+            block_size: 64,
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            dropout: 0.0,
+            layer_norm_epsilon: 1e-5,
+            activation: Activation::Gelu,
+        }
     }
 }
 
@@ -177,6 +218,7 @@ struct Mlp {
     c_fc: Proj,
     c_proj: Proj,
     dropout: f64,
+    activation: Activation,
 }
 
 impl Mlp {
@@ -187,11 +229,12 @@ impl Mlp {
             c_fc: conv1d(&vs / "c_fc", c, 4 * c, 0.02, lora),
             c_proj: conv1d(&vs / "c_proj", 4 * c, c, proj_std, lora),
             dropout: cfg.dropout,
+            activation: cfg.activation,
         }
     }
 
     fn forward(&self, x: &Tensor, f: Fwd) -> Tensor {
-        let h = self.c_fc.forward(x, f).gelu("none"); // [b, t, 4c]
+        let h = self.c_fc.forward(x, f).gelu(self.activation.approximate()); // [b, t, 4c]
         self.c_proj.forward(&h, f).dropout(self.dropout, f.train)
     }
 }

@@ -8,7 +8,16 @@ use rand::SeedableRng;
 use tch::{nn, Device, Kind, Tensor};
 
 fn tiny() -> GptConfig {
-    GptConfig { vocab_size: 11, block_size: 16, n_layer: 2, n_head: 2, n_embd: 8, dropout: 0.0, layer_norm_epsilon: 1e-5 }
+    GptConfig {
+        vocab_size: 11,
+        block_size: 16,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 8,
+        dropout: 0.0,
+        layer_norm_epsilon: 1e-5,
+        ..Default::default()
+    }
 }
 
 fn model(cfg: &GptConfig) -> (nn::VarStore, Gpt) {

@@ -283,6 +283,8 @@ fn gpt_config(s: &Setup) -> anyhow::Result<GptConfig> {
         if model_cfg.vocab_size == 0 {
             model_cfg.vocab_size = init_cfg.vocab_size;
         }
+        // The activation is the init model's (an HF GPT-2 uses `gelu_new`).
+        model_cfg.activation = init_cfg.activation;
         anyhow::ensure!(
             GptConfig { dropout: model_cfg.dropout, ..init_cfg.clone() } == model_cfg,
             "init model {} has config {init_cfg:?}, but this stage asks for {model_cfg:?}",

@@ -289,3 +289,31 @@ fn models_of_the_wrong_kind_or_broken_folders_are_clear_errors() {
     assert!(err.contains("model_type `llama` is not supported"), "{err}");
     assert!(!dir.path().join("o2").exists(), "nothing is written for a refused import");
 }
+
+#[test]
+fn a_gpt2_folder_written_by_transformers_imports_with_the_same_logits() {
+    // Hugging Face's own GPT-2 (defaults: gelu_new, dropout 0.1, no n_ctx), tiny and random.
+    let dir = tempfile::tempdir().unwrap();
+    let hf_dir = dir.path().join("hf-gpt2");
+    let script = format!(
+        "import torch\nfrom transformers import GPT2Config, GPT2LMHeadModel\ntorch.manual_seed(0)\n\
+         cfg = GPT2Config(vocab_size=30, n_positions=16, n_embd=16, n_layer=2, n_head=2)\n\
+         GPT2LMHeadModel(cfg).save_pretrained({:?})\n",
+        hf_dir.display().to_string()
+    );
+    let out = std::process::Command::new(root().join(".venv/bin/python")).args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    char_tok(29).save(&hf_dir.join("tokenizer.json")).unwrap();
+    let imported = dir.path().join("imported");
+    assert_eq!(import_model(&hf_dir, &imported).unwrap(), "gpt2");
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(imported.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["activation_function"], "gelu_new");
+    let loaded = load_model(&imported, Device::Cpu).unwrap();
+    let AnyModel::Gpt(g) = &loaded.model else { panic!("a GPT") };
+    let ids = vec![vec![1i64, 5, 9, 2, 28, 3, 3, 0], vec![4, 4, 4, 7, 8, 1, 2, 29]];
+    let want = tensor(&hf_check("gpt2", &hf_dir, &ids)["logits"]);
+    let got = tch::no_grad(|| g.forward(&ids_tensor(&ids), false, None).unwrap());
+    let d = max_diff(&got, &want);
+    eprintln!("imported HF GPT-2 logits: max |forja - transformers| = {d:e}");
+    assert!(d < 1e-4, "max |forja - transformers| = {d}");
+}
