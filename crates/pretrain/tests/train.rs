@@ -351,3 +351,58 @@ fn bf16_training_lowers_the_loss_with_float32_weights() {
     assert!(v[1] < v[0], "{v:?}");
     assert!(weights(out.path()).iter().all(|(_, t)| t.kind() == tch::Kind::Float), "weights stay float32");
 }
+
+#[test]
+fn lora_only_training_moves_the_adapters_and_leaves_the_base_untouched() {
+    use forja_core::stage::OutDir;
+    use forja_model::checkpoint::write_model_files;
+    use forja_model::{Gpt, LoraConfig};
+    use forja_pretrain::objectives::{CausalLm, ModelWriter, Streams};
+    use forja_train::{Engine, EngineConfig, ParamGroup, RunSpec};
+    let _serial = serial();
+    let data = tempfile::tempdir().unwrap();
+    let inputs = fixture(data.path());
+    let tok = forja_tokenizer::Tokenizer::load(&inputs.tokenizer).unwrap();
+    let cfg = GptConfig { vocab_size: tok.vocab_size() as i64, block_size: 16, n_layer: 2, n_head: 2, n_embd: 32, ..Default::default() };
+    tch::manual_seed(0);
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let lora = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: vec!["c_attn".into(), "c_fc".into()] };
+    let model = Gpt::with_lora(&vs.root(), &cfg, Some(&lora)).unwrap();
+    let base_before: Vec<(String, Tensor)> =
+        vs.variables().into_iter().filter(|(n, _)| !n.contains("lora_")).map(|(n, t)| (n, t.copy())).collect();
+    let groups = ParamGroup::train_only(&vs, |n| n.contains("lora_"), 0.0);
+    let adapters: i64 = model.lora_params().iter().map(|(_, t)| t.numel() as i64).sum();
+    let vars = vs.variables();
+    assert!(!vars["transformer.wte.weight"].requires_grad(), "frozen base weights compute no gradient");
+    assert!(vars["transformer.h.0.attn.c_attn.lora_A.weight"].requires_grad());
+    let stream = || TokenStream::load(&inputs.train, cfg.vocab_size, Device::Cpu).unwrap();
+    let write: ModelWriter = Box::new(|vs, dir| write_model_files(dir, vs, &cfg, &tok));
+    let mut obj = CausalLm {
+        model: &model,
+        data: Streams { train: stream(), val: stream(), batch_size: 8, block: 16, seed: 1 },
+        grad_accum: 1,
+        write,
+    };
+    let ecfg = EngineConfig {
+        optim: OptimConfig { lr: 1e-2, warmup_steps: 0, ..Default::default() },
+        max_steps: 40,
+        eval_interval: 20,
+        eval_iters: 2,
+        checkpoint_interval: 0,
+        ..Default::default()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let ctx = ctx();
+    let mut engine =
+        Engine::new(&ecfg, &mut vs, groups, RunSpec { seed: 1, run_key: "lora".into(), ctx: &ctx, out_dir: out.path() }).unwrap();
+    assert_eq!(engine.trainable_params(), adapters, "only the adapters are trained");
+    let outputs = forja_pretrain::pretrain::engine_outputs(&OutDir::new(out.path()));
+    let s = engine.run(&mut obj, &outputs, &mut |_| ControlFlow::Continue(())).unwrap();
+    let v = val_losses(out.path());
+    assert!(v[1] < v[0], "{v:?}");
+    assert_eq!(s.trainable_params, adapters);
+    for (name, before) in &base_before {
+        assert!(vs.variables()[name].equal(before), "{name} changed");
+    }
+    assert!(model.lora_params().iter().any(|(n, t)| n.ends_with("lora_B.weight") && t.abs().sum(tch::Kind::Float).double_value(&[]) > 0.0));
+}

@@ -80,6 +80,29 @@ impl ParamGroup {
         ]
     }
 
+    /// Trains only the variables of `vs` whose names `train` accepts (LoRA
+    /// adapters, a new head) and freezes the rest (`requires_grad` off, so no
+    /// gradient is even computed for them). Returns the decay split of the
+    /// trained ones.
+    pub fn train_only(vs: &nn::VarStore, train: impl Fn(&str) -> bool, weight_decay: f64) -> Vec<ParamGroup> {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let (mut decay, mut no_decay) = (Vec::new(), Vec::new());
+        for (name, t) in vars {
+            if !train(&name) {
+                let _ = t.set_requires_grad(false);
+            } else if t.dim() >= 2 {
+                decay.push((name, t));
+            } else {
+                no_decay.push((name, t));
+            }
+        }
+        vec![
+            ParamGroup { name: "decay".into(), params: decay, lr_scale: 1.0, weight_decay },
+            ParamGroup { name: "no_decay".into(), params: no_decay, lr_scale: 1.0, weight_decay: 0.0 },
+        ]
+    }
+
     /// Every parameter in one group.
     pub fn all(name: &str, params: Vec<(String, Tensor)>, weight_decay: f64) -> ParamGroup {
         ParamGroup { name: name.into(), params, lr_scale: 1.0, weight_decay }
