@@ -58,8 +58,8 @@ mod pretrain {
         let model = Gpt::new(&vs.root(), &cfg).expect("model");
         let tokenizer = forja_tokenizer::char_tokenizer(std::iter::once("ab"), &[]).expect("tokenizer");
         let write: ModelWriter = Box::new(|vs, dir| write_model_files(dir, vs, &cfg, &tokenizer));
-        let data = Streams { train: stream(), val: stream(), batch_size: 12, block: 64, seed: 0 };
-        let mut obj = CausalLm { model: &model, data, grad_accum: 1, write };
+        let data = Streams { train: stream(), val: stream(), batch_size: 12, block: 64, grad_accum: 1, seed: 0 };
+        let mut obj = CausalLm { model: &model, data, write };
         let ecfg = EngineConfig { optim: OptimConfig { lr: 1e-3, ..Default::default() }, max_steps: u64::MAX, ..Default::default() };
         let groups = ParamGroup::decay_split(&vs, 0.1);
         let ctx = StageCtx { name: "bench".into(), seed: 0, device: "cpu".into(), config_hash: String::new(), code_hash: "" };

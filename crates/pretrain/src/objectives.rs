@@ -22,6 +22,9 @@ pub struct Streams {
     pub val: TokenStream,
     pub batch_size: i64,
     pub block: i64,
+    /// Micro-batches per step (the engine's `grad_accum`): micro-batch
+    /// `(step, micro)` is batch `step × grad_accum + micro` of the stream.
+    pub grad_accum: u64,
     pub seed: u64,
 }
 
@@ -36,8 +39,22 @@ fn eval_stream(split: EvalSplit) -> u64 {
 
 impl Streams {
     /// Micro-batch `micro` of step `step`: a pure function of `(seed, step, micro)`.
-    fn train_batch(&self, step: u64, micro: u64, accum: u64) -> (Tensor, Tensor) {
-        self.train.random_batch(self.batch_size, self.block, self.seed, TRAIN_STREAM, step * accum + micro)
+    fn train_batch(&self, step: u64, micro: u64) -> (Tensor, Tensor) {
+        self.train.random_batch(self.batch_size, self.block, self.seed, TRAIN_STREAM, self.index(step, micro))
+    }
+
+    fn index(&self, step: u64, micro: u64) -> u64 {
+        step * self.grad_accum + micro
+    }
+
+    /// The inputs of micro-batch `(step, micro)` as token rows.
+    fn micro_rows(&self, step: u64, micro: u64) -> anyhow::Result<Vec<TokenRow>> {
+        let (x, _) = self.train_batch(step, micro);
+        self.rows(&x, step)
+    }
+
+    fn tokens_per_micro(&self) -> f64 {
+        (self.batch_size * self.block) as f64
     }
 
     fn eval_batch(&self, split: EvalSplit, i: u64) -> (Tensor, Tensor) {
@@ -59,13 +76,12 @@ impl Streams {
 pub struct CausalLm<'a> {
     pub model: &'a dyn LanguageModel,
     pub data: Streams,
-    pub grad_accum: u64,
     pub write: ModelWriter<'a>,
 }
 
 impl Objective for CausalLm<'_> {
     fn train_loss(&mut self, step: u64, micro: u64) -> anyhow::Result<Tensor> {
-        let (x, y) = self.data.train_batch(step, micro, self.grad_accum);
+        let (x, y) = self.data.train_batch(step, micro);
         self.model.loss(&x, &y, true)
     }
 
@@ -79,12 +95,11 @@ impl Objective for CausalLm<'_> {
     }
 
     fn batch_rows(&self, step: u64, micro: u64) -> anyhow::Result<Vec<TokenRow>> {
-        let (x, _) = self.data.train_batch(step, micro, self.grad_accum);
-        self.data.rows(&x, step)
+        self.data.micro_rows(step, micro)
     }
 
     fn tokens_per_micro(&self) -> f64 {
-        (self.data.batch_size * self.data.block) as f64
+        self.data.tokens_per_micro()
     }
 }
 
@@ -189,7 +204,6 @@ pub struct MaskedLm<'a> {
     pub bert: &'a Bert,
     pub head: &'a BertMlmHead,
     pub data: Streams,
-    pub grad_accum: u64,
     pub cfg: MlmConfig,
     pub tokens: MlmTokens,
     pub write: ModelWriter<'a>,
@@ -234,8 +248,8 @@ const MASK_STREAM: u64 = 10;
 
 impl Objective for MaskedLm<'_> {
     fn train_loss(&mut self, step: u64, micro: u64) -> anyhow::Result<Tensor> {
-        let (x, _) = self.data.train_batch(step, micro, self.grad_accum);
-        let batch = self.masked(&x, MASK_STREAM, step * self.grad_accum + micro)?;
+        let (x, _) = self.data.train_batch(step, micro);
+        let batch = self.masked(&x, MASK_STREAM, self.data.index(step, micro))?;
         Ok(cross_entropy(&self.logits(&batch, true)?, &batch.labels))
     }
 
@@ -253,11 +267,10 @@ impl Objective for MaskedLm<'_> {
     }
 
     fn batch_rows(&self, step: u64, micro: u64) -> anyhow::Result<Vec<TokenRow>> {
-        let (x, _) = self.data.train_batch(step, micro, self.grad_accum);
-        self.data.rows(&x, step)
+        self.data.micro_rows(step, micro)
     }
 
     fn tokens_per_micro(&self) -> f64 {
-        (self.data.batch_size * self.data.block) as f64
+        self.data.tokens_per_micro()
     }
 }

@@ -239,7 +239,7 @@ fn streams(s: &Setup, vocab_size: i64, block: i64) -> anyhow::Result<Streams> {
             bail!("{name} split has {} tokens, fewer than block_size + 1 = {}", stream.len(), block + 1);
         }
     }
-    Ok(Streams { train, val, batch_size: s.cfg.batch_size, block, seed: s.seed })
+    Ok(Streams { train, val, batch_size: s.cfg.batch_size, block, grad_accum: s.cfg.grad_accum, seed: s.seed })
 }
 
 /// Runs the engine over `obj` with the usual parameter groups of `vs`.
@@ -307,7 +307,7 @@ fn train_gpt(s: &Setup, hook: StepHook) -> anyhow::Result<TrainSummary> {
     model.precision = s.cfg.precision;
     load_init(s, &mut vs, &|_| false)?;
     let write: ModelWriter = Box::new(|vs, dir| write_model_files(dir, vs, &model_cfg, &s.tokenizer));
-    let mut obj = CausalLm { model: &model, data, grad_accum: s.cfg.grad_accum, write };
+    let mut obj = CausalLm { model: &model, data, write };
     train(s, &mut vs, &mut obj, hook)
 }
 
@@ -338,7 +338,7 @@ fn train_lstm(s: &Setup, hook: StepHook) -> anyhow::Result<TrainSummary> {
     model.precision = s.cfg.precision;
     load_init(s, &mut vs, &|_| false)?;
     let write: ModelWriter = Box::new(|vs, dir| write_folder(dir, vs, &lstm_cfg, &s.tokenizer));
-    let mut obj = CausalLm { model: &model, data, grad_accum: s.cfg.grad_accum, write };
+    let mut obj = CausalLm { model: &model, data, write };
     train(s, &mut vs, &mut obj, hook)
 }
 
@@ -380,6 +380,6 @@ fn train_bert(s: &Setup, hook: StepHook) -> anyhow::Result<TrainSummary> {
     // An imported encoder (e.g. MiniLM) has no masked-LM head: it starts fresh.
     load_init(s, &mut vs, &|name| name.starts_with("cls."))?;
     let write: ModelWriter = Box::new(|vs, dir| write_folder(dir, vs, &bert_cfg, &s.tokenizer));
-    let mut obj = MaskedLm { bert: &bert, head: &head, data, grad_accum: s.cfg.grad_accum, cfg: s.cfg.mlm.clone(), tokens, write };
+    let mut obj = MaskedLm { bert: &bert, head: &head, data, cfg: s.cfg.mlm.clone(), tokens, write };
     train(s, &mut vs, &mut obj, hook)
 }

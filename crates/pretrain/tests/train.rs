@@ -379,8 +379,7 @@ fn lora_only_training_moves_the_adapters_and_leaves_the_base_untouched() {
     let write: ModelWriter = Box::new(|vs, dir| write_model_files(dir, vs, &cfg, &tok));
     let mut obj = CausalLm {
         model: &model,
-        data: Streams { train: stream(), val: stream(), batch_size: 8, block: 16, seed: 1 },
-        grad_accum: 1,
+        data: Streams { train: stream(), val: stream(), batch_size: 8, block: 16, grad_accum: 1, seed: 1 },
         write,
     };
     let ecfg = EngineConfig {
