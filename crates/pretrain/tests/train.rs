@@ -231,6 +231,49 @@ fn val_losses(dir: &Path) -> Vec<f64> {
     m.iter().filter(|r| r.name == "loss" && r.split == "val").map(|r| r.value).collect()
 }
 
+/// A periodic text ("abcdefghij" repeated) with BERT's special tokens.
+fn periodic_fixture(dir: &Path) -> PretrainInputs {
+    let text = "abcdefghij".repeat(600);
+    let specials = ["[CLS]".to_string(), "[SEP]".to_string(), "[MASK]".to_string()];
+    let tok = char_tokenizer(std::iter::once(text.as_str()), &specials).unwrap();
+    let write = |name: &str| {
+        let path = dir.join(name);
+        TokenRow::write(&path, "tokenize", "t", &[TokenRow { doc_id: name.into(), ids: tok.encode(&text).unwrap() }]).unwrap();
+        path
+    };
+    tok.save(&dir.join("tokenizer.json")).unwrap();
+    PretrainInputs { tokenizer: dir.join("tokenizer.json"), train: write("train.arrow"), val: write("val.arrow"), init: None }
+}
+
+#[test]
+fn a_resumed_masked_lm_run_with_dropout_ends_with_the_weights_of_an_uninterrupted_one() {
+    let _serial = serial();
+    let data = tempfile::tempdir().unwrap();
+    let inputs = periodic_fixture(data.path());
+    let cfg = PretrainConfig {
+        architecture: Architecture::Bert,
+        model: GptConfig { block_size: 16, n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.1, ..Default::default() },
+        batch_size: 4,
+        grad_accum: 2,
+        max_steps: 8,
+        eval_interval: 4,
+        eval_iters: 2,
+        checkpoint_interval: 3,
+        threads: 1,
+        ..Default::default()
+    };
+    let straight = tempfile::tempdir().unwrap();
+    run(&cfg, &inputs, straight.path(), &ctx()).unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let stop_at_5 = &mut |step: u64| if step == 5 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) };
+    assert!(run_with_hook(&cfg, &inputs, crashed.path(), &ctx(), stop_at_5).is_err());
+    let r = run(&cfg, &inputs, crashed.path(), &ctx()).unwrap();
+    assert_eq!(r.resumed_from, Some(3));
+    for ((na, ta), (_, tb)) in weights(straight.path()).iter().zip(&weights(crashed.path())) {
+        assert!(ta.equal(tb), "{na} differs after resume (masks and dropout must come from (seed, step))");
+    }
+}
+
 #[test]
 fn masked_lm_trains_a_bert_that_loads_by_its_model_type() {
     let _serial = serial();
@@ -239,17 +282,7 @@ fn masked_lm_trains_a_bert_that_loads_by_its_model_type() {
     // unigram loss, ln 10 ≈ 2.3, that BERTs from scratch go through: Hugging
     // Face's BertForMaskedLM on the same task leaves it at about the same step).
     let data = tempfile::tempdir().unwrap();
-    let text = "abcdefghij".repeat(600);
-    let specials = ["[CLS]".to_string(), "[SEP]".to_string(), "[MASK]".to_string()];
-    let tok = char_tokenizer(std::iter::once(text.as_str()), &specials).unwrap();
-    let write = |name: &str| {
-        let path = data.path().join(name);
-        TokenRow::write(&path, "tokenize", "t", &[TokenRow { doc_id: name.into(), ids: tok.encode(&text).unwrap() }]).unwrap();
-        path
-    };
-    tok.save(&data.path().join("tokenizer.json")).unwrap();
-    let inputs =
-        PretrainInputs { tokenizer: data.path().join("tokenizer.json"), train: write("train.arrow"), val: write("val.arrow"), init: None };
+    let inputs = periodic_fixture(data.path());
     let cfg = PretrainConfig {
         architecture: Architecture::Bert,
         model: GptConfig { block_size: 24, n_layer: 2, n_head: 2, n_embd: 32, ..Default::default() },
