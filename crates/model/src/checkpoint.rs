@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use forja_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 
 pub const WEIGHTS: &str = "model.safetensors";
@@ -214,48 +214,58 @@ pub fn read_lstm_config(dir: &Path) -> anyhow::Result<LstmConfig> {
     read_json(dir, "LSTM")
 }
 
-/// Copies the tensors of a safetensors file into the variables of `vs`, by
-/// name. A variable found under its name without a leading `bert.` loads too
-/// (HF's `BertModel` files have no prefix, `BertForMaskedLM`'s do). Variables
-/// for which `optional` holds may be absent (new heads, LoRA adapters); any
-/// other missing variable, or a shape mismatch, is an error naming it.
-pub fn load_weights(vs: &mut nn::VarStore, file: &Path, optional: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
-    let tensors: HashMap<String, Tensor> =
-        Tensor::read_safetensors(file).with_context(|| format!("reading weights {}", file.display()))?.into_iter().collect();
-    let _guard = tch::no_grad_guard();
-    let mut missing = Vec::new();
-    for (name, mut var) in vs.variables() {
-        let src = tensors.get(&name).or_else(|| name.strip_prefix("bert.").and_then(|n| tensors.get(n)));
-        match src {
-            Some(t) => {
-                anyhow::ensure!(
-                    t.size() == var.size(),
-                    "{}: tensor `{name}` has shape {:?}, the model expects {:?}",
-                    file.display(),
-                    t.size(),
-                    var.size()
-                );
-                var.copy_(&t.to_kind(var.kind()).to(var.device()));
-            }
-            None if optional(&name) => {}
-            None => missing.push(name),
-        }
-    }
-    if !missing.is_empty() {
-        missing.sort();
-        bail!("{}: lacks {} tensor(s) the model needs: {}", file.display(), missing.len(), missing.join(", "));
-    }
-    Ok(())
+/// The tensors of a `model.safetensors`, read once.
+pub struct Weights {
+    file: PathBuf,
+    tensors: HashMap<String, Tensor>,
 }
 
-/// Whether a safetensors file holds a tensor (under `name` or without `bert.`).
-pub fn has_tensor(file: &Path, name: &str) -> anyhow::Result<bool> {
-    let names: Vec<String> = Tensor::read_safetensors(file)
-        .with_context(|| format!("reading weights {}", file.display()))?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    Ok(names.iter().any(|n| n == name || Some(n.as_str()) == name.strip_prefix("bert.")))
+impl Weights {
+    pub fn read(file: &Path) -> anyhow::Result<Self> {
+        let tensors = Tensor::read_safetensors(file).with_context(|| format!("reading weights {}", file.display()))?.into_iter().collect();
+        Ok(Self { file: file.to_path_buf(), tensors })
+    }
+
+    /// The tensor for variable `name`, found under that name or without a
+    /// leading `bert.` (HF's `BertModel` files have no prefix,
+    /// `BertForMaskedLM`'s do).
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name).or_else(|| name.strip_prefix("bert.").and_then(|n| self.tensors.get(n)))
+    }
+
+    /// Copies the tensors into the variables of `vs`, by name. Variables for
+    /// which `optional` holds may be absent (new heads, LoRA adapters); any other
+    /// missing variable, or a shape mismatch, is an error naming it.
+    pub fn load_into(&self, vs: &mut nn::VarStore, optional: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
+        let _guard = tch::no_grad_guard();
+        let mut missing = Vec::new();
+        for (name, mut var) in vs.variables() {
+            match self.get(&name) {
+                Some(t) => {
+                    anyhow::ensure!(
+                        t.size() == var.size(),
+                        "{}: tensor `{name}` has shape {:?}, the model expects {:?}",
+                        self.file.display(),
+                        t.size(),
+                        var.size()
+                    );
+                    var.copy_(&t.to_kind(var.kind()).to(var.device()));
+                }
+                None if optional(&name) => {}
+                None => missing.push(name),
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort();
+            bail!("{}: lacks {} tensor(s) the model needs: {}", self.file.display(), missing.len(), missing.join(", "));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a safetensors file into the variables of `vs` ([`Weights::load_into`]).
+pub fn load_weights(vs: &mut nn::VarStore, file: &Path, optional: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
+    Weights::read(file)?.load_into(vs, optional)
 }
 
 /// A BERT encoder with its masked-LM head when the checkpoint has one.
@@ -299,16 +309,16 @@ pub struct LoadedModel {
     pub tokenizer: Tokenizer,
 }
 
-/// Builds the model a folder describes (random weights) under `vs`.
-pub fn build_model(dir: &Path, vs: &nn::VarStore) -> anyhow::Result<AnyModel> {
+/// Builds the model a folder describes under `vs` (random weights; a BERT gets
+/// its masked-LM head when `weights` hold one).
+fn build_model(dir: &Path, vs: &nn::VarStore, weights: &Weights) -> anyhow::Result<AnyModel> {
     let root = vs.root();
     Ok(match model_type(dir)?.as_str() {
         "gpt2" => AnyModel::Gpt(Gpt::new(&root, &read_config(dir)?)?),
         BERT_MODEL_TYPE => {
             let cfg = read_bert_config(dir)?;
             let bert = Bert::new(&(&root / "bert"), &cfg, None)?;
-            let has_head = has_tensor(&dir.join(WEIGHTS), "cls.predictions.bias")?;
-            let mlm = has_head.then(|| BertMlmHead::new(&(&root / "cls" / "predictions"), &cfg));
+            let mlm = weights.get("cls.predictions.bias").is_some().then(|| BertMlmHead::new(&(&root / "cls" / "predictions"), &cfg));
             AnyModel::Bert(Box::new(BertModel { bert, mlm }))
         }
         LSTM_MODEL_TYPE => AnyModel::Lstm(LstmLm::new(&root, &read_lstm_config(dir)?)?),
@@ -320,8 +330,9 @@ pub fn build_model(dir: &Path, vs: &nn::VarStore) -> anyhow::Result<AnyModel> {
 pub fn load_model(dir: &Path, device: Device) -> anyhow::Result<LoadedModel> {
     let tokenizer = Tokenizer::load(&dir.join(TOKENIZER))?;
     let mut vs = nn::VarStore::new(device);
-    let model = build_model(dir, &vs)?;
-    load_weights(&mut vs, &dir.join(WEIGHTS), &|_| false)?;
+    let weights = Weights::read(&dir.join(WEIGHTS))?;
+    let model = build_model(dir, &vs, &weights)?;
+    weights.load_into(&mut vs, &|_| false)?;
     Ok(LoadedModel { vs, model, tokenizer })
 }
 
