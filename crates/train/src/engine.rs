@@ -493,18 +493,19 @@ impl<'a> Engine<'a> {
                 Ok(Recovery::Skipped)
             }
             Policy::Rollback => {
-                let keep = (self.state.incidents.clone(), self.state.recoveries + 1, self.state.lr_scale * dcfg.lr_factor);
-                let mut skip = self.state.skip_steps.clone();
-                skip.insert(step);
+                // What the rollback must not undo: incidents, recoveries, the
+                // lowered rate and the batches to skip (a superset of the
+                // checkpoint's, since they only grow).
+                let mut carried = self.state.clone();
+                carried.skip_steps.insert(step);
                 let incident_rows: Vec<MetricRow> = self.metrics.iter().filter(|m| m.name == metric::INCIDENT).cloned().collect();
                 let restored = self.try_resume()?.context("rollback: no checkpoint to roll back to")?;
-                (self.state.incidents, self.state.recoveries, self.state.lr_scale) = keep;
-                self.state.skip_steps.extend(skip);
-                for row in incident_rows {
-                    if !self.metrics.contains(&row) {
-                        self.metrics.push(row);
-                    }
-                }
+                self.state.incidents = carried.incidents;
+                self.state.recoveries = carried.recoveries + 1;
+                self.state.lr_scale = carried.lr_scale * dcfg.lr_factor;
+                self.state.skip_steps = carried.skip_steps;
+                self.metrics.retain(|m| m.name != metric::INCIDENT);
+                self.metrics.extend(incident_rows);
                 say(bar, format!("rolled back to step {restored}; learning rate × {}", self.state.lr_scale));
                 bar.set_position(restored);
                 Ok(Recovery::RolledBack)
