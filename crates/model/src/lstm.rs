@@ -59,12 +59,6 @@ impl LstmLm {
             precision: Precision::F32,
         })
     }
-
-    /// Parameter count.
-    pub fn n_params(&self) -> i64 {
-        let (v, c, l) = (self.cfg.vocab_size, self.cfg.n_embd, self.cfg.n_layer);
-        v * c + l * (2 * 4 * c * c + 2 * 4 * c) + c * v + v
-    }
 }
 
 impl LanguageModel for LstmLm {
@@ -74,9 +68,11 @@ impl LanguageModel for LstmLm {
         let x = self.wte.forward(idx).dropout(self.cfg.dropout, train); // [b, t, c]
         let (h, _) = self.lstm.seq(&x);
         let h = h.dropout(self.cfg.dropout, train); // [b, t, c]
-        let logits = f.cast(&h).matmul(&f.cast(&self.head.ws).tr())
-            + f.cast(self.head.bs.as_ref().unwrap_or(&Tensor::zeros([1], (Kind::Float, h.device()))));
-        Ok(logits.to_kind(Kind::Float)) // [b, t, vocab]
+        let mut logits = f.cast(&h).matmul(&f.cast(&self.head.ws).tr()); // [b, t, vocab]
+        if let Some(bias) = &self.head.bs {
+            logits = logits + f.cast(bias);
+        }
+        Ok(logits.to_kind(Kind::Float))
     }
     fn context(&self) -> i64 {
         self.cfg.block_size
