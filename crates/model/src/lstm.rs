@@ -70,7 +70,7 @@ impl LanguageModel for LstmLm {
         let h = h.dropout(self.cfg.dropout, train); // [b, t, c]
         let mut logits = f.cast(&h).matmul(&f.cast(&self.head.ws).tr()); // [b, t, vocab]
         if let Some(bias) = &self.head.bs {
-            logits = logits + f.cast(bias);
+            logits += f.cast(bias);
         }
         Ok(logits.to_kind(Kind::Float))
     }
