@@ -309,11 +309,14 @@ pub struct LoadedModel {
     pub tokenizer: Tokenizer,
 }
 
+/// The `model_type`s forja builds.
+pub const MODEL_TYPES: [&str; 3] = ["gpt2", BERT_MODEL_TYPE, LSTM_MODEL_TYPE];
+
 /// Builds the model a folder describes under `vs` (random weights; a BERT gets
 /// its masked-LM head when `weights` hold one).
-fn build_model(dir: &Path, vs: &nn::VarStore, weights: &Weights) -> anyhow::Result<AnyModel> {
+fn build_model(dir: &Path, model_type: &str, vs: &nn::VarStore, weights: &Weights) -> anyhow::Result<AnyModel> {
     let root = vs.root();
-    Ok(match model_type(dir)?.as_str() {
+    Ok(match model_type {
         "gpt2" => AnyModel::Gpt(Gpt::new(&root, &read_config(dir)?)?),
         BERT_MODEL_TYPE => {
             let cfg = read_bert_config(dir)?;
@@ -322,7 +325,7 @@ fn build_model(dir: &Path, vs: &nn::VarStore, weights: &Weights) -> anyhow::Resu
             AnyModel::Bert(Box::new(BertModel { bert, mlm }))
         }
         LSTM_MODEL_TYPE => AnyModel::Lstm(LstmLm::new(&root, &read_lstm_config(dir)?)?),
-        other => bail!("{}: model_type `{other}` is not supported (gpt2, bert, {LSTM_MODEL_TYPE})", dir.join(CONFIG).display()),
+        other => bail!("{}: model_type `{other}` is not supported ({})", dir.join(CONFIG).display(), MODEL_TYPES.join(", ")),
     })
 }
 
@@ -330,8 +333,17 @@ fn build_model(dir: &Path, vs: &nn::VarStore, weights: &Weights) -> anyhow::Resu
 pub fn load_model(dir: &Path, device: Device) -> anyhow::Result<LoadedModel> {
     let tokenizer = Tokenizer::load(&dir.join(TOKENIZER))?;
     let mut vs = nn::VarStore::new(device);
+    // config.json first: a folder that is not a model folder, or of another
+    // architecture, is refused by it before any weights are read.
+    let kind = model_type(dir)?;
+    anyhow::ensure!(
+        MODEL_TYPES.contains(&kind.as_str()),
+        "{}: model_type `{kind}` is not supported ({})",
+        dir.join(CONFIG).display(),
+        MODEL_TYPES.join(", ")
+    );
     let weights = Weights::read(&dir.join(WEIGHTS))?;
-    let model = build_model(dir, &vs, &weights)?;
+    let model = build_model(dir, &kind, &vs, &weights)?;
     weights.load_into(&mut vs, &|_| false)?;
     Ok(LoadedModel { vs, model, tokenizer })
 }
