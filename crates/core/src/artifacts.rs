@@ -4,7 +4,10 @@ use crate::ipc::{read_artifact, write_artifact, ArtifactError};
 use crate::schema::{col, ArtifactKind};
 use arrow_array::builder::{ListBuilder, PrimitiveBuilder};
 use arrow_array::types::{ArrowPrimitiveType, Float32Type, UInt32Type};
-use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, ListArray, PrimitiveArray, RecordBatch, StringArray, UInt64Array};
+use arrow_array::{
+    Array, ArrayRef, Float32Array, Float64Array, ListArray, PrimitiveArray, RecordBatch, StringArray, StructArray, UInt64Array,
+};
+use arrow_buffer::OffsetBuffer;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -340,6 +343,68 @@ impl Artifact for Generation {
                 completion: completion[i].clone(),
                 model: model[i].clone(),
                 reward: (!reward.is_null(i)).then(|| reward.value(i)),
+            })
+            .collect())
+    }
+}
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+/// A supervised fine-tuning example: a conversation whose assistant turns are
+/// the targets (a prompt/response pair is a two-message conversation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SftExample {
+    pub id: String,
+    pub messages: Vec<Message>,
+    /// `file:position` it came from.
+    pub source: String,
+}
+
+impl Artifact for SftExample {
+    const KIND: ArtifactKind = ArtifactKind::SftExamples;
+    fn to_batch(rows: &[Self]) -> RecordBatch {
+        let all: Vec<&Message> = rows.iter().flat_map(|r| r.messages.iter()).collect();
+        let structs = StructArray::new(
+            crate::schema::message_fields(),
+            vec![strings(all.iter().map(|m| m.role.as_str())), strings(all.iter().map(|m| m.content.as_str()))],
+            None,
+        );
+        let item = Arc::new(arrow_schema::Field::new("item", arrow_schema::DataType::Struct(crate::schema::message_fields()), false));
+        let offsets = OffsetBuffer::from_lengths(rows.iter().map(|r| r.messages.len()));
+        let messages = ListArray::new(item, offsets, Arc::new(structs), None);
+        batch(
+            Self::KIND,
+            vec![strings(rows.iter().map(|r| r.id.as_str())), Arc::new(messages), strings(rows.iter().map(|r| r.source.as_str()))],
+        )
+    }
+    fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<Self>, ArtifactError> {
+        let id = str_col(path, b, col::ID)?;
+        let source = str_col(path, b, col::SOURCE)?;
+        let list = column::<ListArray>(path, b, col::MESSAGES)?;
+        no_nulls(path, col::MESSAGES, list)?;
+        let bad = |problem: &str| ArtifactError::BadValue { path: path.into(), row: 0, problem: problem.to_string() };
+        let structs = list.values().as_any().downcast_ref::<StructArray>().ok_or_else(|| bad("`messages` items are not structs"))?;
+        let field = |name: &str| {
+            structs
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| bad(&format!("`messages` items lack a string `{name}`")))
+        };
+        let (role, content) = (field(col::ROLE)?, field(col::CONTENT)?);
+        let offsets = list.value_offsets();
+        Ok((0..list.len())
+            .map(|i| SftExample {
+                id: id[i].clone(),
+                messages: (offsets[i] as usize..offsets[i + 1] as usize)
+                    .map(|j| Message { role: role.value(j).to_string(), content: content.value(j).to_string() })
+                    .collect(),
+                source: source[i].clone(),
             })
             .collect())
     }

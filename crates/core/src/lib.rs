@@ -3,7 +3,7 @@
 //! - [`schema`]: the Arrow schema of every artifact, with column-name constants;
 //! - [`ipc`]: atomic Arrow IPC writes and schema-checked reads;
 //! - [`artifacts`]: typed rows (documents, rejects, tokens, metrics, generations)
-//!   and their conversion to and from record batches;
+//!   and sft examples) and their conversion to and from record batches;
 //! - [`hash`] and [`manifest`]: content hashes and the run manifest;
 //! - [`fsutil`]: atomic file and directory writes;
 //! - [`metric`]: metric and split names;
@@ -21,6 +21,6 @@ pub mod plot;
 pub mod schema;
 pub mod stage;
 
-pub use artifacts::{Artifact, Document, EmbeddingRow, Generation, MetricRow, Reject, TokenRow};
+pub use artifacts::{Artifact, Document, EmbeddingRow, Generation, Message, MetricRow, Reject, SftExample, TokenRow};
 pub use ipc::{read_artifact, write_artifact, ArtifactError};
 pub use schema::ArtifactKind;

@@ -22,6 +22,13 @@ pub const INCIDENT: &str = "incident";
 /// Masked-LM accuracy on masked positions.
 pub const MLM_ACCURACY: &str = "mlm_accuracy";
 
+/// Fraction of examples classified correctly.
+pub const ACCURACY: &str = "accuracy";
+/// Unweighted means over classes of precision, recall and F1.
+pub const MACRO_PRECISION: &str = "macro_precision";
+pub const MACRO_RECALL: &str = "macro_recall";
+pub const MACRO_F1: &str = "macro_f1";
+
 /// Split names of metric rows.
 pub mod split {
     pub const TRAIN: &str = "train";

@@ -1,4 +1,5 @@
-//! Minimal SVG line charts (no dependencies), for loss curves in reports.
+//! Minimal SVG charts (no dependencies): line charts for loss curves, heatmaps
+//! for confusion matrices.
 
 use std::fmt::Write;
 
@@ -84,4 +85,72 @@ fn tick(v: f64) -> String {
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A confusion matrix as a heatmap: rows are true classes, columns predicted
+/// ones, each cell shaded by its share of the row (so recall reads off the
+/// diagonal); counts are written in cells when there are few classes.
+pub fn confusion_heatmap(title: &str, labels: &[String], counts: &[Vec<u64>]) -> String {
+    let n = labels.len().max(1) as f64;
+    let cell = (720.0 / n).clamp(6.0, 40.0);
+    let left = 12.0 + 6.5 * labels.iter().map(|l| l.chars().count()).max().unwrap_or(0).min(40) as f64;
+    let top = 40.0 + left; // room for rotated column labels
+    let side = cell * n;
+    let font = (cell * 0.8).clamp(5.0, 12.0);
+    let (w, h) = (left + side + 20.0, top + side + 40.0);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{h:.0}\" font-family=\"sans-serif\" font-size=\"{font:.1}\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{:.1}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
+        w / 2.0,
+        escape(title)
+    );
+    for (i, row) in counts.iter().enumerate() {
+        let total: u64 = row.iter().sum();
+        let y = top + i as f64 * cell;
+        let label: String = labels.get(i).map_or(String::new(), |l| l.chars().take(40).collect());
+        let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>", left - 4.0, y + cell * 0.75, escape(&label));
+        for (j, &c) in row.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            let share = c as f64 / total.max(1) as f64;
+            // White → dark blue on the diagonal, white → red off it.
+            let (r, g, b) = if i == j { (1.0 - share, 1.0 - 0.6 * share, 1.0 - 0.2 * share) } else { (1.0, 1.0 - share, 1.0 - share) };
+            let rgb = |v: f64| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+            let x = left + j as f64 * cell;
+            let _ = writeln!(
+                svg,
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{cell:.1}\" height=\"{cell:.1}\" fill=\"#{:02x}{:02x}{:02x}\"><title>{} → {}: {c}</title></rect>",
+                rgb(r),
+                rgb(g),
+                rgb(b),
+                escape(labels.get(i).map_or("", String::as_str)),
+                escape(labels.get(j).map_or("", String::as_str)),
+            );
+            if cell >= 18.0 {
+                let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{c}</text>", x + cell / 2.0, y + cell * 0.7);
+            }
+        }
+    }
+    for (j, l) in labels.iter().enumerate() {
+        let x = left + j as f64 * cell + cell * 0.75;
+        let label: String = l.chars().take(40).collect();
+        let _ = writeln!(
+            svg,
+            "<text x=\"{x:.1}\" y=\"{:.1}\" transform=\"rotate(-90 {x:.1} {:.1})\">{}</text>",
+            top - 4.0,
+            top - 4.0,
+            escape(&label)
+        );
+    }
+    let _ = writeln!(svg, "<rect x=\"{left:.1}\" y=\"{top:.1}\" width=\"{side:.1}\" height=\"{side:.1}\" fill=\"none\" stroke=\"#888\"/>");
+    let _ = writeln!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"12\">predicted class (columns) · true class (rows)</text>",
+        left + side / 2.0,
+        top + side + 24.0
+    );
+    svg.push_str("</svg>\n");
+    svg
 }

@@ -40,6 +40,14 @@ pub mod col {
     pub const MODEL: &str = "model";
     pub const REWARD: &str = "reward";
     pub const VECTOR: &str = "vector";
+    pub const MESSAGES: &str = "messages";
+    pub const ROLE: &str = "role";
+    pub const CONTENT: &str = "content";
+}
+
+/// The `messages` column of `sft_examples`: `list<struct<role, content>>`.
+pub fn message_fields() -> arrow_schema::Fields {
+    arrow_schema::Fields::from(vec![Field::new(col::ROLE, DataType::Utf8, false), Field::new(col::CONTENT, DataType::Utf8, false)])
 }
 
 /// The kinds of artifact that stages exchange.
@@ -51,6 +59,7 @@ pub enum ArtifactKind {
     Metrics,
     Generations,
     Embeddings,
+    SftExamples,
 }
 
 impl ArtifactKind {
@@ -62,6 +71,7 @@ impl ArtifactKind {
             Self::Metrics => "metrics",
             Self::Generations => "generations",
             Self::Embeddings => "embeddings",
+            Self::SftExamples => "sft_examples",
         }
     }
 
@@ -92,6 +102,12 @@ impl ArtifactKind {
             Self::Embeddings => {
                 vec![utf8(DOC_ID), Field::new(VECTOR, DataType::List(Arc::new(Field::new("item", DataType::Float32, false))), false)]
             }
+            // A conversation: system / user / assistant turns in order.
+            Self::SftExamples => vec![
+                utf8(ID),
+                Field::new(MESSAGES, DataType::List(Arc::new(Field::new("item", DataType::Struct(message_fields()), false))), false),
+                utf8(SOURCE),
+            ],
         }
     }
 

@@ -233,6 +233,11 @@ impl Weights {
         self.tensors.get(name).or_else(|| name.strip_prefix("bert.").and_then(|n| self.tensors.get(n)))
     }
 
+    /// Replaces (or adds) the tensor `name`.
+    pub fn insert(&mut self, name: &str, tensor: Tensor) {
+        self.tensors.insert(name.to_string(), tensor);
+    }
+
     /// Copies the tensors into the variables of `vs`, by name. Variables for
     /// which `optional` holds may be absent (new heads, LoRA adapters); any other
     /// missing variable, or a shape mismatch, is an error naming it.

@@ -140,10 +140,12 @@ impl KvCache {
     }
 }
 
-/// Which keys each query may see, for padded batches.
-struct KeyMask<'a> {
-    /// `[batch, past + seq]` bool: true where the key is a real token.
-    keys: &'a Tensor,
+/// Which keys each query may see, beyond plain causality.
+enum KeyMask<'a> {
+    /// Padded batches: `[batch, past + seq]` bool, true where the key is a real token.
+    Keys(&'a Tensor),
+    /// Packed rows: `[batch, 1, seq, seq]` bool, the whole (causal, block-diagonal) mask.
+    Full(&'a Tensor),
 }
 
 #[derive(Debug)]
@@ -191,12 +193,15 @@ impl Attention {
         }
         let p = if f.train { self.dropout } else { 0.0 };
         let y = match mask {
-            Some(m) => {
+            Some(KeyMask::Full(allowed)) => {
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(allowed.shallow_clone()), p, false, None, false)
+            }
+            Some(KeyMask::Keys(keys)) => {
                 // Causal and key-padding mask; each position also sees itself, so a
                 // padding query never has an empty row (its output is unused).
                 let causal = Tensor::ones([t, past + t], (Kind::Bool, x.device())).tril(past); // [t, past+t]
                 let own = Tensor::eye_m(t, past + t, (Kind::Bool, x.device())).roll([past], [1]);
-                let keys = m.keys.view([b, 1, 1, past + t]);
+                let keys = keys.view([b, 1, 1, past + t]);
                 let allowed = causal.logical_and(&keys).logical_or(&own); // [b, 1, t, past+t]
                 Tensor::scaled_dot_product_attention(&q, &k, &v, Some(allowed), p, false, None, false)
             }
@@ -351,10 +356,30 @@ impl Gpt {
         anyhow::ensure!(positions.size() == [b, t], "positions must be [{b}, {t}], got {:?}", positions.size());
         anyhow::ensure!(key_mask.size() == [b, past + t], "key mask must be [{b}, {}], got {:?}", past + t, key_mask.size());
         let f = self.fwd(false);
-        let mask = KeyMask { keys: key_mask };
+        let mask = KeyMask::Keys(key_mask);
         let mut x = self.wte.forward(idx) + self.wpe.forward(positions); // [b, t, c]
         for (i, block) in self.h.iter().enumerate() {
             x = block.forward(&x, f, Some(&mut cache.layers[i]), Some(&mask));
+        }
+        Ok(layer_norm(&self.ln_f, &x))
+    }
+
+    /// Hidden states of packed rows: several examples per row, `positions`
+    /// `[batch, seq]` restarting at 0 for each, `segments` `[batch, seq]` naming
+    /// the example of each token. A token attends to earlier tokens of its own
+    /// segment only (a causal, block-diagonal mask through SDPA), so examples
+    /// sharing a row never see each other.
+    pub fn hidden_packed(&self, idx: &Tensor, positions: &Tensor, segments: &Tensor, train: bool) -> anyhow::Result<Tensor> {
+        let (b, t) = check_ids(idx, 0, self.cfg.block_size)?;
+        anyhow::ensure!(positions.size() == [b, t], "positions must be [{b}, {t}], got {:?}", positions.size());
+        anyhow::ensure!(segments.size() == [b, t], "segments must be [{b}, {t}], got {:?}", segments.size());
+        let same = segments.unsqueeze(2).eq_tensor(&segments.unsqueeze(1)); // [b, t, t]
+        let causal = Tensor::ones([t, t], (Kind::Bool, idx.device())).tril(0);
+        let allowed = same.logical_and(&causal).unsqueeze(1); // [b, 1, t, t]
+        let f = self.fwd(train);
+        let mut x = (self.wte.forward(idx) + self.wpe.forward(positions)).dropout(self.cfg.dropout, train); // [b, t, c]
+        for block in &self.h {
+            x = block.forward(&x, f, None, Some(&KeyMask::Full(&allowed)));
         }
         Ok(layer_norm(&self.ln_f, &x))
     }

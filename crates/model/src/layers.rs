@@ -216,3 +216,37 @@ pub fn layer_norm(ln: &nn::LayerNorm, x: &Tensor) -> Tensor {
     let x = if x.kind() == Kind::Float { x.shallow_clone() } else { x.to_kind(Kind::Float) };
     ln.forward(&x)
 }
+
+/// Folds LoRA adapters into their base weights, PEFT's `merge_and_unload`: for
+/// every `P.lora_A.weight` / `P.lora_B.weight` pair, `P.weight += scale · B A`
+/// (transposed for Conv1D's `[in, out]` layout); the adapter tensors are
+/// dropped. Other tensors pass through unchanged.
+pub fn merge_lora(named: Vec<(String, Tensor)>, scale: f64, layout: Layout) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let _guard = tch::no_grad_guard();
+    let mut adapters = std::collections::HashMap::new();
+    let mut base = Vec::new();
+    for (name, t) in named {
+        if name.contains(".lora_A.") || name.contains(".lora_B.") {
+            adapters.insert(name, t);
+        } else {
+            base.push((name, t));
+        }
+    }
+    let mut used = 0;
+    for (name, w) in base.iter_mut() {
+        let Some(prefix) = name.strip_suffix(".weight") else { continue };
+        let (a, b) = (adapters.get(&format!("{prefix}.lora_A.weight")), adapters.get(&format!("{prefix}.lora_B.weight")));
+        let (a, b) = match (a, b) {
+            (Some(a), Some(b)) => (a, b),
+            (None, None) => continue,
+            _ => anyhow::bail!("LoRA adapter of `{prefix}` has only one of lora_A / lora_B"),
+        };
+        let delta = b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * scale; // [out, in]
+        let delta = if layout == Layout::InOut { delta.tr() } else { delta };
+        anyhow::ensure!(delta.size() == w.size(), "LoRA adapter of `{prefix}` is {:?}, its weight {:?}", delta.size(), w.size());
+        *w = (w.to_kind(Kind::Float) + delta).to_kind(w.kind());
+        used += 2;
+    }
+    anyhow::ensure!(used == adapters.len(), "{} LoRA tensor(s) have no base weight", adapters.len() - used);
+    Ok(base)
+}

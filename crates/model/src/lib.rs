@@ -2,6 +2,7 @@
 //!
 //! - [`gpt`]: the decoder-only Transformer (GPT-2 layout, HF-compatible names);
 //! - [`bert`]: the encoder (HF `BertModel` names), its masked-LM head, mean pooling;
+//! - [`classifier`]: BERT sequence classifier (`BertForSequenceClassification` layout);
 //! - [`lstm`]: the recurrent language-model baseline;
 //! - [`lm`]: the [`LanguageModel`] trait every causal model implements;
 //! - [`layers`]: projections plain or LoRA, precision, shape checks;
@@ -12,6 +13,7 @@
 
 pub mod bert;
 pub mod checkpoint;
+pub mod classifier;
 pub mod generate;
 pub mod gpt;
 pub mod layers;
@@ -20,8 +22,9 @@ pub mod lstm;
 
 pub use bert::{mean_pool, Bert, BertConfig, BertMlmHead};
 pub use checkpoint::{load_gpt, load_model, parse_device, save_model, AnyModel, LoadedModel};
+pub use classifier::{BertClassifier, ClassifierConfig};
 pub use generate::{generate, generate_batch, Generated, SamplingConfig};
 pub use gpt::{Gpt, GptConfig, KvCache};
-pub use layers::{LoraConfig, Precision};
+pub use layers::{merge_lora, Layout, LoraConfig, Precision};
 pub use lm::LanguageModel;
 pub use lstm::{LstmConfig, LstmLm};

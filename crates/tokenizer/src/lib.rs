@@ -50,6 +50,7 @@ pub const EOT: &str = "<|endoftext|>";
 pub const UNK: &str = "<unk>";
 
 /// A loaded tokenizer (thread-safe; encode from many threads).
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
 }
@@ -95,6 +96,20 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// Adds the special tokens that the vocabulary lacks (never split, never
+    /// merged, ids after the current ones); returns the ids of those added.
+    pub fn add_special_tokens(&mut self, tokens: &[String]) -> Vec<u32> {
+        let new: Vec<AddedToken> =
+            tokens.iter().filter(|t| self.token_to_id(t).is_none()).map(|t| AddedToken::from(t.clone(), true)).collect();
+        self.inner.add_special_tokens(&new);
+        new.iter().filter_map(|t| self.token_to_id(&t.content)).collect()
+    }
+
+    /// Decodes without the special tokens.
+    pub fn decode_text(&self, ids: &[u32]) -> anyhow::Result<String> {
+        self.inner.decode(ids, true).map_err(|e| anyhow!("decoding: {e}"))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

@@ -63,3 +63,60 @@ impl TokenStream {
         self.len > block
     }
 }
+
+/// Mini-batches of a finite example set in shuffled epochs: micro-batch
+/// `(step, micro)` is batch `b` of epoch `e`'s permutation, where `step ×
+/// grad_accum + micro = e × batches_per_epoch + b` — a pure function of
+/// `(seed, step, micro)`, so resumed runs see the same batches.
+#[derive(Debug, Clone)]
+pub struct EpochBatches {
+    pub n: usize,
+    pub batch_size: usize,
+    pub grad_accum: u64,
+    pub seed: u64,
+    /// The permutation of the last epoch asked for.
+    cached: Option<(u64, Vec<usize>)>,
+}
+
+impl EpochBatches {
+    pub fn new(n: usize, batch_size: usize, grad_accum: u64, seed: u64) -> Self {
+        Self { n, batch_size: batch_size.max(1), grad_accum: grad_accum.max(1), seed, cached: None }
+    }
+
+    /// Batches per pass over the examples (the last may be smaller).
+    pub fn per_epoch(&self) -> u64 {
+        self.n.div_ceil(self.batch_size).max(1) as u64
+    }
+
+    fn position(&self, step: u64, micro: u64) -> (u64, usize) {
+        let i = step * self.grad_accum + micro;
+        (i / self.per_epoch(), (i % self.per_epoch()) as usize)
+    }
+
+    fn permutation(&self, epoch: u64) -> Vec<usize> {
+        use rand::seq::SliceRandom;
+        let mut perm: Vec<usize> = (0..self.n).collect();
+        perm.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        perm
+    }
+
+    fn slice(&self, perm: &[usize], b: usize) -> Vec<usize> {
+        perm[(b * self.batch_size).min(perm.len())..((b + 1) * self.batch_size).min(perm.len())].to_vec()
+    }
+
+    /// Example indices of micro-batch `(step, micro)` (the epoch's permutation is cached).
+    pub fn indices(&mut self, step: u64, micro: u64) -> Vec<usize> {
+        let (epoch, b) = self.position(step, micro);
+        if self.cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            self.cached = Some((epoch, self.permutation(epoch)));
+        }
+        let perm = self.cached.as_ref().map(|(_, p)| p.as_slice()).unwrap_or_default();
+        self.slice(perm, b)
+    }
+
+    /// As [`EpochBatches::indices`], without touching the cache.
+    pub fn peek(&self, step: u64, micro: u64) -> Vec<usize> {
+        let (epoch, b) = self.position(step, micro);
+        self.slice(&self.permutation(epoch), b)
+    }
+}
