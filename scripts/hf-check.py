@@ -7,6 +7,8 @@ the Rust tests can compare forja's forward pass with the reference one.
 KIND       gpt2      GPT2LMHeadModel         -> {"logits": [batch][seq][vocab]}
            bert      BertModel (no pooler)   -> {"last_hidden_state": [batch][seq][hidden]}
            bert-mlm  BertForMaskedLM         -> {"logits": [batch][seq][vocab]}
+           bert-cls  BertForSequenceClassification -> {"logits": [batch][labels],
+                     "labels": [the id2label names in class order]}
 MODEL_DIR  folder with config.json and model.safetensors (from_pretrained layout)
 IDS_JSON   JSON list of lists of token ids, every row the same length
 OUT_JSON   where the result goes
@@ -22,7 +24,7 @@ import json
 import os
 import sys
 
-KINDS = ("gpt2", "bert", "bert-mlm")
+KINDS = ("gpt2", "bert", "bert-mlm", "bert-cls")
 
 # Quiet and offline: only our own message (or a real traceback) reaches stderr.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,7 +55,7 @@ def read_ids(path):
 
 def load(kind, model_dir):
     import torch
-    from transformers import BertForMaskedLM, BertModel, GPT2LMHeadModel
+    from transformers import BertForMaskedLM, BertForSequenceClassification, BertModel, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -64,6 +66,8 @@ def load(kind, model_dir):
         cls, extra = GPT2LMHeadModel, {}
     elif kind == "bert":
         cls, extra = BertModel, {"add_pooling_layer": False}
+    elif kind == "bert-cls":
+        cls, extra = BertForSequenceClassification, {}
     else:
         cls, extra = BertForMaskedLM, {}
     model, info = cls.from_pretrained(
@@ -106,6 +110,9 @@ def run(kind, model, ids):
         out = model(input_ids=x, attention_mask=mask, token_type_ids=types)
         if kind == "bert":
             return {"last_hidden_state": out.last_hidden_state.tolist()}
+        if kind == "bert-cls":
+            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            return {"logits": out.logits.tolist(), "labels": labels}
         return {"logits": out.logits.tolist()}
 
 

@@ -1,0 +1,625 @@
+//! The `finetune_classifier` stage: a pretrained BERT encoder (e.g. the imported
+//! all-MiniLM-L6-v2) plus a classification head, fine-tuned fully or with LoRA
+//! on labeled documents, as an [`Objective`] of the training engine; then
+//! scored on the test split (accuracy, macro precision / recall / F1, the
+//! confusion matrix as a picture). The exported folder is a Hugging Face
+//! `BertForSequenceClassification` (adapters merged).
+
+use anyhow::Context;
+use forja_core::artifacts::Artifact;
+use forja_core::metric::{self, split};
+use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::{Document, MetricRow, Reject, TokenRow};
+use forja_model::bert::BertConfig;
+use forja_model::checkpoint::{self, load_weights, CONFIG, TOKENIZER, WEIGHTS};
+use forja_model::classifier::{load_classifier, BertClassifier, ClassifierConfig};
+use forja_model::{merge_lora, parse_device, Layout, LoraConfig, Precision};
+use forja_pretrain::models::encode_for_bert;
+use forja_tokenizer::Tokenizer;
+use forja_train::batches::EpochBatches;
+use forja_train::engine::StepHook;
+use forja_train::{
+    DiagnosisConfig, Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, Objective, OptimConfig, ParamGroup, RunSpec,
+};
+use forja_train::{ThreadsGuard, TrainSummary};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+/// How classes are weighted in the loss.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassWeights {
+    /// Every example counts the same.
+    #[default]
+    None,
+    /// `n / (k · count(c))` (scikit-learn's "balanced"): rare intents weigh more.
+    Balanced,
+}
+
+/// Parameters of `finetune_classifier`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassifierStageConfig {
+    /// The `meta` field of each document holding its label.
+    pub label_field: String,
+    /// Share of each class of the training documents held out for validation
+    /// (stratified).
+    pub val_fraction: f64,
+    /// Tokens per example, `[CLS]` and `[SEP]` included (longer ones are cut).
+    pub max_length: usize,
+    pub batch_size: usize,
+    /// Passes over the training examples (sets `max_steps` when that is 0).
+    pub epochs: f64,
+    pub max_steps: u64,
+    pub grad_accum: u64,
+    pub optim: OptimConfig,
+    /// Validate every this many steps (and at the end).
+    pub eval_interval: u64,
+    pub checkpoint_interval: u64,
+    pub early_stopping_patience: u64,
+    pub log_interval: u64,
+    pub diagnosis: DiagnosisConfig,
+    pub keep_best: bool,
+    /// Dropout of the encoder and the head (the model's own when absent).
+    pub dropout: Option<f64>,
+    /// LoRA adapters on these encoder projections; the head is trained fully.
+    pub lora: Option<LoraConfig>,
+    /// Keep the word-embedding matrix frozen (fewer trained parameters, faster steps).
+    pub freeze_embeddings: bool,
+    pub class_weights: ClassWeights,
+    /// Cross-entropy label smoothing.
+    pub label_smoothing: f64,
+    pub precision: Precision,
+    pub seed: Option<u64>,
+    pub device: Option<String>,
+    pub threads: i32,
+}
+
+impl Default for ClassifierStageConfig {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        Self {
+            label_field: "label".into(),
+            val_fraction: 0.1,
+            max_length: 64,
+            batch_size: 32,
+            epochs: 3.0,
+            max_steps: 0,
+            grad_accum: 1,
+            optim: OptimConfig { lr: 5e-5, min_lr: 0.0, warmup_steps: 0, weight_decay: 0.01, ..e.optim },
+            eval_interval: 100,
+            checkpoint_interval: 100,
+            early_stopping_patience: 0,
+            log_interval: 10,
+            diagnosis: e.diagnosis,
+            keep_best: true,
+            dropout: None,
+            lora: None,
+            freeze_embeddings: false,
+            class_weights: ClassWeights::None,
+            label_smoothing: 0.0,
+            precision: Precision::F32,
+            seed: None,
+            device: None,
+            threads: 0,
+        }
+    }
+}
+
+/// Inputs of `finetune_classifier`.
+#[derive(Debug, Clone)]
+pub struct ClassifierInputs {
+    /// A BERT model folder (imported or forja's).
+    pub model: PathBuf,
+    /// Labeled documents to train on (`documents` artifact, label in `meta`).
+    pub train: PathBuf,
+    /// Labeled documents to score the final model on.
+    pub test: Option<PathBuf>,
+}
+
+pub const MODEL: OutputSpec = OutputSpec { name: "model", path: "model" };
+pub const GRAD_PLOT: OutputSpec = OutputSpec { name: "grad_plot", path: "grad_norms.svg" };
+pub const CONFUSION: OutputSpec = OutputSpec { name: "confusion", path: "confusion.svg" };
+pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
+pub const OUTPUTS: [OutputSpec; 7] = [MODEL, outputs::METRICS, outputs::PLOT, GRAD_PLOT, outputs::REPORT, CONFUSION, REJECTS];
+
+/// One tokenised, labeled example.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub ids: Vec<i64>,
+    pub label: i64,
+}
+
+/// A labeled document as read.
+struct LabeledDoc {
+    text: String,
+    label: String,
+}
+
+/// The label of `doc` from its `meta` JSON, or why there is none.
+fn label_of(doc: &Document, field: &str) -> Result<String, String> {
+    let meta: serde_json::Value = serde_json::from_str(&doc.meta).map_err(|e| format!("meta is not JSON: {e}"))?;
+    match meta.get(field) {
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+        Some(other) => Err(format!("label field `{field}` is empty or not a string/number: {other}")),
+        None => Err(format!("no label field `{field}` in meta")),
+    }
+}
+
+/// Reads labeled documents; documents without a label go to `rejects`.
+fn read_labeled(path: &Path, field: &str, rejects: &mut Vec<Reject>) -> anyhow::Result<Vec<LabeledDoc>> {
+    let docs = Document::read(path)?;
+    let mut out = Vec::with_capacity(docs.len());
+    for (i, d) in docs.iter().enumerate() {
+        match label_of(d, field) {
+            Ok(label) => out.push(LabeledDoc { text: d.text.clone(), label }),
+            Err(reason) => rejects.push(Reject::new(&format!("{} ({})", path.display(), d.source), i as u64 + 1, reason, &d.text)),
+        }
+    }
+    Ok(out)
+}
+
+/// Holds out `fraction` of each class (at least one example of every class
+/// with two or more), deterministically from `seed`. Returns (train, val).
+pub fn stratified_split(labels: &[i64], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut by_class: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for (i, &l) in labels.iter().enumerate() {
+        by_class.entry(l).or_default().push(i);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (_, mut idx) in by_class {
+        idx.shuffle(&mut rng);
+        let n_val =
+            if fraction > 0.0 && idx.len() >= 2 { ((idx.len() as f64 * fraction).round() as usize).clamp(1, idx.len() - 1) } else { 0 };
+        val.extend_from_slice(&idx[..n_val]);
+        train.extend_from_slice(&idx[n_val..]);
+    }
+    train.sort_unstable();
+    val.sort_unstable();
+    (train, val)
+}
+
+/// Class weights `n / (k · count)` over `examples` (classes never seen weigh 1).
+pub fn balanced_weights(examples: &[Example], n_classes: usize) -> Vec<f64> {
+    let mut counts = vec![0usize; n_classes];
+    for e in examples {
+        counts[e.label as usize] += 1;
+    }
+    let n = examples.len() as f64;
+    counts.iter().map(|&c| if c == 0 { 1.0 } else { n / (n_classes as f64 * c as f64) }).collect()
+}
+
+/// Writes a classifier folder: weights (adapters merged), `config.json`, `tokenizer.json`.
+fn write_classifier(
+    dir: &Path,
+    vs: &nn::VarStore,
+    cfg: &ClassifierConfig,
+    lora: Option<&LoraConfig>,
+    tok: &Tokenizer,
+) -> anyhow::Result<()> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(l) = lora {
+        named = merge_lora(named, l.alpha / l.rank as f64, Layout::OutIn)?;
+    }
+    let weights = dir.join(WEIGHTS);
+    Tensor::write_safetensors(&named, &weights).with_context(|| format!("writing {}", weights.display()))?;
+    std::fs::write(dir.join(CONFIG), serde_json::to_string_pretty(cfg)?)?;
+    tok.save(&dir.join(TOKENIZER))
+}
+
+/// Padded `[b, t]` ids and mask and `[b]` labels of `rows`.
+fn collate(rows: &[&Example], pad: i64, device: Device) -> (Tensor, Tensor, Tensor) {
+    let width = rows.iter().map(|e| e.ids.len()).max().unwrap_or(1);
+    let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * width), Vec::with_capacity(rows.len() * width));
+    for e in rows {
+        ids.extend(e.ids.iter().copied().chain(std::iter::repeat_n(pad, width - e.ids.len())));
+        mask.extend(std::iter::repeat_n(1i64, e.ids.len()).chain(std::iter::repeat_n(0, width - e.ids.len())));
+    }
+    let b = rows.len() as i64;
+    let labels: Vec<i64> = rows.iter().map(|e| e.label).collect();
+    (
+        Tensor::from_slice(&ids).view([b, -1]).to(device),
+        Tensor::from_slice(&mask).view([b, -1]).to(device),
+        Tensor::from_slice(&labels).to(device),
+    )
+}
+
+/// The classification objective: shuffled epochs of the training examples.
+pub struct Classify<'a> {
+    pub model: &'a BertClassifier,
+    pub train: Vec<Example>,
+    pub val: Vec<Example>,
+    pub batches: EpochBatches,
+    pub pad: i64,
+    pub weights: Option<Tensor>,
+    pub label_smoothing: f64,
+    pub write: forja_pretrain::objectives::ModelWriter<'a>,
+}
+
+impl Classify<'_> {
+    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+        logits.cross_entropy_loss(labels, self.weights.as_ref(), tch::Reduction::Mean, -100, self.label_smoothing)
+    }
+
+    fn fixed_batch(&self, split: EvalSplit, i: u64) -> Vec<&Example> {
+        let data = if split == EvalSplit::Val { &self.val } else { &self.train };
+        let bs = self.batches.batch_size;
+        let start = (i as usize * bs) % data.len().max(1);
+        data[start..(start + bs).min(data.len())].iter().collect()
+    }
+
+    /// Validation batches that cover the validation examples once.
+    pub fn val_batches(&self) -> u64 {
+        self.val.len().div_ceil(self.batches.batch_size).max(1) as u64
+    }
+
+    fn device(&self) -> Device {
+        self.model.bert.word_embeddings.ws.device()
+    }
+}
+
+impl Objective for Classify<'_> {
+    fn train_loss(&mut self, step: u64, micro: u64) -> anyhow::Result<Tensor> {
+        let rows: Vec<&Example> = self.batches.indices(step, micro).into_iter().map(|i| &self.train[i]).collect();
+        let (ids, mask, labels) = collate(&rows, self.pad, self.device());
+        let logits = self.model.forward(&ids, &mask, true)?;
+        Ok(self.loss(&logits, &labels))
+    }
+
+    fn eval_batch(&mut self, split: EvalSplit, i: u64) -> anyhow::Result<EvalScore> {
+        let rows = self.fixed_batch(split, i);
+        anyhow::ensure!(!rows.is_empty(), "no {} examples to evaluate", split.name());
+        let (ids, mask, labels) = collate(&rows, self.pad, self.device());
+        let logits = self.model.forward(&ids, &mask, false)?;
+        let loss = self.loss(&logits, &labels).double_value(&[]);
+        let acc = logits.argmax(-1, false).eq_tensor(&labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        Ok(EvalScore { loss, metrics: vec![(metric::ACCURACY, acc)] })
+    }
+
+    fn has_val(&self) -> bool {
+        !self.val.is_empty()
+    }
+
+    fn write_model(&self, vs: &nn::VarStore, dir: &Path) -> anyhow::Result<()> {
+        (self.write)(vs, dir)
+    }
+
+    fn batch_rows(&self, step: u64, micro: u64) -> anyhow::Result<Vec<TokenRow>> {
+        Ok(self
+            .batches
+            .peek(step, micro)
+            .into_iter()
+            .map(|i| TokenRow { doc_id: format!("train{i}"), ids: self.train[i].ids.iter().map(|&t| t as u32).collect() })
+            .collect())
+    }
+
+    fn tokens_per_micro(&self) -> f64 {
+        let mean = self.train.iter().map(|e| e.ids.len()).sum::<usize>() as f64 / self.train.len().max(1) as f64;
+        mean * self.batches.batch_size as f64
+    }
+}
+
+/// Scores of a classifier on labeled examples.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassScores {
+    pub accuracy: f64,
+    pub macro_precision: f64,
+    pub macro_recall: f64,
+    pub macro_f1: f64,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<u64>>,
+    pub per_class: Vec<ClassScore>,
+}
+
+/// One class's scores.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ClassScore {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// Examples of the class.
+    pub support: u64,
+}
+
+/// Accuracy, macro precision / recall / F1 and the confusion matrix of
+/// `(true, predicted)` pairs over `n` classes (a class never predicted has
+/// precision 0, as scikit-learn's `zero_division=0`).
+pub fn score(pairs: &[(usize, usize)], n: usize) -> ClassScores {
+    let mut confusion = vec![vec![0u64; n]; n];
+    for &(t, p) in pairs {
+        confusion[t][p] += 1;
+    }
+    let correct: u64 = (0..n).map(|c| confusion[c][c]).sum();
+    let per_class: Vec<ClassScore> = (0..n)
+        .map(|c| {
+            let tp = confusion[c][c] as f64;
+            let predicted: u64 = (0..n).map(|r| confusion[r][c]).sum();
+            let support: u64 = confusion[c].iter().sum();
+            let p = if predicted == 0 { 0.0 } else { tp / predicted as f64 };
+            let r = if support == 0 { 0.0 } else { tp / support as f64 };
+            let f1 = if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) };
+            ClassScore { precision: p, recall: r, f1, support }
+        })
+        .collect();
+    // Macro averages over the classes present in the data (scikit-learn's labels=None).
+    let present: Vec<&ClassScore> = per_class.iter().filter(|c| c.support > 0).collect();
+    let mean = |f: fn(&ClassScore) -> f64| present.iter().map(|c| f(c)).sum::<f64>() / present.len().max(1) as f64;
+    ClassScores {
+        accuracy: correct as f64 / pairs.len().max(1) as f64,
+        macro_precision: mean(|c| c.precision),
+        macro_recall: mean(|c| c.recall),
+        macro_f1: mean(|c| c.f1),
+        confusion,
+        per_class,
+    }
+}
+
+/// Predicted class of each example (batched, sorted by length).
+pub fn predict(model: &BertClassifier, examples: &[Example], batch_size: usize, pad: i64) -> anyhow::Result<Vec<usize>> {
+    let _guard = tch::no_grad_guard();
+    let device = model.bert.word_embeddings.ws.device();
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].ids.len());
+    let mut out = vec![0usize; examples.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let rows: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
+        let (ids, mask, _) = collate(&rows, pad, device);
+        let pred: Vec<i64> = Vec::<i64>::try_from(&model.forward(&ids, &mask, false)?.argmax(-1, false).to(Device::Cpu))?;
+        for (&i, p) in chunk.iter().zip(pred) {
+            out[i] = p as usize;
+        }
+    }
+    Ok(out)
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassifierSummary {
+    pub train: TrainSummary,
+    pub test: Option<ClassScores>,
+    pub labels: Vec<String>,
+    pub wall_s: f64,
+}
+
+/// Trains and scores; writes every output of the stage under `out`.
+pub fn run(cfg: &ClassifierStageConfig, inputs: &ClassifierInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<ClassifierSummary> {
+    run_with_hook(cfg, inputs, out, ctx, &mut |_| std::ops::ControlFlow::Continue(()))
+}
+
+/// [`run`] with a hook after every step (tests stop a run there, as a crash would).
+pub fn run_with_hook(
+    cfg: &ClassifierStageConfig,
+    inputs: &ClassifierInputs,
+    out: &OutDir,
+    ctx: &StageCtx,
+    hook: StepHook,
+) -> anyhow::Result<ClassifierSummary> {
+    let started = std::time::Instant::now();
+    anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
+    anyhow::ensure!((0.0..1.0).contains(&cfg.val_fraction), "val_fraction must be in [0, 1), got {}", cfg.val_fraction);
+    anyhow::ensure!(cfg.max_length >= 2, "max_length must be at least 2 ([CLS] and [SEP])");
+    let seed = cfg.seed.unwrap_or(ctx.seed);
+    let device_name = cfg.device.clone().unwrap_or_else(|| ctx.device.clone());
+    let device = parse_device(&device_name)?;
+    let _threads = ThreadsGuard::set(cfg.threads);
+    let found = checkpoint::model_type(&inputs.model)?;
+    anyhow::ensure!(found == "bert", "finetune_classifier needs a BERT encoder; {} is `{found}`", inputs.model.display());
+    let mut bert_cfg: BertConfig = checkpoint::read_bert_config(&inputs.model)?;
+    if let Some(p) = cfg.dropout {
+        anyhow::ensure!((0.0..1.0).contains(&p), "dropout must be in [0, 1), got {p}");
+        (bert_cfg.hidden_dropout_prob, bert_cfg.attention_probs_dropout_prob) = (p, p);
+    }
+    let tokenizer = Tokenizer::load(&inputs.model.join(TOKENIZER))?;
+
+    // Labeled data: labels are the training set's, sorted.
+    let mut rejects = Vec::new();
+    let train_docs = read_labeled(&inputs.train, &cfg.label_field, &mut rejects)?;
+    let labels: Vec<String> = train_docs.iter().map(|d| d.label.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    anyhow::ensure!(
+        labels.len() >= 2,
+        "{}: needs at least 2 labels in `{}`, found {}",
+        inputs.train.display(),
+        cfg.label_field,
+        labels.len()
+    );
+    let index: BTreeMap<&str, i64> = labels.iter().enumerate().map(|(i, l)| (l.as_str(), i as i64)).collect();
+    let max_len = cfg.max_length.min(bert_cfg.max_position_embeddings as usize);
+    let encode = |d: &LabeledDoc, label: i64| -> anyhow::Result<Example> {
+        Ok(Example { ids: encode_for_bert(&tokenizer, &d.text, max_len)?.into_iter().map(i64::from).collect(), label })
+    };
+    let all: Vec<Example> = train_docs.iter().map(|d| encode(d, index[d.label.as_str()])).collect::<anyhow::Result<_>>()?;
+    let (train_idx, val_idx) = stratified_split(&all.iter().map(|e| e.label).collect::<Vec<_>>(), cfg.val_fraction, seed);
+    let train: Vec<Example> = train_idx.iter().map(|&i| all[i].clone()).collect();
+    let val: Vec<Example> = val_idx.iter().map(|&i| all[i].clone()).collect();
+    let test = match &inputs.test {
+        Some(path) => {
+            let mut test = Vec::new();
+            for (i, d) in read_labeled(path, &cfg.label_field, &mut rejects)?.into_iter().enumerate() {
+                match index.get(d.label.as_str()) {
+                    Some(&l) => test.push(encode(&d, l)?),
+                    None => rejects.push(Reject::new(
+                        &path.display().to_string(),
+                        i as u64 + 1,
+                        format!("label `{}` does not occur in the training documents", d.label),
+                        &d.text,
+                    )),
+                }
+            }
+            Some(test)
+        }
+        None => None,
+    };
+    Reject::write(&out.path(&REJECTS), &ctx.name, &ctx.config_hash, &rejects)?;
+
+    // Model: encoder (and pooler) from the folder, a fresh head.
+    let clf_cfg = ClassifierConfig::new(&bert_cfg, &labels);
+    tch::manual_seed(seed as i64);
+    let mut vs = nn::VarStore::new(device);
+    let mut model = BertClassifier::new(&vs.root(), &clf_cfg, cfg.lora.as_ref())?;
+    model.bert.precision = cfg.precision;
+    load_weights(&mut vs, &inputs.model.join(WEIGHTS), &|n| {
+        n.starts_with("classifier.") || n.starts_with("bert.pooler.") || n.contains(".lora_")
+    })
+    .with_context(|| format!("initialising from {}", inputs.model.display()))?;
+    let groups = param_groups(cfg, &vs);
+
+    let steps_per_epoch = train.len().div_ceil(cfg.batch_size * cfg.grad_accum.max(1) as usize) as u64;
+    let max_steps = if cfg.max_steps > 0 { cfg.max_steps } else { ((cfg.epochs * steps_per_epoch as f64).ceil() as u64).max(1) };
+    let write: forja_pretrain::objectives::ModelWriter =
+        Box::new(|vs, dir| write_classifier(dir, vs, &clf_cfg, cfg.lora.as_ref(), &tokenizer));
+    let pad = bert_cfg.pad_token_id;
+    let weights = match cfg.class_weights {
+        ClassWeights::None => None,
+        ClassWeights::Balanced => Some(balanced_weights(&train, labels.len())),
+    };
+    let mut obj = Classify {
+        model: &model,
+        batches: EpochBatches::new(train.len(), cfg.batch_size, cfg.grad_accum, seed),
+        train,
+        val,
+        pad,
+        weights: weights.as_ref().map(|w| Tensor::from_slice(w).to_kind(Kind::Float).to(device)),
+        label_smoothing: cfg.label_smoothing,
+        write,
+    };
+    let engine_cfg = EngineConfig {
+        optim: cfg.optim.clone(),
+        grad_accum: cfg.grad_accum,
+        max_steps,
+        eval_interval: cfg.eval_interval,
+        eval_iters: obj.val_batches(),
+        checkpoint_interval: cfg.checkpoint_interval,
+        early_stopping_patience: cfg.early_stopping_patience,
+        log_interval: cfg.log_interval,
+        diagnosis: cfg.diagnosis.clone(),
+        keep_best: cfg.keep_best,
+    };
+    let run_key = run_key(cfg, inputs, seed, &device_name, ctx)?;
+    let spec = RunSpec { seed, run_key, ctx, out_dir: out.dir() };
+    let outputs = EngineOutputs {
+        model: out.path(&MODEL),
+        metrics: out.path(&outputs::METRICS),
+        plot: out.path(&outputs::PLOT),
+        grad_plot: out.path(&GRAD_PLOT),
+        report: out.path(&outputs::REPORT),
+    };
+    println!(
+        "{}: {} labels, {} train / {} val / {} test examples, {max_steps} steps ({steps_per_epoch} per epoch)",
+        ctx.name,
+        labels.len(),
+        obj.train.len(),
+        obj.val.len(),
+        test.as_ref().map_or(0, Vec::len)
+    );
+    let train_summary = Engine::new(&engine_cfg, &mut vs, groups, spec)?.run(&mut obj, &outputs, hook)?;
+    drop(obj);
+
+    // The exported model (best weights) on the test split.
+    let test_scores = match &test {
+        Some(test) if !test.is_empty() => {
+            let loaded = load_classifier(&outputs.model, device)?;
+            let pred = predict(&loaded.model, test, cfg.batch_size.max(64), pad)?;
+            let pairs: Vec<(usize, usize)> = test.iter().zip(pred).map(|(e, p)| (e.label as usize, p)).collect();
+            Some(score(&pairs, labels.len()))
+        }
+        _ => None,
+    };
+    let wall_s = started.elapsed().as_secs_f64();
+    finish_outputs(out, ctx, &outputs, &labels, &train_summary, test_scores.as_ref(), weights.is_some(), wall_s)?;
+    if let Some(s) = &test_scores {
+        println!(
+            "{}: test accuracy {:.4}, macro F1 {:.4} ({} examples), {:.0} s",
+            ctx.name,
+            s.accuracy,
+            s.macro_f1,
+            test.as_ref().map_or(0, Vec::len),
+            wall_s
+        );
+    }
+    Ok(ClassifierSummary { train: train_summary, test: test_scores, labels, wall_s })
+}
+
+/// Which parameters train: LoRA adapters and the head (LoRA), everything but
+/// the word embeddings (`freeze_embeddings`), or everything.
+fn param_groups(cfg: &ClassifierStageConfig, vs: &nn::VarStore) -> Vec<ParamGroup> {
+    let wd = cfg.optim.weight_decay;
+    let head = |n: &str| n.starts_with("classifier.") || n.starts_with("bert.pooler.");
+    if cfg.lora.is_some() {
+        ParamGroup::train_only(vs, |n| n.contains(".lora_") || head(n), wd)
+    } else if cfg.freeze_embeddings {
+        ParamGroup::train_only(vs, |n| !n.starts_with("bert.embeddings.word_embeddings"), wd)
+    } else {
+        ParamGroup::decay_split(vs, wd)
+    }
+}
+
+fn run_key(cfg: &ClassifierStageConfig, inputs: &ClassifierInputs, seed: u64, device: &str, ctx: &StageCtx) -> anyhow::Result<String> {
+    let hash = |p: &Path| forja_core::hash::hash_path(p).with_context(|| format!("hashing {}", p.display()));
+    let key = serde_json::json!({
+        "cfg": cfg,
+        "seed": seed,
+        "device": device,
+        "threads": tch::get_num_threads(),
+        "model": hash(&inputs.model)?,
+        "train": hash(&inputs.train)?,
+        "test": inputs.test.as_deref().map(hash).transpose()?,
+        "code": ctx.code_hash,
+    });
+    Ok(forja_core::hash::hash_json(&key))
+}
+
+/// Adds the test scores to `metrics.arrow` and `report.md`; draws the confusion matrix.
+#[allow(clippy::too_many_arguments)]
+fn finish_outputs(
+    out: &OutDir,
+    ctx: &StageCtx,
+    outputs: &EngineOutputs,
+    labels: &[String],
+    train: &TrainSummary,
+    test: Option<&ClassScores>,
+    weighted: bool,
+    wall_s: f64,
+) -> anyhow::Result<()> {
+    let confusion = out.path(&CONFUSION);
+    let mut report = std::fs::read_to_string(&outputs.report).unwrap_or_default();
+    report += &format!("\n## Classifier\n\nLabels: {}. Class-weighted loss: {weighted}. Wall time {wall_s:.0} s.\n\n", labels.len());
+    let Some(s) = test else {
+        let empty = vec![vec![0u64; labels.len()]; labels.len()];
+        forja_core::fsutil::atomic_write(&confusion, forja_core::plot::confusion_heatmap("no test split", labels, &empty).as_bytes())?;
+        report += "No test split was given.\n";
+        forja_core::fsutil::atomic_write(&outputs.report, report.as_bytes())?;
+        return Ok(());
+    };
+    let mut metrics = MetricRow::read(&outputs.metrics)?;
+    for (name, v) in [
+        (metric::ACCURACY, s.accuracy),
+        (metric::MACRO_PRECISION, s.macro_precision),
+        (metric::MACRO_RECALL, s.macro_recall),
+        (metric::MACRO_F1, s.macro_f1),
+    ] {
+        metrics.push(MetricRow::new(&ctx.name, train.steps, name, v, split::TEST));
+    }
+    MetricRow::write(&outputs.metrics, &ctx.name, &ctx.config_hash, &metrics)?;
+    let title = format!("{}: test confusion matrix (accuracy {:.2}%)", ctx.name, 100.0 * s.accuracy);
+    forja_core::fsutil::atomic_write(&confusion, forja_core::plot::confusion_heatmap(&title, labels, &s.confusion).as_bytes())?;
+    report += &format!(
+        "### Test split\n\n| metric | value |\n|---|---|\n| accuracy | {:.4} |\n| macro precision | {:.4} |\n| macro recall | {:.4} |\n| macro F1 | {:.4} |\n\n![confusion matrix]({})\n\n",
+        s.accuracy, s.macro_precision, s.macro_recall, s.macro_f1, CONFUSION.path
+    );
+    let mut worst: Vec<(usize, &ClassScore)> = s.per_class.iter().enumerate().filter(|(_, c)| c.support > 0).collect();
+    worst.sort_by(|a, b| a.1.f1.total_cmp(&b.1.f1));
+    report += "Weakest classes:\n\n| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n";
+    for (c, k) in worst.into_iter().take(10) {
+        report += &format!("| {} | {:.3} | {:.3} | {:.3} | {} |\n", labels[c], k.precision, k.recall, k.f1, k.support);
+    }
+    forja_core::fsutil::atomic_write(&outputs.report, report.as_bytes())?;
+    Ok(())
+}

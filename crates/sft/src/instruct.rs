@@ -1,0 +1,582 @@
+//! The `sft` stage: instruction tuning of a GPT on conversations, as an
+//! [`Objective`] of the training engine.
+//!
+//! - The chat template (the model's own, a given one, or ChatML) renders each
+//!   conversation; its special tokens are added to the tokenizer and the
+//!   embedding matrix (new rows start at the mean embedding).
+//! - The loss covers assistant tokens only.
+//! - Packing: several examples share a row of `block_size` tokens; positions
+//!   restart at each example and attention is block-diagonal (SDPA with a
+//!   causal mask per segment), so no example sees another. Without packing
+//!   each example is its own row, padded to the longest of its batch.
+//! - LoRA: adapters on the chosen projections, the base frozen, only adapters
+//!   in AdamW; the adapters are also written alone in the PEFT layout, and the
+//!   exported model has them merged.
+//!
+//! The exported folder keeps the template (`tokenizer_config.json`) and names
+//! the end-of-turn token as `eos_token_id`, so generation stops after a turn.
+
+use crate::chat::{self, respond, ChatConfig, ChatTemplate, Encoded, IM_END, IM_START};
+use crate::peft;
+use anyhow::Context;
+use forja_core::artifacts::Artifact;
+use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::{Generation, Message, Reject, SftExample, TokenRow};
+use forja_model::checkpoint::{self, HfGpt2Config, Weights, CONFIG, TOKENIZER, WEIGHTS};
+use forja_model::lm::cross_entropy;
+use forja_model::{load_gpt, merge_lora, parse_device, Gpt, GptConfig, Layout, LoraConfig, Precision};
+use forja_tokenizer::Tokenizer;
+use forja_train::batches::EpochBatches;
+use forja_train::engine::StepHook;
+use forja_train::{
+    DiagnosisConfig, Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, Objective, OptimConfig, ParamGroup, RunSpec,
+};
+use forja_train::{ThreadsGuard, TrainSummary};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+/// Parameters of `sft`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftConfig {
+    /// Jinja chat template; when absent, the model folder's own, else ChatML.
+    pub template: Option<String>,
+    /// The token that ends an assistant turn (with `template`).
+    pub end_of_turn: Option<String>,
+    /// Special tokens added to the tokenizer and embeddings when missing.
+    pub add_tokens: Vec<String>,
+    /// Longest conversation in tokens (0: the model's context + 1); longer ones are rejected.
+    pub max_length: usize,
+    /// Pack several examples per row (true) or pad each to its batch's longest.
+    pub packing: bool,
+    /// Rows per micro-batch.
+    pub batch_size: usize,
+    /// Passes over the training rows (sets `max_steps` when that is 0).
+    pub epochs: f64,
+    pub max_steps: u64,
+    pub grad_accum: u64,
+    pub optim: OptimConfig,
+    pub eval_interval: u64,
+    /// Validation batches per estimate (0: all of them).
+    pub eval_iters: u64,
+    pub checkpoint_interval: u64,
+    pub early_stopping_patience: u64,
+    pub log_interval: u64,
+    pub diagnosis: DiagnosisConfig,
+    pub keep_best: bool,
+    /// Dropout during fine-tuning (the model's own when absent).
+    pub dropout: Option<f64>,
+    pub lora: Option<LoraConfig>,
+    /// Held-out conversations answered in the report (from `prompts`, else `val`).
+    pub samples: usize,
+    /// How sample answers are generated.
+    pub chat: ChatConfig,
+    pub precision: Precision,
+    pub seed: Option<u64>,
+    pub device: Option<String>,
+    pub threads: i32,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        Self {
+            template: None,
+            end_of_turn: None,
+            add_tokens: vec![IM_START.into(), IM_END.into()],
+            max_length: 0,
+            packing: true,
+            batch_size: 8,
+            epochs: 1.0,
+            max_steps: 0,
+            grad_accum: 1,
+            optim: OptimConfig { lr: 1e-4, min_lr: 1e-5, warmup_steps: 20, weight_decay: 0.0, ..e.optim },
+            eval_interval: 100,
+            eval_iters: 0,
+            checkpoint_interval: 100,
+            early_stopping_patience: 0,
+            log_interval: 10,
+            diagnosis: e.diagnosis,
+            keep_best: true,
+            dropout: None,
+            lora: None,
+            samples: 5,
+            chat: ChatConfig::default(),
+            precision: Precision::F32,
+            seed: None,
+            device: None,
+            threads: 0,
+        }
+    }
+}
+
+/// Inputs of `sft`.
+#[derive(Debug, Clone)]
+pub struct SftInputs {
+    /// The GPT model folder to fine-tune.
+    pub model: PathBuf,
+    pub train: PathBuf,
+    pub val: Option<PathBuf>,
+    /// Held-out conversations to answer in the report (never trained on).
+    pub prompts: Option<PathBuf>,
+}
+
+pub const MODEL: OutputSpec = OutputSpec { name: "model", path: "model" };
+pub const GRAD_PLOT: OutputSpec = OutputSpec { name: "grad_plot", path: "grad_norms.svg" };
+pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
+pub const SAMPLES: OutputSpec = OutputSpec { name: "samples", path: "samples.arrow" };
+pub const OUTPUTS: [OutputSpec; 7] = [MODEL, outputs::METRICS, outputs::PLOT, GRAD_PLOT, outputs::REPORT, REJECTS, SAMPLES];
+/// The PEFT adapter folder inside the model folder (LoRA runs).
+pub const ADAPTER_DIR: &str = "adapter";
+
+/// One training row: inputs, next-token targets (-100 where not learned),
+/// positions and the segment (example) of each token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub ids: Vec<i64>,
+    pub targets: Vec<i64>,
+    pub positions: Vec<i64>,
+    pub segments: Vec<i64>,
+}
+
+impl Row {
+    fn new() -> Self {
+        Self { ids: Vec::new(), targets: Vec::new(), positions: Vec::new(), segments: Vec::new() }
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Appends one example as segment `seg`: inputs `ids[..n-1]`, targets
+    /// `ids[1..]` where the target token is an assistant token.
+    fn push(&mut self, e: &Encoded, seg: i64) {
+        let n = e.ids.len();
+        for i in 0..n - 1 {
+            self.ids.push(i64::from(e.ids[i]));
+            self.targets.push(if e.assistant[i + 1] { i64::from(e.ids[i + 1]) } else { -100 });
+            self.positions.push(i as i64);
+            self.segments.push(seg);
+        }
+    }
+
+    /// Tokens that are learned.
+    pub fn targets_count(&self) -> usize {
+        self.targets.iter().filter(|&&t| t != -100).count()
+    }
+}
+
+/// Rows of at most `block` tokens: with `packing`, examples in the given order
+/// fill a row until the next does not fit; without, one example per row.
+/// Every example must have 2 ..= block + 1 tokens.
+pub fn build_rows(examples: &[Encoded], block: usize, packing: bool) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut row = Row::new();
+    let mut seg = 0;
+    for e in examples {
+        let len = e.ids.len() - 1;
+        if !packing || row.len() + len > block {
+            if row.len() > 0 {
+                rows.push(std::mem::replace(&mut row, Row::new()));
+            }
+            seg = 0;
+        }
+        row.push(e, seg);
+        seg += 1;
+    }
+    if row.len() > 0 {
+        rows.push(row);
+    }
+    rows
+}
+
+/// `[b, t]` tensors of `rows`, right-padded to the longest: pads are their own
+/// segment (-1) at position 0 with no target.
+pub fn collate(rows: &[&Row], device: Device) -> (Tensor, Tensor, Tensor, Tensor) {
+    let t = rows.iter().map(|r| r.len()).max().unwrap_or(1);
+    let mut out: [Vec<i64>; 4] = Default::default();
+    for r in rows {
+        let pad = t - r.len();
+        for (buf, (vals, fill)) in out.iter_mut().zip([(&r.ids, 0), (&r.targets, -100), (&r.positions, 0), (&r.segments, -1)]) {
+            buf.extend_from_slice(vals);
+            buf.extend(std::iter::repeat_n(fill, pad));
+        }
+    }
+    let b = rows.len() as i64;
+    let [ids, targets, positions, segments] = out.map(|v| Tensor::from_slice(&v).view([b, -1]).to(device));
+    (ids, targets, positions, segments)
+}
+
+/// The instruction-tuning objective.
+pub struct Instruct<'a> {
+    pub model: &'a Gpt,
+    pub train: Vec<Row>,
+    pub val: Vec<Row>,
+    pub batches: EpochBatches,
+    pub write: forja_pretrain::objectives::ModelWriter<'a>,
+}
+
+impl Instruct<'_> {
+    fn loss(&self, rows: &[&Row], train: bool) -> anyhow::Result<Tensor> {
+        let (ids, targets, positions, segments) = collate(rows, self.model.device());
+        let hidden = self.model.hidden_packed(&ids, &positions, &segments, train)?;
+        Ok(cross_entropy(&self.model.lm_head(&hidden), &targets))
+    }
+
+    /// Validation batches covering the validation rows once.
+    pub fn val_batches(&self) -> u64 {
+        self.val.len().div_ceil(self.batches.batch_size).max(1) as u64
+    }
+}
+
+impl Objective for Instruct<'_> {
+    fn train_loss(&mut self, step: u64, micro: u64) -> anyhow::Result<Tensor> {
+        let idx = self.batches.indices(step, micro);
+        let rows: Vec<&Row> = idx.iter().map(|&i| &self.train[i]).collect();
+        self.loss(&rows, true)
+    }
+
+    fn eval_batch(&mut self, split: EvalSplit, i: u64) -> anyhow::Result<EvalScore> {
+        let data = if split == EvalSplit::Val { &self.val } else { &self.train };
+        let bs = self.batches.batch_size;
+        let start = (i as usize * bs) % data.len().max(1);
+        let rows: Vec<&Row> = data[start..(start + bs).min(data.len())].iter().collect();
+        anyhow::ensure!(!rows.is_empty(), "no {} rows to evaluate", split.name());
+        Ok(EvalScore { loss: self.loss(&rows, false)?.double_value(&[]), metrics: Vec::new() })
+    }
+
+    fn has_val(&self) -> bool {
+        !self.val.is_empty()
+    }
+
+    fn write_model(&self, vs: &nn::VarStore, dir: &Path) -> anyhow::Result<()> {
+        (self.write)(vs, dir)
+    }
+
+    fn batch_rows(&self, step: u64, micro: u64) -> anyhow::Result<Vec<TokenRow>> {
+        Ok(self
+            .batches
+            .peek(step, micro)
+            .into_iter()
+            .map(|i| TokenRow { doc_id: format!("row{i}"), ids: self.train[i].ids.iter().map(|&t| t as u32).collect() })
+            .collect())
+    }
+
+    fn tokens_per_micro(&self) -> f64 {
+        let tokens: usize = self.train.iter().map(Row::len).sum();
+        tokens as f64 / self.train.len().max(1) as f64 * self.batches.batch_size as f64
+    }
+}
+
+/// The tokenizer, template and model a run fine-tunes.
+pub struct Prepared {
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub cfg: GptConfig,
+    /// Ids of the special tokens added to the vocabulary.
+    pub added: Vec<u32>,
+}
+
+/// Loads the model folder's tokenizer and config, picks the template and adds
+/// its special tokens (growing the vocabulary when needed).
+pub fn prepare(model_dir: &Path, cfg: &SftConfig) -> anyhow::Result<Prepared> {
+    let found = checkpoint::model_type(model_dir)?;
+    anyhow::ensure!(found == "gpt2", "sft needs a GPT model folder; {} is `{found}`", model_dir.display());
+    let mut tokenizer = Tokenizer::load(&model_dir.join(TOKENIZER))?;
+    let template = match (&cfg.template, chat::read_template(model_dir)?) {
+        (Some(src), _) => ChatTemplate::new(src, cfg.end_of_turn.as_deref().unwrap_or(IM_END))?,
+        (None, Some(own)) => own,
+        (None, None) => ChatTemplate::chatml(),
+    };
+    let added = tokenizer.add_special_tokens(&cfg.add_tokens);
+    anyhow::ensure!(
+        tokenizer.token_to_id(&template.end_of_turn).is_some(),
+        "the end-of-turn token `{}` is not in the vocabulary: add it with add_tokens",
+        template.end_of_turn
+    );
+    let mut gpt_cfg = checkpoint::read_config(model_dir)?;
+    gpt_cfg.vocab_size = gpt_cfg.vocab_size.max(tokenizer.vocab_size() as i64);
+    if let Some(p) = cfg.dropout {
+        gpt_cfg.dropout = p;
+    }
+    Ok(Prepared { tokenizer, template, cfg: gpt_cfg, added })
+}
+
+/// Base weights with the embedding rows of `added` tokens (and any rows beyond
+/// the base vocabulary) set to the mean embedding.
+pub fn base_weights(model_dir: &Path, added: &[u32], vocab: i64) -> anyhow::Result<Weights> {
+    let mut w = Weights::read(&model_dir.join(WEIGHTS))?;
+    let name = "transformer.wte.weight";
+    let wte = w.get(name).with_context(|| format!("{}: no {name}", model_dir.display()))?.shallow_clone();
+    let (old, c) = wte.size2()?;
+    let mean = wte.mean_dim([0i64].as_slice(), true, Kind::Float).to_kind(wte.kind()); // [1, c]
+    let mut grown = if vocab > old { Tensor::cat(&[wte.shallow_clone(), mean.expand([vocab - old, c], false)], 0) } else { wte.copy() };
+    for &id in added.iter().filter(|&&id| i64::from(id) < old) {
+        grown.get(i64::from(id)).copy_(&mean.squeeze_dim(0));
+    }
+    grown = grown.contiguous();
+    w.insert(name, grown);
+    Ok(w)
+}
+
+/// Everything the model folder is written from.
+struct Export<'a> {
+    cfg: &'a GptConfig,
+    tokenizer: &'a Tokenizer,
+    template: &'a ChatTemplate,
+    lora: Option<&'a LoraConfig>,
+    base: &'a Path,
+}
+
+/// Writes the model folder: weights (adapters merged), config with the
+/// end-of-turn token as `eos_token_id`, tokenizer, template; with LoRA also
+/// the adapters alone in the PEFT layout under `adapter/`.
+fn write_export(dir: &Path, vs: &nn::VarStore, e: &Export) -> anyhow::Result<()> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(l) = e.lora {
+        peft::write_adapter(&dir.join(ADAPTER_DIR), &named, l, e.base)?;
+        named = merge_lora(named, l.alpha / l.rank as f64, Layout::InOut)?;
+    }
+    let weights = dir.join(WEIGHTS);
+    Tensor::write_safetensors(&named, &weights).with_context(|| format!("writing {}", weights.display()))?;
+    let eot = e.tokenizer.token_to_id(&e.template.end_of_turn);
+    let hf = HfGpt2Config {
+        bos_token_id: e.tokenizer.token_to_id(forja_tokenizer::EOT).or(eot),
+        eos_token_id: eot,
+        ..HfGpt2Config::from(e.cfg)
+    };
+    std::fs::write(dir.join(CONFIG), serde_json::to_string_pretty(&hf)?)?;
+    e.tokenizer.save(&dir.join(TOKENIZER))?;
+    chat::write_tokenizer_config(dir, e.template, e.cfg.block_size)
+}
+
+/// Encodes conversations; over-long or target-less ones become rejects.
+fn encode_all(
+    examples: &[SftExample],
+    p: &Prepared,
+    max_len: usize,
+    file: &Path,
+    rejects: &mut Vec<Reject>,
+) -> anyhow::Result<Vec<Encoded>> {
+    let mut out = Vec::with_capacity(examples.len());
+    for (i, ex) in examples.iter().enumerate() {
+        let raw = || serde_json::json!(ex.messages).to_string();
+        let source = format!("{} ({})", file.display(), ex.source);
+        let enc = match p.template.encode(&p.tokenizer, &ex.messages) {
+            Ok(enc) => enc,
+            Err(e) => {
+                rejects.push(Reject::new(&source, i as u64 + 1, format!("{e:#}"), &raw()));
+                continue;
+            }
+        };
+        if enc.ids.len() > max_len {
+            rejects.push(Reject::new(
+                &source,
+                i as u64 + 1,
+                format!("{} tokens after templating, over max_length {max_len}", enc.ids.len()),
+                &raw(),
+            ));
+        } else if !enc.assistant.iter().skip(1).any(|&a| a) {
+            rejects.push(Reject::new(&source, i as u64 + 1, "no assistant tokens after templating", &raw()));
+        } else {
+            out.push(enc);
+        }
+    }
+    Ok(out)
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SftSummary {
+    pub train: TrainSummary,
+    pub examples: usize,
+    pub rows: usize,
+    pub rejected: usize,
+    /// Learned (assistant) tokens over all tokens of the training rows.
+    pub target_share: f64,
+}
+
+/// Fine-tunes; writes every output of the stage under `out`.
+pub fn run(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<SftSummary> {
+    run_with_hook(cfg, inputs, out, ctx, &mut |_| std::ops::ControlFlow::Continue(()))
+}
+
+/// [`run`] with a hook after every step.
+pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &StageCtx, hook: StepHook) -> anyhow::Result<SftSummary> {
+    anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
+    let seed = cfg.seed.unwrap_or(ctx.seed);
+    let device_name = cfg.device.clone().unwrap_or_else(|| ctx.device.clone());
+    let device = parse_device(&device_name)?;
+    let _threads = ThreadsGuard::set(cfg.threads);
+    let p = prepare(&inputs.model, cfg)?;
+    anyhow::ensure!(
+        cfg.lora.is_none() || p.added.is_empty(),
+        "LoRA keeps the embeddings frozen, so it cannot learn the {} token(s) this run adds ({}); fine-tune fully once, or start from a model whose tokenizer has them",
+        p.added.len(),
+        cfg.add_tokens.join(", ")
+    );
+    let block = p.cfg.block_size as usize;
+    let max_len = if cfg.max_length == 0 { block + 1 } else { cfg.max_length.min(block + 1) };
+
+    let mut rejects = Vec::new();
+    let train_ex = SftExample::read(&inputs.train)?;
+    let train_enc = encode_all(&train_ex, &p, max_len, &inputs.train, &mut rejects)?;
+    let val_enc = match &inputs.val {
+        Some(v) => encode_all(&SftExample::read(v)?, &p, max_len, v, &mut rejects)?,
+        None => Vec::new(),
+    };
+    Reject::write(&out.path(&REJECTS), &ctx.name, &ctx.config_hash, &rejects)?;
+    anyhow::ensure!(!train_enc.is_empty(), "{}: no usable training example ({} rejected)", inputs.train.display(), rejects.len());
+    let train_rows = build_rows(&train_enc, block, cfg.packing);
+    let val_rows = build_rows(&val_enc, block, cfg.packing);
+    let targets: usize = train_rows.iter().map(Row::targets_count).sum();
+    let tokens: usize = train_rows.iter().map(Row::len).sum();
+
+    tch::manual_seed(seed as i64);
+    let mut vs = nn::VarStore::new(device);
+    let mut model = Gpt::with_lora(&vs.root(), &p.cfg, cfg.lora.as_ref())?;
+    model.precision = cfg.precision;
+    base_weights(&inputs.model, &p.added, p.cfg.vocab_size)?.load_into(&mut vs, &|n| n.contains(".lora_"))?;
+    let groups = match cfg.lora {
+        Some(_) => ParamGroup::train_only(&vs, |n| n.contains(".lora_"), cfg.optim.weight_decay),
+        None => ParamGroup::decay_split(&vs, cfg.optim.weight_decay),
+    };
+    let steps_per_epoch = train_rows.len().div_ceil(cfg.batch_size * cfg.grad_accum.max(1) as usize) as u64;
+    let max_steps = if cfg.max_steps > 0 { cfg.max_steps } else { ((cfg.epochs * steps_per_epoch as f64).ceil() as u64).max(1) };
+    let export = Export { cfg: &p.cfg, tokenizer: &p.tokenizer, template: &p.template, lora: cfg.lora.as_ref(), base: &inputs.model };
+    let write: forja_pretrain::objectives::ModelWriter = Box::new(|vs, dir| write_export(dir, vs, &export));
+    let n_rows = train_rows.len();
+    let mut obj = Instruct {
+        model: &model,
+        batches: EpochBatches::new(train_rows.len(), cfg.batch_size, cfg.grad_accum, seed),
+        train: train_rows,
+        val: val_rows,
+        write,
+    };
+    let eval_iters = if cfg.eval_iters == 0 { obj.val_batches() } else { cfg.eval_iters.min(obj.val_batches()) };
+    let engine_cfg = EngineConfig {
+        optim: cfg.optim.clone(),
+        grad_accum: cfg.grad_accum,
+        max_steps,
+        eval_interval: cfg.eval_interval,
+        eval_iters,
+        checkpoint_interval: cfg.checkpoint_interval,
+        early_stopping_patience: cfg.early_stopping_patience,
+        log_interval: cfg.log_interval,
+        diagnosis: cfg.diagnosis.clone(),
+        keep_best: cfg.keep_best,
+    };
+    println!(
+        "{}: {} train examples in {n_rows} rows ({}), {} val examples, {} rejected; {max_steps} steps; {:.0}% of tokens are targets",
+        ctx.name,
+        train_enc.len(),
+        if cfg.packing { "packed" } else { "padded" },
+        val_enc.len(),
+        rejects.len(),
+        100.0 * targets as f64 / tokens.max(1) as f64
+    );
+    let spec = RunSpec { seed, run_key: run_key(cfg, inputs, seed, &device_name, ctx)?, ctx, out_dir: out.dir() };
+    let outputs = EngineOutputs {
+        model: out.path(&MODEL),
+        metrics: out.path(&outputs::METRICS),
+        plot: out.path(&outputs::PLOT),
+        grad_plot: out.path(&GRAD_PLOT),
+        report: out.path(&outputs::REPORT),
+    };
+    let summary = Engine::new(&engine_cfg, &mut vs, groups, spec)?.run(&mut obj, &outputs, hook)?;
+    drop(obj);
+    write_samples(cfg, inputs, out, ctx, &outputs, device)?;
+    Ok(SftSummary {
+        train: summary,
+        examples: train_enc.len(),
+        rows: n_rows,
+        rejected: rejects.len(),
+        target_share: targets as f64 / tokens.max(1) as f64,
+    })
+}
+
+fn run_key(cfg: &SftConfig, inputs: &SftInputs, seed: u64, device: &str, ctx: &StageCtx) -> anyhow::Result<String> {
+    let hash = |p: &Path| forja_core::hash::hash_path(p).with_context(|| format!("hashing {}", p.display()));
+    let key = serde_json::json!({
+        "cfg": cfg,
+        "seed": seed,
+        "device": device,
+        "threads": tch::get_num_threads(),
+        "model": hash(&inputs.model)?,
+        "train": hash(&inputs.train)?,
+        "val": inputs.val.as_deref().map(hash).transpose()?,
+        "code": ctx.code_hash,
+    });
+    Ok(forja_core::hash::hash_json(&key))
+}
+
+/// The conversation up to (not including) its first assistant turn.
+fn prompt_part(messages: &[Message]) -> Vec<Message> {
+    messages.iter().take_while(|m| m.role != "assistant").cloned().collect()
+}
+
+/// Answers held-out conversations with the exported model; writes them as
+/// `samples.arrow` and into the report.
+fn write_samples(
+    cfg: &SftConfig,
+    inputs: &SftInputs,
+    out: &OutDir,
+    ctx: &StageCtx,
+    outputs: &EngineOutputs,
+    device: Device,
+) -> anyhow::Result<()> {
+    let source = inputs.prompts.as_ref().or(inputs.val.as_ref());
+    let convs: Vec<(Vec<Message>, Option<String>)> = match source {
+        Some(path) => SftExample::read(path)?
+            .into_iter()
+            .take(cfg.samples)
+            .map(|e| {
+                let reference = e.messages.iter().find(|m| m.role == "assistant").map(|m| m.content.clone());
+                (prompt_part(&e.messages), reference)
+            })
+            .filter(|(c, _)| !c.is_empty())
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut rows = Vec::new();
+    let mut md = String::from("\n## Sample answers (held out)\n\n");
+    if !convs.is_empty() {
+        let (_vs, model, tok) = load_gpt(&outputs.model, device)?;
+        let template = chat::read_template(&outputs.model)?.context("the exported model lost its chat template")?;
+        let block = model.cfg.block_size as usize;
+        for (conv, reference) in &convs {
+            let prompt = template.render(conv, true)?;
+            if tok.encode(&prompt)?.len() >= block {
+                md += &format!("- (prompt of {} characters does not fit the context of {block} tokens)\n", prompt.len());
+                continue;
+            }
+            let answer = respond(&model, &tok, &template, std::slice::from_ref(conv), &cfg.chat)?.pop().unwrap_or_default();
+            let user = conv.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
+            md += &format!("**User:** {}\n\n**Model:** {}\n\n", quote(user), quote(&answer));
+            if let Some(r) = reference {
+                md += &format!("**Reference:** {}\n\n", quote(r));
+            }
+            md += "---\n\n";
+            rows.push(Generation { prompt, completion: answer, model: outputs.model.display().to_string(), reward: None });
+        }
+    } else {
+        md += "No held-out conversations (give `prompts` or `val`).\n";
+    }
+    Generation::write(&out.path(&SAMPLES), &ctx.name, &ctx.config_hash, &rows)?;
+    let mut report = std::fs::read_to_string(&outputs.report).unwrap_or_default();
+    report += &md;
+    forja_core::fsutil::atomic_write(&outputs.report, report.as_bytes())?;
+    Ok(())
+}
+
+/// Text for a Markdown paragraph (one line, bounded).
+fn quote(s: &str) -> String {
+    let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > 400 {
+        format!("{}…", one_line.chars().take(400).collect::<String>())
+    } else {
+        one_line
+    }
+}

@@ -1,0 +1,120 @@
+//! forja-sft: supervised fine-tuning on the training engine.
+//!
+//! - [`data`]: the `sft_data` stage — instruction data (chat `messages`,
+//!   prompt/response fields, Self-Instruct tasks) from JSONL / CSV / Arrow into
+//!   the `sft_examples` artifact, with rejects;
+//! - [`chat`]: chat templates (Jinja, as HF stores them), assistant-token masks,
+//!   chat generation with end-of-turn and stop strings;
+//! - [`instruct`]: the `sft` stage — instruction tuning of a GPT, assistant-only
+//!   loss, packing with block-diagonal attention, full or LoRA;
+//! - [`peft`]: LoRA adapters in the `peft` package's layout;
+//! - [`classify`]: the `finetune_classifier` stage — a pretrained BERT encoder
+//!   plus a classification head, full or LoRA, scored on the test split.
+
+pub mod chat;
+pub mod classify;
+pub mod data;
+pub mod instruct;
+pub mod peft;
+
+pub use classify::{ClassifierInputs, ClassifierStageConfig};
+pub use data::SftDataConfig;
+use forja_core::stage::{FromInputs, InputSpec, OutDir, OutputSpec, Stage, StageCtx, StageInputs};
+pub use instruct::{SftConfig, SftInputs};
+use std::path::PathBuf;
+
+impl FromInputs for ClassifierInputs {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self {
+            model: inputs.one("model")?.to_path_buf(),
+            train: inputs.one("train")?.to_path_buf(),
+            test: inputs.optional("test")?.map(Into::into),
+        })
+    }
+}
+
+/// The `finetune_classifier` stage.
+pub struct FinetuneClassifier;
+
+impl Stage for FinetuneClassifier {
+    const KIND: &'static str = "finetune_classifier";
+    const ABOUT: &'static str = "fine-tune a pretrained BERT encoder (full or LoRA) with a classification head on labeled documents; test accuracy, macro P/R/F1, confusion matrix";
+    const INPUTS: &'static [InputSpec] = &[
+        InputSpec { name: "model", required: true, many: false },
+        InputSpec { name: "train", required: true, many: false },
+        InputSpec { name: "test", required: false, many: false },
+    ];
+    const OUTPUTS: &'static [OutputSpec] = &classify::OUTPUTS;
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = ClassifierStageConfig;
+    type Inputs = ClassifierInputs;
+
+    fn run(&self, cfg: &ClassifierStageConfig, inputs: &ClassifierInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        classify::run(cfg, inputs, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+/// Input files of `sft_data`.
+pub struct SftFiles(pub Vec<PathBuf>);
+
+impl FromInputs for SftFiles {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self(inputs.many("files").to_vec()))
+    }
+}
+
+/// The `sft_data` stage.
+pub struct SftData;
+
+impl Stage for SftData {
+    const KIND: &'static str = "sft_data";
+    const ABOUT: &'static str = "read instruction data (chat messages, prompt/response fields, Self-Instruct tasks; JSONL, CSV, Arrow) into sft_examples train/val, with rejects";
+    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "files", required: true, many: true }];
+    const OUTPUTS: &'static [OutputSpec] = &data::OUTPUTS;
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = SftDataConfig;
+    type Inputs = SftFiles;
+
+    fn run(&self, cfg: &SftDataConfig, inputs: &SftFiles, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        data::run_sft_data(cfg, &inputs.0, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+impl FromInputs for SftInputs {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self {
+            model: inputs.one("model")?.to_path_buf(),
+            train: inputs.one("train")?.to_path_buf(),
+            val: inputs.optional("val")?.map(Into::into),
+            prompts: inputs.optional("prompts")?.map(Into::into),
+        })
+    }
+}
+
+/// The `sft` stage.
+pub struct Sft;
+
+impl Stage for Sft {
+    const KIND: &'static str = "sft";
+    const ABOUT: &'static str = "instruction-tune a GPT on conversations: chat template, assistant-only loss, packing, full or LoRA (PEFT adapters), sample answers";
+    const INPUTS: &'static [InputSpec] = &[
+        InputSpec { name: "model", required: true, many: false },
+        InputSpec { name: "train", required: true, many: false },
+        InputSpec { name: "val", required: false, many: false },
+        InputSpec { name: "prompts", required: false, many: false },
+    ];
+    const OUTPUTS: &'static [OutputSpec] = &instruct::OUTPUTS;
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = SftConfig;
+    type Inputs = SftInputs;
+
+    fn run(&self, cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        instruct::run(cfg, inputs, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+/// All stages of this crate.
+pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&SftData, &Sft, &FinetuneClassifier];

@@ -1,0 +1,120 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+//! The intent classifier: all-MiniLM-L6-v2 plus a head overfits a tiny
+//! Banking77 fixture to 100%, the exported folder loads in `transformers` as a
+//! `BertForSequenceClassification` with the same logits, and the scores and
+//! the stratified split are what they should be.
+
+use forja_core::artifacts::Artifact;
+use forja_core::metric;
+use forja_core::stage::{OutDir, StageCtx};
+use forja_core::{Document, MetricRow};
+use forja_model::classifier::load_classifier;
+use forja_pretrain::models::encode_for_bert;
+use forja_sft::classify::{run, score, stratified_split, ClassifierInputs, ClassifierStageConfig};
+use std::path::PathBuf;
+use tch::{Device, Tensor};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Four queries of each of three intents from Banking77's training file.
+fn fixture() -> Vec<Document> {
+    let text = std::fs::read_to_string(root().join("fixtures/banking77/train.csv")).unwrap();
+    let mut docs = Vec::new();
+    for intent in ["card_arrival", "exchange_rate", "lost_or_stolen_phone"] {
+        let rows = text.lines().filter(|l| l.ends_with(&format!(",{intent}")) && !l.starts_with('"')).take(4);
+        for (i, line) in rows.enumerate() {
+            let query = line.rsplit_once(',').unwrap().0;
+            docs.push(Document {
+                id: format!("{intent}{i}"),
+                text: query.to_string(),
+                source: "banking77".into(),
+                lang: "en".into(),
+                meta: serde_json::json!({ "category": intent }).to_string(),
+            });
+        }
+    }
+    assert_eq!(docs.len(), 12);
+    docs
+}
+
+#[test]
+fn minilm_with_a_head_overfits_a_tiny_fixture_and_loads_in_transformers_as_a_sequence_classifier() {
+    let minilm = root().join("models/all-MiniLM-L6-v2");
+    assert!(minilm.join("model.safetensors").exists(), "{} is missing: run scripts/setup", minilm.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs_path = tmp.path().join("docs.arrow");
+    let mut docs = fixture();
+    // A document without a label is rejected, not fatal.
+    docs.push(Document { id: "x".into(), text: "no label here".into(), source: "s".into(), lang: "en".into(), meta: "{}".into() });
+    Document::write(&docs_path, "t", "t", &docs).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let cfg = ClassifierStageConfig {
+        label_field: "category".into(),
+        val_fraction: 0.0,
+        batch_size: 12,
+        max_steps: 30,
+        dropout: Some(0.0),
+        checkpoint_interval: 0,
+        eval_interval: 30,
+        optim: forja_train::OptimConfig { lr: 3e-4, min_lr: 3e-5, warmup_steps: 3, weight_decay: 0.0, ..Default::default() },
+        ..Default::default()
+    };
+    let inputs = ClassifierInputs { model: minilm, train: docs_path.clone(), test: Some(docs_path) };
+    let ctx = StageCtx { name: "classify".into(), seed: 3, device: "cpu".into(), config_hash: "t".into(), code_hash: "t" };
+    let summary = run(&cfg, &inputs, &OutDir::new(&out), &ctx).unwrap();
+    let test = summary.test.unwrap();
+    assert_eq!(test.accuracy, 1.0, "confusion {:?}", test.confusion);
+    assert_eq!(test.macro_f1, 1.0);
+    assert_eq!(summary.labels, vec!["card_arrival", "exchange_rate", "lost_or_stolen_phone"]);
+    let metrics = MetricRow::read(&out.join("metrics.arrow")).unwrap();
+    assert!(metrics.iter().any(|m| m.name == metric::ACCURACY && m.split == "test" && m.value == 1.0));
+    let rejects = forja_core::Reject::read(&out.join("rejects.arrow")).unwrap();
+    assert_eq!(rejects.len(), 2, "the unlabeled document, once as train and once as test: {rejects:?}");
+    assert!(rejects[0].reason.contains("no label field `category`"));
+    assert!(std::fs::read_to_string(out.join("confusion.svg")).unwrap().contains("<svg"));
+
+    // transformers reads the folder as a sequence classifier with the same logits.
+    let model_dir = out.join("model");
+    let loaded = load_classifier(&model_dir, Device::Cpu).unwrap();
+    let ids: Vec<i64> = encode_for_bert(&loaded.tokenizer, "Where is my new card?", 64).unwrap().into_iter().map(i64::from).collect();
+    let x = Tensor::from_slice(&ids).view([1, -1]);
+    let ours = tch::no_grad(|| loaded.model.forward(&x, &x.ones_like(), false).unwrap());
+    let tmp_ids = tmp.path().join("ids.json");
+    let hf_out = tmp.path().join("hf.json");
+    std::fs::write(&tmp_ids, serde_json::to_string(&vec![ids]).unwrap()).unwrap();
+    let python = root().join(".venv/bin/python");
+    let run = std::process::Command::new(&python)
+        .arg(root().join("scripts/hf-check.py"))
+        .args(["bert-cls", model_dir.to_str().unwrap(), tmp_ids.to_str().unwrap(), hf_out.to_str().unwrap()])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup)", python.display()));
+    assert!(run.status.success(), "hf-check failed: {}", String::from_utf8_lossy(&run.stderr));
+    let hf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(hf_out).unwrap()).unwrap();
+    assert_eq!(hf["labels"], serde_json::json!(summary.labels));
+    let theirs: Vec<f32> = hf["logits"][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let diff = (ours.squeeze_dim(0) - Tensor::from_slice(&theirs)).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "forja and transformers logits differ by {diff}");
+}
+
+#[test]
+fn scores_and_the_stratified_split_are_right() {
+    // 3 classes; class 2 is never predicted (its precision counts as 0).
+    let pairs = [(0, 0), (0, 0), (0, 1), (1, 1), (1, 1), (2, 0)];
+    let s = score(&pairs, 3);
+    assert!((s.accuracy - 4.0 / 6.0).abs() < 1e-12);
+    assert_eq!(s.confusion, vec![vec![2, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]);
+    // Precision 2/3, 2/3, 0; recall 2/3, 1, 0; F1 2/3, 0.8, 0 (as scikit-learn computes them).
+    assert!((s.macro_precision - (2.0 / 3.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+    assert!((s.macro_recall - (2.0 / 3.0 + 1.0) / 3.0).abs() < 1e-12);
+    assert!((s.macro_f1 - (2.0 / 3.0 + 0.8) / 3.0).abs() < 1e-12);
+
+    let labels: Vec<i64> = (0..100).map(|i| if i < 80 { 0 } else if i < 98 { 1 } else { 2 }).collect();
+    let (train, val) = stratified_split(&labels, 0.1, 7);
+    let count = |idx: &[usize], c: i64| idx.iter().filter(|&&i| labels[i] == c).count();
+    assert_eq!((count(&val, 0), count(&val, 1), count(&val, 2)), (8, 2, 1), "each class keeps its share (at least one)");
+    assert_eq!(train.len() + val.len(), 100);
+    assert_eq!(stratified_split(&labels, 0.1, 7), (train, val), "deterministic");
+}
