@@ -5,7 +5,8 @@
 //!   conversation; its special tokens are added to the tokenizer and the
 //!   embedding matrix (new rows start at the mean embedding).
 //! - The loss covers assistant tokens only.
-//! - Packing: several examples share a row of `block_size` tokens; positions
+//! - Packing: several examples share a row of `block_size` tokens (first-fit
+//!   decreasing); positions
 //!   restart at each example and attention is block-diagonal (SDPA with a
 //!   causal mask per segment), so no example sees another. Without packing
 //!   each example is its own row, padded to the longest of its batch.
@@ -167,28 +168,40 @@ impl Row {
     }
 }
 
-/// Rows of at most `block` tokens: with `packing`, examples in the given order
-/// fill a row until the next does not fit; without, one example per row.
-/// Every example must have 2 ..= block + 1 tokens.
+/// Rows of at most `block` tokens. Without `packing`, one example per row, in
+/// order. With it, first-fit decreasing: examples from longest to shortest,
+/// each into the first row with room (ties keep input order), so rows fill
+/// up with little padding. Every example must have 2 ..= block + 1 tokens.
 pub fn build_rows(examples: &[Encoded], block: usize, packing: bool) -> Vec<Row> {
-    let mut rows = Vec::new();
-    let mut row = Row::new();
-    let mut seg = 0;
-    for e in examples {
+    if !packing {
+        return examples
+            .iter()
+            .map(|e| {
+                let mut row = Row::new();
+                row.push(e, 0);
+                row
+            })
+            .collect();
+    }
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(examples[i].ids.len()));
+    let mut rows: Vec<(Row, i64)> = Vec::new(); // row and its next segment id
+    for i in order {
+        let e = &examples[i];
         let len = e.ids.len() - 1;
-        if !packing || row.len() + len > block {
-            if row.len() > 0 {
-                rows.push(std::mem::replace(&mut row, Row::new()));
+        match rows.iter_mut().find(|(r, _)| r.len() + len <= block) {
+            Some((row, seg)) => {
+                row.push(e, *seg);
+                *seg += 1;
             }
-            seg = 0;
+            None => {
+                let mut row = Row::new();
+                row.push(e, 0);
+                rows.push((row, 1));
+            }
         }
-        row.push(e, seg);
-        seg += 1;
     }
-    if row.len() > 0 {
-        rows.push(row);
-    }
-    rows
+    rows.into_iter().map(|(r, _)| r).collect()
 }
 
 /// `[b, t]` tensors of `rows`, right-padded to the longest: pads are their own
@@ -218,10 +231,17 @@ pub struct Instruct<'a> {
 }
 
 impl Instruct<'_> {
+    /// Mean cross-entropy over the learned tokens; the vocabulary projection
+    /// runs only at those positions (the others would be discarded).
     fn loss(&self, rows: &[&Row], train: bool) -> anyhow::Result<Tensor> {
         let (ids, targets, positions, segments) = collate(rows, self.model.device());
-        let hidden = self.model.hidden_packed(&ids, &positions, &segments, train)?;
-        Ok(cross_entropy(&self.model.lm_head(&hidden), &targets))
+        let hidden = self.model.hidden_packed(&ids, &positions, &segments, train)?; // [b, t, c]
+        let targets = targets.view([-1]);
+        let keep = targets.ne(-100).nonzero().squeeze_dim(1); // [n]
+        anyhow::ensure!(keep.size()[0] > 0, "a batch without any assistant token");
+        let c = hidden.size()[2];
+        let picked = hidden.view([-1, c]).index_select(0, &keep); // [n, c]
+        Ok(cross_entropy(&self.model.lm_head(&picked), &targets.index_select(0, &keep)))
     }
 
     /// Validation batches covering the validation rows once.
