@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 use forja::pipeline::{load, Override};
 use forja::run::{run_plan, RunOptions};
 use forja_core::stage::{init_logging, run_from_args, StageArgs};
+use forja_core::Message;
+use forja_model::SamplingConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,6 +39,33 @@ enum Cmd {
     Stage(StageArgs),
     /// List the stage kinds with their inputs and outputs.
     Stages,
+    /// Answer a conversation with a fine-tuned GPT folder: its own chat template,
+    /// stopping at the end of the turn (or a stop string).
+    Chat {
+        /// The model folder (e.g. runs/chat-sft/sft/model).
+        model: PathBuf,
+        /// The turns so far, user first, alternating user / assistant; the last is the user's.
+        #[arg(required = true)]
+        turns: Vec<String>,
+        #[arg(long)]
+        system: Option<String>,
+        /// 0: greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        #[arg(long, default_value_t = 200)]
+        max_new_tokens: usize,
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        /// Cut the answer before this string (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +100,16 @@ fn real_main() -> Result<()> {
             println!("{}: ok ({} stages: {})", file.display(), names.len(), names.join(" -> "));
         }
         Cmd::Stage(args) => run_from_args(&registry, &args)?,
+        Cmd::Chat { model, turns, system, temperature, top_k, top_p, max_new_tokens, seed, stop, device } => {
+            let mut messages: Vec<Message> = system.into_iter().map(|content| Message { role: "system".into(), content }).collect();
+            for (i, content) in turns.into_iter().enumerate() {
+                messages.push(Message { role: if i % 2 == 0 { "user" } else { "assistant" }.into(), content });
+            }
+            let sampling = SamplingConfig { temperature, top_k, top_p, max_new_tokens, seed };
+            let cfg = forja_sft::chat::ChatConfig { sampling, stop };
+            let device = forja_model::parse_device(&device)?;
+            println!("{}", forja_sft::chat::chat_with_folder(&model, &messages, &cfg, device)?);
+        }
         Cmd::Stages => {
             for s in &registry {
                 let ins: Vec<_> = s.inputs().iter().map(|i| format!("{}{}", i.name, if i.required { "" } else { "?" })).collect();

@@ -176,3 +176,12 @@ pub fn respond(
         })
         .collect()
 }
+
+/// The next assistant turn of `messages` from the GPT model folder `dir`, with
+/// the folder's own chat template (ChatML when it has none).
+pub fn chat_with_folder(dir: &Path, messages: &[Message], cfg: &ChatConfig, device: tch::Device) -> anyhow::Result<String> {
+    let (_vs, model, tok) = forja_model::load_gpt(dir, device)?;
+    let template = read_template(dir)?.unwrap_or_else(ChatTemplate::chatml);
+    let mut answers = respond(&model, &tok, &template, &[messages.to_vec()], cfg)?;
+    answers.pop().context("no answer generated")
+}

@@ -111,7 +111,17 @@ fn scores_and_the_stratified_split_are_right() {
     assert!((s.macro_recall - (2.0 / 3.0 + 1.0) / 3.0).abs() < 1e-12);
     assert!((s.macro_f1 - (2.0 / 3.0 + 0.8) / 3.0).abs() < 1e-12);
 
-    let labels: Vec<i64> = (0..100).map(|i| if i < 80 { 0 } else if i < 98 { 1 } else { 2 }).collect();
+    let labels: Vec<i64> = (0..100)
+        .map(|i| {
+            if i < 80 {
+                0
+            } else if i < 98 {
+                1
+            } else {
+                2
+            }
+        })
+        .collect();
     let (train, val) = stratified_split(&labels, 0.1, 7);
     let count = |idx: &[usize], c: i64| idx.iter().filter(|&&i| labels[i] == c).count();
     assert_eq!((count(&val, 0), count(&val, 1), count(&val, 2)), (8, 2, 1), "each class keeps its share (at least one)");

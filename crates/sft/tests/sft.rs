@@ -298,6 +298,8 @@ fn a_lora_run_exports_peft_adapters_and_a_merged_model_that_stops_at_the_end_of_
     assert!(g.tokens.len() < 10, "stopped after the answer, not at the limit: {:?}", tok.decode(&g.tokens));
     let answer = respond(&model, &tok, &template, &[conv], &ChatConfig { sampling: sampling.clone(), stop: vec![] }).unwrap();
     assert_eq!(answer, vec!["It is 12.".to_string()]);
+    let cut = ChatConfig { sampling: sampling.clone(), stop: vec![" 12".into()] };
+    assert_eq!(respond(&model, &tok, &template, &[vec![msg("user", "What did he buy?")]], &cut).unwrap(), vec!["It is".to_string()]);
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["eos_token_id"], serde_json::json!(eot));
 
@@ -343,4 +345,40 @@ fn tokens_a_model_lacks_are_added_with_the_mean_embedding() {
     std::fs::create_dir_all(&out).unwrap();
     let err = run_sft(&cfg, &inputs, &OutDir::new(&out), &ctx("sft")).unwrap_err();
     assert!(format!("{err:#}").contains("LoRA keeps the embeddings frozen"), "{err:#}");
+}
+
+#[test]
+fn an_interrupted_sft_run_resumes_to_the_weights_of_an_uninterrupted_one() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, train) = lora_fixture(tmp.path());
+    let cfg = SftConfig {
+        batch_size: 2,
+        max_steps: 8,
+        eval_interval: 4,
+        checkpoint_interval: 2,
+        keep_best: false,
+        dropout: Some(0.1),
+        samples: 0,
+        ..Default::default()
+    };
+    let inputs = SftInputs { model: base, train, val: None, prompts: None };
+    let run_to = |name: &str, stop_after: Option<u64>| {
+        let out = tmp.path().join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        let mut hook = |step: u64| match stop_after {
+            Some(s) if step == s => std::ops::ControlFlow::Break(()),
+            _ => std::ops::ControlFlow::Continue(()),
+        };
+        let first = forja_sft::instruct::run_with_hook(&cfg, &inputs, &OutDir::new(&out), &ctx("sft"), &mut hook);
+        if stop_after.is_some() {
+            assert!(first.is_err(), "the hook stops the run");
+            let resumed = run_sft(&cfg, &inputs, &OutDir::new(&out), &ctx("sft")).unwrap();
+            assert_eq!(resumed.train.resumed_from, Some(4));
+        }
+        std::fs::read(out.join("model/model.safetensors")).unwrap()
+    };
+    let straight = run_to("straight", None);
+    let resumed = run_to("killed", Some(5));
+    assert!(straight == resumed, "resumed weights differ from the uninterrupted run's");
 }

@@ -132,7 +132,15 @@ fn prepare_bench(out: &Path, gsm8k: &Path, n: usize, block: i64) -> anyhow::Resu
             break;
         }
     }
-    let cfg = GptConfig { vocab_size: tok.vocab_size() as i64, block_size: block, n_layer: 4, n_head: 4, n_embd: 128, dropout: 0.1, ..Default::default() };
+    let cfg = GptConfig {
+        vocab_size: tok.vocab_size() as i64,
+        block_size: block,
+        n_layer: 4,
+        n_head: 4,
+        n_embd: 128,
+        dropout: 0.1,
+        ..Default::default()
+    };
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = Gpt::new(&vs.root(), &cfg)?;
@@ -142,7 +150,13 @@ fn prepare_bench(out: &Path, gsm8k: &Path, n: usize, block: i64) -> anyhow::Resu
     chat::write_tokenizer_config(&model_dir, &template, block)?;
     SftExample::write(&out.join("examples.arrow"), "bench", "", &examples)?;
     std::fs::write(out.join("data.jsonl"), jsonl)?;
-    eprintln!("prepare: {} examples of at most {} tokens, vocab {}, {} parameters", examples.len(), block + 1, cfg.vocab_size, cfg.n_params());
+    eprintln!(
+        "prepare: {} examples of at most {} tokens, vocab {}, {} parameters",
+        examples.len(),
+        block + 1,
+        cfg.vocab_size,
+        cfg.n_params()
+    );
     Ok(())
 }
 
