@@ -7,6 +7,7 @@
 //! - [`hash`] and [`manifest`]: content hashes and the run manifest;
 //! - [`fsutil`]: atomic file and directory writes;
 //! - [`metric`]: metric and split names;
+//! - [`resources`]: CPU time and an energy estimate;
 //! - [`stage`]: the typed stage interface, its JSON/CLI adapter, the stage binaries' CLI.
 //!
 //! This crate never depends on libtorch.
@@ -18,6 +19,7 @@ pub mod ipc;
 pub mod manifest;
 pub mod metric;
 pub mod plot;
+pub mod resources;
 pub mod schema;
 pub mod stage;
 

@@ -29,6 +29,13 @@ pub const MACRO_PRECISION: &str = "macro_precision";
 pub const MACRO_RECALL: &str = "macro_recall";
 pub const MACRO_F1: &str = "macro_f1";
 
+/// Wall-clock seconds of a stage.
+pub const WALL_S: &str = "wall_s";
+/// CPU seconds (user + system) of a stage.
+pub const CPU_S: &str = "cpu_s";
+/// Energy estimate of a stage, watt-hours (`forja_core::resources`).
+pub const ENERGY_WH: &str = "energy_wh";
+
 /// Split names of metric rows.
 pub mod split {
     pub const TRAIN: &str = "train";

@@ -402,7 +402,7 @@ pub fn run_with_hook(
     ctx: &StageCtx,
     hook: StepHook,
 ) -> anyhow::Result<ClassifierSummary> {
-    let started = std::time::Instant::now();
+    let meter = crate::cost::Meter::start();
     anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
     anyhow::ensure!((0.0..1.0).contains(&cfg.val_fraction), "val_fraction must be in [0, 1), got {}", cfg.val_fraction);
     anyhow::ensure!(cfg.max_length >= 2, "max_length must be at least 2 ([CLS] and [SEP])");
@@ -532,8 +532,10 @@ pub fn run_with_hook(
         }
         _ => None,
     };
-    let wall_s = started.elapsed().as_secs_f64();
-    finish_outputs(out, ctx, &outputs, &labels, &train_summary, test_scores.as_ref(), weights.is_some(), wall_s)?;
+    finish_outputs(out, ctx, &outputs, &labels, &train_summary, test_scores.as_ref(), weights.is_some())?;
+    let cost = meter.read();
+    cost.record(&outputs.metrics, &outputs.report, ctx, train_summary.steps)?;
+    let wall_s = cost.wall_s;
     if let Some(s) = &test_scores {
         println!(
             "{}: test accuracy {:.4}, macro F1 {:.4} ({} examples), {:.0} s",
@@ -586,11 +588,10 @@ fn finish_outputs(
     train: &TrainSummary,
     test: Option<&ClassScores>,
     weighted: bool,
-    wall_s: f64,
 ) -> anyhow::Result<()> {
     let confusion = out.path(&CONFUSION);
     let mut report = std::fs::read_to_string(&outputs.report).unwrap_or_default();
-    report += &format!("\n## Classifier\n\nLabels: {}. Class-weighted loss: {weighted}. Wall time {wall_s:.0} s.\n\n", labels.len());
+    report += &format!("\n## Classifier\n\nLabels: {}. Class-weighted loss: {weighted}.\n\n", labels.len());
     let Some(s) = test else {
         let empty = vec![vec![0u64; labels.len()]; labels.len()];
         forja_core::fsutil::atomic_write(&confusion, forja_core::plot::confusion_heatmap("no test split", labels, &empty).as_bytes())?;

@@ -303,9 +303,25 @@ fn a_lora_run_exports_peft_adapters_and_a_merged_model_that_stops_at_the_end_of_
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["eos_token_id"], serde_json::json!(eot));
 
+    // transformers renders the exported template the same way, to the same token ids.
+    let conv = vec![msg("system", "Be brief."), msg("user", "How many legs do 3 cats have?"), msg("assistant", "3 * 4 = 12 legs.")];
+    let (messages_path, rendered_path) = (tmp.path().join("messages.json"), tmp.path().join("rendered.json"));
+    std::fs::write(&messages_path, serde_json::to_string(&conv).unwrap()).unwrap();
+    let python = root().join(".venv/bin/python");
+    let run = std::process::Command::new(&python)
+        .arg(root().join("scripts/chat-template-check.py"))
+        .args([model_dir.to_str().unwrap(), messages_path.to_str().unwrap(), rendered_path.to_str().unwrap()])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup)", python.display()));
+    assert!(run.status.success(), "chat-template-check failed: {}", String::from_utf8_lossy(&run.stderr));
+    let hf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(rendered_path).unwrap()).unwrap();
+    assert_eq!(hf["text"], serde_json::json!(template.render(&conv, false).unwrap()));
+    assert_eq!(hf["prompt"], serde_json::json!(template.render(&conv[..2], true).unwrap()));
+    assert_eq!(hf["eos_token"], serde_json::json!(IM_END));
+    assert_eq!(hf["ids"], serde_json::json!(template.encode(&tok, &conv).unwrap().ids));
+
     // peft loads the adapters onto the base to the merged model's logits.
     let ids: Vec<String> = tok.encode("How many apples? It is 12.").unwrap().iter().map(u32::to_string).collect();
-    let python = root().join(".venv/bin/python");
     let run = std::process::Command::new(&python)
         .arg(root().join("scripts/peft-check.py"))
         .args(["--base", base.to_str().unwrap(), "--adapter", model_dir.join(ADAPTER_DIR).to_str().unwrap()])
