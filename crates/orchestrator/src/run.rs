@@ -202,7 +202,13 @@ fn trained_side_by_side(manifest: &RunManifest, rows: &[MetricRow]) -> String {
         let vals: Vec<&MetricRow> =
             rows.iter().filter(|m| m.stage == s.name && m.name == metric::LOSS && m.split == split::VAL && m.step > 0).collect();
         let (Some(last), Some(best)) = (vals.last(), vals.iter().min_by(|a, b| a.value.total_cmp(&b.value))) else { continue };
-        let arch = s.params.get("architecture").and_then(|a| a.as_str()).unwrap_or("gpt");
+        let arch = match (s.kind.as_str(), s.params.get("architecture").and_then(|a| a.as_str())) {
+            (_, Some(a)) => a.to_string(),
+            ("finetune_classifier", None) => "bert classifier".into(),
+            ("sft", None) if s.params.get("lora").is_some_and(|l| !l.is_null()) => "gpt (sft, lora)".into(),
+            ("sft", None) => "gpt (sft)".into(),
+            _ => "gpt".into(),
+        };
         let size = s.params.get("model").map_or("-".to_string(), |m| m.to_string().replace('|', "\\|"));
         let incidents = rows.iter().filter(|m| m.stage == s.name && m.name == metric::INCIDENT).count();
         table += &format!(
@@ -217,7 +223,8 @@ fn trained_side_by_side(manifest: &RunManifest, rows: &[MetricRow]) -> String {
 }
 
 /// Writes `OUT/report.md`: each stage's status and time, the last value of
-/// each loss-like metric, and the trained models side by side.
+/// each loss, perplexity, accuracy, macro F1 and cost metric, and the trained
+/// models side by side.
 fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
     let mut r = format!("# Run `{}`\n\nPipeline: `{}`  \nProgram: `{}`\n\n", plan.name, plan.file.display(), manifest.program_version);
     r += "| stage | kind | status | wall s |\n|---|---|---|---|\n";
@@ -226,7 +233,8 @@ fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
     }
     let rows = MetricRow::read(&plan.out_dir.join("metrics.arrow"))?;
     let mut last: BTreeMap<(String, String, String), (u64, f64)> = BTreeMap::new();
-    for m in rows.iter().filter(|m| [metric::LOSS, metric::PERPLEXITY].contains(&m.name.as_str())) {
+    let reported = [metric::LOSS, metric::PERPLEXITY, metric::ACCURACY, metric::MACRO_F1, metric::WALL_S, metric::ENERGY_WH];
+    for m in rows.iter().filter(|m| reported.contains(&m.name.as_str())) {
         last.insert((m.stage.clone(), m.name.clone(), m.split.clone()), (m.step, m.value));
     }
     r += "\n## Final metrics\n\n| stage | metric | split | step | value |\n|---|---|---|---|---|\n";

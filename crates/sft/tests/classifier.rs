@@ -128,3 +128,45 @@ fn scores_and_the_stratified_split_are_right() {
     assert_eq!(train.len() + val.len(), 100);
     assert_eq!(stratified_split(&labels, 0.1, 7), (train, val), "deterministic");
 }
+
+#[test]
+fn a_lora_classifier_merges_into_a_plain_one_with_the_same_logits() {
+    use forja_model::bert::BertConfig;
+    use forja_model::classifier::{BertClassifier, ClassifierConfig};
+    use forja_model::{merge_lora, Layout, LoraConfig};
+    use tch::{nn, Kind};
+    let bert = BertConfig::sized(50, 16, 2, 2, 16, 0.0);
+    let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let cfg = ClassifierConfig::new(&bert, &labels);
+    let lora = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: vec!["query".into(), "value".into()] };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = BertClassifier::new(&vs.root(), &cfg, Some(&lora)).unwrap();
+    let names: Vec<String> = vs.variables().into_keys().collect();
+    for expected in
+        ["bert.pooler.dense.weight", "classifier.weight", "classifier.bias", "bert.encoder.layer.1.attention.self.value.lora_B.weight"]
+    {
+        assert!(names.iter().any(|n| n == expected), "no `{expected}` among {names:?}");
+    }
+    assert!(!names.iter().any(|n| n.contains("key.lora_")), "only the targets get adapters");
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            if name.contains("lora_B") {
+                t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.1));
+            }
+        }
+    });
+    let ids = Tensor::from_slice(&[2i64, 7, 9, 11, 3, 2, 8, 4]).view([2, 4]);
+    let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 1, 0]).view([2, 4]);
+    let adapted = tch::no_grad(|| model.forward(&ids, &mask, false).unwrap());
+    let merged: std::collections::HashMap<String, Tensor> =
+        merge_lora(vs.variables().into_iter().collect(), lora.alpha / lora.rank as f64, Layout::OutIn).unwrap().into_iter().collect();
+    let plain_vs = nn::VarStore::new(Device::Cpu);
+    let plain = BertClassifier::new(&plain_vs.root(), &cfg, None).unwrap();
+    tch::no_grad(|| {
+        for (name, mut v) in plain_vs.variables() {
+            v.copy_(&merged[&name]);
+        }
+    });
+    let merged_logits = tch::no_grad(|| plain.forward(&ids, &mask, false).unwrap());
+    assert!((adapted - merged_logits).abs().max().double_value(&[]) < 1e-5);
+}
