@@ -297,3 +297,44 @@ pub fn read_csv(path: &Path, cfg: &ReadConfig, out: &mut ReadOutput) -> anyhow::
     }
     Ok(())
 }
+
+/// The rows of a Parquet file as JSON objects with their 1-based row numbers,
+/// read row group by row group: a row group that cannot be decoded becomes one
+/// reject (file, its first row, reason) and reading goes on with the next. Only
+/// a file that cannot be opened as Parquet at all is an error, naming it.
+pub fn read_parquet_objects(
+    path: &Path,
+    rejects: &mut Vec<Reject>,
+) -> anyhow::Result<Vec<(u64, serde_json::Map<String, serde_json::Value>)>> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file_name = path.display().to_string();
+    let open = || -> anyhow::Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {
+        let file = std::fs::File::open(path).with_context(|| format!("opening {file_name}"))?;
+        ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| format!("{file_name}: not a readable Parquet file"))
+    };
+    let meta = open()?.metadata().clone();
+    let mut out = Vec::new();
+    let mut first_row = 1u64;
+    for group in 0..meta.num_row_groups() {
+        let rows = meta.row_group(group).num_rows().max(0) as u64;
+        let decoded = (|| -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+            let mut objects = Vec::new();
+            for batch in open()?.with_row_groups(vec![group]).build()? {
+                let mut lines = Vec::new();
+                let mut writer = arrow_json::LineDelimitedWriter::new(&mut lines);
+                writer.write(&batch?)?;
+                writer.finish()?;
+                for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    objects.push(serde_json::from_slice(line)?);
+                }
+            }
+            Ok(objects)
+        })();
+        match decoded {
+            Ok(objects) => out.extend(objects.into_iter().enumerate().map(|(i, o)| (first_row + i as u64, o))),
+            Err(e) => rejects.push(Reject::new(&file_name, first_row, format!("row group {group} ({rows} rows) unreadable: {e:#}"), "")),
+        }
+        first_row += rows;
+    }
+    Ok(out)
+}

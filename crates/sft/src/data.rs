@@ -1,6 +1,6 @@
 //! The `sft_data` stage: instruction data in the formats people have (chat
 //! `messages`, prompt/response pairs under common field names, Self-Instruct's
-//! `instances`) read from JSONL, CSV or `sft_examples` Arrow files into the
+//! `instances`) read from JSONL, CSV, Parquet or `sft_examples` Arrow files into the
 //! `sft_examples` artifact, split into train and validation. A malformed
 //! example (bad JSON, a message without a role, an unknown role, no assistant
 //! turn, an empty response) becomes a reject naming its file, line and reason;
@@ -204,7 +204,8 @@ impl SftRead {
     }
 }
 
-/// Reads one file (JSONL, CSV or an `sft_examples` Arrow file, by extension).
+/// Reads one file (JSONL, CSV, Parquet or an `sft_examples` Arrow file, by
+/// extension; Parquet rows may hold `messages` as a list of structs).
 /// Only a file that cannot be read at all is an error.
 pub fn read_sft_file(path: &Path, cfg: &SftDataConfig, out: &mut SftRead) -> anyhow::Result<()> {
     let file = path.display().to_string();
@@ -216,6 +217,12 @@ pub fn read_sft_file(path: &Path, cfg: &SftDataConfig, out: &mut SftRead) -> any
                     Ok(()) => out.examples.push(ex),
                     Err(reason) => out.rejects.push(Reject::new(&file, i as u64 + 1, reason, &serde_json::json!(ex.messages).to_string())),
                 }
+            }
+        }
+        Some("parquet") => {
+            for (row, obj) in forja_data::read::read_parquet_objects(path, &mut out.rejects)? {
+                let raw = Value::Object(obj.clone()).to_string();
+                out.add(&file, row, &raw, &obj, cfg);
             }
         }
         Some("csv") => {
@@ -252,7 +259,7 @@ pub fn read_sft_file(path: &Path, cfg: &SftDataConfig, out: &mut SftRead) -> any
                 }
             }
         }
-        _ => anyhow::bail!("{file}: unsupported SFT input (expected .jsonl, .csv or an sft_examples .arrow file)"),
+        _ => anyhow::bail!("{file}: unsupported SFT input (expected .jsonl, .csv, .parquet or an sft_examples .arrow file)"),
     }
     Ok(())
 }

@@ -398,3 +398,32 @@ fn an_interrupted_sft_run_resumes_to_the_weights_of_an_uninterrupted_one() {
     let resumed = run_to("killed", Some(5));
     assert!(straight == resumed, "resumed weights differ from the uninterrupted run's");
 }
+
+#[test]
+fn sft_data_reads_conversations_from_parquet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conversations = vec![
+        SftExample { id: "a".into(), messages: conversation(), source: "x".into() },
+        SftExample { id: "b".into(), messages: vec![msg("user", "Hi")], source: "y".into() }, // no answer: rejected
+    ];
+    let batch = SftExample::to_batch(&conversations);
+    let path = tmp.path().join("chats.parquet");
+    let mut writer = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let cfg = SftDataConfig { val_fraction: 0.0, ..Default::default() };
+    run_sft_data(&cfg, &[path], &OutDir::new(&out), &ctx("sft_data")).unwrap();
+    let train = SftExample::read(&out.join("train.arrow")).unwrap();
+    assert_eq!(train.len(), 1);
+    assert_eq!(train[0].messages, conversation());
+    assert!(train[0].source.ends_with("chats.parquet:1"));
+    let rejects = Reject::read(&out.join("rejects.arrow")).unwrap();
+    assert_eq!((rejects[0].position, rejects[0].reason.as_str()), (2, "no assistant message (nothing to learn)"));
+    // Not Parquet at all: an error naming the file.
+    let bogus = tmp.path().join("bogus.parquet");
+    std::fs::write(&bogus, "not parquet").unwrap();
+    let err = run_sft_data(&cfg, &[bogus], &OutDir::new(&out), &ctx("sft_data")).unwrap_err();
+    assert!(format!("{err:#}").contains("bogus.parquet: not a readable Parquet file"), "{err:#}");
+}
