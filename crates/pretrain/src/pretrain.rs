@@ -14,11 +14,11 @@ use forja_tokenizer::Tokenizer;
 use forja_train::batches::TokenStream;
 use forja_train::engine::StepHook;
 use forja_train::{
-    DiagnosisConfig, Engine, EngineConfig, EngineOutputs, Objective, OptimConfig, ParamGroup, RunSpec, ThreadsGuard, TrainSummary,
+    run_key, DiagnosisConfig, Engine, EngineConfig, EngineOutputs, Objective, OptimConfig, ParamGroup, RunSpec, ThreadsGuard, TrainSummary,
 };
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tch::{nn, Device};
 
 /// The model trained.
@@ -184,7 +184,13 @@ pub fn run_with_hook(
     anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
     check_precision(cfg.precision, device)?;
     let tokenizer = Tokenizer::load(&inputs.tokenizer)?;
-    let run_key = run_key(cfg, inputs, seed, &device_name, ctx)?;
+    let ins = [
+        ("train", Some(inputs.train.as_path())),
+        ("val", Some(inputs.val.as_path())),
+        ("tokenizer", Some(inputs.tokenizer.as_path())),
+        ("init", inputs.init.as_deref()),
+    ];
+    let run_key = run_key(cfg, seed, &device_name, &ins, ctx)?;
     let setup = Setup { cfg, inputs, tokenizer, device, seed, run_key, out, ctx };
     let summary = match cfg.architecture {
         Architecture::Gpt => train_gpt(&setup, hook)?,
@@ -211,24 +217,6 @@ fn check_precision(precision: Precision, device: Device) -> anyhow::Result<()> {
         anyhow::ensure!(ok, "precision = \"bf16\": libtorch cannot multiply bfloat16 matrices on {device:?}");
     }
     Ok(())
-}
-
-/// Hash of everything the trajectory depends on: the whole typed configuration,
-/// the seed and device in force, every input's content, and the stage's code.
-fn run_key(cfg: &PretrainConfig, inputs: &PretrainInputs, seed: u64, device: &str, ctx: &StageCtx) -> anyhow::Result<String> {
-    let hash = |p: &Path| forja_core::hash::hash_path(p).with_context(|| format!("hashing {}", p.display()));
-    let key = serde_json::json!({
-        "cfg": cfg,
-        "seed": seed,
-        "device": device,
-        "threads": tch::get_num_threads(),
-        "train": hash(&inputs.train)?,
-        "val": hash(&inputs.val)?,
-        "tokenizer": hash(&inputs.tokenizer)?,
-        "init": inputs.init.as_deref().map(hash).transpose()?,
-        "code": ctx.code_hash,
-    });
-    Ok(forja_core::hash::hash_json(&key))
 }
 
 fn streams(s: &Setup, vocab_size: i64, block: i64) -> anyhow::Result<Streams> {

@@ -18,10 +18,10 @@ use forja_pretrain::models::encode_for_bert;
 use forja_tokenizer::Tokenizer;
 use forja_train::batches::EpochBatches;
 use forja_train::engine::StepHook;
+use forja_train::{run_key, ThreadsGuard, TrainSummary};
 use forja_train::{
     DiagnosisConfig, Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, Objective, OptimConfig, ParamGroup, RunSpec,
 };
-use forja_train::{ThreadsGuard, TrainSummary};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -502,7 +502,8 @@ pub fn run_with_hook(
         diagnosis: cfg.diagnosis.clone(),
         keep_best: cfg.keep_best,
     };
-    let run_key = run_key(cfg, inputs, seed, &device_name, ctx)?;
+    let ins = [("model", Some(inputs.model.as_path())), ("train", Some(inputs.train.as_path())), ("test", inputs.test.as_deref())];
+    let run_key = run_key(cfg, seed, &device_name, &ins, ctx)?;
     let spec = RunSpec { seed, run_key, ctx, out_dir: out.dir() };
     let outputs = EngineOutputs {
         model: out.path(&MODEL),
@@ -561,21 +562,6 @@ fn param_groups(cfg: &ClassifierStageConfig, vs: &nn::VarStore) -> Vec<ParamGrou
     } else {
         ParamGroup::decay_split(vs, wd)
     }
-}
-
-fn run_key(cfg: &ClassifierStageConfig, inputs: &ClassifierInputs, seed: u64, device: &str, ctx: &StageCtx) -> anyhow::Result<String> {
-    let hash = |p: &Path| forja_core::hash::hash_path(p).with_context(|| format!("hashing {}", p.display()));
-    let key = serde_json::json!({
-        "cfg": cfg,
-        "seed": seed,
-        "device": device,
-        "threads": tch::get_num_threads(),
-        "model": hash(&inputs.model)?,
-        "train": hash(&inputs.train)?,
-        "test": inputs.test.as_deref().map(hash).transpose()?,
-        "code": ctx.code_hash,
-    });
-    Ok(forja_core::hash::hash_json(&key))
 }
 
 /// Adds the test scores to `metrics.arrow` and `report.md`; draws the confusion matrix.

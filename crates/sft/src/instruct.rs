@@ -29,10 +29,10 @@ use forja_model::{load_gpt, merge_lora, parse_device, Gpt, GptConfig, Layout, Lo
 use forja_tokenizer::Tokenizer;
 use forja_train::batches::EpochBatches;
 use forja_train::engine::StepHook;
+use forja_train::{run_key, ThreadsGuard, TrainSummary};
 use forja_train::{
     DiagnosisConfig, Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, Objective, OptimConfig, ParamGroup, RunSpec,
 };
-use forja_train::{ThreadsGuard, TrainSummary};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
@@ -498,7 +498,8 @@ pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &St
         rejects.len(),
         100.0 * targets as f64 / tokens.max(1) as f64
     );
-    let spec = RunSpec { seed, run_key: run_key(cfg, inputs, seed, &device_name, ctx)?, ctx, out_dir: out.dir() };
+    let ins = [("model", Some(inputs.model.as_path())), ("train", Some(inputs.train.as_path())), ("val", inputs.val.as_deref())];
+    let spec = RunSpec { seed, run_key: run_key(cfg, seed, &device_name, &ins, ctx)?, ctx, out_dir: out.dir() };
     let outputs = EngineOutputs {
         model: out.path(&MODEL),
         metrics: out.path(&outputs::METRICS),
@@ -517,21 +518,6 @@ pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &St
         rejected: rejects.len(),
         target_share: targets as f64 / tokens.max(1) as f64,
     })
-}
-
-fn run_key(cfg: &SftConfig, inputs: &SftInputs, seed: u64, device: &str, ctx: &StageCtx) -> anyhow::Result<String> {
-    let hash = |p: &Path| forja_core::hash::hash_path(p).with_context(|| format!("hashing {}", p.display()));
-    let key = serde_json::json!({
-        "cfg": cfg,
-        "seed": seed,
-        "device": device,
-        "threads": tch::get_num_threads(),
-        "model": hash(&inputs.model)?,
-        "train": hash(&inputs.train)?,
-        "val": inputs.val.as_deref().map(hash).transpose()?,
-        "code": ctx.code_hash,
-    });
-    Ok(forja_core::hash::hash_json(&key))
 }
 
 /// The conversation up to (not including) its first assistant turn.

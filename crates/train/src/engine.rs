@@ -232,6 +232,30 @@ pub struct Engine<'a> {
     metrics: Vec<MetricRow>,
 }
 
+/// The key of a run's trajectory: the whole typed configuration, the seed,
+/// device and thread count in force, the content of every input (`None` for an
+/// optional input not given) and the stage's code. A checkpoint is resumed only
+/// under the same key ([`RunSpec::run_key`]).
+pub fn run_key(cfg: &impl Serialize, seed: u64, device: &str, inputs: &[(&str, Option<&Path>)], ctx: &StageCtx) -> anyhow::Result<String> {
+    let mut hashed = serde_json::Map::new();
+    for (name, path) in inputs {
+        let h = match path {
+            Some(p) => Some(forja_core::hash::hash_path(p).with_context(|| format!("hashing {}", p.display()))?),
+            None => None,
+        };
+        hashed.insert(name.to_string(), serde_json::json!(h));
+    }
+    let key = serde_json::json!({
+        "cfg": cfg,
+        "seed": seed,
+        "device": device,
+        "threads": tch::get_num_threads(),
+        "inputs": hashed,
+        "code": ctx.code_hash,
+    });
+    Ok(forja_core::hash::hash_json(&key))
+}
+
 /// Which run an engine trains: its seed, the key of its trajectory, the stage
 /// it belongs to and the folder it writes into.
 pub struct RunSpec<'a> {

@@ -18,6 +18,7 @@ pub mod optim;
 
 pub use diagnose::{DiagnosisConfig, Incident, IncidentKind, Policy};
 pub use engine::{
-    Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, Objective, RunSpec, StepOutcome, StepStats, ThreadsGuard, TrainSummary,
+    run_key, Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, Objective, RunSpec, StepOutcome, StepStats, ThreadsGuard,
+    TrainSummary,
 };
 pub use optim::{AdamW, OptimConfig, ParamGroup};
