@@ -71,7 +71,7 @@ pub struct SftData;
 
 impl Stage for SftData {
     const KIND: &'static str = "sft_data";
-    const ABOUT: &'static str = "read instruction data (chat messages, prompt/response fields, Self-Instruct tasks; JSONL, CSV, Arrow) into sft_examples train/val, with rejects";
+    const ABOUT: &'static str = "read instruction data (chat messages, prompt/response fields, Self-Instruct tasks; JSONL, CSV, Parquet, Arrow) into sft_examples train/val, with rejects";
     const INPUTS: &'static [InputSpec] = &[InputSpec { name: "files", required: true, many: true }];
     const OUTPUTS: &'static [OutputSpec] = &data::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
