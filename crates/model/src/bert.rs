@@ -155,22 +155,62 @@ impl Layer {
         }
     }
 
+    /// Token-wise work (projections, MLP, norms) runs on the real tokens only;
+    /// attention runs on the padded `[b, t]` layout with the key mask.
+    ///
     /// # Shapes
-    /// `x`: `[b, t, h]`, `mask`: `[b, 1, 1, t]` bool → `[b, t, h]`
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, cfg: &BertConfig, f: Fwd) -> Tensor {
-        let (b, t, h) = (x.size()[0], x.size()[1], x.size()[2]);
+    /// `x`: `[n, h]` (the real tokens of `rows`), `mask`: `[b, 1, 1, t]` bool → `[n, h]`
+    fn forward(&self, x: &Tensor, rows: &Rows, mask: Option<&Tensor>, cfg: &BertConfig, f: Fwd) -> Tensor {
+        let (b, t, h) = (rows.b, rows.t, x.size()[1]);
         let nh = cfg.num_attention_heads;
-        let heads = |z: Tensor| z.view([b, t, nh, h / nh]).transpose(1, 2); // [b, nh, t, hd]
+        let heads = |z: Tensor| rows.to_padded(&z).view([b, t, nh, h / nh]).transpose(1, 2); // [b, nh, t, hd]
         let (q, k, v) = (heads(self.query.forward(x, f)), heads(self.key.forward(x, f)), heads(self.value.forward(x, f)));
         let p_attn = if f.train { cfg.attention_probs_dropout_prob } else { 0.0 };
         let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask.map(Tensor::shallow_clone), p_attn, false, None, false);
-        let ctx = ctx.transpose(1, 2).contiguous().view([b, t, h]);
+        let ctx = rows.to_rows(&ctx.transpose(1, 2).contiguous().view([b, t, h])); // [n, h]
         let p = if f.train { cfg.hidden_dropout_prob } else { 0.0 };
         let a = self.attn_out.forward(&ctx, f).dropout(p, f.train).to_kind(Kind::Float);
         let x = layer_norm(&self.attn_ln, &(a + x));
         let inner = act(&self.inter.forward(&x, f), &cfg.hidden_act);
         let o = self.out.forward(&inner, f).dropout(p, f.train).to_kind(Kind::Float);
         layer_norm(&self.out_ln, &(o + x))
+    }
+}
+
+/// Which positions of a `[b, t]` batch hold real tokens: padding is dropped
+/// before token-wise work (MosaicBERT's and FlashAttention's "unpadding"), so a
+/// batch padded to its longest sequence costs what its real tokens cost, except
+/// in attention.
+struct Rows {
+    b: i64,
+    t: i64,
+    /// Flat indices of the real tokens in `[b·t]`; `None` when all are real.
+    keep: Option<Tensor>,
+}
+
+impl Rows {
+    fn new(b: i64, t: i64, mask: Option<&Tensor>) -> Self {
+        let keep = mask.map(|m| m.reshape([-1]).nonzero().squeeze_dim(1)).filter(|k| k.size()[0] < b * t);
+        Self { b, t, keep }
+    }
+
+    /// `[b, t, h]` → `[n, h]`
+    fn to_rows(&self, x: &Tensor) -> Tensor {
+        let flat = x.reshape([self.b * self.t, -1]);
+        match &self.keep {
+            Some(k) => flat.index_select(0, k),
+            None => flat,
+        }
+    }
+
+    /// `[n, h]` → `[b, t, h]`, padding positions zero.
+    fn to_padded(&self, x: &Tensor) -> Tensor {
+        let h = x.size()[1];
+        let full = match &self.keep {
+            Some(k) => Tensor::zeros([self.b * self.t, h], (x.kind(), x.device())).index_copy(0, k, x),
+            None => x.shallow_clone(),
+        };
+        full.view([self.b, self.t, h])
     }
 }
 
@@ -203,7 +243,8 @@ impl Bert {
         })
     }
 
-    /// Last hidden states.
+    /// Last hidden states; padding positions (`attention_mask` 0) come out as
+    /// zeros (no real token ever reads them).
     ///
     /// # Shapes
     /// `ids`: `[b, t]` i64 (t ≤ max_position_embeddings); `attention_mask`: `[b, t]`
@@ -224,19 +265,22 @@ impl Bert {
         };
         let p = if train { self.cfg.hidden_dropout_prob } else { 0.0 };
         let x = self.word_embeddings.forward(ids) + self.position_embeddings.forward(&pos) + self.token_type_embeddings.forward(&types);
-        let mut x = layer_norm(&self.emb_ln, &x).dropout(p, train); // [b, t, h]
+        let x = layer_norm(&self.emb_ln, &x).dropout(p, train); // [b, t, h]
         let mask = match attention_mask {
             Some(m) => {
                 anyhow::ensure!(m.size() == [b, t], "attention_mask must be [{b}, {t}], got {:?}", m.size());
-                Some(m.to_kind(Kind::Bool).view([b, 1, 1, t]))
+                Some(m.to_kind(Kind::Bool))
             }
             None => None,
         };
+        let rows = Rows::new(b, t, mask.as_ref());
+        let key_mask = mask.map(|m| m.view([b, 1, 1, t]));
         let f = Fwd::new(train, self.precision);
+        let mut x = rows.to_rows(&x); // [n, h]
         for layer in &self.layers {
-            x = layer.forward(&x, mask.as_ref(), &self.cfg, f);
+            x = layer.forward(&x, &rows, key_mask.as_ref(), &self.cfg, f);
         }
-        Ok(x)
+        Ok(rows.to_padded(&x))
     }
 }
 

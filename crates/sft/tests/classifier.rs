@@ -170,3 +170,27 @@ fn a_lora_classifier_merges_into_a_plain_one_with_the_same_logits() {
     let merged_logits = tch::no_grad(|| plain.forward(&ids, &mask, false).unwrap());
     assert!((adapted - merged_logits).abs().max().double_value(&[]) < 1e-5);
 }
+
+#[test]
+fn padding_never_changes_a_bert_sequence_s_hidden_states() {
+    use forja_model::bert::{Bert, BertConfig};
+    use tch::{nn, Kind};
+    let cfg = BertConfig::sized(60, 16, 2, 2, 16, 0.0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let bert = Bert::new(&vs.root(), &cfg, None).unwrap();
+    let long = [2i64, 17, 33, 5, 9, 41, 3];
+    let short = [2i64, 8, 3];
+    let mut ids = long.to_vec();
+    ids.extend(short.iter().chain([0, 0, 0, 0].iter()));
+    let ids = Tensor::from_slice(&ids).view([2, 7]);
+    let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]).view([2, 7]);
+    let padded = tch::no_grad(|| bert.forward(&ids, None, Some(&mask), false).unwrap());
+    let alone = |seq: &[i64]| {
+        let x = Tensor::from_slice(seq).view([1, -1]);
+        tch::no_grad(|| bert.forward(&x, None, Some(&x.ones_like()), false).unwrap()).squeeze_dim(0)
+    };
+    let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    assert!(diff(&padded.get(0), &alone(&long)) < 1e-5);
+    assert!(diff(&padded.get(1).narrow(0, 0, 3), &alone(&short)) < 1e-5);
+    assert_eq!(padded.get(1).narrow(0, 3, 4).abs().sum(Kind::Float).double_value(&[]), 0.0, "padding positions are zeros");
+}

@@ -167,18 +167,23 @@ struct Timing {
     warmup: u64,
 }
 
-/// Runs `warmup + steps` engine steps; returns the steady steps/s (median step).
+/// Runs `warmup + steps` engine steps; returns the steady steps/s (mean over
+/// the timed steps) and prints the mean phase times to stderr.
 fn time_steps(engine: &mut Engine, obj: &mut dyn Objective, t: Timing, lr: f64) -> anyhow::Result<f64> {
-    let mut times = Vec::new();
+    let (mut times, mut phases) = (Vec::new(), [0.0f64; 3]);
     for step in 0..t.warmup + t.steps {
         let t0 = Instant::now();
         let outcome = engine.train_step(obj, step, lr, false)?;
-        let StepOutcome::Applied { .. } = outcome else { anyhow::bail!("step {step} diverged") };
+        let StepOutcome::Applied { stats, .. } = outcome else { anyhow::bail!("step {step} diverged") };
         if step >= t.warmup {
             times.push(t0.elapsed().as_secs_f64());
+            for (p, v) in phases.iter_mut().zip([stats.forward_s, stats.backward_s, stats.optimizer_s]) {
+                *p += v * 1000.0 / t.steps as f64;
+            }
         }
     }
     anyhow::ensure!(!times.is_empty(), "--steps must be > 0");
+    eprintln!("phases ms: forward {:.1}, backward {:.1}, clip+optimizer {:.1}", phases[0], phases[1], phases[2]);
     // Mean over the timed steps, as the peers report (their batches vary in length too).
     Ok(times.len() as f64 / times.iter().sum::<f64>())
 }
