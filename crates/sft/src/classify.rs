@@ -251,14 +251,7 @@ impl Classify<'_> {
 
     fn fixed_batch(&self, split: EvalSplit, i: u64) -> Vec<&Example> {
         let data = if split == EvalSplit::Val { &self.val } else { &self.train };
-        let bs = self.batches.batch_size;
-        let start = (i as usize * bs) % data.len().max(1);
-        data[start..(start + bs).min(data.len())].iter().collect()
-    }
-
-    /// Validation batches that cover the validation examples once.
-    pub fn val_batches(&self) -> u64 {
-        self.val.len().div_ceil(self.batches.batch_size).max(1) as u64
+        data[self.batches.fixed(i, data.len())].iter().collect()
     }
 
     fn device(&self) -> Device {
@@ -386,7 +379,7 @@ pub struct ClassifierSummary {
     pub train: TrainSummary,
     pub test: Option<ClassScores>,
     pub labels: Vec<String>,
-    pub wall_s: f64,
+    pub cost: crate::cost::Cost,
 }
 
 /// Trains and scores; writes every output of the stage under `out`.
@@ -495,7 +488,7 @@ pub fn run_with_hook(
         grad_accum: cfg.grad_accum,
         max_steps,
         eval_interval: cfg.eval_interval,
-        eval_iters: obj.val_batches(),
+        eval_iters: obj.batches.covering(obj.val.len()),
         checkpoint_interval: cfg.checkpoint_interval,
         early_stopping_patience: cfg.early_stopping_patience,
         log_interval: cfg.log_interval,
@@ -536,7 +529,6 @@ pub fn run_with_hook(
     finish_outputs(out, ctx, &outputs, &labels, &train_summary, test_scores.as_ref(), weights.is_some())?;
     let cost = meter.read();
     cost.record(&outputs.metrics, &outputs.report, ctx, train_summary.steps)?;
-    let wall_s = cost.wall_s;
     if let Some(s) = &test_scores {
         println!(
             "{}: test accuracy {:.4}, macro F1 {:.4} ({} examples), {:.0} s",
@@ -544,10 +536,10 @@ pub fn run_with_hook(
             s.accuracy,
             s.macro_f1,
             test.as_ref().map_or(0, Vec::len),
-            wall_s
+            cost.wall_s
         );
     }
-    Ok(ClassifierSummary { train: train_summary, test: test_scores, labels, wall_s })
+    Ok(ClassifierSummary { train: train_summary, test: test_scores, labels, cost })
 }
 
 /// Which parameters train: LoRA adapters and the head (LoRA), everything but

@@ -243,11 +243,6 @@ impl Instruct<'_> {
         let picked = hidden.view([-1, c]).index_select(0, &keep); // [n, c]
         Ok(cross_entropy(&self.model.lm_head(&picked), &targets.index_select(0, &keep)))
     }
-
-    /// Validation batches covering the validation rows once.
-    pub fn val_batches(&self) -> u64 {
-        self.val.len().div_ceil(self.batches.batch_size).max(1) as u64
-    }
 }
 
 impl Objective for Instruct<'_> {
@@ -259,9 +254,7 @@ impl Objective for Instruct<'_> {
 
     fn eval_batch(&mut self, split: EvalSplit, i: u64) -> anyhow::Result<EvalScore> {
         let data = if split == EvalSplit::Val { &self.val } else { &self.train };
-        let bs = self.batches.batch_size;
-        let start = (i as usize * bs) % data.len().max(1);
-        let rows: Vec<&Row> = data[start..(start + bs).min(data.len())].iter().collect();
+        let rows: Vec<&Row> = data[self.batches.fixed(i, data.len())].iter().collect();
         anyhow::ensure!(!rows.is_empty(), "no {} rows to evaluate", split.name());
         Ok(EvalScore { loss: self.loss(&rows, false)?.double_value(&[]), metrics: Vec::new() })
     }
@@ -476,7 +469,8 @@ pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &St
         val: val_rows,
         write,
     };
-    let eval_iters = if cfg.eval_iters == 0 { obj.val_batches() } else { cfg.eval_iters.min(obj.val_batches()) };
+    let val_batches = obj.batches.covering(obj.val.len());
+    let eval_iters = if cfg.eval_iters == 0 { val_batches } else { cfg.eval_iters.min(val_batches) };
     let engine_cfg = EngineConfig {
         optim: cfg.optim.clone(),
         grad_accum: cfg.grad_accum,
@@ -553,14 +547,19 @@ fn write_samples(
     if !convs.is_empty() {
         let (_vs, model, tok) = load_gpt(&outputs.model, device)?;
         let template = chat::read_template(&outputs.model)?.context("the exported model lost its chat template")?;
+        // Prompts that fit the context are answered in one batch.
         let block = model.cfg.block_size as usize;
+        let mut fitting = Vec::new();
         for (conv, reference) in &convs {
             let prompt = template.render(conv, true)?;
-            if tok.encode(&prompt)?.len() >= block {
-                md += &format!("- (prompt of {} characters does not fit the context of {block} tokens)\n", prompt.len());
-                continue;
+            match tok.encode(&prompt)?.len() {
+                n if n >= block => md += &format!("- (a prompt of {n} tokens does not fit the context of {block})\n"),
+                _ => fitting.push((conv.clone(), reference, prompt)),
             }
-            let answer = respond(&model, &tok, &template, std::slice::from_ref(conv), &cfg.chat)?.pop().unwrap_or_default();
+        }
+        let batch: Vec<Vec<Message>> = fitting.iter().map(|(c, _, _)| c.clone()).collect();
+        let answers = if batch.is_empty() { Vec::new() } else { respond(&model, &tok, &template, &batch, &cfg.chat)? };
+        for ((conv, reference, prompt), answer) in fitting.into_iter().zip(answers) {
             let user = conv.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
             md += &format!("**User:** {}\n\n**Model:** {}\n\n", quote(user), quote(&answer));
             if let Some(r) = reference {

@@ -120,3 +120,17 @@ impl EpochBatches {
         self.slice(&self.permutation(epoch), b)
     }
 }
+
+impl EpochBatches {
+    /// Fixed evaluation batch `i` over `len` examples in their order (wrapping),
+    /// as an index range.
+    pub fn fixed(&self, i: u64, len: usize) -> std::ops::Range<usize> {
+        let start = (i as usize * self.batch_size) % len.max(1);
+        start..(start + self.batch_size).min(len)
+    }
+
+    /// Batches that cover `len` examples once (at least 1).
+    pub fn covering(&self, len: usize) -> u64 {
+        len.div_ceil(self.batch_size).max(1) as u64
+    }
+}
