@@ -5,7 +5,7 @@ use crate::schema::{col, ArtifactKind};
 use arrow_array::builder::{ListBuilder, PrimitiveBuilder};
 use arrow_array::types::{ArrowPrimitiveType, Float32Type, UInt32Type};
 use arrow_array::{
-    Array, ArrayRef, Float32Array, Float64Array, ListArray, PrimitiveArray, RecordBatch, StringArray, StructArray, UInt64Array,
+    Array, ArrayRef, Float32Array, Float64Array, Int8Array, ListArray, PrimitiveArray, RecordBatch, StringArray, StructArray, UInt64Array,
 };
 use arrow_buffer::OffsetBuffer;
 use std::path::Path;
@@ -405,6 +405,93 @@ impl Artifact for SftExample {
                     .map(|j| Message { role: role.value(j).to_string(), content: content.value(j).to_string() })
                     .collect(),
                 source: source[i].clone(),
+            })
+            .collect())
+    }
+}
+
+/// A human preference between two answers to one prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preference {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    /// Who judged (an API key's label, a person's name).
+    pub annotator: String,
+    /// Where the pair came from (`serve:MODEL:COMPLETION_ID`, a file).
+    pub source: String,
+}
+
+impl Artifact for Preference {
+    const KIND: ArtifactKind = ArtifactKind::Preferences;
+    fn to_batch(rows: &[Self]) -> RecordBatch {
+        batch(
+            Self::KIND,
+            vec![
+                strings(rows.iter().map(|r| r.prompt.as_str())),
+                strings(rows.iter().map(|r| r.chosen.as_str())),
+                strings(rows.iter().map(|r| r.rejected.as_str())),
+                strings(rows.iter().map(|r| r.annotator.as_str())),
+                strings(rows.iter().map(|r| r.source.as_str())),
+            ],
+        )
+    }
+    fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<Self>, ArtifactError> {
+        let (prompt, chosen, rejected) = (str_col(path, b, col::PROMPT)?, str_col(path, b, col::CHOSEN)?, str_col(path, b, col::REJECTED)?);
+        let (annotator, source) = (str_col(path, b, col::ANNOTATOR)?, str_col(path, b, col::SOURCE)?);
+        Ok((0..prompt.len())
+            .map(|i| Preference {
+                prompt: prompt[i].clone(),
+                chosen: chosen[i].clone(),
+                rejected: rejected[i].clone(),
+                annotator: annotator[i].clone(),
+                source: source[i].clone(),
+            })
+            .collect())
+    }
+}
+
+/// A thumbs up (+1) or down (-1) on one completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rating {
+    /// The completion's id (`cmpl-…`, `chatcmpl-…`).
+    pub id: String,
+    pub prompt: String,
+    pub completion: String,
+    /// The model that wrote it (`id@hash`).
+    pub model: String,
+    pub rating: i8,
+    pub annotator: String,
+}
+
+impl Artifact for Rating {
+    const KIND: ArtifactKind = ArtifactKind::Ratings;
+    fn to_batch(rows: &[Self]) -> RecordBatch {
+        batch(
+            Self::KIND,
+            vec![
+                strings(rows.iter().map(|r| r.id.as_str())),
+                strings(rows.iter().map(|r| r.prompt.as_str())),
+                strings(rows.iter().map(|r| r.completion.as_str())),
+                strings(rows.iter().map(|r| r.model.as_str())),
+                Arc::new(Int8Array::from(rows.iter().map(|r| r.rating).collect::<Vec<_>>())),
+                strings(rows.iter().map(|r| r.annotator.as_str())),
+            ],
+        )
+    }
+    fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<Self>, ArtifactError> {
+        let (id, prompt, completion) = (str_col(path, b, col::ID)?, str_col(path, b, col::PROMPT)?, str_col(path, b, col::COMPLETION)?);
+        let (model, annotator) = (str_col(path, b, col::MODEL)?, str_col(path, b, col::ANNOTATOR)?);
+        let rating = column::<Int8Array>(path, b, col::RATING)?;
+        no_nulls(path, col::RATING, rating)?;
+        Ok((0..id.len())
+            .map(|i| Rating {
+                id: id[i].clone(),
+                prompt: prompt[i].clone(),
+                completion: completion[i].clone(),
+                model: model[i].clone(),
+                rating: rating.value(i),
+                annotator: annotator[i].clone(),
             })
             .collect())
     }

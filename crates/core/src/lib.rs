@@ -8,7 +8,9 @@
 //! - [`fsutil`]: atomic file and directory writes;
 //! - [`metric`]: metric and split names;
 //! - [`resources`]: CPU time and an energy estimate;
-//! - [`stage`]: the typed stage interface, its JSON/CLI adapter, the stage binaries' CLI.
+//! - [`stage`]: the typed stage interface, its JSON/CLI adapter, the stage binaries' CLI;
+//! - [`token_counts`]: how often each token id occurs in a model's training data
+//!   (written into model folders, read by the server's drift monitor).
 //!
 //! This crate never depends on libtorch.
 
@@ -22,7 +24,8 @@ pub mod plot;
 pub mod resources;
 pub mod schema;
 pub mod stage;
+pub mod token_counts;
 
-pub use artifacts::{Artifact, Document, EmbeddingRow, Generation, Message, MetricRow, Reject, SftExample, TokenRow};
+pub use artifacts::{Artifact, Document, EmbeddingRow, Generation, Message, MetricRow, Preference, Rating, Reject, SftExample, TokenRow};
 pub use ipc::{read_artifact, write_artifact, ArtifactError};
 pub use schema::ArtifactKind;

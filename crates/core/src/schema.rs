@@ -43,6 +43,10 @@ pub mod col {
     pub const MESSAGES: &str = "messages";
     pub const ROLE: &str = "role";
     pub const CONTENT: &str = "content";
+    pub const CHOSEN: &str = "chosen";
+    pub const REJECTED: &str = "rejected";
+    pub const ANNOTATOR: &str = "annotator";
+    pub const RATING: &str = "rating";
 }
 
 /// The `messages` column of `sft_examples`: `list<struct<role, content>>`.
@@ -60,6 +64,8 @@ pub enum ArtifactKind {
     Generations,
     Embeddings,
     SftExamples,
+    Preferences,
+    Ratings,
 }
 
 impl ArtifactKind {
@@ -72,6 +78,8 @@ impl ArtifactKind {
             Self::Generations => "generations",
             Self::Embeddings => "embeddings",
             Self::SftExamples => "sft_examples",
+            Self::Preferences => "preferences",
+            Self::Ratings => "ratings",
         }
     }
 
@@ -108,6 +116,12 @@ impl ArtifactKind {
                 Field::new(MESSAGES, DataType::List(Arc::new(Field::new("item", DataType::Struct(message_fields()), false))), false),
                 utf8(SOURCE),
             ],
+            // A person preferred `chosen` to `rejected` as the answer to `prompt`.
+            Self::Preferences => vec![utf8(PROMPT), utf8(CHOSEN), utf8(REJECTED), utf8(ANNOTATOR), utf8(SOURCE)],
+            // Thumbs up (+1) or down (-1) on one completion of a served model.
+            Self::Ratings => {
+                vec![utf8(ID), utf8(PROMPT), utf8(COMPLETION), utf8(MODEL), Field::new(RATING, DataType::Int8, false), utf8(ANNOTATOR)]
+            }
         }
     }
 

@@ -4,7 +4,7 @@ use arrow_schema::{DataType, Field, Schema};
 use forja_core::artifacts::Artifact;
 use forja_core::hash::{canonical_json, hash_json, hash_path};
 use forja_core::stage::set_param;
-use forja_core::{ArtifactError, ArtifactKind, Document, EmbeddingRow, Generation, MetricRow, Reject, TokenRow};
+use forja_core::{ArtifactError, ArtifactKind, Document, EmbeddingRow, Generation, MetricRow, Preference, Rating, Reject, TokenRow};
 use std::sync::Arc;
 
 fn doc(i: usize) -> Document {
@@ -42,6 +42,26 @@ fn every_artifact_round_trips() {
     ];
     Generation::write(&dir.path().join("g.arrow"), "eval", "h", &gens).unwrap();
     assert_eq!(Generation::read(&dir.path().join("g.arrow")).unwrap(), gens);
+
+    let prefs = vec![Preference {
+        prompt: "p".into(),
+        chosen: "good".into(),
+        rejected: "bad".into(),
+        annotator: "ana".into(),
+        source: "serve:m:cmpl-1".into(),
+    }];
+    Preference::write(&dir.path().join("p.arrow"), "serve", "h", &prefs).unwrap();
+    assert_eq!(Preference::read(&dir.path().join("p.arrow")).unwrap(), prefs);
+    let ratings = vec![Rating {
+        id: "cmpl-1".into(),
+        prompt: "p".into(),
+        completion: "c".into(),
+        model: "m@h".into(),
+        rating: -1,
+        annotator: "key-1".into(),
+    }];
+    Rating::write(&dir.path().join("ra.arrow"), "serve", "h", &ratings).unwrap();
+    assert_eq!(Rating::read(&dir.path().join("ra.arrow")).unwrap(), ratings);
 }
 
 #[test]
