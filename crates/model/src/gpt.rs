@@ -15,6 +15,7 @@
 //! References: Radford et al. 2019 (GPT-2); Karpathy's nanoGPT `model.py`.
 
 use crate::layers::{check_ids, layer_norm, Fwd, Layout, LoraConfig, Precision, Proj};
+use crate::slots::{self, SlotCache, SlotRow, SlotStep};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -218,6 +219,20 @@ impl Attention {
     }
 }
 
+impl Attention {
+    /// Attention over a slot cache (continuous batching).
+    fn forward_slots(&self, x: &Tensor, f: Fwd, layer: usize, cache: &mut SlotCache, step: &SlotStep) -> Tensor {
+        let (b, t, c) = (x.size()[0], x.size()[1], x.size()[2]);
+        let hd = c / self.n_head;
+        let qkv = self.c_attn.forward(x, f); // [b, t, 3c]
+        let heads = |z: &Tensor| z.view([b, t, self.n_head, hd]).transpose(1, 2); // [b, h, t, hd]
+        let parts = qkv.split(c, 2);
+        let y = slots::attend(&heads(&parts[0]), &heads(&parts[1]), &heads(&parts[2]), layer, cache, step);
+        let y = y.transpose(1, 2).contiguous().view([b, t, c]);
+        self.c_proj.forward(&y, f)
+    }
+}
+
 #[derive(Debug)]
 struct Mlp {
     c_fc: Proj,
@@ -264,6 +279,11 @@ impl Block {
     /// The residual stream stays float32; branches may compute in bfloat16.
     fn forward(&self, x: &Tensor, f: Fwd, cache: Option<&mut LayerCache>, mask: Option<&KeyMask>) -> Tensor {
         let x = x + self.attn.forward(&layer_norm(&self.ln_1, x), f, cache, mask).to_kind(Kind::Float);
+        &x + self.mlp.forward(&layer_norm(&self.ln_2, &x), f).to_kind(Kind::Float)
+    }
+
+    fn forward_slots(&self, x: &Tensor, f: Fwd, layer: usize, cache: &mut SlotCache, step: &SlotStep) -> Tensor {
+        let x = x + self.attn.forward_slots(&layer_norm(&self.ln_1, x), f, layer, cache, step).to_kind(Kind::Float);
         &x + self.mlp.forward(&layer_norm(&self.ln_2, &x), f).to_kind(Kind::Float)
     }
 }
@@ -382,6 +402,24 @@ impl Gpt {
             x = block.forward(&x, f, None, Some(&KeyMask::Full(&allowed)));
         }
         Ok(layer_norm(&self.ln_f, &x))
+    }
+
+    /// Final hidden state of the last token of each row of a continuous-batching
+    /// step over `cache` (see [`crate::slots`]): rows are prompts to prefill or
+    /// one new token per running sequence, each in its own slot.
+    ///
+    /// # Shapes
+    /// `rows`: b rows → `[b, n_embd]`
+    pub fn hidden_slots(&self, rows: &[SlotRow], cache: &mut SlotCache) -> anyhow::Result<Tensor> {
+        let (step, idx, positions, last) = slots::plan(rows, cache, self.device())?;
+        let f = self.fwd(false);
+        let mut x = self.wte.forward(&idx) + self.wpe.forward(&positions); // [b, t, c]
+        for (i, block) in self.h.iter().enumerate() {
+            x = block.forward_slots(&x, f, i, cache, &step);
+        }
+        let c = self.cfg.n_embd;
+        let last = x.gather(1, &last.view([-1, 1, 1]).expand([-1, 1, c], false), false).squeeze_dim(1); // [b, c]
+        Ok(layer_norm(&self.ln_f, &last))
     }
 
     /// Next-token logits from hidden states (the tied embedding), float32.

@@ -8,6 +8,7 @@
 //! - [`layers`]: projections plain or LoRA, precision, shape checks;
 //! - [`generate`]: KV-cache generation (single and batched with log-probabilities)
 //!   and sampling;
+//! - [`slots`]: a KV cache of fixed slots for continuous batching (serving);
 //! - [`checkpoint`]: model folders (safetensors + config.json + tokenizer.json),
 //!   loading by `model_type`.
 
@@ -19,6 +20,7 @@ pub mod gpt;
 pub mod layers;
 pub mod lm;
 pub mod lstm;
+pub mod slots;
 
 pub use bert::{mean_pool, Bert, BertConfig, BertMlmHead};
 pub use checkpoint::{load_gpt, load_model, parse_device, save_model, AnyModel, LoadedModel};
@@ -28,3 +30,4 @@ pub use gpt::{Gpt, GptConfig, KvCache};
 pub use layers::{merge_lora, Layout, LoraConfig, Precision};
 pub use lm::LanguageModel;
 pub use lstm::{LstmConfig, LstmLm};
+pub use slots::{SlotCache, SlotRow};

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 use forja_model::generate::sample;
 use forja_model::{
-    generate, generate_batch, load_model, save_model, AnyModel, Gpt, GptConfig, KvCache, LoraConfig, Precision, SamplingConfig,
+    generate, generate_batch, load_model, save_model, AnyModel, Gpt, GptConfig, KvCache, LoraConfig, Precision, SamplingConfig, SlotCache,
+    SlotRow,
 };
 use forja_tokenizer::char_tokenizer;
 use rand::SeedableRng;
@@ -228,4 +229,45 @@ fn bf16_matrix_products_stay_close_to_float32() {
     assert_eq!(bf16_logits.kind(), Kind::Float, "logits come back in float32");
     let diff = (&f32_logits - &bf16_logits).abs().max().double_value(&[]);
     assert!(diff > 0.0 && diff < 0.05, "{diff}");
+}
+
+/// Last-position hidden state of `seq` through the plain forward.
+fn last_hidden(m: &Gpt, seq: &[u32]) -> Tensor {
+    let v: Vec<i64> = seq.iter().map(|&t| i64::from(t)).collect();
+    m.hidden(&ids(&v), false, None).unwrap().select(1, -1).squeeze_dim(0)
+}
+
+#[test]
+fn slot_cache_steps_match_the_full_forward_as_sequences_join_and_leave() {
+    let (_vs, m) = model(&tiny());
+    let mut cache = SlotCache::new(&m, 3);
+    let (a, b, c): (Vec<u32>, Vec<u32>, Vec<u32>) = (vec![1, 2, 3, 4, 5], vec![6, 7], vec![9, 8, 7, 6]);
+    // Prefill a and b together (different lengths), in slots 2 and 0.
+    let h = m.hidden_slots(&[SlotRow { slot: 2, start: 0, tokens: &a }, SlotRow { slot: 0, start: 0, tokens: &b }], &mut cache).unwrap();
+    assert!(h.get(0).allclose(&last_hidden(&m, &a), 1e-5, 1e-5, false));
+    assert!(h.get(1).allclose(&last_hidden(&m, &b), 1e-5, 1e-5, false));
+    // One decoding step for both, then c joins in slot 1 while a takes a step.
+    let h =
+        m.hidden_slots(&[SlotRow { slot: 2, start: 5, tokens: &[10] }, SlotRow { slot: 0, start: 2, tokens: &[3] }], &mut cache).unwrap();
+    assert!(h.get(0).allclose(&last_hidden(&m, &[1, 2, 3, 4, 5, 10]), 1e-5, 1e-5, false));
+    assert!(h.get(1).allclose(&last_hidden(&m, &[6, 7, 3]), 1e-5, 1e-5, false));
+    let h = m.hidden_slots(&[SlotRow { slot: 1, start: 0, tokens: &c }], &mut cache).unwrap();
+    assert!(h.get(0).allclose(&last_hidden(&m, &c), 1e-5, 1e-5, false));
+    // b left; slot 0 is reused by a new sequence while a and c decode.
+    let h = m
+        .hidden_slots(
+            &[
+                SlotRow { slot: 2, start: 6, tokens: &[0] },
+                SlotRow { slot: 1, start: 4, tokens: &[2] },
+                SlotRow { slot: 0, start: 0, tokens: &[4, 4, 4] },
+            ],
+            &mut cache,
+        )
+        .unwrap();
+    assert!(h.get(0).allclose(&last_hidden(&m, &[1, 2, 3, 4, 5, 10, 0]), 1e-5, 1e-5, false));
+    assert!(h.get(1).allclose(&last_hidden(&m, &[9, 8, 7, 6, 2]), 1e-5, 1e-5, false));
+    assert!(h.get(2).allclose(&last_hidden(&m, &[4, 4, 4]), 1e-5, 1e-5, false));
+    // A sequence cannot run past the context.
+    let err = m.hidden_slots(&[SlotRow { slot: 0, start: 15, tokens: &[1, 2] }], &mut cache).unwrap_err();
+    assert!(err.to_string().contains("context of 16"), "{err}");
 }
