@@ -5,7 +5,10 @@
 
 use crate::objectives::{CausalLm, MaskedLm, MlmConfig, MlmTokens, ModelWriter, Streams};
 use anyhow::{bail, Context};
+use forja_core::artifacts::Artifact;
 use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::token_counts::TokenCounts;
+use forja_core::TokenRow;
 use forja_model::bert::{Bert, BertConfig, BertMlmHead};
 use forja_model::checkpoint::{self, load_weights, write_folder, write_model_files, WEIGHTS};
 use forja_model::lstm::{LstmConfig, LstmLm, LSTM_MODEL_TYPE};
@@ -286,6 +289,13 @@ fn gpt_config(s: &Setup) -> anyhow::Result<GptConfig> {
     Ok(model_cfg)
 }
 
+/// How often each token occurs in the training split: written beside the
+/// weights for the server's drift monitor.
+fn training_counts(s: &Setup, vocab: i64) -> anyhow::Result<TokenCounts> {
+    let rows = TokenRow::read(&s.inputs.train)?;
+    Ok(TokenCounts::of(rows.iter().map(|r| r.ids.as_slice()), vocab as usize, "pretrain train split"))
+}
+
 fn train_gpt(s: &Setup, hook: StepHook) -> anyhow::Result<TrainSummary> {
     let model_cfg = gpt_config(s)?;
     let data = streams(s, model_cfg.vocab_size, model_cfg.block_size)?;
@@ -294,7 +304,11 @@ fn train_gpt(s: &Setup, hook: StepHook) -> anyhow::Result<TrainSummary> {
     let mut model = Gpt::new(&vs.root(), &model_cfg)?;
     model.precision = s.cfg.precision;
     load_init(s, &mut vs, &|_| false)?;
-    let write: ModelWriter = Box::new(|vs, dir| write_model_files(dir, vs, &model_cfg, &s.tokenizer));
+    let counts = training_counts(s, model_cfg.vocab_size)?;
+    let write: ModelWriter = Box::new(|vs, dir| {
+        write_model_files(dir, vs, &model_cfg, &s.tokenizer)?;
+        counts.write(dir)
+    });
     let mut obj = CausalLm { model: &model, data, write };
     train(s, &mut vs, &mut obj, hook)
 }

@@ -22,6 +22,7 @@ use crate::peft;
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
 use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::token_counts::TokenCounts;
 use forja_core::{Generation, Message, Reject, SftExample, TokenRow};
 use forja_model::checkpoint::{self, HfGpt2Config, Weights, CONFIG, TOKENIZER, WEIGHTS};
 use forja_model::lm::cross_entropy;
@@ -336,6 +337,8 @@ pub fn base_weights(model_dir: &Path, added: &[u32], vocab: i64) -> anyhow::Resu
 /// Everything the model folder is written from.
 struct Export<'a> {
     cfg: &'a GptConfig,
+    /// The training prompts' tokens (the server's drift reference).
+    counts: &'a TokenCounts,
     tokenizer: &'a Tokenizer,
     template: &'a ChatTemplate,
     lora: Option<&'a LoraConfig>,
@@ -362,6 +365,7 @@ fn write_export(dir: &Path, vs: &nn::VarStore, e: &Export) -> anyhow::Result<()>
     };
     std::fs::write(dir.join(CONFIG), serde_json::to_string_pretty(&hf)?)?;
     e.tokenizer.save(&dir.join(TOKENIZER))?;
+    e.counts.write(dir)?;
     chat::write_tokenizer_config(dir, e.template, e.cfg.block_size)
 }
 
@@ -459,7 +463,18 @@ pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &St
     };
     let steps_per_epoch = train_rows.len().div_ceil(cfg.batch_size * cfg.grad_accum.max(1) as usize) as u64;
     let max_steps = if cfg.max_steps > 0 { cfg.max_steps } else { ((cfg.epochs * steps_per_epoch as f64).ceil() as u64).max(1) };
-    let export = Export { cfg: &p.cfg, tokenizer: &p.tokenizer, template: &p.template, lora: cfg.lora.as_ref(), base: &inputs.model };
+    // What the served model will be asked: the non-assistant tokens of training.
+    let prompts: Vec<Vec<u32>> =
+        train_enc.iter().map(|e| e.ids.iter().zip(&e.assistant).filter(|(_, a)| !**a).map(|(t, _)| *t).collect()).collect();
+    let counts = TokenCounts::of(prompts.iter().map(Vec::as_slice), p.cfg.vocab_size as usize, "sft train prompts");
+    let export = Export {
+        cfg: &p.cfg,
+        counts: &counts,
+        tokenizer: &p.tokenizer,
+        template: &p.template,
+        lora: cfg.lora.as_ref(),
+        base: &inputs.model,
+    };
     let write: forja_pretrain::objectives::ModelWriter = Box::new(|vs, dir| write_export(dir, vs, &export));
     let n_rows = train_rows.len();
     let mut obj = Instruct {
