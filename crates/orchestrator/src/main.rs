@@ -39,6 +39,8 @@ enum Cmd {
     Stage(StageArgs),
     /// List the stage kinds with their inputs and outputs.
     Stages,
+    /// Serve a model folder over an OpenAI-compatible HTTP API (see forja-serve --help).
+    Serve(forja_serve::ServeArgs),
     /// Answer a conversation with a fine-tuned GPT folder: its own chat template,
     /// stopping at the end of the turn (or a stop string).
     Chat {
@@ -100,6 +102,7 @@ fn real_main() -> Result<()> {
             println!("{}: ok ({} stages: {})", file.display(), names.len(), names.join(" -> "));
         }
         Cmd::Stage(args) => run_from_args(&registry, &args)?,
+        Cmd::Serve(args) => forja_serve::run(args)?,
         Cmd::Chat { model, turns, system, temperature, top_k, top_p, max_new_tokens, seed, stop, device } => {
             let mut messages: Vec<Message> = system.into_iter().map(|content| Message { role: "system".into(), content }).collect();
             for (i, content) in turns.into_iter().enumerate() {

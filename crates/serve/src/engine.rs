@@ -1,0 +1,598 @@
+//! The engine: one thread that owns the weights and runs continuous batching.
+//!
+//! Sequences wait in a bounded queue; between decoding steps the engine admits
+//! waiting ones into free slots of a shared [`SlotCache`] (prefilling their
+//! prompts together), then advances every running sequence by one token in one
+//! batched step. A sequence leaves when it stops, reaches its limit or deadline,
+//! or its client goes away (its event channel closes), freeing its slot for the
+//! next. After a reload, sequences admitted on the old model finish on it while
+//! new ones go to the new model; the old weights are dropped when idle.
+
+use crate::metrics::Metrics;
+use crate::model::{Frontend, Weights};
+use forja_model::generate::{sample, SamplingConfig};
+use forja_model::{mean_pool, SlotCache, SlotRow};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tch::{Kind, Tensor};
+use tokio::sync::{mpsc, oneshot};
+
+/// How one sequence is generated.
+#[derive(Debug, Clone)]
+pub struct GenParams {
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: usize,
+    pub seed: u64,
+    pub max_tokens: usize,
+    /// Text that ends generation (not included in the output).
+    pub stop: Vec<String>,
+    /// Tokens that end generation (not included).
+    pub stop_ids: Vec<u32>,
+    /// Report each token's log-probability and this many alternatives.
+    pub logprobs: Option<usize>,
+}
+
+/// A token with its log-probability and the most likely alternatives.
+#[derive(Debug, Clone)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub top: Vec<(String, f32)>,
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Stop,
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// What the engine tells a request about one of its sequences (`index`).
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// New text (possibly empty when held back for a stop string) and the
+    /// tokens behind it, with log-probabilities when asked for.
+    Delta {
+        index: usize,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
+    Done {
+        index: usize,
+        finish: Finish,
+        completion_tokens: usize,
+    },
+    /// The sequence failed inside the engine (a bug or a device error).
+    Failed {
+        index: usize,
+        message: String,
+    },
+}
+
+/// A sequence to generate.
+pub struct GenRequest {
+    pub front: Arc<Frontend>,
+    pub prompt: Vec<u32>,
+    pub index: usize,
+    pub params: GenParams,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub arrived: Instant,
+    pub deadline: Instant,
+}
+
+/// Texts to embed (already tokenized with the encoder's special tokens).
+pub struct EmbedRequest {
+    pub front: Arc<Frontend>,
+    pub inputs: Vec<Vec<u32>>,
+    pub reply: oneshot::Sender<anyhow::Result<Vec<Vec<f32>>>>,
+}
+
+enum Msg {
+    Generate(Box<GenRequest>),
+    Embed(EmbedRequest),
+    Swap(Arc<Frontend>, Box<Weights>, oneshot::Sender<()>),
+}
+
+/// The queue was full.
+#[derive(Debug)]
+pub struct QueueFull;
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Sequences decoded together (slots of the KV cache).
+    pub max_batch: usize,
+    /// Sequences that may wait for a slot before requests are refused.
+    pub queue_capacity: usize,
+    /// Prompt tokens prefilled in one step (bounds the pause running sequences see).
+    pub max_prefill_tokens: usize,
+}
+
+/// The handlers' side of the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::UnboundedSender<Msg>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl EngineHandle {
+    /// Queues sequences, all or none: refused when the queue cannot take them.
+    pub fn submit(&self, reqs: Vec<GenRequest>) -> Result<(), QueueFull> {
+        let n = reqs.len();
+        let before = self.queued.fetch_add(n, Ordering::SeqCst);
+        if before + n > self.capacity {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            return Err(QueueFull);
+        }
+        for r in reqs {
+            if self.tx.send(Msg::Generate(Box::new(r))).is_err() {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn embed(&self, req: EmbedRequest) -> anyhow::Result<()> {
+        self.tx.send(Msg::Embed(req)).map_err(|_| anyhow::anyhow!("the engine has stopped"))
+    }
+
+    /// Hands new weights to the engine; resolves once new requests go to them.
+    pub async fn swap(&self, front: Arc<Frontend>, weights: Weights) -> anyhow::Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Msg::Swap(front, Box::new(weights), done)).map_err(|_| anyhow::anyhow!("the engine has stopped"))?;
+        wait.await.map_err(|_| anyhow::anyhow!("the engine stopped during the swap"))
+    }
+
+    /// Sequences waiting for a slot.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+}
+
+/// A running sequence.
+struct Seq {
+    req: GenRequest,
+    slot: usize,
+    /// Tokens of this sequence in the cache.
+    len: usize,
+    /// The last sampled token, not yet in the cache.
+    next: u32,
+    generated: Vec<u32>,
+    /// Bytes of the decoded text already sent.
+    sent: usize,
+    held: Vec<TokenLogprob>,
+    rng: ChaCha8Rng,
+    first_token: Option<Instant>,
+    /// The client went away (its event channel closed).
+    left: bool,
+}
+
+/// One model's weights, cache and running sequences.
+struct Generation {
+    front: Arc<Frontend>,
+    weights: Weights,
+    cache: Option<SlotCache>,
+    free: Vec<usize>,
+    active: Vec<Seq>,
+}
+
+impl Generation {
+    fn new(front: Arc<Frontend>, weights: Weights, slots: usize) -> Self {
+        let cache = match &weights {
+            Weights::Gpt { model, .. } => Some(SlotCache::new(model, slots)),
+            Weights::Bert { .. } => None,
+        };
+        Self { front, weights, cache, free: (0..slots).rev().collect(), active: Vec::new() }
+    }
+}
+
+/// Starts the engine thread.
+pub fn start(front: Arc<Frontend>, weights: Weights, cfg: EngineConfig, metrics: Arc<Metrics>) -> EngineHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let handle = EngineHandle { tx, queued: queued.clone(), capacity: cfg.queue_capacity };
+    let slots = cfg.max_batch.max(1);
+    let engine = Engine {
+        gens: vec![Generation::new(front, weights, slots)],
+        pending: VecDeque::new(),
+        rx,
+        queued,
+        metrics,
+        cfg,
+        rate: RateWindow::default(),
+    };
+    std::thread::Builder::new()
+        .name("forja-engine".into())
+        .spawn(move || engine.run())
+        // Spawning a thread fails only when the system is out of resources.
+        .expect("starting the engine thread");
+    handle
+}
+
+/// Generated tokens per second over the last few seconds.
+#[derive(Default)]
+struct RateWindow {
+    marks: VecDeque<(Instant, usize)>,
+}
+
+impl RateWindow {
+    fn add(&mut self, n: usize) -> f64 {
+        let now = Instant::now();
+        self.marks.push_back((now, n));
+        while self.marks.front().is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(5)) {
+            self.marks.pop_front();
+        }
+        let span = self.marks.front().map_or(0.0, |(t, _)| now.duration_since(*t).as_secs_f64()).max(1.0);
+        self.marks.iter().map(|(_, n)| *n).sum::<usize>() as f64 / span
+    }
+}
+
+struct Engine {
+    gens: Vec<Generation>,
+    pending: VecDeque<GenRequest>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    queued: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    cfg: EngineConfig,
+    rate: RateWindow,
+}
+
+impl Engine {
+    fn run(mut self) {
+        let _guard = tch::no_grad_guard();
+        loop {
+            let idle = self.pending.is_empty() && self.gens.iter().all(|g| g.active.is_empty());
+            if idle {
+                match self.rx.blocking_recv() {
+                    Some(msg) => self.handle(msg),
+                    None => return,
+                }
+            }
+            while let Ok(msg) = self.rx.try_recv() {
+                self.handle(msg);
+            }
+            self.drop_abandoned();
+            self.admit();
+            self.decode();
+            self.retire();
+            self.metrics.queue_depth.set(self.queued.load(Ordering::SeqCst) as i64);
+            self.metrics.batch_size.set(self.gens.iter().map(|g| g.active.len()).sum::<usize>() as i64);
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Generate(r) => self.pending.push_back(*r),
+            Msg::Embed(e) => {
+                let out = self.embed(&e);
+                let _ = e.reply.send(out);
+            }
+            Msg::Swap(front, weights, done) => {
+                let slots = self.cfg.max_batch.max(1);
+                self.gens.push(Generation::new(front, *weights, slots));
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn embed(&self, e: &EmbedRequest) -> anyhow::Result<Vec<Vec<f32>>> {
+        let gen = self.gens.iter().rev().find(|g| Arc::ptr_eq(&g.front, &e.front)).or(self.gens.last());
+        let Some(Generation { weights: Weights::Bert { model, pad, .. }, .. }) = gen else {
+            anyhow::bail!("the served model is not an encoder");
+        };
+        let width = e.inputs.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let b = e.inputs.len() as i64;
+        let (mut ids, mut mask) = (Vec::new(), Vec::new());
+        for row in &e.inputs {
+            ids.extend(row.iter().map(|&t| i64::from(t)).chain(std::iter::repeat_n(*pad, width - row.len())));
+            mask.extend(std::iter::repeat_n(1i64, row.len()).chain(std::iter::repeat_n(0, width - row.len())));
+        }
+        let device = model.word_embeddings.ws.device();
+        let ids = Tensor::from_slice(&ids).to(device).view([b, -1]);
+        let mask = Tensor::from_slice(&mask).to(device).view([b, -1]);
+        let hidden = model.forward(&ids, None, Some(&mask), false)?;
+        let vecs = mean_pool(&hidden, &mask).to_kind(Kind::Float).to(tch::Device::Cpu);
+        Ok(Vec::<Vec<f32>>::try_from(&vecs)?)
+    }
+
+    /// Drops waiting sequences whose client left or whose deadline passed.
+    fn drop_abandoned(&mut self) {
+        let now = Instant::now();
+        let before = self.pending.len();
+        let metrics = &self.metrics;
+        self.pending.retain(|r| {
+            if r.events.is_closed() {
+                metrics.cancelled.inc();
+                false
+            } else if now >= r.deadline {
+                metrics.deadline_exceeded.inc();
+                let _ = r.events.send(Event::Done { index: r.index, finish: Finish::Length, completion_tokens: 0 });
+                false
+            } else {
+                true
+            }
+        });
+        self.queued.fetch_sub(before - self.pending.len(), Ordering::SeqCst);
+    }
+
+    /// Moves waiting sequences into free slots and prefills their prompts.
+    fn admit(&mut self) {
+        let mut admitted: Vec<(usize, Seq)> = Vec::new();
+        let mut budget = self.cfg.max_prefill_tokens.max(1);
+        let mut keep = VecDeque::new();
+        while let Some(req) = self.pending.pop_front() {
+            // A request tokenized for a model goes to that model while it runs;
+            // one whose model is gone goes to the newest.
+            let gi = self.gens.iter().rposition(|g| Arc::ptr_eq(&g.front, &req.front)).unwrap_or(self.gens.len() - 1);
+            let gen = &mut self.gens[gi];
+            if req.prompt.len() > budget && !admitted.is_empty() || gen.free.is_empty() {
+                keep.push_back(req);
+                continue;
+            }
+            let Some(slot) = gen.free.pop() else {
+                keep.push_back(req);
+                continue;
+            };
+            budget = budget.saturating_sub(req.prompt.len());
+            let rng = ChaCha8Rng::seed_from_u64(req.params.seed);
+            let seq =
+                Seq { slot, len: 0, next: 0, generated: Vec::new(), sent: 0, held: Vec::new(), rng, first_token: None, left: false, req };
+            admitted.push((gi, seq));
+        }
+        self.pending = keep;
+        if admitted.is_empty() {
+            return;
+        }
+        self.queued.fetch_sub(admitted.len(), Ordering::SeqCst);
+        // Group by generation and prefill each group in one step.
+        let mut by_gen: Vec<Vec<Seq>> = (0..self.gens.len()).map(|_| Vec::new()).collect();
+        for (gi, seq) in admitted {
+            by_gen[gi].push(seq);
+        }
+        for (gi, seqs) in by_gen.into_iter().enumerate() {
+            if !seqs.is_empty() {
+                step(&mut self.gens[gi], seqs, Phase::Prefill, &self.metrics, &mut self.rate);
+            }
+        }
+    }
+
+    /// One decoding step for every running sequence.
+    fn decode(&mut self) {
+        for gen in &mut self.gens {
+            if gen.active.is_empty() {
+                continue;
+            }
+            // Sequences whose client left free their slot now.
+            let (gone, live): (Vec<Seq>, Vec<Seq>) = std::mem::take(&mut gen.active).into_iter().partition(|s| s.req.events.is_closed());
+            for s in gone {
+                self.metrics.cancelled.inc();
+                gen.free.push(s.slot);
+            }
+            if live.is_empty() {
+                continue;
+            }
+            self.metrics.batch_sizes.observe(live.len() as f64);
+            step(gen, live, Phase::Decode, &self.metrics, &mut self.rate);
+        }
+    }
+
+    /// Drops old models once nothing runs or waits on them.
+    fn retire(&mut self) {
+        let newest = self.gens.len() - 1;
+        let pending = &self.pending;
+        let mut i = 0;
+        self.gens.retain(|g| {
+            let keep = i == newest || !g.active.is_empty() || pending.iter().any(|r| Arc::ptr_eq(&r.front, &g.front));
+            i += 1;
+            if !keep {
+                tracing::info!(model = %g.front.id, hash = %g.front.hash, "old model drained and unloaded");
+            }
+            keep
+        });
+    }
+}
+
+/// What a step feeds each sequence.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Its whole prompt, into an empty slot.
+    Prefill,
+    /// Its last sampled token.
+    Decode,
+}
+
+/// Runs one step over `seqs`, samples their next tokens, and keeps the ones
+/// still running (the others free their slots).
+fn step(gen: &mut Generation, mut seqs: Vec<Seq>, phase: Phase, metrics: &Metrics, rate: &mut RateWindow) {
+    let nexts: Vec<[u32; 1]> = seqs.iter().map(|s| [s.next]).collect();
+    let rows: Vec<SlotRow> = seqs
+        .iter()
+        .zip(&nexts)
+        .map(|(s, next)| match phase {
+            Phase::Prefill => SlotRow { slot: s.slot, start: 0, tokens: &s.req.prompt },
+            Phase::Decode => SlotRow { slot: s.slot, start: s.len, tokens: next },
+        })
+        .collect();
+    let result = step_logits(gen, &rows);
+    drop(rows);
+    let logits = match result {
+        Ok(l) => l,
+        Err(e) => return fail(gen, seqs, &e),
+    };
+    for s in &mut seqs {
+        s.len = if phase == Phase::Prefill { s.req.prompt.len() } else { s.len + 1 };
+    }
+    let finished = sample_all(gen, &mut seqs, &logits, metrics, rate);
+    for (s, done) in seqs.into_iter().zip(finished) {
+        if done {
+            gen.free.push(s.slot);
+        } else {
+            gen.active.push(s);
+        }
+    }
+}
+
+fn fail(gen: &mut Generation, seqs: Vec<Seq>, e: &anyhow::Error) {
+    tracing::error!("engine step failed: {e:#}");
+    for s in seqs {
+        let _ = s.req.events.send(Event::Failed { index: s.req.index, message: format!("{e:#}") });
+        gen.free.push(s.slot);
+    }
+}
+
+/// Logits `[b, vocab]` (float32, on the CPU as rows) after a step of `rows`.
+fn step_logits(gen: &mut Generation, rows: &[SlotRow]) -> anyhow::Result<Tensor> {
+    let (Weights::Gpt { model, .. }, Some(cache)) = (&gen.weights, gen.cache.as_mut()) else {
+        anyhow::bail!("the served model is not a generator");
+    };
+    let hidden = model.hidden_slots(rows, cache)?;
+    Ok(model.lm_head(&hidden).to_kind(Kind::Float).to(tch::Device::Cpu))
+}
+
+/// The `n` largest entries of `row`, largest first.
+fn top_n(row: &[f32], n: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    let n = n.min(idx.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    idx.select_nth_unstable_by(n - 1, |&a, &b| row[b].total_cmp(&row[a]));
+    idx.truncate(n);
+    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    idx.into_iter().map(|i| (i, row[i])).collect()
+}
+
+fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = row.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
+    row.iter().map(|&x| x - lse).collect()
+}
+
+/// Samples the next token of each sequence from its row of `logits`; returns
+/// which sequences finished.
+fn sample_all(gen: &Generation, seqs: &mut [Seq], logits: &Tensor, metrics: &Metrics, rate: &mut RateWindow) -> Vec<bool> {
+    let rows: Vec<Vec<f32>> = match Vec::<Vec<f32>>::try_from(logits) {
+        Ok(r) => r,
+        Err(e) => {
+            for s in seqs.iter() {
+                let _ = s.req.events.send(Event::Failed { index: s.req.index, message: format!("reading logits: {e}") });
+            }
+            return vec![true; seqs.len()];
+        }
+    };
+    let now = Instant::now();
+    let mut done = Vec::with_capacity(seqs.len());
+    let mut produced = 0;
+    for (s, row) in seqs.iter_mut().zip(&rows) {
+        let p = &s.req.params;
+        let cfg = SamplingConfig { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, max_new_tokens: p.max_tokens, seed: p.seed };
+        let token = sample(row, &cfg, &mut s.rng);
+        produced += 1;
+        if s.first_token.is_none() {
+            s.first_token = Some(now);
+            metrics.ttft.observe(now.duration_since(s.req.arrived).as_secs_f64());
+        }
+        let finished = advance(gen, s, token, row, now);
+        if s.left {
+            metrics.cancelled.inc();
+        } else if finished {
+            if let Some(first) = s.first_token {
+                let n = s.generated.len();
+                if n > 1 {
+                    metrics.per_token.observe(now.duration_since(first).as_secs_f64() / (n - 1) as f64);
+                }
+            }
+        }
+        done.push(finished);
+    }
+    metrics.generated_tokens.inc_by(produced as u64);
+    metrics.tokens_per_second.set(rate.add(produced));
+    done
+}
+
+/// Takes `token` into sequence `s`: checks stop tokens, stop strings, limits and
+/// the deadline, sends the text that is safe to send; true when it finished.
+fn advance(gen: &Generation, s: &mut Seq, token: u32, row: &[f32], now: Instant) -> bool {
+    let tok = &gen.front.tokenizer;
+    let p = &s.req.params;
+    if p.stop_ids.contains(&token) {
+        return finish(s, tok, Finish::Stop, None);
+    }
+    if let Some(n) = p.logprobs {
+        let lp = log_softmax(row);
+        let name = |id: usize| tok.decode(&[id as u32]).unwrap_or_default();
+        let top = top_n(&lp, n).into_iter().map(|(i, v)| (name(i), v)).collect();
+        s.held.push(TokenLogprob {
+            token: name(token as usize),
+            logprob: lp.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
+            top,
+        });
+    }
+    s.generated.push(token);
+    s.next = token;
+    let text = tok.decode_text(&s.generated).unwrap_or_default();
+    // The first stop string in the new text ends the sequence before it.
+    let search_from = s.sent.saturating_sub(p.stop.iter().map(String::len).max().unwrap_or(0));
+    let search_from = (0..=search_from).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    if let Some(cut) = p.stop.iter().filter_map(|st| text[search_from..].find(st.as_str()).map(|i| i + search_from)).min() {
+        return finish(s, tok, Finish::Stop, Some(cut.max(s.sent)));
+    }
+    let limit = s.generated.len() >= p.max_tokens || s.len + 1 > gen.cache.as_ref().map_or(0, SlotCache::block);
+    if limit {
+        return finish(s, tok, Finish::Length, None);
+    }
+    if now >= s.req.deadline {
+        tracing::warn!(index = s.req.index, tokens = s.generated.len(), "sequence cut at its deadline");
+        return finish(s, tok, Finish::Length, None);
+    }
+    // Hold back a tail that may still become a stop string, and an incomplete
+    // UTF-8 character (decoded as U+FFFD until its last byte arrives).
+    let mut safe = text.len();
+    for st in &p.stop {
+        for k in (1..st.len()).rev() {
+            if st.is_char_boundary(k) && text.ends_with(&st[..k]) {
+                safe = safe.min(text.len() - k);
+                break;
+            }
+        }
+    }
+    let trimmed = text[..safe].trim_end_matches('\u{FFFD}').len();
+    if trimmed > s.sent {
+        let delta = text[s.sent..trimmed].to_string();
+        s.sent = trimmed;
+        let logprobs = std::mem::take(&mut s.held);
+        if s.req.events.send(Event::Delta { index: s.req.index, text: delta, logprobs }).is_err() {
+            s.left = true;
+            return true;
+        }
+    }
+    false
+}
+
+/// Sends what is left of the text (up to `cut`) and the end of the sequence.
+fn finish(s: &mut Seq, tok: &forja_tokenizer::Tokenizer, finish: Finish, cut: Option<usize>) -> bool {
+    let text = tok.decode_text(&s.generated).unwrap_or_default();
+    let end = cut.unwrap_or(text.len()).min(text.len());
+    if end > s.sent || !s.held.is_empty() {
+        let delta = text.get(s.sent..end).unwrap_or_default().to_string();
+        s.sent = end;
+        let _ = s.req.events.send(Event::Delta { index: s.req.index, text: delta, logprobs: std::mem::take(&mut s.held) });
+    }
+    let _ = s.req.events.send(Event::Done { index: s.req.index, finish, completion_tokens: s.generated.len() });
+    true
+}

@@ -1,0 +1,465 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+//! The server in-process on a loopback port, with tiny random GPT models:
+//! auth, limits, validation, streaming, disconnects, hot reload, drift, feedback.
+
+use clap::Parser;
+use forja_core::token_counts::TokenCounts;
+use forja_core::{Artifact, Preference, Rating};
+use forja_model::{save_model, Gpt, GptConfig};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tch::{nn, Device};
+
+const KEY: &str = "test-key-0001";
+const OTHER_KEY: &str = "test-key-0002";
+const ADMIN: &str = "admin-key-0001";
+const TRAINING: &str = "the quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun and the birds sing ";
+const RARE: &str = "0123456789#$%&*+=<>@[]^_{}|~";
+
+/// A random 2-layer GPT over characters, with the training text's token counts.
+fn tiny_model(dir: &Path, seed: i64) {
+    model_of_width(dir, seed, 32);
+}
+
+fn model_of_width(dir: &Path, seed: i64, n_embd: i64) {
+    let tok = forja_tokenizer::char_tokenizer(
+        [TRAINING, RARE, "ABCDEFGHIJKLMNOPQRSTUVWXYZ.,?!:\n"].into_iter(),
+        &[forja_tokenizer::EOT.to_string()],
+    )
+    .unwrap();
+    let cfg = GptConfig {
+        vocab_size: tok.vocab_size() as i64,
+        block_size: 256,
+        n_layer: 2,
+        n_head: 2,
+        n_embd,
+        dropout: 0.0,
+        ..Default::default()
+    };
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = Gpt::new(&vs.root(), &cfg).unwrap();
+    save_model(dir, &vs, &cfg, &tok).unwrap();
+    let ids = tok.encode(&TRAINING.repeat(20)).unwrap();
+    TokenCounts::of([ids.as_slice()], tok.vocab_size(), "test").write(dir).unwrap();
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: forja_serve::ServeArgs,
+}
+
+struct Server {
+    base: String,
+    dir: tempfile::TempDir,
+    client: reqwest::Client,
+}
+
+impl Server {
+    /// Serves a fresh tiny model (or `model`) with `extra` options.
+    async fn start(model: Option<&Path>, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let model_dir = match model {
+            Some(m) => m.to_path_buf(),
+            None => {
+                let m = dir.path().join("model");
+                tiny_model(&m, 1);
+                m
+            }
+        };
+        std::fs::write(dir.path().join("keys"), format!("# test keys\n{KEY}\n{OTHER_KEY}\n")).unwrap();
+        std::fs::write(dir.path().join("admin"), format!("{ADMIN}\n")).unwrap();
+        let p = |name: &str| dir.path().join(name).display().to_string();
+        let mut argv: Vec<String> =
+            ["forja-serve", &model_dir.display().to_string(), "--api-keys", &p("keys"), "--admin-keys", &p("admin")]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        argv.extend(["--feedback-dir".to_string(), p("feedback"), "--threads".to_string(), "1".to_string()]);
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let args = Cli::parse_from(argv).args;
+        let state = forja_serve::build(&args).unwrap();
+        let app = forja_serve::http::router(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { base, dir, client: reqwest::Client::new() }
+    }
+
+    async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut req = self.client.post(format!("{}{path}", self.base)).json(body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.unwrap();
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+        (status, resp.json().await.unwrap_or(Value::Null), headers)
+    }
+
+    async fn get(&self, path: &str, key: Option<&str>) -> (u16, String) {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// A metric's value from /metrics (the first sample whose line starts with `name`).
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics", None).await;
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+    }
+}
+
+fn completion(prompt: &str, max_tokens: usize) -> Value {
+    json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_required_and_checked() {
+    let s = Server::start(None, &[]).await;
+    let body = completion("the fox", 4);
+    let (status, err, _) = s.post("/v1/completions", None, &body).await;
+    assert_eq!(status, 401);
+    assert_eq!(err["error"]["type"], "authentication_error");
+    assert!(err["error"]["message"].as_str().unwrap().contains("missing API key"));
+    let (status, err, _) = s.post("/v1/completions", Some("wrong-key-123"), &body).await;
+    assert_eq!((status, err["error"]["message"].as_str().unwrap()), (401, "invalid API key"));
+    let (status, ok, headers) = s.post("/v1/completions", Some(KEY), &body).await;
+    assert_eq!(status, 200, "{ok}");
+    assert_eq!(ok["usage"]["completion_tokens"], 4);
+    assert!(headers["x-forja-model"].to_str().unwrap().contains("@blake3:"));
+    // Admin routes need an admin key; health, readiness and metrics need none.
+    let (status, _, _) = s.post("/admin/reload", Some(KEY), &json!({})).await;
+    assert_eq!(status, 403);
+    for path in ["/health", "/ready", "/metrics", "/openapi.json", "/"] {
+        assert_eq!(s.get(path, None).await.0, 200, "{path}");
+    }
+    assert_eq!(s.get("/v1/models", None).await.0, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_per_key_and_say_when_to_retry() {
+    let s = Server::start(None, &["--requests-per-minute", "3", "--tokens-per-minute", "100000"]).await;
+    for _ in 0..3 {
+        assert_eq!(s.get("/v1/models", Some(KEY)).await.0, 200);
+    }
+    let (status, err, headers) = s.post("/v1/completions", Some(KEY), &completion("the", 2)).await;
+    assert_eq!(status, 429);
+    assert_eq!(err["error"]["type"], "rate_limit_error");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(s.get("/v1/models", Some(OTHER_KEY)).await.0, 200, "another key has its own budget");
+    // A token budget: a request bigger than the whole minute's budget is a 400, a
+    // request over what is left a 429.
+    let t = Server::start(None, &["--tokens-per-minute", "60"]).await;
+    let (status, err, _) = t.post("/v1/completions", Some(KEY), &completion("the", 100)).await;
+    assert_eq!(status, 400, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("60 tokens per minute"));
+    assert_eq!(t.post("/v1/completions", Some(KEY), &completion("the", 40)).await.0, 200);
+    assert_eq!(t.post("/v1/completions", Some(KEY), &completion("the", 40)).await.0, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_field_is_a_4xx_naming_the_field_and_the_limit() {
+    let s = Server::start(None, &["--max-tokens", "64", "--max-body-bytes", "4096"]).await;
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (json!({"prompt": "a", "top_p": 1.5}), "top_p", "top_p must be in (0, 1]"),
+        (json!({"prompt": "a", "top_p": 0}), "top_p", "top_p must be in (0, 1]"),
+        (json!({"prompt": "a", "temperature": 3}), "temperature", "temperature must be in [0, 2]"),
+        (json!({"prompt": "a", "n": 0}), "n", "n must be in [1, 8]"),
+        (json!({"prompt": "a", "n": 99}), "n", "n must be in [1, 8]"),
+        (json!({"prompt": "a", "max_tokens": 0}), "max_tokens", "max_tokens must be in [1, 64]"),
+        (json!({"prompt": "a", "max_tokens": 65}), "max_tokens", "max_tokens must be in [1, 64]"),
+        (json!({"prompt": "a", "logprobs": 6}), "logprobs", "logprobs must be in [0, 5]"),
+        (json!({"prompt": "a", "stop": vec!["x"; 17]}), "stop", "at most 16 strings"),
+        (json!({"prompt": "a", "stop": ["x".repeat(65)]}), "stop", "longer than 64 characters"),
+        (json!({"prompt": "a", "stop": [""]}), "stop", "stop[0] is empty"),
+        (json!({"prompt": "a", "echo": true}), "echo", "not supported"),
+        (json!({"prompt": "a", "max_tokens": "many"}), "max_tokens", "invalid type"),
+        (json!({"prompt": {"a": 1}}), "prompt", "must be a string, a list of strings"),
+        (json!({"prompt": "a", "stop": 3}), "stop", "must be a string or a list of strings"),
+        (json!({"prompt": "a", "temperature": "hot"}), "temperature", "invalid type"),
+        (json!({"max_tokens": 3}), "prompt", "`prompt` is required"),
+        (json!({"prompt": "a".repeat(300)}), "prompt", "the model's context is 256 tokens"),
+        (json!({"prompt": "a".repeat(200), "max_tokens": 64}), "max_tokens", "maximum context length is 256"),
+        (json!({"prompt": [999999]}), "prompt", "outside the vocabulary"),
+        (json!({"prompt": "a", "model": "gpt-9"}), "model", "does not exist"),
+    ];
+    for (body, param, text) in cases {
+        let (status, err, _) = s.post("/v1/completions", Some(KEY), &body).await;
+        assert!((400..500).contains(&status), "{body}: {status}");
+        let e = &err["error"];
+        assert_eq!(e["param"], param, "{body}: {err}");
+        assert!(e["message"].as_str().unwrap().contains(text), "{body}: {err}");
+    }
+    let chat_cases: Vec<(Value, &str, &str)> = vec![
+        (json!({"messages": []}), "messages", "at least one message"),
+        (json!({"messages": [{"role": "robot", "content": "hi"}]}), "messages[0].role", "must be system, developer, user or assistant"),
+        (json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}), "messages[0].content[0]", "only text parts"),
+        (json!({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}), "top_logprobs", "needs logprobs: true"),
+        (json!({"messages": [{"role": "user"}], "max_completion_tokens": 0}), "max_completion_tokens", "must be in [1, 64]"),
+        (json!({"messages": "hi"}), "messages", "invalid type"),
+        (json!({"max_tokens": 3}), "messages", "`messages` is required"),
+    ];
+    for (body, param, text) in chat_cases {
+        let (status, err, _) = s.post("/v1/chat/completions", Some(KEY), &body).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        assert_eq!(err["error"]["param"], param, "{body}: {err}");
+        assert!(err["error"]["message"].as_str().unwrap().contains(text), "{body}: {err}");
+    }
+    // Not JSON, too big, the wrong route: still OpenAI-shaped 4xx.
+    let resp = s.client.post(format!("{}/v1/completions", s.base)).bearer_auth(KEY).body("{oops").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+    let (status, err, _) = s.post("/v1/completions", Some(KEY), &json!({"prompt": "x".repeat(5000)})).await;
+    assert_eq!(status, 413, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("4096 bytes"));
+    let (status, err, _) = s.post("/v1/nothing", Some(KEY), &json!({})).await;
+    assert_eq!((status, err["error"]["type"].as_str().unwrap()), (404, "not_found_error"));
+    let (status, err, _) = s.post("/v1/embeddings", Some(KEY), &json!({"input": "hi"})).await;
+    assert_eq!(status, 400, "a generator serves no embeddings: {err}");
+}
+
+/// Server-sent events of a response: the JSON payloads, and whether `[DONE]` ended them.
+async fn read_events(resp: reqwest::Response) -> (Vec<Value>, bool) {
+    let text = resp.text().await.unwrap();
+    let mut events = Vec::new();
+    let mut done = false;
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let data = block.lines().filter_map(|l| l.strip_prefix("data: ")).collect::<Vec<_>>().join("\n");
+        if data == "[DONE]" {
+            done = true;
+        } else if !data.is_empty() {
+            assert!(!done, "an event after [DONE]");
+            events.push(serde_json::from_str(&data).unwrap());
+        }
+    }
+    (events, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_chunks_are_openai_chunks_and_add_up_to_the_plain_answer() {
+    let s = Server::start(None, &[]).await;
+    let body = json!({"prompt": "the lazy", "max_tokens": 12, "temperature": 0, "ignore_eos": true, "n": 2});
+    let (_, plain, _) = s.post("/v1/completions", Some(KEY), &body).await;
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    sbody["stream_options"] = json!({"include_usage": true});
+    let resp = s.client.post(format!("{}/v1/completions", s.base)).bearer_auth(KEY).json(&sbody).send().await.unwrap();
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let (events, done) = read_events(resp).await;
+    assert!(done, "the stream ends with [DONE]");
+    let id = events[0]["id"].as_str().unwrap().to_string();
+    let mut texts = [String::new(), String::new()];
+    let mut finished = 0;
+    for e in &events {
+        assert_eq!(e["object"], "text_completion");
+        assert_eq!(e["id"], id.as_str());
+        assert!(e["system_fingerprint"].as_str().unwrap().starts_with("forja-"));
+        for c in e["choices"].as_array().unwrap() {
+            texts[c["index"].as_u64().unwrap() as usize].push_str(c["text"].as_str().unwrap());
+            if c["finish_reason"] == "length" {
+                finished += 1;
+            }
+        }
+    }
+    assert_eq!(finished, 2);
+    let usage = &events.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 24);
+    assert!(events.last().unwrap()["choices"].as_array().unwrap().is_empty());
+    for i in 0..2 {
+        assert_eq!(texts[i], plain["choices"][i]["text"].as_str().unwrap(), "choice {i}");
+    }
+    // Chat: a role delta first, content deltas, a finish reason, then [DONE].
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "stream": true, "ignore_eos": true, "seed": 3});
+    let resp = s.client.post(format!("{}/v1/chat/completions", s.base)).bearer_auth(KEY).json(&chat).send().await.unwrap();
+    let (events, done) = read_events(resp).await;
+    assert!(done);
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(events.iter().all(|e| e["object"] == "chat.completion.chunk"));
+    assert_eq!(events.last().unwrap()["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_strings_cut_the_text_and_seeds_repeat() {
+    let s = Server::start(None, &[]).await;
+    let body = json!({"prompt": "the cat", "max_tokens": 40, "temperature": 0.9, "seed": 7, "ignore_eos": true});
+    let (_, a, _) = s.post("/v1/completions", Some(KEY), &body).await;
+    let (_, b, _) = s.post("/v1/completions", Some(KEY), &body).await;
+    let text = a["choices"][0]["text"].as_str().unwrap().to_string();
+    assert_eq!(text, b["choices"][0]["text"].as_str().unwrap(), "same seed, same text");
+    // Stop at a piece of that text: the answer ends right before it.
+    let chars: Vec<char> = text.chars().collect();
+    let stop: String = chars[10..12].iter().collect();
+    let cut = text.find(&stop).unwrap();
+    let mut with_stop = body.clone();
+    with_stop["stop"] = json!([stop]);
+    let (_, c, _) = s.post("/v1/completions", Some(KEY), &with_stop).await;
+    assert_eq!(c["choices"][0]["text"].as_str().unwrap(), &text[..cut]);
+    assert_eq!(c["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_frees_its_slot() {
+    // Wide enough that 250 tokens take a while, so the disconnect comes first.
+    let dir = tempfile::tempdir().unwrap();
+    model_of_width(dir.path(), 1, 512);
+    let s = Server::start(Some(dir.path()), &["--max-batch", "1"]).await;
+    let long = json!({"prompt": "the", "max_tokens": 250, "temperature": 1.0, "ignore_eos": true, "stream": true});
+    let resp = s.client.post(format!("{}/v1/completions", s.base)).bearer_auth(KEY).json(&long).send().await.unwrap();
+    let mut body = resp.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(body); // the client goes away mid-stream
+                // The only slot is free again: a new request is served at once.
+    let (status, ok, _) =
+        tokio::time::timeout(Duration::from_secs(60), s.post("/v1/completions", Some(KEY), &completion("the", 3))).await.unwrap();
+    assert_eq!(status, 200, "{ok}");
+    let mut cancelled = 0.0;
+    for _ in 0..50 {
+        cancelled = s.metric("forja_cancelled_total").await;
+        if cancelled >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let generated = s.metric("forja_generated_tokens_total").await;
+    assert_eq!(cancelled, 1.0, "generated {generated}");
+    let generated = s.metric("forja_generated_tokens_total").await;
+    assert!(generated < 200.0, "the abandoned sequence stopped early: {generated} tokens in all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let s = Server::start(None, &["--max-batch", "1", "--queue", "1"]).await;
+    let body = json!({"prompt": "the", "max_tokens": 200, "ignore_eos": true});
+    let reqs: Vec<_> = (0..4).map(|_| s.post("/v1/completions", Some(KEY), &body)).collect();
+    let results = futures_util::future::join_all(reqs).await;
+    let statuses: Vec<u16> = results.iter().map(|r| r.0).collect();
+    assert!(statuses.contains(&200) && statuses.contains(&429), "{statuses:?}");
+    let busy = results.iter().find(|r| r.0 == 429).unwrap();
+    assert!(busy.1["error"]["message"].as_str().unwrap().contains("queue is full"));
+    assert_eq!(busy.2["retry-after"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load_loses_no_request() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, b) = (root.path().join("a"), root.path().join("b"));
+    tiny_model(&a, 1);
+    tiny_model(&b, 2);
+    let s = Server::start(Some(&a), &["--max-batch", "3", "--model-id", "tiny"]).await;
+    let (_, models, _) = s.post("/v1/completions", Some(KEY), &completion("the", 1)).await;
+    let old = models["system_fingerprint"].as_str().unwrap().to_string();
+    let body = completion("the sun", 60);
+    let load: Vec<_> = (0..6).map(|_| s.post("/v1/completions", Some(KEY), &body)).collect();
+    let reload = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.post("/admin/reload", Some(ADMIN), &json!({"model_dir": b})).await
+    };
+    let (results, (status, reloaded, _)) = tokio::join!(futures_util::future::join_all(load), reload);
+    assert_eq!(status, 200, "{reloaded}");
+    for (st, r, _) in &results {
+        assert_eq!(*st, 200, "{r}");
+        assert_eq!(r["usage"]["completion_tokens"], 60, "every request finished in full");
+    }
+    let (_, after, _) = s.post("/v1/completions", Some(KEY), &completion("the", 1)).await;
+    let new = after["system_fingerprint"].as_str().unwrap().to_string();
+    assert_ne!(new, old, "new requests go to the new weights");
+    let (_, models) = s.get("/v1/models", Some(KEY)).await;
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(models["data"][0]["hash"], reloaded["model"]["hash"]);
+    assert_eq!(models["data"][0]["id"], "tiny");
+    // A folder that is no model leaves the old one serving.
+    let (status, err, _) = s.post("/admin/reload", Some(ADMIN), &json!({"model_dir": root.path()})).await;
+    assert_eq!(status, 400);
+    assert!(err["error"]["message"].as_str().unwrap().contains("still serving tiny"), "{err}");
+    assert_eq!(s.post("/v1/completions", Some(KEY), &completion("the", 2)).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drift_gauge_rises_when_prompts_shift() {
+    let s = Server::start(None, &["--drift-window", "400"]).await;
+    let like_training = TRAINING.repeat(2);
+    for _ in 0..3 {
+        assert_eq!(s.post("/v1/completions", Some(KEY), &completion(&like_training, 1)).await.0, 200);
+    }
+    let calm = s.metric("forja_drift_psi").await;
+    assert!(calm < 0.1, "prompts like the training text: PSI {calm}");
+    let shifted = RARE.repeat(8);
+    for _ in 0..3 {
+        assert_eq!(s.post("/v1/completions", Some(KEY), &completion(&shifted, 1)).await.0, 200);
+    }
+    let hot = s.metric("forja_drift_psi").await;
+    let js = s.metric("forja_drift_js_divergence").await;
+    assert!(hot > 1.0 && hot > 10.0 * calm.max(0.01), "shifted prompts: PSI {calm} -> {hot}");
+    assert!(js > 0.5, "JS {js}");
+    assert_eq!(s.metric("forja_drift_window_tokens").await, 400.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_lands_in_the_ratings_and_preferences_artifacts() {
+    let s = Server::start(None, &[]).await;
+    let (_, c, _) = s
+        .post(
+            "/v1/chat/completions",
+            Some(KEY),
+            &json!({"messages": [{"role": "user", "content": "the fox?"}], "max_tokens": 5, "ignore_eos": true, "n": 2}),
+        )
+        .await;
+    let id = c["id"].as_str().unwrap();
+    assert!(id.starts_with("chatcmpl-"));
+    let (status, r, _) = s.post("/v1/feedback", Some(KEY), &json!({"id": id, "rating": "up"})).await;
+    assert_eq!((status, r["recorded"].as_str().unwrap()), (200, "rating"));
+    let (status, _, _) = s.post("/v1/feedback", Some(OTHER_KEY), &json!({"id": id, "index": 1, "rating": -1, "annotator": "ana"})).await;
+    assert_eq!(status, 200);
+    let (status, r, _) = s.post("/v1/feedback", Some(KEY), &json!({"id": id, "preferred": "A quick brown fox."})).await;
+    assert_eq!((status, r["recorded"].as_str().unwrap()), (200, "preference"));
+    // Unknown ids, bad ratings and both kinds at once are 4xx.
+    assert_eq!(s.post("/v1/feedback", Some(KEY), &json!({"id": "cmpl-nope", "rating": "up"})).await.0, 404);
+    assert_eq!(s.post("/v1/feedback", Some(KEY), &json!({"id": id, "rating": "meh"})).await.0, 400);
+    assert_eq!(s.post("/v1/feedback", Some(KEY), &json!({"id": id, "rating": "up", "preferred": "x"})).await.0, 400);
+    assert_eq!(s.post("/v1/feedback", Some(KEY), &json!({"id": id, "index": 5, "rating": "up"})).await.0, 400);
+
+    let fb = s.dir.path().join("feedback");
+    let ratings = Rating::read(&fb.join("ratings.arrow")).unwrap();
+    assert_eq!(ratings.len(), 2);
+    assert_eq!((ratings[0].rating, ratings[1].rating), (1, -1));
+    assert_eq!(ratings[0].completion, c["choices"][0]["message"]["content"].as_str().unwrap());
+    assert_eq!(ratings[1].completion, c["choices"][1]["message"]["content"].as_str().unwrap());
+    assert!(ratings[0].prompt.contains("the fox?") && ratings[0].model.contains("@blake3:"));
+    assert!(ratings[0].annotator.starts_with("key-") && ratings[1].annotator == "ana");
+    let prefs = Preference::read(&fb.join("preferences.arrow")).unwrap();
+    assert_eq!(prefs.len(), 1);
+    assert_eq!(prefs[0].chosen, "A quick brown fox.");
+    assert_eq!(prefs[0].rejected, c["choices"][0]["message"]["content"].as_str().unwrap());
+    assert!(prefs[0].source.contains(id));
+}
+
+fn minilm() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+    assert!(dir.join("model.safetensors").exists(), "{} is missing: run scripts/setup", dir.display());
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoder_serves_unit_embeddings_that_rank_meaning() {
+    let s = Server::start(Some(&minilm()), &[]).await;
+    let input = ["How do I reset my card PIN?", "I forgot the PIN of my card", "The weather is lovely today"];
+    let (status, r, _) = s.post("/v1/embeddings", Some(KEY), &json!({"input": input})).await;
+    assert_eq!(status, 200, "{r}");
+    let vecs: Vec<Vec<f64>> =
+        r["data"].as_array().unwrap().iter().map(|d| serde_json::from_value(d["embedding"].clone()).unwrap()).collect();
+    assert_eq!(vecs.len(), 3);
+    assert!(vecs.iter().all(|v| v.len() == 384 && (v.iter().map(|x| x * x).sum::<f64>().sqrt() - 1.0).abs() < 1e-4));
+    let cos = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    assert!(cos(&vecs[0], &vecs[1]) > cos(&vecs[0], &vecs[2]) + 0.3);
+    assert!(r["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
+    let (status, err, _) = s.post("/v1/completions", Some(KEY), &completion("hi", 2)).await;
+    assert_eq!(status, 400, "an encoder does not generate: {err}");
+}

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Bounded loopback load generator for forja-serve (standard library only).
+
+N client threads each send M streaming completion requests one after another
+(`stream: true`, `ignore_eos: true`, temperature 0.8, a distinct seed per request,
+`stream_options: {"include_usage": true}`) and read the SSE stream as it arrives:
+time to first token is the time to the first chunk with non-empty text, the
+completion tokens come from the final usage chunk. Prints requests/s, tokens/s
+(completion tokens / wall time), p50/p99 request latency, p50/p99 time to first
+token and the error count; with --json the last stdout line is one JSON object.
+
+  scripts/serve-load.py --url http://127.0.0.1:PORT --api-key KEY --clients 8 \
+      [--requests-per-client 4] [--max-tokens 64] [--prompt TEXT] [--json]
+
+Exit status 0 when at least one request succeeded (errors, 429 included, are
+counted and the first few bodies printed to stderr), 1 when none did.
+Only loopback addresses are accepted: this is a local load test, never a remote one.
+"""
+import argparse
+import http.client
+import ipaddress
+import json
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+
+TIMEOUT_S = 120.0
+MAX_ERROR_BODIES = 5
+
+
+def percentile(values, p):
+    """Nearest-rank percentile (p in 0..100) of a list; None when empty."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(-(-p * len(s) // 100)) - 1))
+    return s[k]
+
+
+def is_loopback(host):
+    try:
+        addrs = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        return False
+    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
+
+
+class Stats:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.latencies = []
+        self.ttfts = []
+        self.tokens = 0
+        self.ok = 0
+        self.errors = 0
+        self.error_bodies = 0
+
+    def error(self, what):
+        with self.lock:
+            self.errors += 1
+            if self.error_bodies < MAX_ERROR_BODIES:
+                self.error_bodies += 1
+                print(f"serve-load: error: {what}", file=sys.stderr)
+
+
+def one_request(host, port, path, headers, body, stats):
+    """Sends one streaming request and records its latency, TTFT and tokens."""
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT_S)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        if not 200 <= resp.status < 300:
+            text = resp.read(2000).decode("utf-8", "replace")
+            stats.error(f"HTTP {resp.status}: {text}")
+            return
+        ttft = None
+        tokens = None
+        done = False
+        # http.client undoes chunked transfer encoding; readline() returns as
+        # soon as a whole SSE line has arrived, so the timing is incremental.
+        while True:
+            if time.perf_counter() - t0 > TIMEOUT_S:
+                stats.error(f"timeout after {TIMEOUT_S:.0f} s")
+                return
+            line = resp.readline()
+            if not line:
+                break
+            line = line.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                done = True
+                break
+            chunk = json.loads(data)
+            if "error" in chunk:
+                stats.error(f"error event: {chunk['error']}")
+                return
+            for choice in chunk.get("choices") or []:
+                if ttft is None and choice.get("text"):
+                    ttft = time.perf_counter() - t0
+            usage = chunk.get("usage")
+            if usage:
+                tokens = usage.get("completion_tokens")
+        latency = time.perf_counter() - t0
+        if not done:
+            stats.error("stream ended without data: [DONE]")
+            return
+        if tokens is None:
+            stats.error("no usage chunk (stream_options.include_usage ignored?)")
+            return
+        with stats.lock:
+            stats.ok += 1
+            stats.latencies.append(latency)
+            if ttft is not None:
+                stats.ttfts.append(ttft)
+            stats.tokens += tokens
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        stats.error(f"{type(e).__name__}: {e}")
+    finally:
+        conn.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--url", required=True, help="server root, e.g. http://127.0.0.1:8000")
+    ap.add_argument("--api-key", default=None)
+    ap.add_argument("--clients", type=int, required=True)
+    ap.add_argument("--requests-per-client", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--prompt", default="Once upon a time")
+    ap.add_argument("--model", default=None, help="model field (default: omitted)")
+    ap.add_argument("--json", action="store_true", help="end with one JSON summary line")
+    args = ap.parse_args()
+    if args.clients < 1 or args.clients > 1024:
+        sys.exit("serve-load: --clients must be 1..1024")
+    if args.requests_per_client < 1 or args.requests_per_client > 10000:
+        sys.exit("serve-load: --requests-per-client must be 1..10000")
+
+    url = urllib.parse.urlsplit(args.url)
+    if url.scheme != "http" or not url.hostname:
+        sys.exit("serve-load: --url must be http://HOST:PORT")
+    if not is_loopback(url.hostname):
+        sys.exit(f"serve-load: {url.hostname} is not a loopback address; refusing")
+    base = url.path.rstrip("/")
+    if base.endswith("/v1"):
+        base = base[:-3]
+    path = base + "/v1/completions"
+    port = url.port or 80
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if args.api_key:
+        headers["Authorization"] = f"Bearer {args.api_key}"
+
+    stats = Stats()
+
+    def client(ci):
+        for ri in range(args.requests_per_client):
+            req = {
+                "prompt": args.prompt,
+                "max_tokens": args.max_tokens,
+                "temperature": 0.8,
+                "seed": ci * args.requests_per_client + ri + 1,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "ignore_eos": True,
+            }
+            if args.model:
+                req["model"] = args.model
+            one_request(url.hostname, port, path, headers, json.dumps(req).encode(), stats)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(args.clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+
+    total = args.clients * args.requests_per_client
+
+    def r(x, nd=4):
+        return None if x is None else round(x, nd)
+
+    summary = {
+        "clients": args.clients,
+        "requests": total,
+        "requests_per_s": r(stats.ok / wall, 3),
+        "tokens_per_s": r(stats.tokens / wall, 1),
+        "latency_p50_s": r(percentile(stats.latencies, 50)),
+        "latency_p99_s": r(percentile(stats.latencies, 99)),
+        "ttft_p50_s": r(percentile(stats.ttfts, 50)),
+        "ttft_p99_s": r(percentile(stats.ttfts, 99)),
+        "errors": stats.errors,
+    }
+
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.3f} s"
+
+    print(f"clients {args.clients}, requests {total} ({stats.ok} ok, {stats.errors} errors), "
+          f"wall {wall:.2f} s")
+    print(f"requests/s: {stats.ok / wall:.3f}")
+    print(f"tokens/s: {stats.tokens / wall:.1f} ({stats.tokens} completion tokens)")
+    print(f"latency p50 {fmt(summary['latency_p50_s'])}, p99 {fmt(summary['latency_p99_s'])}")
+    print(f"ttft p50 {fmt(summary['ttft_p50_s'])}, p99 {fmt(summary['ttft_p99_s'])}")
+    print(f"errors: {stats.errors}")
+    if args.json:
+        print(json.dumps(summary))
+    # Errors (429 included) are reported, not fatal: an overload run expects
+    # some. Exit 1 only when nothing succeeded.
+    sys.exit(0 if stats.ok else 1)
+
+
+if __name__ == "__main__":
+    main()
