@@ -1,7 +1,7 @@
 //! A KV cache of fixed slots for continuous batching: sequences join and leave a
 //! running batch between decoding steps, each in a slot of its own.
 //!
-//! Every layer keeps keys and values as `[slots, block + 1, head, head_dim]`;
+//! Every layer keeps keys and values as `[slots, head, block + 1, head_dim]`;
 //! position `block` is a scratch row that padding writes into, so a step may mix
 //! rows of different lengths (a prefill of several prompts, or one new token per
 //! running sequence) without touching any real entry. A step's queries see their
@@ -24,7 +24,7 @@ impl SlotCache {
     pub fn new(model: &Gpt, slots: usize) -> Self {
         let c = &model.cfg;
         let (h, hd) = (c.n_head, c.n_embd / c.n_head);
-        let shape = [slots as i64, c.block_size + 1, h, hd];
+        let shape = [slots as i64, h, c.block_size + 1, hd];
         let zeros = || Tensor::zeros(shape, (Kind::Float, model.device()));
         Self {
             k: (0..c.n_layer).map(|_| zeros()).collect(),
@@ -55,7 +55,10 @@ pub struct SlotRow<'a> {
 
 /// The index tensors of one step, shared by every layer.
 pub(crate) struct SlotStep {
-    pub slots: Tensor,      // [b]
+    pub slots: Tensor, // [b]
+    /// The rows' slots are `first..first + b` in order: the cache is read as a
+    /// view, without gathering.
+    pub contiguous: Option<i64>,
     pub write_slot: Tensor, // [b * t]
     pub write_pos: Tensor,  // [b * t]
     pub allowed: Tensor,    // [b, 1, t, keys]
@@ -94,7 +97,9 @@ pub(crate) fn plan(rows: &[SlotRow], cache: &SlotCache, device: Device) -> anyho
     let to = |v: &[i64]| Tensor::from_slice(v).to(device);
     let slots: Vec<i64> = rows.iter().map(|r| r.slot as i64).collect();
     let last: Vec<i64> = rows.iter().map(|r| r.tokens.len() as i64 - 1).collect();
+    let contiguous = slots.windows(2).all(|w| w[1] == w[0] + 1).then(|| slots[0]);
     let step = SlotStep {
+        contiguous,
         slots: to(&slots),
         write_slot: to(&wslot),
         write_pos: to(&wpos),
@@ -111,11 +116,17 @@ pub(crate) fn plan(rows: &[SlotRow], cache: &SlotCache, device: Device) -> anyho
 /// `q`, `k`, `v`: `[b, h, t, hd]` → `[b, h, t, hd]`
 pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, layer: usize, cache: &mut SlotCache, step: &SlotStep) -> Tensor {
     let (b, h, t, hd) = (q.size()[0], q.size()[1], q.size()[2], q.size()[3]);
-    let flat = |z: &Tensor| z.transpose(1, 2).reshape([b * t, h, hd]).to_kind(Kind::Float);
-    let index = [Some(step.write_slot.shallow_clone()), Some(step.write_pos.shallow_clone())];
+    let flat = |z: &Tensor| z.transpose(1, 2).reshape([b * t, h, hd]).to_kind(Kind::Float); // [b*t, h, hd]
+    let index = [Some(step.write_slot.shallow_clone()), None, Some(step.write_pos.shallow_clone())];
     let _ = cache.k[layer].index_put_(&index, &flat(k), false);
     let _ = cache.v[layer].index_put_(&index, &flat(v), false);
-    let gather = |c: &Tensor| c.index_select(0, &step.slots).narrow(1, 0, step.keys).transpose(1, 2).to_kind(q.kind()); // [b, h, keys, hd]
-    let (keys, values) = (gather(&cache.k[layer]), gather(&cache.v[layer]));
+    let read = |c: &Tensor| {
+        let rows = match step.contiguous {
+            Some(first) => c.narrow(0, first, b),
+            None => c.index_select(0, &step.slots),
+        };
+        rows.narrow(2, 0, step.keys).to_kind(q.kind()) // [b, h, keys, hd]
+    };
+    let (keys, values) = (read(&cache.k[layer]), read(&cache.v[layer]));
     Tensor::scaled_dot_product_attention(q, &keys, &values, Some(step.allowed.shallow_clone()), 0.0, false, None, false)
 }

@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::model::{Frontend, Weights};
 use forja_model::generate::{sample, SamplingConfig};
 use forja_model::{mean_pool, SlotCache, SlotRow};
-use rand_chacha::rand_core::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -173,6 +173,7 @@ struct Seq {
     /// The last sampled token, not yet in the cache.
     next: u32,
     generated: Vec<u32>,
+    detok: Detokenizer,
     /// Bytes of the decoded text already sent.
     sent: usize,
     held: Vec<TokenLogprob>,
@@ -180,6 +181,37 @@ struct Seq {
     first_token: Option<Instant>,
     /// The client went away (its event channel closed).
     left: bool,
+}
+
+/// Text of generated tokens, decoded incrementally (as vLLM and Hugging Face's
+/// streamers do): only the last few tokens are decoded at each step, and text
+/// is taken once it no longer ends in an incomplete UTF-8 character.
+#[derive(Default)]
+struct Detokenizer {
+    text: String,
+    /// Tokens before `prefix` are in `text` and no longer decoded.
+    prefix: usize,
+    /// Tokens before `read` are in `text`.
+    read: usize,
+}
+
+impl Detokenizer {
+    /// Takes the text of `tokens[read..]` when complete (or at the `end`).
+    fn push(&mut self, tok: &forja_tokenizer::Tokenizer, tokens: &[u32], end: bool) {
+        if self.read >= tokens.len() {
+            return;
+        }
+        let before = tok.decode_text(&tokens[self.prefix..self.read]).unwrap_or_default();
+        let now = tok.decode_text(&tokens[self.prefix..]).unwrap_or_default();
+        if now.len() > before.len() && (end || !now.ends_with('\u{FFFD}')) {
+            match now.strip_prefix(before.as_str()) {
+                Some(new) => self.text.push_str(new),
+                None => self.text.push_str(now.get(before.len()..).unwrap_or_default()),
+            }
+            self.prefix = self.read;
+            self.read = tokens.len();
+        }
+    }
 }
 
 /// One model's weights, cache and running sequences.
@@ -344,14 +376,28 @@ impl Engine {
                 keep.push_back(req);
                 continue;
             }
+            // The lowest free slot: running slots stay packed at the front,
+            // so steps read the cache as a view (see SlotStep::contiguous).
+            gen.free.sort_unstable_by(|a, b| b.cmp(a));
             let Some(slot) = gen.free.pop() else {
                 keep.push_back(req);
                 continue;
             };
             budget = budget.saturating_sub(req.prompt.len());
             let rng = ChaCha8Rng::seed_from_u64(req.params.seed);
-            let seq =
-                Seq { slot, len: 0, next: 0, generated: Vec::new(), sent: 0, held: Vec::new(), rng, first_token: None, left: false, req };
+            let seq = Seq {
+                slot,
+                len: 0,
+                next: 0,
+                generated: Vec::new(),
+                detok: Detokenizer::default(),
+                sent: 0,
+                held: Vec::new(),
+                rng,
+                first_token: None,
+                left: false,
+                req,
+            };
             admitted.push((gi, seq));
         }
         self.pending = keep;
@@ -386,6 +432,8 @@ impl Engine {
             if live.is_empty() {
                 continue;
             }
+            let mut live = live;
+            live.sort_by_key(|s| s.slot);
             self.metrics.batch_sizes.observe(live.len() as f64);
             step(gen, live, Phase::Decode, &self.metrics, &mut self.rate);
         }
@@ -483,10 +531,30 @@ fn log_softmax(row: &[f32]) -> Vec<f32> {
     row.iter().map(|&x| x - lse).collect()
 }
 
+/// A token drawn from `probs` (a distribution over the vocabulary).
+fn draw(probs: &[f32], rng: &mut ChaCha8Rng) -> u32 {
+    let total: f64 = probs.iter().map(|&p| f64::from(p)).sum();
+    let mut u = rng.random::<f64>() * total;
+    for (i, &p) in probs.iter().enumerate() {
+        u -= f64::from(p);
+        if u <= 0.0 {
+            return i as u32;
+        }
+    }
+    probs.iter().rposition(|&p| p > 0.0).unwrap_or(0) as u32
+}
+
 /// Samples the next token of each sequence from its row of `logits`; returns
 /// which sequences finished.
 fn sample_all(gen: &Generation, seqs: &mut [Seq], logits: &Tensor, metrics: &Metrics, rate: &mut RateWindow) -> Vec<bool> {
-    let rows: Vec<Vec<f32>> = match Vec::<Vec<f32>>::try_from(logits) {
+    let read = || -> anyhow::Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        // Softmax at each row's temperature in one vectorised op: plain
+        // sampling then needs only a scan of the probabilities.
+        let temps: Vec<f32> = seqs.iter().map(|s| s.req.params.temperature.max(1e-6) as f32).collect();
+        let probs = (logits / Tensor::from_slice(&temps).view([-1, 1])).softmax(-1, Kind::Float);
+        Ok((Vec::<Vec<f32>>::try_from(logits)?, Vec::<Vec<f32>>::try_from(&probs)?))
+    };
+    let (rows, probs) = match read() {
         Ok(r) => r,
         Err(e) => {
             for s in seqs.iter() {
@@ -498,10 +566,15 @@ fn sample_all(gen: &Generation, seqs: &mut [Seq], logits: &Tensor, metrics: &Met
     let now = Instant::now();
     let mut done = Vec::with_capacity(seqs.len());
     let mut produced = 0;
-    for (s, row) in seqs.iter_mut().zip(&rows) {
+    for ((s, row), probs) in seqs.iter_mut().zip(&rows).zip(&probs) {
         let p = &s.req.params;
-        let cfg = SamplingConfig { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, max_new_tokens: p.max_tokens, seed: p.seed };
-        let token = sample(row, &cfg, &mut s.rng);
+        let token = if p.temperature > 0.0 && p.top_k == 0 && p.top_p >= 1.0 {
+            draw(probs, &mut s.rng)
+        } else {
+            let cfg =
+                SamplingConfig { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, max_new_tokens: p.max_tokens, seed: p.seed };
+            sample(row, &cfg, &mut s.rng)
+        };
         produced += 1;
         if s.first_token.is_none() {
             s.first_token = Some(now);
@@ -545,7 +618,8 @@ fn advance(gen: &Generation, s: &mut Seq, token: u32, row: &[f32], now: Instant)
     }
     s.generated.push(token);
     s.next = token;
-    let text = tok.decode_text(&s.generated).unwrap_or_default();
+    s.detok.push(tok, &s.generated, false);
+    let text = &s.detok.text;
     // The first stop string in the new text ends the sequence before it.
     let search_from = s.sent.saturating_sub(p.stop.iter().map(String::len).max().unwrap_or(0));
     let search_from = (0..=search_from).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
@@ -560,8 +634,9 @@ fn advance(gen: &Generation, s: &mut Seq, token: u32, row: &[f32], now: Instant)
         tracing::warn!(index = s.req.index, tokens = s.generated.len(), "sequence cut at its deadline");
         return finish(s, tok, Finish::Length, None);
     }
-    // Hold back a tail that may still become a stop string, and an incomplete
-    // UTF-8 character (decoded as U+FFFD until its last byte arrives).
+    // Hold back a tail that may still become a stop string (an incomplete UTF-8
+    // character is held back by the detokenizer).
+    let text = &s.detok.text;
     let mut safe = text.len();
     for st in &p.stop {
         for k in (1..st.len()).rev() {
@@ -571,10 +646,9 @@ fn advance(gen: &Generation, s: &mut Seq, token: u32, row: &[f32], now: Instant)
             }
         }
     }
-    let trimmed = text[..safe].trim_end_matches('\u{FFFD}').len();
-    if trimmed > s.sent {
-        let delta = text[s.sent..trimmed].to_string();
-        s.sent = trimmed;
+    if safe > s.sent {
+        let delta = text[s.sent..safe].to_string();
+        s.sent = safe;
         let logprobs = std::mem::take(&mut s.held);
         if s.req.events.send(Event::Delta { index: s.req.index, text: delta, logprobs }).is_err() {
             s.left = true;
@@ -586,7 +660,8 @@ fn advance(gen: &Generation, s: &mut Seq, token: u32, row: &[f32], now: Instant)
 
 /// Sends what is left of the text (up to `cut`) and the end of the sequence.
 fn finish(s: &mut Seq, tok: &forja_tokenizer::Tokenizer, finish: Finish, cut: Option<usize>) -> bool {
-    let text = tok.decode_text(&s.generated).unwrap_or_default();
+    s.detok.push(tok, &s.generated, true);
+    let text = &s.detok.text;
     let end = cut.unwrap_or(text.len()).min(text.len());
     if end > s.sent || !s.held.is_empty() {
         let delta = text.get(s.sent..end).unwrap_or_default().to_string();
