@@ -531,6 +531,9 @@ fn log_softmax(row: &[f32]) -> Vec<f32> {
     row.iter().map(|&x| x - lse).collect()
 }
 
+/// Rows of a `[b, vocab]` tensor.
+type Rows = Vec<Vec<f32>>;
+
 /// A token drawn from `probs` (a distribution over the vocabulary).
 fn draw(probs: &[f32], rng: &mut ChaCha8Rng) -> u32 {
     let total: f64 = probs.iter().map(|&p| f64::from(p)).sum();
@@ -547,7 +550,7 @@ fn draw(probs: &[f32], rng: &mut ChaCha8Rng) -> u32 {
 /// Samples the next token of each sequence from its row of `logits`; returns
 /// which sequences finished.
 fn sample_all(gen: &Generation, seqs: &mut [Seq], logits: &Tensor, metrics: &Metrics, rate: &mut RateWindow) -> Vec<bool> {
-    let read = || -> anyhow::Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let read = || -> anyhow::Result<(Rows, Rows)> {
         // Softmax at each row's temperature in one vectorised op: plain
         // sampling then needs only a scan of the probabilities.
         let temps: Vec<f32> = seqs.iter().map(|s| s.req.params.temperature.max(1e-6) as f32).collect();
