@@ -127,6 +127,17 @@ fn the_openai_package_schemathesis_and_a_browser_all_work_against_the_server() {
         );
     }
 
+    // SIGHUP reloads the model folder in place.
+    let status = Command::new("kill").args(["-HUP", &generator.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reloaded = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let text = rt.block_on(async { reqwest::get(format!("{}/metrics", generator.url)).await.unwrap().text().await.unwrap() });
+        text.contains("forja_reloads_total{outcome=\"ok\"} 1")
+    });
+    assert!(reloaded, "SIGHUP reloaded the model");
+
     let out = run(
         Command::new(python()).arg(root().join("scripts/serve-page-check.py")).args([
             "--url",

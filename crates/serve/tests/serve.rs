@@ -463,3 +463,24 @@ async fn an_encoder_serves_unit_embeddings_that_rank_meaning() {
     let (status, err, _) = s.post("/v1/completions", Some(KEY), &completion("hi", 2)).await;
     assert_eq!(status, 400, "an encoder does not generate: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_deadline_is_cut_not_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    model_of_width(dir.path(), 1, 512);
+    let s = Server::start(Some(dir.path()), &["--max-batch", "1", "--timeout", "1"]).await;
+    let body = json!({"prompt": "the", "max_tokens": 250, "ignore_eos": true, "n": 8});
+    let (status, r, _) = s.post("/v1/completions", Some(KEY), &body).await;
+    assert_eq!(status, 200, "{r}");
+    let tokens: Vec<u64> = r["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["finish_reason"], "length");
+            c["text"].as_str().unwrap().chars().count() as u64
+        })
+        .collect();
+    assert!(tokens.iter().any(|&t| t < 250), "some sequences were cut at the deadline: {tokens:?}");
+    assert!(s.metric("forja_deadline_exceeded_total").await >= 1.0);
+}
