@@ -230,24 +230,30 @@ enum Flavor {
     Chat,
 }
 
-async fn completions(State(st): State<Shared>, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+/// The steps every generation route shares: key and request limit, body,
+/// parsing, validation against the current model, token budget.
+async fn generation_route<R: serde::de::DeserializeOwned>(
+    st: Shared,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+    flavor: Flavor,
+    check: fn(&R, &Frontend, &api::Limits) -> Result<Checked, ApiError>,
+) -> ApiResult {
     let caller = st.authorize(&headers)?;
     let b = body(b, st.cfg.limits.max_body_bytes)?;
-    let req: CompletionRequest = api::parse(&b)?;
+    let req: R = api::parse(&b)?;
     let front = st.front();
-    let checked = api::check_completion(&req, &front, &st.cfg.limits)?;
+    let checked = check(&req, &front, &st.cfg.limits)?;
     st.spend(&caller, &checked)?;
-    generate(st, front, checked, Flavor::Completion, caller).await
+    generate(st, front, checked, flavor, caller).await
+}
+
+async fn completions(State(st): State<Shared>, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    generation_route::<CompletionRequest>(st, headers, b, Flavor::Completion, api::check_completion).await
 }
 
 async fn chat(State(st): State<Shared>, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
-    let caller = st.authorize(&headers)?;
-    let b = body(b, st.cfg.limits.max_body_bytes)?;
-    let req: ChatRequest = api::parse(&b)?;
-    let front = st.front();
-    let checked = api::check_chat(&req, &front, &st.cfg.limits)?;
-    st.spend(&caller, &checked)?;
-    generate(st, front, checked, Flavor::Chat, caller).await
+    generation_route::<ChatRequest>(st, headers, b, Flavor::Chat, api::check_chat).await
 }
 
 /// One choice as it is collected.
@@ -442,11 +448,10 @@ fn stream(st: Shared, job: Job, mut rx: mpsc::UnboundedReceiver<Event>, total: u
         let mut choices = vec![Choice::default(); total];
         if job.flavor == Flavor::Chat {
             for i in 0..total {
-                let mut first = job.envelope(
+                let first = job.envelope(
                     true,
                     vec![json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})],
                 );
-                first["choices"][0]["index"] = json!(i);
                 if out.send(sse_json(&first)).await.is_err() {
                     return;
                 }

@@ -484,3 +484,13 @@ async fn a_request_past_its_deadline_is_cut_not_failed() {
     assert!(tokens.iter().any(|&t| t < 250), "some sequences were cut at the deadline: {tokens:?}");
     assert!(s.metric("forja_deadline_exceeded_total").await >= 1.0);
 }
+
+#[test]
+fn only_safetensors_weights_are_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model(dir.path(), 1);
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    std::fs::write(dir.path().join("pytorch_model.bin"), b"a pickle").unwrap();
+    let err = forja_serve::model::load(dir.path(), None, Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("only safetensors weights are served") && err.contains("pytorch_model.bin"), "{err}");
+}
