@@ -205,6 +205,8 @@ pub struct Checked {
     pub params: GenParams,
     pub stream: bool,
     pub include_usage: bool,
+    /// Return the prompt before the completion (with its tokens' log-probabilities).
+    pub echo: bool,
 }
 
 impl Checked {
@@ -376,8 +378,9 @@ fn non_empty(front: &Frontend, ids: Vec<u32>) -> Result<Vec<u32>, ApiError> {
 
 pub fn check_completion(req: &CompletionRequest, front: &Frontend, limits: &Limits) -> Result<Checked, ApiError> {
     check_model(front, req.model.as_deref(), Kind::Generator)?;
-    if req.echo == Some(true) {
-        return Err(unsupported("echo", "prompt log-probabilities are not returned"));
+    let echo = req.echo.unwrap_or(false);
+    if echo && req.sampling.stream == Some(true) {
+        return Err(unsupported("echo", "not with stream: true"));
     }
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(unsupported("suffix", "no insertion"));
@@ -409,11 +412,19 @@ pub fn check_completion(req: &CompletionRequest, front: &Frontend, limits: &Limi
         let text = if text.is_empty() && !ids.is_empty() { front.tokenizer.decode(&ids).unwrap_or_default() } else { text };
         checked.push((non_empty(front, ids)?, text));
     }
-    params.max_tokens = check_lengths(&checked, req.max_tokens, 16, front, limits)?;
+    // With echo, max_tokens 0 scores the prompt alone (as lm-eval's
+    // log-likelihood requests may).
+    params.max_tokens = match req.max_tokens {
+        Some(0) if echo => 0,
+        m => check_lengths(&checked, m, 16, front, limits)?,
+    };
+    if params.max_tokens == 0 {
+        check_lengths(&checked, Some(1), 16, front, limits)?;
+    }
     if let Some(lp) = req.logprobs {
         params.logprobs = Some(in_range("logprobs", lp, 0, 5)?);
     }
-    Ok(Checked { prompts: checked, n, params, stream, include_usage })
+    Ok(Checked { prompts: checked, n, params, stream, include_usage, echo })
 }
 
 /// The conversation as forja messages (a `developer` turn is a system turn).
@@ -495,7 +506,7 @@ pub fn check_chat(req: &ChatRequest, front: &Frontend, limits: &Limits) -> Resul
         (false, Some(t)) if t > 0 => return Err(ApiError::invalid("top_logprobs", "top_logprobs needs logprobs: true")),
         _ => {}
     }
-    Ok(Checked { prompts, n, params, stream, include_usage })
+    Ok(Checked { prompts, n, params, stream, include_usage, echo: false })
 }
 
 /// The text of token ids given as an embeddings input; ids outside the

@@ -101,9 +101,20 @@ pub struct EmbedRequest {
     pub reply: oneshot::Sender<anyhow::Result<Vec<Vec<f32>>>>,
 }
 
+/// Prompts to score: the log-probability of each token given the ones before
+/// (what `echo` with `logprobs` returns).
+pub struct ScoreRequest {
+    pub front: Arc<Frontend>,
+    pub prompts: Vec<Vec<u32>>,
+    /// Alternatives to report per position.
+    pub top: usize,
+    pub reply: oneshot::Sender<anyhow::Result<Vec<Vec<Option<TokenLogprob>>>>>,
+}
+
 enum Msg {
     Generate(Box<GenRequest>),
     Embed(EmbedRequest),
+    Score(ScoreRequest),
     Swap(Arc<Frontend>, Box<Weights>, oneshot::Sender<()>),
 }
 
@@ -149,6 +160,10 @@ impl EngineHandle {
 
     pub fn embed(&self, req: EmbedRequest) -> anyhow::Result<()> {
         self.tx.send(Msg::Embed(req)).map_err(|_| anyhow::anyhow!("the engine has stopped"))
+    }
+
+    pub fn score(&self, req: ScoreRequest) -> anyhow::Result<()> {
+        self.tx.send(Msg::Score(req)).map_err(|_| anyhow::anyhow!("the engine has stopped"))
     }
 
     /// Hands new weights to the engine; resolves once new requests go to them.
@@ -314,6 +329,10 @@ impl Engine {
                 let out = self.embed(&e);
                 let _ = e.reply.send(out);
             }
+            Msg::Score(r) => {
+                let out = self.score(&r);
+                let _ = r.reply.send(out);
+            }
             Msg::Swap(front, weights, done) => {
                 let slots = self.cfg.max_batch.max(1);
                 self.gens.push(Generation::new(front, *weights, slots));
@@ -340,6 +359,34 @@ impl Engine {
         let hidden = model.forward(&ids, None, Some(&mask), false)?;
         let vecs = mean_pool(&hidden, &mask).to_kind(Kind::Float).to(tch::Device::Cpu);
         Ok(Vec::<Vec<f32>>::try_from(&vecs)?)
+    }
+
+    /// Log-probabilities of each prompt token after the ones before it (the
+    /// first has none), with the `top` likeliest alternatives, by one forward
+    /// pass per prompt over the model that tokenized it.
+    fn score(&self, r: &ScoreRequest) -> anyhow::Result<Vec<Vec<Option<TokenLogprob>>>> {
+        let gen = self.gens.iter().rev().find(|g| Arc::ptr_eq(&g.front, &r.front)).or(self.gens.last());
+        let Some(Generation { weights: Weights::Gpt { model, .. }, front, .. }) = gen else {
+            anyhow::bail!("the served model is not a generator");
+        };
+        let tok = &front.tokenizer;
+        let name = |id: usize| tok.decode(&[id as u32]).unwrap_or_default();
+        r.prompts
+            .iter()
+            .map(|p| {
+                let ids: Vec<i64> = p.iter().map(|&t| i64::from(t)).collect();
+                let idx = Tensor::from_slice(&ids).to(model.device()).view([1, -1]);
+                let lp = model.forward(&idx, false, None)?.log_softmax(-1, Kind::Float).squeeze_dim(0).to(tch::Device::Cpu);
+                let rows = Vec::<Vec<f32>>::try_from(&lp)?;
+                let mut out = vec![None];
+                for (i, &t) in p.iter().enumerate().skip(1) {
+                    let row = &rows[i - 1];
+                    let top = top_n(row, r.top).into_iter().map(|(j, v)| (name(j), v)).collect();
+                    out.push(Some(TokenLogprob { token: name(t as usize), logprob: row[t as usize], top }));
+                }
+                Ok(out)
+            })
+            .collect()
     }
 
     /// Drops waiting sequences whose client left or whose deadline passed.

@@ -4,7 +4,7 @@
 use crate::api::{self, ChatRequest, Checked, CompletionRequest, EmbeddingRequest};
 use crate::auth::{Auth, Caller, Denied};
 use crate::drift::Drift;
-use crate::engine::{EmbedRequest, EngineHandle, Event, Finish, GenRequest, TokenLogprob};
+use crate::engine::{EmbedRequest, EngineHandle, Event, Finish, GenRequest, ScoreRequest, TokenLogprob};
 use crate::error::{ApiError, ErrorKind};
 use crate::feedback::{Feedback, FeedbackRequest, Recorded, Served};
 use crate::metrics::Metrics;
@@ -157,6 +157,9 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/feedback", post(feedback))
         .route("/admin/reload", post(admin_reload))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/tokenizer_info", get(tokenizer_info))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
@@ -259,6 +262,9 @@ async fn chat(State(st): State<Shared>, headers: HeaderMap, b: Result<Bytes, Byt
 /// One choice as it is collected.
 #[derive(Default, Clone)]
 struct Choice {
+    /// With echo: the prompt's tokens (the first without a log-probability).
+    prefix: Vec<TokenLogprob>,
+    prefix_text: String,
     text: String,
     logprobs: Vec<TokenLogprob>,
     finish: Option<Finish>,
@@ -309,10 +315,13 @@ impl Job {
                         o
                     })
                     .collect();
+                // An echoed prompt's first token has no log-probability (NaN): null.
+                let scored = |l: &TokenLogprob| !l.logprob.is_nan();
+                let top = |l: &TokenLogprob| Value::Object(l.top.iter().map(|(t, v)| (t.clone(), json!(v))).collect());
                 json!({
                     "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
-                    "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-                    "top_logprobs": lps.iter().map(|l| l.top.iter().map(|(t, v)| (t.clone(), json!(v))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+                    "token_logprobs": lps.iter().map(|l| if scored(l) { json!(l.logprob) } else { Value::Null }).collect::<Vec<_>>(),
+                    "top_logprobs": lps.iter().map(|l| if scored(l) { top(l) } else { Value::Null }).collect::<Vec<_>>(),
                     "text_offset": offsets,
                 })
             }
@@ -352,7 +361,8 @@ impl Job {
                 let finish = c.finish.map(Finish::as_str);
                 match self.flavor {
                     Flavor::Completion => {
-                        json!({"index": i, "text": c.text, "logprobs": self.logprobs(&c.logprobs, 0), "finish_reason": finish})
+                        let lps: Vec<TokenLogprob> = c.prefix.iter().chain(&c.logprobs).cloned().collect();
+                        json!({"index": i, "text": format!("{}{}", c.prefix_text, c.text), "logprobs": self.logprobs(&lps, 0), "finish_reason": finish})
                     }
                     Flavor::Chat => json!({"index": i, "message": {"role": "assistant", "content": c.text, "refusal": null},
                                            "logprobs": self.logprobs(&c.logprobs, 0), "finish_reason": finish}),
@@ -417,11 +427,20 @@ async fn generate(st: Shared, front: Arc<Frontend>, checked: Checked, flavor: Fl
     }
     drop(tx);
     let total = reqs.len();
+    let mut choices = vec![Choice::default(); total];
+    if job.checked.echo {
+        echo_prompts(&st, &job, &mut choices).await?;
+    }
+    if job.checked.params.max_tokens == 0 {
+        for c in &mut choices {
+            c.finish = Some(Finish::Length);
+        }
+        return Ok(Json(job.complete(&choices)).into_response());
+    }
     st.engine.submit(reqs).map_err(|_| ApiError::rate_limited("the server is busy: its queue is full; retry shortly", 1))?;
     if job.checked.stream {
         return Ok(stream(st, job, rx, total));
     }
-    let mut choices = vec![Choice::default(); total];
     while let Some(ev) = rx.recv().await {
         apply(&mut choices, &ev).map_err(|m| ApiError::internal(format!("generation failed: {m}")))?;
     }
@@ -433,6 +452,39 @@ async fn generate(st: Shared, front: Arc<Frontend>, checked: Checked, flavor: Fl
         resp.headers_mut().insert("x-forja-model", v);
     }
     Ok(resp)
+}
+
+/// Puts each prompt (and, with `logprobs`, its tokens' log-probabilities)
+/// before its choices' completions.
+async fn echo_prompts(st: &Shared, job: &Job, choices: &mut [Choice]) -> Result<(), ApiError> {
+    let n = job.checked.n;
+    let mut scores = vec![Vec::new(); job.checked.prompts.len()];
+    if let Some(top) = job.checked.params.logprobs {
+        let (reply, wait) = oneshot::channel();
+        let prompts = job.checked.prompts.iter().map(|(ids, _)| ids.clone()).collect();
+        st.engine
+            .score(ScoreRequest { front: job.front.clone(), prompts, top, reply })
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let scored = wait
+            .await
+            .map_err(|_| ApiError::unavailable("the engine stopped"))?
+            .map_err(|e| ApiError::internal(format!("scoring the prompt failed: {e:#}")))?;
+        let tok = &job.front.tokenizer;
+        for ((prompt, out), (ids, _)) in scored.into_iter().zip(&mut scores).zip(&job.checked.prompts) {
+            *out = prompt
+                .into_iter()
+                .zip(ids)
+                .map(|(s, &id)| {
+                    s.unwrap_or_else(|| TokenLogprob { token: tok.decode(&[id]).unwrap_or_default(), logprob: f32::NAN, top: Vec::new() })
+                })
+                .collect();
+        }
+    }
+    for (i, c) in choices.iter_mut().enumerate() {
+        c.prefix_text = job.checked.prompts[i / n].1.clone();
+        c.prefix = scores[i / n].clone();
+    }
+    Ok(())
 }
 
 fn sse_json(v: &Value) -> Result<SseEvent, Infallible> {
@@ -543,6 +595,52 @@ async fn feedback(State(st): State<Shared>, headers: HeaderMap, b: Result<Bytes,
     };
     st.metrics.feedback.with_label_values(&[kind]).inc();
     Ok(Json(json!({"object": "feedback", "id": req.id, "recorded": kind})).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct TokenizeRequest {
+    prompt: String,
+    add_special_tokens: Option<bool>,
+}
+
+#[derive(serde::Deserialize)]
+struct DetokenizeRequest {
+    tokens: Vec<u32>,
+}
+
+/// vLLM's `/tokenize`: the served model's token ids of a text (lm-eval's
+/// `tokenizer_backend=remote` counts context lengths with it).
+async fn tokenize(State(st): State<Shared>, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    st.authorize(&headers)?;
+    let req: TokenizeRequest = api::parse(&body(b, st.cfg.limits.max_body_bytes)?)?;
+    let front = st.front();
+    let tok = &front.tokenizer;
+    let ids = if req.add_special_tokens.unwrap_or(false) { tok.encode_with_special(&req.prompt) } else { tok.encode(&req.prompt) };
+    let ids = ids.map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+    Ok(Json(json!({"tokens": ids, "count": ids.len(), "max_model_len": front.context})).into_response())
+}
+
+/// vLLM's `/detokenize`: the text of token ids.
+async fn detokenize(State(st): State<Shared>, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    st.authorize(&headers)?;
+    let req: DetokenizeRequest = api::parse(&body(b, st.cfg.limits.max_body_bytes)?)?;
+    let front = st.front();
+    let vocab = front.tokenizer.vocab_size() as u32;
+    if let Some(bad) = req.tokens.iter().find(|&&t| t >= vocab) {
+        return Err(ApiError::invalid("tokens", format!("token id {bad} is outside the vocabulary of {vocab}")));
+    }
+    let text = front.tokenizer.decode(&req.tokens).map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
+    Ok(Json(json!({"prompt": text})).into_response())
+}
+
+/// vLLM's `/tokenizer_info`: the special tokens and the context.
+async fn tokenizer_info(State(st): State<Shared>, headers: HeaderMap) -> ApiResult {
+    st.authorize(&headers)?;
+    let f = st.front();
+    let has = |t: &str| f.tokenizer.token_to_id(t).map(|_| t.to_string());
+    Ok(Json(json!({"eos_token": has(forja_tokenizer::EOT), "bos_token": null, "pad_token": null,
+                   "model_max_length": f.context, "tokenizer_class": "forja", "vocab_size": f.tokenizer.vocab_size()}))
+    .into_response())
 }
 
 #[derive(serde::Deserialize, Default)]

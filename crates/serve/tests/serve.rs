@@ -179,7 +179,8 @@ async fn each_bad_field_is_a_4xx_naming_the_field_and_the_limit() {
         (json!({"prompt": "a", "stop": vec!["x"; 17]}), "stop", "at most 16 strings"),
         (json!({"prompt": "a", "stop": ["x".repeat(65)]}), "stop", "longer than 64 characters"),
         (json!({"prompt": "a", "stop": [""]}), "stop", "stop[0] is empty"),
-        (json!({"prompt": "a", "echo": true}), "echo", "not supported"),
+        (json!({"prompt": "a", "echo": true, "stream": true}), "echo", "not with stream"),
+        (json!({"prompt": "a", "max_tokens": 0}), "max_tokens", "max_tokens must be in [1, 64]"),
         (json!({"prompt": "a", "max_tokens": "many"}), "max_tokens", "invalid type"),
         (json!({"prompt": {"a": 1}}), "prompt", "must be a string, a list of strings"),
         (json!({"prompt": "a", "stop": 3}), "stop", "must be a string or a list of strings"),
@@ -493,4 +494,51 @@ fn only_safetensors_weights_are_loaded() {
     std::fs::write(dir.path().join("pytorch_model.bin"), b"a pickle").unwrap();
     let err = forja_serve::model::load(dir.path(), None, Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("only safetensors weights are served") && err.contains("pytorch_model.bin"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_scores_the_prompt_as_generation_scored_its_tokens() {
+    let s = Server::start(None, &[]).await;
+    // Greedy generation reports each new token's log-probability ...
+    let (_, g, _) = s
+        .post(
+            "/v1/completions",
+            Some(KEY),
+            &json!({"prompt": "the fox", "max_tokens": 4, "temperature": 0, "ignore_eos": true, "logprobs": 2}),
+        )
+        .await;
+    let gen = &g["choices"][0];
+    let text = gen["text"].as_str().unwrap();
+    // ... and scoring prompt + those tokens with echo gives the same numbers.
+    let whole = format!("the fox{text}");
+    let (status, e, _) =
+        s.post("/v1/completions", Some(KEY), &json!({"prompt": whole, "max_tokens": 0, "echo": true, "logprobs": 2})).await;
+    assert_eq!(status, 200, "{e}");
+    let c = &e["choices"][0];
+    assert_eq!(c["text"], whole.as_str());
+    assert_eq!(c["finish_reason"], "length");
+    let lps = c["logprobs"]["token_logprobs"].as_array().unwrap();
+    assert_eq!(lps.len(), whole.chars().count(), "one entry per prompt token (characters here)");
+    assert!(lps[0].is_null() && c["logprobs"]["top_logprobs"][0].is_null(), "the first token has no log-probability");
+    let generated = gen["logprobs"]["token_logprobs"].as_array().unwrap();
+    for (a, b) in lps[lps.len() - 4..].iter().zip(generated) {
+        assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-4, "{a} vs {b}");
+    }
+    assert_eq!(c["logprobs"]["top_logprobs"][1].as_object().unwrap().len(), 2);
+    // Echo with generation: the prompt, then the completion (lm-eval's log-likelihood request).
+    let (_, e, _) = s
+        .post("/v1/completions", Some(KEY), &json!({"prompt": "the fox", "max_tokens": 1, "echo": true, "logprobs": 1, "temperature": 0}))
+        .await;
+    let c = &e["choices"][0];
+    assert!(c["text"].as_str().unwrap().starts_with("the fox"));
+    assert_eq!(c["logprobs"]["token_logprobs"].as_array().unwrap().len(), 8);
+    // vLLM's tokenizer routes, which lm-eval's remote tokenizer uses.
+    let (_, t, _) = s.post("/tokenize", Some(KEY), &json!({"prompt": "the fox", "add_special_tokens": false})).await;
+    assert_eq!(t["count"], 7);
+    let (_, d, _) = s.post("/detokenize", Some(KEY), &json!({"tokens": t["tokens"]})).await;
+    assert_eq!(d["prompt"], "the fox");
+    let (status, info) = s.get("/tokenizer_info", Some(KEY)).await;
+    assert_eq!(status, 200);
+    assert!(info.contains("\"eos_token\":\"<|endoftext|>\""), "{info}");
+    assert_eq!(s.post("/detokenize", Some(KEY), &json!({"tokens": [999999]})).await.0, 400);
 }
