@@ -602,7 +602,13 @@ fn sample_all(gen: &Generation, seqs: &mut [Seq], logits: &Tensor, metrics: &Met
         // sampling then needs only a scan of the probabilities.
         let temps: Vec<f32> = seqs.iter().map(|s| s.req.params.temperature.max(1e-6) as f32).collect();
         let probs = (logits / Tensor::from_slice(&temps).view([-1, 1])).softmax(-1, Kind::Float);
-        Ok((Vec::<Vec<f32>>::try_from(logits)?, Vec::<Vec<f32>>::try_from(&probs)?))
+        // Raw logits only when a row needs them: greedy, top-k / top-p, log-probabilities.
+        let plain = |s: &Seq| {
+            let p = &s.req.params;
+            p.temperature > 0.0 && p.top_k == 0 && p.top_p >= 1.0 && p.logprobs.is_none()
+        };
+        let rows = if seqs.iter().all(plain) { vec![Vec::new(); seqs.len()] } else { Vec::<Vec<f32>>::try_from(logits)? };
+        Ok((rows, Vec::<Vec<f32>>::try_from(&probs)?))
     };
     let (rows, probs) = match read() {
         Ok(r) => r,
@@ -618,7 +624,7 @@ fn sample_all(gen: &Generation, seqs: &mut [Seq], logits: &Tensor, metrics: &Met
     let mut produced = 0;
     for ((s, row), probs) in seqs.iter_mut().zip(&rows).zip(&probs) {
         let p = &s.req.params;
-        let token = if p.temperature > 0.0 && p.top_k == 0 && p.top_p >= 1.0 {
+        let token = if row.is_empty() || p.temperature > 0.0 && p.top_k == 0 && p.top_p >= 1.0 {
             draw(probs, &mut s.rng)
         } else {
             let cfg =
