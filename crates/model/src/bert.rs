@@ -326,3 +326,33 @@ pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Tensor {
     let norm = mean.norm_scalaropt_dim(2.0, [1i64].as_slice(), true).clamp_min(1e-12);
     mean / norm
 }
+
+/// Token ids of `text` with the tokenizer's special tokens, cut to `max_len`
+/// keeping the final special token (`[CLS] … [SEP]`).
+pub fn encode_for_bert(tok: &forja_tokenizer::Tokenizer, text: &str, max_len: usize) -> anyhow::Result<Vec<u32>> {
+    let mut ids = tok.encode_with_special(text)?;
+    if ids.len() > max_len && max_len >= 2 {
+        let last = ids[ids.len() - 1];
+        ids.truncate(max_len - 1);
+        ids.push(last);
+    }
+    Ok(ids)
+}
+
+/// Sentence embeddings of token-id rows in one batch (padded to the longest
+/// with the model's pad id): mean-pooled over real tokens, unit length.
+pub fn embed_rows(bert: &Bert, rows: &[&[u32]]) -> anyhow::Result<Vec<Vec<f32>>> {
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
+    let pad = bert.cfg.pad_token_id;
+    let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * width), Vec::with_capacity(rows.len() * width));
+    for row in rows {
+        ids.extend(row.iter().map(|&t| i64::from(t)).chain(std::iter::repeat_n(pad, width - row.len())));
+        mask.extend(std::iter::repeat_n(1i64, row.len()).chain(std::iter::repeat_n(0, width - row.len())));
+    }
+    let (n, device) = (rows.len() as i64, bert.word_embeddings.ws.device());
+    let ids = Tensor::from_slice(&ids).to(device).view([n, -1]);
+    let mask = Tensor::from_slice(&mask).to(device).view([n, -1]);
+    let _guard = tch::no_grad_guard();
+    let hidden = bert.forward(&ids, None, Some(&mask), false)?;
+    Ok(Vec::<Vec<f32>>::try_from(&mean_pool(&hidden, &mask).to_kind(Kind::Float).to(tch::Device::Cpu))?)
+}

@@ -8,12 +8,12 @@ use anyhow::Context;
 use forja_core::artifacts::Artifact;
 use forja_core::stage::StageCtx;
 use forja_core::{Document, EmbeddingRow};
+use forja_model::bert::embed_rows;
 use forja_model::bert::BertConfig;
 use forja_model::checkpoint::{write_folder, write_model_files, AnyModel, LoadedModel};
-use forja_model::{load_model, mean_pool, parse_device};
+use forja_model::{load_model, parse_device};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use tch::{Kind, Tensor};
 
 /// Parameters of `import_model`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -57,17 +57,7 @@ impl Default for EmbedConfig {
     }
 }
 
-/// Token ids of `text` with the tokenizer's special tokens, cut to `max_len`
-/// keeping the final special token (`[CLS] … [SEP]`).
-pub fn encode_for_bert(tok: &forja_tokenizer::Tokenizer, text: &str, max_len: usize) -> anyhow::Result<Vec<u32>> {
-    let mut ids = tok.encode_with_special(text)?;
-    if ids.len() > max_len && max_len >= 2 {
-        let last = ids[ids.len() - 1];
-        ids.truncate(max_len - 1);
-        ids.push(last);
-    }
-    Ok(ids)
-}
+pub use forja_model::bert::encode_for_bert;
 
 /// Embeds texts with a loaded BERT: `[n, hidden]` float32 rows, unit length.
 pub fn embed_texts(loaded: &LoadedModel, texts: &[&str], cfg: &EmbedConfig) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -79,25 +69,10 @@ pub fn embed_texts(loaded: &LoadedModel, texts: &[&str], cfg: &EmbedConfig) -> a
     // Sorted by length, so batches carry little padding.
     let mut order: Vec<usize> = (0..texts.len()).collect();
     order.sort_by_key(|&i| encoded[i].len());
-    let device = loaded.vs.device();
-    let pad = b.bert.cfg.pad_token_id;
     let mut out = vec![Vec::new(); texts.len()];
-    let _guard = tch::no_grad_guard();
     for chunk in order.chunks(cfg.batch_size.max(1)) {
-        let width = chunk.iter().map(|&i| encoded[i].len()).max().unwrap_or(1);
-        let (mut ids, mut mask) = (Vec::with_capacity(chunk.len() * width), Vec::with_capacity(chunk.len() * width));
-        for &i in chunk {
-            let row = &encoded[i];
-            ids.extend(row.iter().map(|&t| i64::from(t)).chain(std::iter::repeat_n(pad, width - row.len())));
-            mask.extend(std::iter::repeat_n(1i64, row.len()).chain(std::iter::repeat_n(0, width - row.len())));
-        }
-        let rows = chunk.len() as i64;
-        let ids = Tensor::from_slice(&ids).to(device).view([rows, -1]);
-        let mask = Tensor::from_slice(&mask).to(device).view([rows, -1]);
-        let hidden = b.bert.forward(&ids, None, Some(&mask), false)?;
-        let vecs = mean_pool(&hidden, &mask).to_kind(Kind::Float).to(tch::Device::Cpu);
-        let vecs: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&vecs)?;
-        for (&i, v) in chunk.iter().zip(vecs) {
+        let rows: Vec<&[u32]> = chunk.iter().map(|&i| encoded[i].as_slice()).collect();
+        for (&i, v) in chunk.iter().zip(embed_rows(&b.bert, &rows)?) {
             out[i] = v;
         }
     }
