@@ -70,15 +70,21 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> u32 {
         probs.truncate(keep);
         order.truncate(keep);
     }
-    let total: f64 = probs.iter().sum();
+    order.get(draw(&probs, rng)).map_or_else(argmax, |&i| i as u32)
+}
+
+/// A position drawn with probability proportional to `weights[i]` (inverse
+/// CDF over one uniform draw); weights need not sum to 1.
+pub fn draw<W: Copy + Into<f64>>(weights: &[W], rng: &mut impl Rng) -> usize {
+    let total: f64 = weights.iter().map(|&w| w.into()).sum();
     let mut u = rng.random::<f64>() * total;
-    for (p, &i) in probs.iter().zip(&order) {
-        u -= p;
+    for (i, &w) in weights.iter().enumerate() {
+        u -= w.into();
         if u <= 0.0 {
-            return i as u32;
+            return i;
         }
     }
-    order.last().map_or_else(argmax, |&i| i as u32)
+    weights.iter().rposition(|&w| w.into() > 0.0).unwrap_or(0)
 }
 
 /// Continues `prompt` by up to `cfg.max_new_tokens` tokens, stopping early at `stop`.

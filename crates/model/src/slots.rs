@@ -34,10 +34,6 @@ impl SlotCache {
         }
     }
 
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
     /// Tokens a slot can hold.
     pub fn block(&self) -> usize {
         self.block
