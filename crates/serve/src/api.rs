@@ -5,6 +5,7 @@ use crate::engine::GenParams;
 use crate::error::ApiError;
 use crate::model::{Frontend, Kind};
 use forja_core::Message;
+use forja_model::bert::encode_for_bert;
 use serde::Deserialize;
 
 /// Limits on what one request may ask for.
@@ -93,15 +94,6 @@ fn locate_sampling_error(body: &[u8]) -> Option<ApiError> {
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
-}
-
-impl<T> OneOrMany<T> {
-    fn into_vec(self) -> Vec<T> {
-        match self {
-            OneOrMany::One(x) => vec![x],
-            OneOrMany::Many(v) => v,
-        }
-    }
 }
 
 /// A completions prompt: text, texts, token ids or lists of token ids.
@@ -327,6 +319,7 @@ fn check_sampling(s: &Sampling, front: &Frontend, limits: &Limits) -> Result<(Ge
 fn check_lengths(
     prompts: &[(Vec<u32>, String)],
     max_tokens: Option<i64>,
+    least: i64,
     default: usize,
     front: &Frontend,
     limits: &Limits,
@@ -346,7 +339,7 @@ fn check_lengths(
     }
     let room = front.context - longest;
     let max_tokens = match max_tokens {
-        Some(m) => in_range("max_tokens", m, 1, limits.max_tokens as i64)?,
+        Some(m) => in_range("max_tokens", m, least, limits.max_tokens as i64)?,
         None => default.min(room).min(limits.max_tokens),
     };
     if longest + max_tokens > front.context {
@@ -414,13 +407,7 @@ pub fn check_completion(req: &CompletionRequest, front: &Frontend, limits: &Limi
     }
     // With echo, max_tokens 0 scores the prompt alone (as lm-eval's
     // log-likelihood requests may).
-    params.max_tokens = match req.max_tokens {
-        Some(0) if echo => 0,
-        m => check_lengths(&checked, m, 16, front, limits)?,
-    };
-    if params.max_tokens == 0 {
-        check_lengths(&checked, Some(1), 16, front, limits)?;
-    }
+    params.max_tokens = check_lengths(&checked, req.max_tokens, if echo { 0 } else { 1 }, 16, front, limits)?;
     if let Some(lp) = req.logprobs {
         params.logprobs = Some(in_range("logprobs", lp, 0, 5)?);
     }
@@ -494,7 +481,7 @@ pub fn check_chat(req: &ChatRequest, front: &Frontend, limits: &Limits) -> Resul
     }
     let max = req.max_completion_tokens.or(req.max_tokens);
     let name = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
-    params.max_tokens = check_lengths(&prompts, max, limits.max_tokens, front, limits).map_err(|mut e| {
+    params.max_tokens = check_lengths(&prompts, max, 1, limits.max_tokens, front, limits).map_err(|mut e| {
         if e.param.as_deref() == Some("max_tokens") {
             e.param = Some(name.to_string());
         }
@@ -543,22 +530,5 @@ pub fn check_embeddings(req: &EmbeddingRequest, front: &Frontend, limits: &Limit
         return Err(ApiError::invalid("input", format!("at most {} inputs per request, got {}", limits.max_embedding_inputs, texts.len())));
     }
     let max_len = front.context.min(limits.max_prompt_tokens).max(2);
-    texts
-        .iter()
-        .map(|t| {
-            let mut ids = front.tokenizer.encode_with_special(t).map_err(|e| ApiError::invalid("input", e.to_string()))?;
-            if ids.len() > max_len {
-                let last = ids[ids.len() - 1];
-                ids.truncate(max_len - 1);
-                ids.push(last);
-            }
-            Ok(ids)
-        })
-        .collect()
-}
-
-impl<T> From<OneOrMany<T>> for Vec<T> {
-    fn from(x: OneOrMany<T>) -> Self {
-        x.into_vec()
-    }
+    texts.iter().map(|t| encode_for_bert(&front.tokenizer, t, max_len).map_err(|e| ApiError::invalid("input", e.to_string()))).collect()
 }

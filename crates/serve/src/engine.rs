@@ -10,11 +10,12 @@
 
 use crate::metrics::Metrics;
 use crate::model::{Frontend, Weights};
-use forja_model::generate::{sample, SamplingConfig};
-use forja_model::{mean_pool, SlotCache, SlotRow};
-use rand::{Rng, SeedableRng};
+use forja_model::bert::embed_rows;
+use forja_model::generate::{draw, sample, SamplingConfig};
+use forja_model::{SlotCache, SlotRow};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -185,8 +186,6 @@ struct Seq {
     slot: usize,
     /// Tokens of this sequence in the cache.
     len: usize,
-    /// The last sampled token, not yet in the cache.
-    next: u32,
     generated: Vec<u32>,
     detok: Detokenizer,
     /// Bytes of the decoded text already sent.
@@ -234,7 +233,9 @@ struct Generation {
     front: Arc<Frontend>,
     weights: Weights,
     cache: Option<SlotCache>,
-    free: Vec<usize>,
+    /// Free slots; the lowest is taken first, so running slots stay packed at
+    /// the front and steps read the cache as a view (see `SlotStep::contiguous`).
+    free: BTreeSet<usize>,
     active: Vec<Seq>,
 }
 
@@ -244,7 +245,7 @@ impl Generation {
             Weights::Gpt { model, .. } => Some(SlotCache::new(model, slots)),
             Weights::Bert { .. } => None,
         };
-        Self { front, weights, cache, free: (0..slots).rev().collect(), active: Vec::new() }
+        Self { front, weights, cache, free: (0..slots).collect(), active: Vec::new() }
     }
 }
 
@@ -343,22 +344,11 @@ impl Engine {
 
     fn embed(&self, e: &EmbedRequest) -> anyhow::Result<Vec<Vec<f32>>> {
         let gen = self.gens.iter().rev().find(|g| Arc::ptr_eq(&g.front, &e.front)).or(self.gens.last());
-        let Some(Generation { weights: Weights::Bert { model, pad, .. }, .. }) = gen else {
+        let Some(Generation { weights: Weights::Bert { model, .. }, .. }) = gen else {
             anyhow::bail!("the served model is not an encoder");
         };
-        let width = e.inputs.iter().map(Vec::len).max().unwrap_or(1).max(1);
-        let b = e.inputs.len() as i64;
-        let (mut ids, mut mask) = (Vec::new(), Vec::new());
-        for row in &e.inputs {
-            ids.extend(row.iter().map(|&t| i64::from(t)).chain(std::iter::repeat_n(*pad, width - row.len())));
-            mask.extend(std::iter::repeat_n(1i64, row.len()).chain(std::iter::repeat_n(0, width - row.len())));
-        }
-        let device = model.word_embeddings.ws.device();
-        let ids = Tensor::from_slice(&ids).to(device).view([b, -1]);
-        let mask = Tensor::from_slice(&mask).to(device).view([b, -1]);
-        let hidden = model.forward(&ids, None, Some(&mask), false)?;
-        let vecs = mean_pool(&hidden, &mask).to_kind(Kind::Float).to(tch::Device::Cpu);
-        Ok(Vec::<Vec<f32>>::try_from(&vecs)?)
+        let rows: Vec<&[u32]> = e.inputs.iter().map(Vec::as_slice).collect();
+        embed_rows(model, &rows)
     }
 
     /// Log-probabilities of each prompt token after the ones before it (the
@@ -423,10 +413,7 @@ impl Engine {
                 keep.push_back(req);
                 continue;
             }
-            // The lowest free slot: running slots stay packed at the front,
-            // so steps read the cache as a view (see SlotStep::contiguous).
-            gen.free.sort_unstable_by(|a, b| b.cmp(a));
-            let Some(slot) = gen.free.pop() else {
+            let Some(slot) = gen.free.pop_first() else {
                 keep.push_back(req);
                 continue;
             };
@@ -435,7 +422,6 @@ impl Engine {
             let seq = Seq {
                 slot,
                 len: 0,
-                next: 0,
                 generated: Vec::new(),
                 detok: Detokenizer::default(),
                 sent: 0,
@@ -474,7 +460,7 @@ impl Engine {
             let (gone, live): (Vec<Seq>, Vec<Seq>) = std::mem::take(&mut gen.active).into_iter().partition(|s| s.req.events.is_closed());
             for s in gone {
                 self.metrics.cancelled.inc();
-                gen.free.push(s.slot);
+                gen.free.insert(s.slot);
             }
             if live.is_empty() {
                 continue;
@@ -514,7 +500,8 @@ enum Phase {
 /// Runs one step over `seqs`, samples their next tokens, and keeps the ones
 /// still running (the others free their slots).
 fn step(gen: &mut Generation, mut seqs: Vec<Seq>, phase: Phase, metrics: &Metrics, rate: &mut RateWindow) {
-    let nexts: Vec<[u32; 1]> = seqs.iter().map(|s| [s.next]).collect();
+    // The last sampled token of each sequence is not in the cache yet.
+    let nexts: Vec<[u32; 1]> = seqs.iter().map(|s| [s.generated.last().copied().unwrap_or(0)]).collect();
     let rows: Vec<SlotRow> = seqs
         .iter()
         .zip(&nexts)
@@ -535,7 +522,7 @@ fn step(gen: &mut Generation, mut seqs: Vec<Seq>, phase: Phase, metrics: &Metric
     let finished = sample_all(gen, &mut seqs, &logits, metrics, rate);
     for (s, done) in seqs.into_iter().zip(finished) {
         if done {
-            gen.free.push(s.slot);
+            gen.free.insert(s.slot);
         } else {
             gen.active.push(s);
         }
@@ -546,7 +533,7 @@ fn fail(gen: &mut Generation, seqs: Vec<Seq>, e: &anyhow::Error) {
     tracing::error!("engine step failed: {e:#}");
     for s in seqs {
         let _ = s.req.events.send(Event::Failed { index: s.req.index, message: format!("{e:#}") });
-        gen.free.push(s.slot);
+        gen.free.insert(s.slot);
     }
 }
 
@@ -581,19 +568,6 @@ fn log_softmax(row: &[f32]) -> Vec<f32> {
 /// Rows of a `[b, vocab]` tensor.
 type Rows = Vec<Vec<f32>>;
 
-/// A token drawn from `probs` (a distribution over the vocabulary).
-fn draw(probs: &[f32], rng: &mut ChaCha8Rng) -> u32 {
-    let total: f64 = probs.iter().map(|&p| f64::from(p)).sum();
-    let mut u = rng.random::<f64>() * total;
-    for (i, &p) in probs.iter().enumerate() {
-        u -= f64::from(p);
-        if u <= 0.0 {
-            return i as u32;
-        }
-    }
-    probs.iter().rposition(|&p| p > 0.0).unwrap_or(0) as u32
-}
-
 /// Samples the next token of each sequence from its row of `logits`; returns
 /// which sequences finished.
 fn sample_all(gen: &Generation, seqs: &mut [Seq], logits: &Tensor, metrics: &Metrics, rate: &mut RateWindow) -> Vec<bool> {
@@ -625,7 +599,7 @@ fn sample_all(gen: &Generation, seqs: &mut [Seq], logits: &Tensor, metrics: &Met
     for ((s, row), probs) in seqs.iter_mut().zip(&rows).zip(&probs) {
         let p = &s.req.params;
         let token = if row.is_empty() || p.temperature > 0.0 && p.top_k == 0 && p.top_p >= 1.0 {
-            draw(probs, &mut s.rng)
+            draw(probs, &mut s.rng) as u32
         } else {
             let cfg =
                 SamplingConfig { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, max_new_tokens: p.max_tokens, seed: p.seed };
@@ -673,7 +647,6 @@ fn advance(gen: &Generation, s: &mut Seq, token: u32, row: &[f32], now: Instant)
         });
     }
     s.generated.push(token);
-    s.next = token;
     s.detok.push(tok, &s.generated, false);
     let text = &s.detok.text;
     // The first stop string in the new text ends the sequence before it.

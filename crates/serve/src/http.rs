@@ -291,7 +291,7 @@ impl Job {
 
     fn envelope(&self, chunk: bool, choices: Vec<Value>) -> Value {
         json!({"id": self.id, "object": self.object(chunk), "created": self.created, "model": self.front.id,
-               "system_fingerprint": self.front.fingerprint(), "choices": choices})
+               "system_fingerprint": self.front.fingerprint, "choices": choices})
     }
 
     fn usage(&self, choices: &[Choice]) -> Value {
@@ -376,11 +376,7 @@ impl Job {
 
     fn served(&self, choices: &[Choice]) -> Served {
         let prompt = self.checked.prompts.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join("\n");
-        Served {
-            prompt,
-            choices: choices.iter().map(|c| c.text.clone()).collect(),
-            model: format!("{}@{}", self.front.id, self.front.hash),
-        }
+        Served { prompt, choices: choices.iter().map(|c| c.text.clone()).collect(), model: self.front.label() }
     }
 }
 
@@ -448,7 +444,7 @@ async fn generate(st: Shared, front: Arc<Frontend>, checked: Checked, flavor: Fl
         fb.remember(&job.id, job.served(&choices));
     }
     let mut resp = Json(job.complete(&choices)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("{}@{}", front.id, front.hash)) {
+    if let Ok(v) = HeaderValue::from_str(&front.label()) {
         resp.headers_mut().insert("x-forja-model", v);
     }
     Ok(resp)
@@ -495,7 +491,7 @@ fn sse_json(v: &Value) -> Result<SseEvent, Infallible> {
 /// the stream, which closes the event channel and frees its slots.
 fn stream(st: Shared, job: Job, mut rx: mpsc::UnboundedReceiver<Event>, total: usize) -> Response {
     let (out, body) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
-    let model_header = format!("{}@{}", job.front.id, job.front.hash);
+    let model_header = job.front.label();
     tokio::spawn(async move {
         let mut choices = vec![Choice::default(); total];
         if job.flavor == Flavor::Chat {

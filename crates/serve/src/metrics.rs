@@ -37,7 +37,6 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> 
 }
 
 impl Metrics {
-    #[allow(clippy::expect_used)] // metric definitions are constants
     pub fn new() -> Self {
         let r = Registry::new();
         let counter_vec =

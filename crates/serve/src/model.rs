@@ -24,6 +24,8 @@ pub struct Frontend {
     pub id: String,
     /// `blake3:HEX` over the weights, config and tokenizer files.
     pub hash: String,
+    /// `forja-<12 hex>`: the `system_fingerprint` of every response.
+    pub fingerprint: String,
     pub dir: PathBuf,
     pub created: u64,
     pub kind: Kind,
@@ -41,16 +43,16 @@ pub struct Frontend {
 }
 
 impl Frontend {
-    /// `forja-<12 hex>`: the `system_fingerprint` of every response.
-    pub fn fingerprint(&self) -> String {
-        format!("forja-{}", self.hash.trim_start_matches("blake3:").chars().take(12).collect::<String>())
+    /// `id@blake3:…`: how responses, logs and feedback name the model.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.id, self.hash)
     }
 }
 
 /// The weights, owned by the engine thread.
 pub enum Weights {
     Gpt { _vs: nn::VarStore, model: Box<Gpt> },
-    Bert { _vs: nn::VarStore, model: Box<Bert>, pad: i64 },
+    Bert { _vs: nn::VarStore, model: Box<Bert> },
 }
 
 /// Files whose bytes make a model's hash.
@@ -99,8 +101,8 @@ pub fn load(dir: &Path, id: Option<&str>, device: tch::Device) -> anyhow::Result
     let (kind, context, weights) = match loaded.model {
         AnyModel::Gpt(model) => (Kind::Generator, model.cfg.block_size as usize, Weights::Gpt { _vs: loaded.vs, model: Box::new(model) }),
         AnyModel::Bert(b) => {
-            let (context, pad) = (b.bert.cfg.max_position_embeddings as usize, b.bert.cfg.pad_token_id);
-            (Kind::Encoder, context, Weights::Bert { _vs: loaded.vs, model: Box::new(b.bert), pad })
+            let context = b.bert.cfg.max_position_embeddings as usize;
+            (Kind::Encoder, context, Weights::Bert { _vs: loaded.vs, model: Box::new(b.bert) })
         }
         other => anyhow::bail!(
             "{}: `{}` models are not served (GPT for completions and chat, BERT for embeddings)",
@@ -126,6 +128,20 @@ pub fn load(dir: &Path, id: Option<&str>, device: tch::Device) -> anyhow::Result
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
     let id = id.map_or_else(|| default_id(dir), str::to_string);
-    let front = Frontend { id, hash, dir: dir.to_path_buf(), created, kind, tokenizer, context, template, stop_ids, stop_texts, reference };
+    let fingerprint = format!("forja-{}", hash.trim_start_matches("blake3:").chars().take(12).collect::<String>());
+    let front = Frontend {
+        id,
+        hash,
+        fingerprint,
+        dir: dir.to_path_buf(),
+        created,
+        kind,
+        tokenizer,
+        context,
+        template,
+        stop_ids,
+        stop_texts,
+        reference,
+    };
     Ok((front, weights))
 }
