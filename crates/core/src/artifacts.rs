@@ -496,3 +496,43 @@ impl Artifact for Rating {
             .collect())
     }
 }
+
+/// Summed log-probabilities of a preference pair's two answers under one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairLogps {
+    /// Content hash of (prompt, chosen, rejected).
+    pub key: String,
+    pub chosen_logp: f64,
+    pub rejected_logp: f64,
+    pub chosen_tokens: u64,
+    pub rejected_tokens: u64,
+}
+
+impl Artifact for PairLogps {
+    const KIND: ArtifactKind = ArtifactKind::PairLogps;
+    fn to_batch(rows: &[Self]) -> RecordBatch {
+        batch(
+            Self::KIND,
+            vec![
+                strings(rows.iter().map(|r| r.key.as_str())),
+                Arc::new(Float64Array::from(rows.iter().map(|r| r.chosen_logp).collect::<Vec<_>>())),
+                Arc::new(Float64Array::from(rows.iter().map(|r| r.rejected_logp).collect::<Vec<_>>())),
+                Arc::new(UInt64Array::from(rows.iter().map(|r| r.chosen_tokens).collect::<Vec<_>>())),
+                Arc::new(UInt64Array::from(rows.iter().map(|r| r.rejected_tokens).collect::<Vec<_>>())),
+            ],
+        )
+    }
+    fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<Self>, ArtifactError> {
+        let key = str_col(path, b, col::KEY)?;
+        let f64s = |name: &str| -> Result<Vec<f64>, ArtifactError> {
+            let a = column::<Float64Array>(path, b, name)?;
+            no_nulls(path, name, a)?;
+            Ok(a.values().to_vec())
+        };
+        let (c, r) = (f64s(col::CHOSEN_LOGP)?, f64s(col::REJECTED_LOGP)?);
+        let (ct, rt) = (u64_col(path, b, col::CHOSEN_TOKENS)?, u64_col(path, b, col::REJECTED_TOKENS)?);
+        Ok((0..key.len())
+            .map(|i| PairLogps { key: key[i].clone(), chosen_logp: c[i], rejected_logp: r[i], chosen_tokens: ct[i], rejected_tokens: rt[i] })
+            .collect())
+    }
+}

@@ -47,6 +47,11 @@ pub mod col {
     pub const REJECTED: &str = "rejected";
     pub const ANNOTATOR: &str = "annotator";
     pub const RATING: &str = "rating";
+    pub const KEY: &str = "key";
+    pub const CHOSEN_LOGP: &str = "chosen_logp";
+    pub const REJECTED_LOGP: &str = "rejected_logp";
+    pub const CHOSEN_TOKENS: &str = "chosen_tokens";
+    pub const REJECTED_TOKENS: &str = "rejected_tokens";
 }
 
 /// The `messages` column of `sft_examples`: `list<struct<role, content>>`.
@@ -66,6 +71,7 @@ pub enum ArtifactKind {
     SftExamples,
     Preferences,
     Ratings,
+    PairLogps,
 }
 
 impl ArtifactKind {
@@ -80,6 +86,7 @@ impl ArtifactKind {
             Self::SftExamples => "sft_examples",
             Self::Preferences => "preferences",
             Self::Ratings => "ratings",
+            Self::PairLogps => "pair_logps",
         }
     }
 
@@ -122,6 +129,16 @@ impl ArtifactKind {
             Self::Ratings => {
                 vec![utf8(ID), utf8(PROMPT), utf8(COMPLETION), utf8(MODEL), Field::new(RATING, DataType::Int8, false), utf8(ANNOTATOR)]
             }
+            // A model's summed log-probabilities of both answers of each
+            // preference pair (DPO's reference, computed once); `key` is the
+            // pair's content hash, so a table is never applied to other pairs.
+            Self::PairLogps => vec![
+                utf8(KEY),
+                Field::new(CHOSEN_LOGP, DataType::Float64, false),
+                Field::new(REJECTED_LOGP, DataType::Float64, false),
+                Field::new(CHOSEN_TOKENS, DataType::UInt64, false),
+                Field::new(REJECTED_TOKENS, DataType::UInt64, false),
+            ],
         }
     }
 

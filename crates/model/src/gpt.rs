@@ -298,6 +298,8 @@ pub struct Gpt {
     ln_f: nn::LayerNorm,
     /// Precision of matrix products.
     pub precision: Precision,
+    /// Whether LoRA adapters take part in forward passes ([`Gpt::set_adapters`]).
+    adapters: std::sync::atomic::AtomicBool,
 }
 
 impl Gpt {
@@ -324,6 +326,7 @@ impl Gpt {
             h: (0..cfg.n_layer).map(|i| Block::new(&t / "h" / i, cfg, lora)).collect(),
             ln_f: nn::layer_norm(&t / "ln_f", vec![cfg.n_embd], ln_cfg),
             precision: Precision::F32,
+            adapters: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -347,8 +350,15 @@ impl Gpt {
         out
     }
 
+    /// Turns the LoRA adapters on or off for the following forward passes:
+    /// off, the model is its frozen base (PPO's and DPO's reference with no
+    /// second copy of the weights in memory). No effect without LoRA.
+    pub fn set_adapters(&self, on: bool) {
+        self.adapters.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn fwd(&self, train: bool) -> Fwd {
-        Fwd::new(train, self.precision)
+        Fwd { adapters: self.adapters.load(std::sync::atomic::Ordering::Relaxed), ..Fwd::new(train, self.precision) }
     }
 
     /// Final hidden states (after `ln_f`), float32.

@@ -34,11 +34,14 @@ pub struct Fwd {
     pub train: bool,
     /// Kind of matrix products (`None`: the weights' own).
     pub compute: Option<Kind>,
+    /// LoRA adapters take part (off: the frozen base alone, e.g. PPO's
+    /// reference model without a second copy of the weights).
+    pub adapters: bool,
 }
 
 impl Fwd {
     pub fn new(train: bool, precision: Precision) -> Self {
-        Self { train, compute: precision.compute_kind() }
+        Self { train, compute: precision.compute_kind(), adapters: true }
     }
 
     /// `t` in the compute kind.
@@ -179,6 +182,7 @@ impl Proj {
     pub fn forward(&self, x: &Tensor, f: Fwd) -> Tensor {
         match self {
             Proj::Plain(d) => d.forward(x, f),
+            Proj::Lora(l) if !f.adapters => l.base.forward(x, f),
             Proj::Lora(l) => {
                 let base = l.base.forward(x, f);
                 let xd = f.cast(x).dropout(l.dropout, f.train);

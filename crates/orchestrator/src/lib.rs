@@ -13,5 +13,6 @@ pub fn registry() -> Vec<&'static dyn DynStage> {
     stages.extend_from_slice(forja_pretrain::STAGES);
     stages.extend_from_slice(forja_eval::STAGES);
     stages.extend_from_slice(forja_sft::STAGES);
+    stages.extend_from_slice(forja_rlhf::STAGES);
     stages
 }

@@ -110,6 +110,20 @@ pub trait Objective {
     fn batch_rows(&self, step: u64, micro: u64) -> anyhow::Result<Vec<TokenRow>>;
     /// Tokens per micro-batch (throughput).
     fn tokens_per_micro(&self) -> f64;
+    /// Named training metrics of the step just taken (reward, KL, clip
+    /// fraction…), recorded at that step under the `train` split.
+    fn step_metrics(&mut self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
+    /// State the objective keeps across steps besides the weights (an adaptive
+    /// KL coefficient), saved in checkpoints so a resumed run continues exactly.
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Restores what [`Objective::state`] returned.
+    fn load_state(&mut self, _state: &serde_json::Value) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Where the engine writes the stage's outputs.
@@ -176,6 +190,9 @@ struct TrainerState {
     /// Hash of everything the trajectory depends on; a checkpoint of another
     /// configuration is never resumed.
     run_key: String,
+    /// The objective's own state ([`Objective::state`]).
+    #[serde(default)]
+    objective: serde_json::Value,
 }
 
 impl TrainerState {
@@ -192,6 +209,7 @@ impl TrainerState {
             skip_steps: BTreeSet::new(),
             incidents: Vec::new(),
             run_key: run_key.to_string(),
+            objective: serde_json::Value::Null,
         }
     }
 }
@@ -327,6 +345,9 @@ impl<'a> Engine<'a> {
     /// `OUT/checkpoint` when it belongs to this run.
     pub fn run(&mut self, obj: &mut dyn Objective, outputs: &EngineOutputs, hook: StepHook) -> anyhow::Result<TrainSummary> {
         let resumed_from = self.try_resume()?;
+        if resumed_from.is_some() {
+            obj.load_state(&self.state.objective)?;
+        }
         if resumed_from.is_none() && self.cfg.diagnosis.policy == Policy::Rollback {
             self.save_checkpoint(obj)?; // something good to roll back to
         }
@@ -354,6 +375,9 @@ impl<'a> Engine<'a> {
                         self.push(done, metric::BATCH_LOSS, stats.loss, split::TRAIN);
                         self.push(done, metric::LR, lr, split::NONE);
                         self.push(done, metric::GRAD_NORM, stats.grad_norm, split::NONE);
+                        for (name, v) in obj.step_metrics() {
+                            self.push(done, name, v, split::TRAIN);
+                        }
                         self.record_layers(&bar, done, &layers);
                         if log_step {
                             let tps = tokens_per_step * (done - window_step) as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
@@ -524,6 +548,7 @@ impl<'a> Engine<'a> {
                 carried.skip_steps.insert(step);
                 let incident_rows: Vec<MetricRow> = self.metrics.iter().filter(|m| m.name == metric::INCIDENT).cloned().collect();
                 let restored = self.try_resume()?.context("rollback: no checkpoint to roll back to")?;
+                obj.load_state(&self.state.objective)?;
                 self.state.incidents = carried.incidents;
                 self.state.recoveries = carried.recoveries + 1;
                 self.state.lr_scale = carried.lr_scale * dcfg.lr_factor;
@@ -571,6 +596,7 @@ impl<'a> Engine<'a> {
     /// Writes weights, AdamW moments, metrics so far and trainer state, atomically.
     fn save_checkpoint(&mut self, obj: &dyn Objective) -> anyhow::Result<()> {
         self.state.adam_t = self.opt.t;
+        self.state.objective = obj.state();
         let (vs, opt, state, metrics, ctx) = (&*self.vs, &self.opt, &self.state, &self.metrics, self.ctx);
         forja_core::fsutil::atomic_dir(&self.ckpt_dir(), |dir| {
             obj.write_model(vs, dir)?;

@@ -1,0 +1,3 @@
+fn main() {
+    forja_buildhash::emit();
+}

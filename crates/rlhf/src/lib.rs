@@ -1,0 +1,237 @@
+//! forja-rlhf: learning from human preferences, on the training engine.
+//!
+//! - [`label`]: the `label` stage — a page on localhost where people pick the
+//!   better of two answers; an append-only judgement log; the `preferences`
+//!   artifact and inter-annotator agreement (Cohen's kappa);
+//! - [`import`]: the `preferences` stage — HH-RLHF dialogues and
+//!   prompt/chosen/rejected records into `preferences`, with rejects;
+//! - [`reward`]: the `reward_model` stage — a GPT with a scalar head and the
+//!   Bradley–Terry loss, exported as a Hugging Face sequence classifier;
+//! - [`dpo`]: the `dpo` stage — DPO / IPO / length-normalised DPO with the
+//!   reference log-probabilities computed once as an artifact;
+//! - [`rl`]: the `ppo` and `grpo` stages — rollouts, rewards (a reward model
+//!   or a verifiable rule), KL to the reference, PPO with a value head and
+//!   GAE, and group-relative advantages;
+//! - [`judge`]: the `align_eval` stage — win rates against the SFT model by a
+//!   held-out reward model, KL from it, side-by-side samples;
+//! - [`losses`], [`logps`], [`text`], [`common`]: the formulas, batched
+//!   answer log-probabilities, prompt formatting, shared loading and writing.
+
+pub mod common;
+pub mod dpo;
+pub mod import;
+pub mod label;
+pub mod logps;
+pub mod losses;
+pub mod reward;
+pub mod rl;
+pub mod text;
+
+use forja_core::stage::{FromInputs, InputSpec, OutDir, OutputSpec, Stage, StageCtx, StageInputs};
+use std::path::PathBuf;
+
+/// Input files of `preferences`.
+pub struct PreferenceFiles(pub Vec<PathBuf>);
+
+impl FromInputs for PreferenceFiles {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self(inputs.many("files").to_vec()))
+    }
+}
+
+/// The `preferences` stage.
+pub struct Preferences;
+
+impl Stage for Preferences {
+    const KIND: &'static str = "preferences";
+    const ABOUT: &'static str = "read preference pairs (HH-RLHF chosen/rejected dialogues, prompt/chosen/rejected JSONL, preferences artifacts) into preferences train/val, with rejects";
+    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "files", required: true, many: true }];
+    const OUTPUTS: &'static [OutputSpec] = &import::OUTPUTS;
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = import::ImportConfig;
+    type Inputs = PreferenceFiles;
+
+    fn run(&self, cfg: &import::ImportConfig, inputs: &PreferenceFiles, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        import::run(cfg, &inputs.0, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+impl FromInputs for reward::RewardInputs {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self {
+            model: inputs.one("model")?.to_path_buf(),
+            train: inputs.one("train")?.to_path_buf(),
+            val: inputs.optional("val")?.map(Into::into),
+        })
+    }
+}
+
+/// The `reward_model` stage.
+pub struct RewardModelStage;
+
+impl Stage for RewardModelStage {
+    const KIND: &'static str = "reward_model";
+    const ABOUT: &'static str = "train a reward model (GPT backbone + scalar head, Bradley-Terry loss) on preference pairs; held-out accuracy; loads in transformers as a one-label sequence classifier";
+    const INPUTS: &'static [InputSpec] = &[
+        InputSpec { name: "model", required: true, many: false },
+        InputSpec { name: "train", required: true, many: false },
+        InputSpec { name: "val", required: false, many: false },
+    ];
+    const OUTPUTS: &'static [OutputSpec] = &reward::OUTPUTS;
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = reward::RewardConfig;
+    type Inputs = reward::RewardInputs;
+
+    fn run(&self, cfg: &reward::RewardConfig, inputs: &reward::RewardInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        reward::run(cfg, inputs, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+impl FromInputs for dpo::DpoInputs {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self {
+            model: inputs.one("model")?.to_path_buf(),
+            train: inputs.one("train")?.to_path_buf(),
+            val: inputs.optional("val")?.map(Into::into),
+            reference: inputs.optional("reference")?.map(Into::into),
+        })
+    }
+}
+
+/// The `dpo` stage.
+pub struct DpoStage;
+
+impl Stage for DpoStage {
+    const KIND: &'static str = "dpo";
+    const ABOUT: &'static str = "align a GPT to preference pairs with DPO (sigmoid, ipo or length_normalized loss), full or LoRA; reference log-probabilities computed once as an artifact";
+    const INPUTS: &'static [InputSpec] = &[
+        InputSpec { name: "model", required: true, many: false },
+        InputSpec { name: "train", required: true, many: false },
+        InputSpec { name: "val", required: false, many: false },
+        InputSpec { name: "reference", required: false, many: false },
+    ];
+    const OUTPUTS: &'static [OutputSpec] = &dpo::OUTPUTS;
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = dpo::DpoConfig;
+    type Inputs = dpo::DpoInputs;
+
+    fn run(&self, cfg: &dpo::DpoConfig, inputs: &dpo::DpoInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        dpo::run(cfg, inputs, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+impl FromInputs for rl::RlInputs {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self {
+            model: inputs.one("model")?.to_path_buf(),
+            prompts: inputs.one("prompts")?.to_path_buf(),
+            val: inputs.optional("val")?.map(Into::into),
+            reward_model: inputs.optional("reward_model")?.map(Into::into),
+        })
+    }
+}
+
+const RL_INPUTS: &[InputSpec] = &[
+    InputSpec { name: "model", required: true, many: false },
+    InputSpec { name: "prompts", required: true, many: false },
+    InputSpec { name: "val", required: false, many: false },
+    InputSpec { name: "reward_model", required: false, many: false },
+];
+
+/// `ppo`'s parameters: [`rl::RlConfig`] over PPO's defaults.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(transparent)]
+pub struct PpoParams(pub rl::RlConfig);
+
+/// `grpo`'s parameters: [`rl::RlConfig`] over GRPO's defaults.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(transparent)]
+pub struct GrpoParams(pub rl::RlConfig);
+
+impl<'de> serde::Deserialize<'de> for PpoParams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        rl::RlConfig::over(rl::RlConfig::ppo(), serde::Deserialize::deserialize(d)?).map(Self).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for GrpoParams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        rl::RlConfig::over(rl::RlConfig::grpo(), serde::Deserialize::deserialize(d)?).map(Self).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The `ppo` stage.
+pub struct PpoStage;
+
+impl Stage for PpoStage {
+    const KIND: &'static str = "ppo";
+    const ABOUT: &'static str = "PPO on prompts against a reward model (or a rule): batched rollouts, KL penalty to the frozen reference (fixed or adaptive), value head with GAE, clipped policy and value losses; full or LoRA (reference = adapters off)";
+    const INPUTS: &'static [InputSpec] = RL_INPUTS;
+    const OUTPUTS: &'static [OutputSpec] = &rl::OUTPUTS;
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = PpoParams;
+    type Inputs = rl::RlInputs;
+
+    fn run(&self, cfg: &PpoParams, inputs: &rl::RlInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        rl::run(rl::Algorithm::Ppo, &cfg.0, inputs, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+/// The `grpo` stage.
+pub struct GrpoStage;
+
+impl Stage for GrpoStage {
+    const KIND: &'static str = "grpo";
+    const ABOUT: &'static str = "group-relative RL (GRPO) on verifiable answers: several samples per prompt, advantages relative to the group, no value model; reward from the final number of the answer (or another rule, or a reward model)";
+    const INPUTS: &'static [InputSpec] = RL_INPUTS;
+    const OUTPUTS: &'static [OutputSpec] = &rl::OUTPUTS;
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = GrpoParams;
+    type Inputs = rl::RlInputs;
+
+    fn run(&self, cfg: &GrpoParams, inputs: &rl::RlInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        rl::run(rl::Algorithm::Grpo, &cfg.0, inputs, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+impl FromInputs for label::LabelInputs {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self {
+            pairs: inputs.optional("pairs")?.map(Into::into),
+            model: inputs.optional("model")?.map(Into::into),
+            model_b: inputs.optional("model_b")?.map(Into::into),
+            prompts: inputs.optional("prompts")?.map(Into::into),
+        })
+    }
+}
+
+/// The `label` stage.
+pub struct LabelStage;
+
+impl Stage for LabelStage {
+    const KIND: &'static str = "label";
+    const ABOUT: &'static str = "serve a page on localhost where people pick the better of two answers (from a pairs file or generated by models); waits until every pair is judged; preferences + Cohen's kappa";
+    const INPUTS: &'static [InputSpec] = &[
+        InputSpec { name: "pairs", required: false, many: false },
+        InputSpec { name: "model", required: false, many: false },
+        InputSpec { name: "model_b", required: false, many: false },
+        InputSpec { name: "prompts", required: false, many: false },
+    ];
+    const OUTPUTS: &'static [OutputSpec] = &label::OUTPUTS;
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = label::LabelConfig;
+    type Inputs = label::LabelInputs;
+
+    fn run(&self, cfg: &label::LabelConfig, inputs: &label::LabelInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        label::run(cfg, inputs, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+/// All stages of this crate.
+pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&LabelStage, &Preferences, &RewardModelStage, &DpoStage, &PpoStage, &GrpoStage];

@@ -1,0 +1,331 @@
+//! The reward model and the `reward_model` stage.
+//!
+//! A GPT backbone (usually the SFT model) plus a scalar head on the hidden
+//! state of the last token, trained with the Bradley–Terry loss
+//! `-log σ(r(chosen) − r(rejected))` on preference pairs, as an objective of
+//! the training engine; accuracy on held-out pairs is the share where the
+//! chosen answer scores higher. The folder is Hugging Face's
+//! `GPT2ForSequenceClassification` with one label (`score.weight`
+//! `[1, n_embd]`, no bias; `pad_token_id` set so batches work there too:
+//! inputs never end in it, so its "last non-padding token" is the last token).
+
+use crate::common::{self, encode_pairs, EncodedPair, LoopConfig, Policy};
+use crate::logps::Seq;
+use crate::text::Formatter;
+use forja_core::artifacts::Artifact;
+use forja_core::metric;
+use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::{Preference, Reject, TokenRow};
+use forja_model::checkpoint::{self, Weights, WEIGHTS};
+use forja_model::{Gpt, LoraConfig, Precision};
+use forja_train::batches::EpochBatches;
+use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, ThreadsGuard, TrainSummary};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+/// Name of the head's weight, as Hugging Face names it.
+pub const SCORE: &str = "score.weight";
+/// The architecture written into `config.json`.
+pub const ARCHITECTURE: &str = "GPT2ForSequenceClassification";
+
+/// A GPT with a scalar head.
+pub struct RewardModel {
+    pub gpt: Gpt,
+    /// `[1, n_embd]`
+    pub score: Tensor,
+    /// The token that pads batches (never the last token of an input).
+    pub pad: Option<u32>,
+}
+
+impl RewardModel {
+    /// The head at `vs / score`, N(0, 0.02) as Hugging Face initialises it.
+    pub fn new(vs: &nn::Path, gpt: Gpt, pad: Option<u32>) -> Self {
+        let score = (vs / "score").var("weight", &[1, gpt.cfg.n_embd], nn::Init::Randn { mean: 0.0, stdev: 0.02 });
+        Self { gpt, score, pad }
+    }
+
+    /// The ids the model scores: prompt and answer, without trailing padding
+    /// tokens (so Hugging Face's last-non-padding rule finds the same token).
+    pub fn input(&self, s: &Seq) -> Vec<u32> {
+        let mut ids: Vec<u32> = s.prompt.iter().chain(&s.answer).copied().collect();
+        while ids.len() > 1 && ids.last().copied() == self.pad {
+            ids.pop();
+        }
+        ids
+    }
+
+    /// Rewards of sequences, `[b]`.
+    pub fn scores(&self, seqs: &[Vec<u32>], train: bool) -> anyhow::Result<Tensor> {
+        anyhow::ensure!(seqs.iter().all(|s| !s.is_empty()), "an empty sequence to score");
+        let device = self.gpt.device();
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(1);
+        let mut ids = Vec::with_capacity(seqs.len() * t);
+        let mut last = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            ids.extend(s.iter().map(|&x| i64::from(x)));
+            ids.extend(std::iter::repeat_n(0, t - s.len()));
+            last.push((s.len() - 1) as i64);
+        }
+        let idx = Tensor::from_slice(&ids).to(device).view([seqs.len() as i64, t as i64]);
+        let hidden = self.gpt.hidden(&idx, train, None)?; // [b, t, c]
+        let c = hidden.size()[2];
+        let last = Tensor::from_slice(&last).to(device).view([-1, 1, 1]).expand([-1, 1, c], false);
+        let h = hidden.gather(1, &last, false).squeeze_dim(1); // [b, c]
+        Ok(h.matmul(&self.score.tr()).squeeze_dim(1))
+    }
+
+    /// Rewards without gradients, in chunks.
+    pub fn score_all(&self, seqs: &[Vec<u32>], batch: usize) -> anyhow::Result<Vec<f64>> {
+        let _guard = tch::no_grad_guard();
+        let mut out = Vec::with_capacity(seqs.len());
+        for chunk in seqs.chunks(batch.max(1)) {
+            out.extend(Vec::<f64>::try_from(&self.scores(chunk, false)?.to_kind(Kind::Double).to(Device::Cpu))?);
+        }
+        Ok(out)
+    }
+}
+
+/// A reward model folder loaded for scoring.
+pub struct LoadedReward {
+    pub vs: nn::VarStore,
+    pub model: RewardModel,
+    pub fmt: Formatter,
+}
+
+/// Loads a folder written by `reward_model`.
+pub fn load(dir: &Path, device: Device) -> anyhow::Result<LoadedReward> {
+    let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(checkpoint::CONFIG))?)?;
+    let arch = raw["architectures"].get(0).and_then(|a| a.as_str()).unwrap_or("");
+    anyhow::ensure!(arch == ARCHITECTURE, "{}: not a reward model (architecture `{arch}`, expected `{ARCHITECTURE}`)", dir.display());
+    let cfg = checkpoint::read_config(dir)?;
+    let mut vs = nn::VarStore::new(device);
+    let gpt = Gpt::new(&vs.root(), &cfg)?;
+    let pad = raw["pad_token_id"].as_u64().map(|p| p as u32);
+    let model = RewardModel::new(&vs.root(), gpt, pad);
+    Weights::read(&dir.join(WEIGHTS))?.load_into(&mut vs, &|_| false)?;
+    Ok(LoadedReward { vs, model, fmt: Formatter::for_model(dir)? })
+}
+
+/// Parameters of `reward_model`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewardConfig {
+    /// Pairs per micro-batch.
+    pub batch_size: usize,
+    /// Longest prompt + answer in tokens (0: the model's context).
+    pub max_length: usize,
+    #[serde(rename = "loop")]
+    pub train: LoopConfig,
+    pub lora: Option<LoraConfig>,
+    pub dropout: Option<f64>,
+    pub precision: Precision,
+    pub seed: Option<u64>,
+    pub device: Option<String>,
+    pub threads: i32,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 8,
+            max_length: 0,
+            train: LoopConfig::default(),
+            lora: None,
+            dropout: None,
+            precision: Precision::F32,
+            seed: None,
+            device: None,
+            threads: 0,
+        }
+    }
+}
+
+/// Inputs of `reward_model`.
+#[derive(Debug, Clone)]
+pub struct RewardInputs {
+    /// The GPT folder the backbone starts from.
+    pub model: PathBuf,
+    pub train: PathBuf,
+    pub val: Option<PathBuf>,
+}
+
+pub const OUTPUTS: [OutputSpec; 6] = [common::MODEL, outputs::METRICS, outputs::PLOT, common::GRAD_PLOT, outputs::REPORT, common::REJECTS];
+
+/// The Bradley–Terry objective.
+pub struct BradleyTerry<'a> {
+    pub model: &'a RewardModel,
+    pub train: Vec<EncodedPair>,
+    pub val: Vec<EncodedPair>,
+    pub batches: EpochBatches,
+    pub write: forja_pretrain::objectives::ModelWriter<'a>,
+}
+
+impl BradleyTerry<'_> {
+    /// Loss and accuracy of pairs: chosen and rejected in one forward pass.
+    fn score(&self, pairs: &[&EncodedPair], train: bool) -> anyhow::Result<(Tensor, Tensor)> {
+        let mut seqs: Vec<Vec<u32>> = pairs.iter().map(|p| self.model.input(&p.chosen)).collect();
+        seqs.extend(pairs.iter().map(|p| self.model.input(&p.rejected)));
+        let r = self.model.scores(&seqs, train)?;
+        let n = pairs.len() as i64;
+        let margin = r.narrow(0, 0, n) - r.narrow(0, n, n);
+        let loss = -margin.log_sigmoid().mean(Kind::Float);
+        let acc = margin.gt(0.0).to_kind(Kind::Float).mean(Kind::Float);
+        Ok((loss, acc))
+    }
+}
+
+impl Objective for BradleyTerry<'_> {
+    fn train_loss(&mut self, step: u64, micro: u64) -> anyhow::Result<Tensor> {
+        let idx = self.batches.indices(step, micro);
+        let pairs: Vec<&EncodedPair> = idx.iter().map(|&i| &self.train[i]).collect();
+        Ok(self.score(&pairs, true)?.0)
+    }
+
+    fn eval_batch(&mut self, split: EvalSplit, i: u64) -> anyhow::Result<EvalScore> {
+        let data = if split == EvalSplit::Val { &self.val } else { &self.train };
+        let pairs: Vec<&EncodedPair> = data[self.batches.fixed(i, data.len())].iter().collect();
+        anyhow::ensure!(!pairs.is_empty(), "no {} pairs to evaluate", split.name());
+        let (loss, acc) = self.score(&pairs, false)?;
+        Ok(EvalScore { loss: loss.double_value(&[]), metrics: vec![(metric::ACCURACY, acc.double_value(&[]))] })
+    }
+
+    fn has_val(&self) -> bool {
+        !self.val.is_empty()
+    }
+
+    fn write_model(&self, vs: &nn::VarStore, dir: &Path) -> anyhow::Result<()> {
+        (self.write)(vs, dir)
+    }
+
+    fn batch_rows(&self, step: u64, micro: u64) -> anyhow::Result<Vec<TokenRow>> {
+        Ok(self
+            .batches
+            .peek(step, micro)
+            .into_iter()
+            .flat_map(|i| {
+                let p = &self.train[i];
+                [("chosen", &p.chosen), ("rejected", &p.rejected)]
+                    .map(|(w, s)| TokenRow { doc_id: format!("pair{i}.{w}"), ids: self.model.input(s) })
+            })
+            .collect())
+    }
+
+    fn tokens_per_micro(&self) -> f64 {
+        let tokens: usize = self.train.iter().map(|p| p.chosen.len() + p.rejected.len()).sum();
+        tokens as f64 / self.train.len().max(1) as f64 * self.batches.batch_size as f64
+    }
+}
+
+/// Writes the reward model folder: weights (LoRA merged), a config Hugging
+/// Face reads as a one-label sequence classifier, tokenizer and template.
+fn write_reward(dir: &Path, vs: &nn::VarStore, base: &Path, lora: Option<&LoraConfig>, pad: Option<u32>) -> anyhow::Result<()> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(l) = lora {
+        named = forja_model::merge_lora(named, l.alpha / l.rank as f64, forja_model::Layout::InOut)?;
+    }
+    Tensor::write_safetensors(&named, dir.join(WEIGHTS))?;
+    common::copy_kept(base, dir)?;
+    let path = dir.join(checkpoint::CONFIG);
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    cfg["architectures"] = serde_json::json!([ARCHITECTURE]);
+    cfg["id2label"] = serde_json::json!({"0": "LABEL_0"});
+    cfg["label2id"] = serde_json::json!({"LABEL_0": 0});
+    cfg["pad_token_id"] = serde_json::json!(pad);
+    cfg["problem_type"] = serde_json::json!("regression");
+    std::fs::write(&path, serde_json::to_string_pretty(&cfg)?)?;
+    Ok(())
+}
+
+/// The padding token of a reward model over `fmt`: `<|endoftext|>` when the
+/// tokenizer has it.
+pub fn pad_token(fmt: &Formatter) -> Option<u32> {
+    fmt.tokenizer.token_to_id(forja_tokenizer::EOT)
+}
+
+/// Reads and encodes a preferences file (rejects collected).
+pub fn read_encoded(fmt: &Formatter, path: &Path, max_len: usize, rejects: &mut Vec<Reject>) -> anyhow::Result<(Vec<EncodedPair>, usize)> {
+    let pairs = Preference::read(path)?;
+    Ok(encode_pairs(fmt, &pairs, max_len, path, rejects))
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RewardSummary {
+    pub train: TrainSummary,
+    pub pairs: usize,
+    pub val_pairs: usize,
+    pub rejected: usize,
+    pub truncated: usize,
+    /// Held-out accuracy of the exported model (NaN without held-out pairs).
+    pub val_accuracy: f64,
+}
+
+pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<RewardSummary> {
+    anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
+    let meter = forja_sft::cost::Meter::start();
+    let seed = cfg.seed.unwrap_or(ctx.seed);
+    let device_name = cfg.device.clone().unwrap_or_else(|| ctx.device.clone());
+    let device = forja_model::parse_device(&device_name)?;
+    let _threads = ThreadsGuard::set(cfg.threads);
+    tch::manual_seed(seed as i64);
+    let Policy { mut vs, model: gpt, cfg: gpt_cfg, fmt } = common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
+    let block = gpt_cfg.block_size as usize;
+    let max_len = if cfg.max_length == 0 { block } else { cfg.max_length.min(block) };
+    let mut rejects = Vec::new();
+    let (train, cut_t) = read_encoded(&fmt, &inputs.train, max_len, &mut rejects)?;
+    let (val, cut_v) = match &inputs.val {
+        Some(v) => read_encoded(&fmt, v, max_len, &mut rejects)?,
+        None => (Vec::new(), 0),
+    };
+    Reject::write(&out.path(&common::REJECTS), &ctx.name, &ctx.config_hash, &rejects)?;
+    anyhow::ensure!(!train.is_empty(), "{}: no usable training pair ({} rejected)", inputs.train.display(), rejects.len());
+    let pad = pad_token(&fmt);
+    let model = RewardModel::new(&vs.root(), gpt, pad);
+    let groups = match cfg.lora {
+        // The head learns in full; the backbone through its adapters.
+        Some(_) => ParamGroup::train_only(&vs, |n| n.contains(".lora_") || n == SCORE, cfg.train.optim.weight_decay),
+        None => ParamGroup::decay_split(&vs, cfg.train.optim.weight_decay),
+    };
+    let (n_train, n_val) = (train.len(), val.len());
+    let base = inputs.model.clone();
+    let lora = cfg.lora.clone();
+    let write: forja_pretrain::objectives::ModelWriter = Box::new(move |vs, dir| write_reward(dir, vs, &base, lora.as_ref(), pad));
+    let mut obj = BradleyTerry { model: &model, batches: EpochBatches::new(n_train, cfg.batch_size, cfg.train.grad_accum, seed), train, val, write };
+    let engine_cfg = cfg.train.engine(n_train, cfg.batch_size, obj.batches.covering(n_val));
+    println!("{}: {n_train} training pairs, {n_val} held out, {} rejected, {} cut to {max_len} tokens; {} steps", ctx.name, rejects.len(), cut_t + cut_v, engine_cfg.max_steps);
+    let ins = [("model", Some(inputs.model.as_path())), ("train", Some(inputs.train.as_path())), ("val", inputs.val.as_deref())];
+    let spec = RunSpec { seed, run_key: run_key(cfg, seed, &device_name, &ins, ctx)?, ctx, out_dir: out.dir() };
+    let outs = common::engine_outputs(out);
+    let summary = Engine::new(&engine_cfg, &mut vs, groups, spec)?.run(&mut obj, &outs, &mut |_| std::ops::ControlFlow::Continue(()))?;
+    drop(obj);
+    // The exported model's held-out accuracy, for the report.
+    let val_accuracy = match &inputs.val {
+        Some(v) if n_val > 0 => held_out_accuracy(&outs.model, v, max_len, device)?,
+        _ => f64::NAN,
+    };
+    let mut report = std::fs::read_to_string(&outs.report).unwrap_or_default();
+    report += &format!(
+        "\n## Reward model\n\n| | |\n|---|---|\n| training pairs | {n_train} |\n| held-out pairs | {n_val} |\n| held-out accuracy (exported model) | {} |\n| rejected pairs | {} |\n| pairs cut to {max_len} tokens | {} |\n\nThe folder loads in Hugging Face transformers as `{ARCHITECTURE}` with one label.\n",
+        if val_accuracy.is_nan() { "-".to_string() } else { format!("{:.3}", val_accuracy) },
+        rejects.len(),
+        cut_t + cut_v
+    );
+    forja_core::fsutil::atomic_write(&outs.report, report.as_bytes())?;
+    meter.read().record(&outs.metrics, &outs.report, ctx, summary.steps)?;
+    Ok(RewardSummary { train: summary, pairs: n_train, val_pairs: n_val, rejected: rejects.len(), truncated: cut_t + cut_v, val_accuracy })
+}
+
+/// Share of pairs in `path` whose chosen answer the reward model folder `dir`
+/// scores above the rejected one.
+pub fn held_out_accuracy(dir: &Path, path: &Path, max_len: usize, device: Device) -> anyhow::Result<f64> {
+    let r = load(dir, device)?;
+    let mut rejects = Vec::new();
+    let (pairs, _) = read_encoded(&r.fmt, path, max_len, &mut rejects)?;
+    anyhow::ensure!(!pairs.is_empty(), "{}: no pairs to score", path.display());
+    let c: Vec<Vec<u32>> = pairs.iter().map(|p| r.model.input(&p.chosen)).collect();
+    let rj: Vec<Vec<u32>> = pairs.iter().map(|p| r.model.input(&p.rejected)).collect();
+    let (sc, sr) = (r.model.score_all(&c, 16)?, r.model.score_all(&rj, 16)?);
+    Ok(sc.iter().zip(&sr).filter(|(a, b)| a > b).count() as f64 / pairs.len() as f64)
+}
