@@ -532,7 +532,13 @@ impl Artifact for PairLogps {
         let (c, r) = (f64s(col::CHOSEN_LOGP)?, f64s(col::REJECTED_LOGP)?);
         let (ct, rt) = (u64_col(path, b, col::CHOSEN_TOKENS)?, u64_col(path, b, col::REJECTED_TOKENS)?);
         Ok((0..key.len())
-            .map(|i| PairLogps { key: key[i].clone(), chosen_logp: c[i], rejected_logp: r[i], chosen_tokens: ct[i], rejected_tokens: rt[i] })
+            .map(|i| PairLogps {
+                key: key[i].clone(),
+                chosen_logp: c[i],
+                rejected_logp: r[i],
+                chosen_tokens: ct[i],
+                rejected_tokens: rt[i],
+            })
             .collect())
     }
 }

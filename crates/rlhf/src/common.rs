@@ -89,6 +89,27 @@ pub fn engine_outputs(out: &OutDir) -> EngineOutputs {
     }
 }
 
+/// What every trainer starts with: its seed and device, the thread count
+/// in force for the stage, the cost meter, libtorch's RNG seeded.
+pub struct Setup {
+    pub seed: u64,
+    pub device_name: String,
+    pub device: Device,
+    pub meter: forja_sft::cost::Meter,
+    _threads: forja_train::ThreadsGuard,
+}
+
+/// Resolves seed and device (the stage's own or the run's) and sets threads.
+pub fn setup(seed: Option<u64>, device: Option<&str>, threads: i32, ctx: &forja_core::stage::StageCtx) -> anyhow::Result<Setup> {
+    let meter = forja_sft::cost::Meter::start();
+    let seed = seed.unwrap_or(ctx.seed);
+    let device_name = device.unwrap_or(&ctx.device).to_string();
+    let device = forja_model::parse_device(&device_name)?;
+    let threads = forja_train::ThreadsGuard::set(threads);
+    tch::manual_seed(seed as i64);
+    Ok(Setup { seed, device_name, device, meter, _threads: threads })
+}
+
 /// A GPT loaded for training: full, or frozen with LoRA adapters.
 pub struct Policy {
     pub vs: nn::VarStore,
@@ -98,7 +119,13 @@ pub struct Policy {
 }
 
 /// Loads the GPT folder `dir` into a fresh var store (adapters when `lora`).
-pub fn load_policy(dir: &Path, device: Device, lora: Option<&LoraConfig>, dropout: Option<f64>, precision: Precision) -> anyhow::Result<Policy> {
+pub fn load_policy(
+    dir: &Path,
+    device: Device,
+    lora: Option<&LoraConfig>,
+    dropout: Option<f64>,
+    precision: Precision,
+) -> anyhow::Result<Policy> {
     let found = checkpoint::model_type(dir)?;
     anyhow::ensure!(found == "gpt2", "a GPT model folder is needed; {} is `{found}`", dir.display());
     let mut cfg = checkpoint::read_config(dir)?;
@@ -179,15 +206,16 @@ pub fn encode_pairs(
             }
             anyhow::ensure!(!c.is_empty() && !r.is_empty(), "an answer encodes to no tokens");
             anyhow::ensure!(c != r, "the answers are the same tokens after fitting into {max_len}");
-            Ok(EncodedPair {
-                chosen: Seq { prompt: prompt.clone(), answer: c },
-                rejected: Seq { prompt, answer: r },
-                key: pair_key(p),
-            })
+            Ok(EncodedPair { chosen: Seq { prompt: prompt.clone(), answer: c }, rejected: Seq { prompt, answer: r }, key: pair_key(p) })
         })();
         match encoded {
             Ok(e) => out.push(e),
-            Err(e) => rejects.push(Reject::new(&source, i as u64 + 1, format!("{e:#}"), &serde_json::json!([p.prompt, p.chosen, p.rejected]).to_string())),
+            Err(e) => rejects.push(Reject::new(
+                &source,
+                i as u64 + 1,
+                format!("{e:#}"),
+                &serde_json::json!([p.prompt, p.chosen, p.rejected]).to_string(),
+            )),
         }
     }
     (out, cut)

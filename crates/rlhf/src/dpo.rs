@@ -18,7 +18,7 @@ use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
 use forja_core::{PairLogps, Preference, Reject, TokenRow};
 use forja_model::{Gpt, LoraConfig, Precision};
 use forja_train::batches::EpochBatches;
-use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, ThreadsGuard, TrainSummary};
+use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, TrainSummary};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -105,7 +105,14 @@ pub struct Dpo<'a> {
 }
 
 impl<'a> Dpo<'a> {
-    pub fn new(model: &'a Gpt, cfg: &DpoConfig, train: Vec<RefPair>, val: Vec<RefPair>, seed: u64, write: forja_pretrain::objectives::ModelWriter<'a>) -> Self {
+    pub fn new(
+        model: &'a Gpt,
+        cfg: &DpoConfig,
+        train: Vec<RefPair>,
+        val: Vec<RefPair>,
+        seed: u64,
+        write: forja_pretrain::objectives::ModelWriter<'a>,
+    ) -> Self {
         let batches = EpochBatches::new(train.len(), cfg.batch_size, cfg.train.grad_accum, seed);
         Self { model, beta: cfg.beta, loss: cfg.loss, train, val, batches, write, last: Vec::new() }
     }
@@ -133,15 +140,16 @@ impl<'a> Dpo<'a> {
                 rejected_tokens: &lengths.narrow(0, n, n),
             },
         );
-        let margin = &terms.chosen_rewards - &terms.rejected_rewards;
+        let loss = terms.losses.mean(Kind::Float);
         let _g = tch::no_grad_guard();
+        let margin = &terms.chosen_rewards - &terms.rejected_rewards;
         let metrics = vec![
             (CHOSEN_REWARD, terms.chosen_rewards.mean(Kind::Float).double_value(&[])),
             (REJECTED_REWARD, terms.rejected_rewards.mean(Kind::Float).double_value(&[])),
             (MARGIN, margin.mean(Kind::Float).double_value(&[])),
             (metric::ACCURACY, margin.gt(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])),
         ];
-        Ok((terms.losses.mean(Kind::Float), metrics))
+        Ok((loss, metrics))
     }
 }
 
@@ -216,7 +224,11 @@ fn join(pairs: Vec<EncodedPair>, table: &HashMap<String, PairLogps>, file: &Path
         .into_iter()
         .map(|pair| {
             let r = table.get(&pair.key).ok_or_else(|| {
-                anyhow::anyhow!("{}: no reference log-probabilities for a pair (key {}); was it computed for other pairs?", file.display(), &pair.key[..12])
+                anyhow::anyhow!(
+                    "{}: no reference log-probabilities for a pair (key {}); was it computed for other pairs?",
+                    file.display(),
+                    &pair.key[..12]
+                )
             })?;
             anyhow::ensure!(
                 r.chosen_tokens == pair.chosen.answer.len() as u64 && r.rejected_tokens == pair.rejected.answer.len() as u64,
@@ -248,13 +260,10 @@ pub struct DpoSummary {
 pub fn run(cfg: &DpoConfig, inputs: &DpoInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<DpoSummary> {
     anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
     anyhow::ensure!(cfg.beta > 0.0, "beta must be > 0, got {}", cfg.beta);
-    let meter = forja_sft::cost::Meter::start();
-    let seed = cfg.seed.unwrap_or(ctx.seed);
-    let device_name = cfg.device.clone().unwrap_or_else(|| ctx.device.clone());
-    let device = forja_model::parse_device(&device_name)?;
-    let _threads = ThreadsGuard::set(cfg.threads);
-    tch::manual_seed(seed as i64);
-    let Policy { mut vs, model, fmt, cfg: gpt_cfg } = common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
+    let common::Setup { seed, device_name, device, meter, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
+    let (seed, device) = (*seed, *device);
+    let Policy { mut vs, model, fmt, cfg: gpt_cfg } =
+        common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
     let max_len = match cfg.max_length {
         0 => gpt_cfg.block_size as usize,
         n => n.min(gpt_cfg.block_size as usize),
@@ -310,7 +319,7 @@ pub fn run(cfg: &DpoConfig, inputs: &DpoInputs, out: &OutDir, ctx: &StageCtx) ->
         ("val", inputs.val.as_deref()),
         ("reference", inputs.reference.as_deref()),
     ];
-    let spec = RunSpec { seed, run_key: run_key(cfg, seed, &device_name, &ins, ctx)?, ctx, out_dir: out.dir() };
+    let spec = RunSpec { seed, run_key: run_key(cfg, seed, device_name, &ins, ctx)?, ctx, out_dir: out.dir() };
     let outs = common::engine_outputs(out);
     let summary = Engine::new(&engine_cfg, &mut vs, groups, spec)?.run(&mut obj, &outs, &mut |_| std::ops::ControlFlow::Continue(()))?;
 
@@ -319,8 +328,11 @@ pub fn run(cfg: &DpoConfig, inputs: &DpoInputs, out: &OutDir, ctx: &StageCtx) ->
         let trained = common::load_policy(&outs.model, device, None, Some(0.0), cfg.precision)?;
         let pairs: Vec<EncodedPair> = obj.train.iter().map(|p| p.pair.clone()).collect();
         let now = pair_logps(&trained.model, &pairs, cfg.batch_size)?;
-        let margins: Vec<f64> =
-            now.iter().zip(&obj.train).map(|(n, r)| cfg.beta * ((n.chosen_logp - r.ref_chosen) - (n.rejected_logp - r.ref_rejected))).collect();
+        let margins: Vec<f64> = now
+            .iter()
+            .zip(&obj.train)
+            .map(|(n, r)| cfg.beta * ((n.chosen_logp - r.ref_chosen) - (n.rejected_logp - r.ref_rejected)))
+            .collect();
         let mean = margins.iter().sum::<f64>() / margins.len() as f64;
         (mean, margins.iter().filter(|m| **m > 0.0).count() as f64 / margins.len() as f64)
     };

@@ -142,7 +142,11 @@ pub fn run(cfg: &ImportConfig, files: &[PathBuf], out: &OutDir, ctx: &StageCtx) 
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for f in files {
         for p in read_pairs(f, &cfg.annotator, &mut rejects)? {
-            if held_out(&p.prompt, cfg.val_fraction) { val.push(p) } else { train.push(p) }
+            if held_out(&p.prompt, cfg.val_fraction) {
+                val.push(p)
+            } else {
+                train.push(p)
+            }
         }
     }
     let read = train.len() + val.len() + rejects.len();

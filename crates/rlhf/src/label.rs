@@ -213,13 +213,13 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 }
 
 /// A checked annotator name.
-fn annotator_name(raw: &str) -> Result<String, Response> {
+fn annotator_name(raw: &str) -> Result<String, &'static str> {
     let name = raw.trim();
     if name.is_empty() {
-        return Err(error(StatusCode::BAD_REQUEST, "annotator: a name is needed"));
+        return Err("annotator: a name is needed");
     }
     if name.chars().count() > 64 || name.chars().any(char::is_control) {
-        return Err(error(StatusCode::BAD_REQUEST, "annotator: at most 64 printable characters"));
+        return Err("annotator: at most 64 printable characters");
     }
     Ok(name.to_string())
 }
@@ -232,7 +232,7 @@ struct NextQuery {
 async fn next(State(s): State<Shared>, Query(q): Query<NextQuery>) -> Response {
     let name = match annotator_name(q.annotator.as_deref().unwrap_or("")) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     let l = s.0.lock().unwrap_or_else(|e| e.into_inner());
     let progress = l.progress(&name);
@@ -265,7 +265,7 @@ async fn judge(State(s): State<Shared>, body: Result<Json<JudgeBody>, axum::extr
     };
     let name = match annotator_name(&body.annotator) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     let Some(choice) = Choice::parse(&body.choice) else {
         return error(StatusCode::BAD_REQUEST, format!("choice: expected a, b, tie or bad, got `{}`", body.choice));
@@ -303,7 +303,7 @@ async fn undo(State(s): State<Shared>, body: Result<Json<UndoBody>, axum::extrac
     };
     let name = match annotator_name(&body.annotator) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     let mut l = s.0.lock().unwrap_or_else(|e| e.into_inner());
     let Some(last) = l.live.iter().rposition(|j| j.annotator == name) else {
@@ -343,7 +343,12 @@ pub fn read_pairs(path: &Path, rejects: &mut Vec<Reject>) -> anyhow::Result<Vec<
         let r = match serde_json::from_str::<Raw>(line) {
             Ok(r) => r,
             Err(e) => {
-                rejects.push(Reject::new(&file, i as u64 + 1, format!("not a pair record ({{\"id\"?, \"prompt\", \"a\", \"b\"}}): {e}"), line));
+                rejects.push(Reject::new(
+                    &file,
+                    i as u64 + 1,
+                    format!("not a pair record ({{\"id\"?, \"prompt\", \"a\", \"b\"}}): {e}"),
+                    line,
+                ));
                 continue;
             }
         };
@@ -372,16 +377,12 @@ fn generate_pairs(cfg: &LabelConfig, inputs: &LabelInputs, device: tch::Device) 
         let (_vs, gpt, _) = forja_model::load_gpt(dir, device)?;
         let fmt = Formatter::for_model(dir)?;
         let block = gpt.cfg.block_size as usize;
-        let ids: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| {
-                let mut ids = fmt.prompt_ids(&p.text())?;
-                ids.drain(..ids.len().saturating_sub(block / 2));
-                Ok(ids)
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| fmt.prompt_ids_within(&p.text(), block / 2)).collect::<anyhow::Result<_>>()?;
         let stop: Vec<u32> = fmt.end.into_iter().collect();
-        generate_batch(&gpt, &ids, &stop, &SamplingConfig { seed, ..cfg.sampling.clone() })?.iter().map(|g| fmt.answer_text(&g.tokens)).collect()
+        generate_batch(&gpt, &ids, &stop, &SamplingConfig { seed, ..cfg.sampling.clone() })?
+            .iter()
+            .map(|g| fmt.answer_text(&g.tokens))
+            .collect()
     };
     let a = answers(model, cfg.sampling.seed)?;
     let b = answers(inputs.model_b.as_deref().unwrap_or(model), cfg.sampling.seed.wrapping_add(7919))?;
@@ -404,7 +405,15 @@ pub fn cohens_kappa(first: &[Choice], second: &[Choice]) -> Option<(f64, f64, us
     let po = first.iter().zip(second).filter(|(a, b)| a == b).count() as f64 / n as f64;
     let share = |v: &[Choice], c: Choice| v.iter().filter(|x| **x == c).count() as f64 / n as f64;
     let pe: f64 = [Choice::A, Choice::B, Choice::Tie, Choice::Bad].iter().map(|&c| share(&first[..n], c) * share(&second[..n], c)).sum();
-    let kappa = if (1.0 - pe).abs() < 1e-12 { if po == 1.0 { 1.0 } else { 0.0 } } else { (po - pe) / (1.0 - pe) };
+    let kappa = if (1.0 - pe).abs() < 1e-12 {
+        if po == 1.0 {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        (po - pe) / (1.0 - pe)
+    };
     Some((kappa, po, n))
 }
 
@@ -448,14 +457,24 @@ fn write_results(l: &Labels, source: &str, out: &OutDir, ctx: &StageCtx) -> anyh
         prefs.len()
     );
     for (c, n) in &by_choice {
-        md += &format!("| judged {} | {n} |\n", match c { Choice::A => "A better", Choice::B => "B better", Choice::Tie => "tie", Choice::Bad => "both bad" });
+        md += &format!(
+            "| judged {} | {n} |\n",
+            match c {
+                Choice::A => "A better",
+                Choice::B => "B better",
+                Choice::Tie => "tie",
+                Choice::Bad => "both bad",
+            }
+        );
     }
     md += "\n| annotator | judgements |\n|---|---|\n";
     for (a, n) in &by_annotator {
         md += &format!("| {} | {n} |\n", a.replace('|', "\\|"));
     }
     md += &match cohens_kappa(&first, &second) {
-        Some((k, po, n)) => format!("\nCohen's kappa: {k:.3} (raw agreement {po:.3} over {n} pairs judged by two annotators; categories A, B, tie, both bad)\n"),
+        Some((k, po, n)) => format!(
+            "\nCohen's kappa: {k:.3} (raw agreement {po:.3} over {n} pairs judged by two annotators; categories A, B, tie, both bad)\n"
+        ),
         None => "\nCohen's kappa: - (no pair was judged by two annotators; set per_pair = 2)\n".into(),
     };
     forja_core::fsutil::atomic_write(&out.path(&outputs::REPORT), md.as_bytes())?;
@@ -488,7 +507,11 @@ pub fn run(cfg: &LabelConfig, inputs: &LabelInputs, out: &OutDir, ctx: &StageCtx
     anyhow::ensure!(!pairs.is_empty(), "no pairs to label ({} rejected)", rejects.len());
     let log_path = out.path(&JUDGEMENTS);
     let previous = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| anyhow::anyhow!("{}: {e}", log_path.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", log_path.display()))?;
     let index = pairs.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
     let mut labels = Labels { pairs, index, live: Vec::new(), log, per_pair: cfg.per_pair };
     for (i, line) in previous.lines().enumerate() {
@@ -521,7 +544,10 @@ fn serve(cfg: &LabelConfig, shared: Shared) -> anyhow::Result<()> {
             .with_state(shared.clone());
         let addr = format!("{}:{}", cfg.host, cfg.port);
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        println!("label: open http://{addr}/ to compare answers (each pair by {} annotator(s)); Ctrl-C stops, nothing is lost", cfg.per_pair);
+        println!(
+            "label: open http://{addr}/ to compare answers (each pair by {} annotator(s)); Ctrl-C stops, nothing is lost",
+            cfg.per_pair
+        );
         let done = shared.clone();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -20,6 +20,7 @@
 pub mod common;
 pub mod dpo;
 pub mod import;
+pub mod judge;
 pub mod label;
 pub mod logps;
 pub mod losses;
@@ -83,7 +84,13 @@ impl Stage for RewardModelStage {
     type Params = reward::RewardConfig;
     type Inputs = reward::RewardInputs;
 
-    fn run(&self, cfg: &reward::RewardConfig, inputs: &reward::RewardInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+    fn run(
+        &self,
+        cfg: &reward::RewardConfig,
+        inputs: &reward::RewardInputs,
+        out: &OutDir,
+        ctx: &StageCtx,
+    ) -> anyhow::Result<Vec<OutputSpec>> {
         reward::run(cfg, inputs, out, ctx)?;
         Ok(Self::OUTPUTS.to_vec())
     }
@@ -233,5 +240,46 @@ impl Stage for LabelStage {
     }
 }
 
+impl FromInputs for judge::AlignEvalInputs {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self {
+            reference: inputs.one("reference")?.to_path_buf(),
+            models: inputs.many("models").to_vec(),
+            judge: inputs.one("judge")?.to_path_buf(),
+            prompts: inputs.one("prompts")?.to_path_buf(),
+        })
+    }
+}
+
+/// The `align_eval` stage.
+pub struct AlignEvalStage;
+
+impl Stage for AlignEvalStage {
+    const KIND: &'static str = "align_eval";
+    const ABOUT: &'static str = "compare aligned models with their SFT reference: win rate judged by a held-out reward model, KL from the reference, side-by-side answers";
+    const INPUTS: &'static [InputSpec] = &[
+        InputSpec { name: "reference", required: true, many: false },
+        InputSpec { name: "models", required: true, many: true },
+        InputSpec { name: "judge", required: true, many: false },
+        InputSpec { name: "prompts", required: true, many: false },
+    ];
+    const OUTPUTS: &'static [OutputSpec] = &judge::OUTPUTS;
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = judge::AlignEvalConfig;
+    type Inputs = judge::AlignEvalInputs;
+
+    fn run(
+        &self,
+        cfg: &judge::AlignEvalConfig,
+        inputs: &judge::AlignEvalInputs,
+        out: &OutDir,
+        ctx: &StageCtx,
+    ) -> anyhow::Result<Vec<OutputSpec>> {
+        judge::run(cfg, inputs, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
 /// All stages of this crate.
-pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&LabelStage, &Preferences, &RewardModelStage, &DpoStage, &PpoStage, &GrpoStage];
+pub const STAGES: &[&dyn forja_core::stage::DynStage] =
+    &[&LabelStage, &Preferences, &RewardModelStage, &DpoStage, &PpoStage, &GrpoStage, &AlignEvalStage];

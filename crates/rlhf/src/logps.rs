@@ -64,7 +64,14 @@ pub fn batch(seqs: &[&Seq], device: Device) -> anyhow::Result<Batch> {
     }
     let max_answer = lengths.iter().copied().max().unwrap_or(0);
     let to = |v: Vec<i64>| Tensor::from_slice(&v).to(device);
-    Ok(Batch { ids: to(ids).view([seqs.len() as i64, t as i64]), at: to(at), targets: to(targets), seq_of: to(seq_of), lengths, max_answer })
+    Ok(Batch {
+        ids: to(ids).view([seqs.len() as i64, t as i64]),
+        at: to(at),
+        targets: to(targets),
+        seq_of: to(seq_of),
+        lengths,
+        max_answer,
+    })
 }
 
 /// What a forward pass over a batch gives per answer token.

@@ -43,7 +43,12 @@ pub struct PairLogps<'a> {
 /// The DPO loss of each pair.
 pub fn dpo(kind: DpoLoss, beta: f64, p: &PairLogps) -> DpoTerms {
     let (pc, pr, rc, rr) = match kind {
-        DpoLoss::Sigmoid => (p.policy_chosen.shallow_clone(), p.policy_rejected.shallow_clone(), p.reference_chosen.shallow_clone(), p.reference_rejected.shallow_clone()),
+        DpoLoss::Sigmoid => (
+            p.policy_chosen.shallow_clone(),
+            p.policy_rejected.shallow_clone(),
+            p.reference_chosen.shallow_clone(),
+            p.reference_rejected.shallow_clone(),
+        ),
         DpoLoss::Ipo | DpoLoss::LengthNormalized => (
             p.policy_chosen / p.chosen_tokens,
             p.policy_rejected / p.rejected_tokens,

@@ -19,7 +19,7 @@ use forja_core::{Preference, Reject, TokenRow};
 use forja_model::checkpoint::{self, Weights, WEIGHTS};
 use forja_model::{Gpt, LoraConfig, Precision};
 use forja_train::batches::EpochBatches;
-use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, ThreadsGuard, TrainSummary};
+use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, TrainSummary};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
@@ -264,13 +264,10 @@ pub struct RewardSummary {
 
 pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<RewardSummary> {
     anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
-    let meter = forja_sft::cost::Meter::start();
-    let seed = cfg.seed.unwrap_or(ctx.seed);
-    let device_name = cfg.device.clone().unwrap_or_else(|| ctx.device.clone());
-    let device = forja_model::parse_device(&device_name)?;
-    let _threads = ThreadsGuard::set(cfg.threads);
-    tch::manual_seed(seed as i64);
-    let Policy { mut vs, model: gpt, cfg: gpt_cfg, fmt } = common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
+    let common::Setup { seed, device_name, device, meter, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
+    let (seed, device) = (*seed, *device);
+    let Policy { mut vs, model: gpt, cfg: gpt_cfg, fmt } =
+        common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
     let block = gpt_cfg.block_size as usize;
     let max_len = if cfg.max_length == 0 { block } else { cfg.max_length.min(block) };
     let mut rejects = Vec::new();
@@ -292,11 +289,18 @@ pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageC
     let base = inputs.model.clone();
     let lora = cfg.lora.clone();
     let write: forja_pretrain::objectives::ModelWriter = Box::new(move |vs, dir| write_reward(dir, vs, &base, lora.as_ref(), pad));
-    let mut obj = BradleyTerry { model: &model, batches: EpochBatches::new(n_train, cfg.batch_size, cfg.train.grad_accum, seed), train, val, write };
+    let mut obj =
+        BradleyTerry { model: &model, batches: EpochBatches::new(n_train, cfg.batch_size, cfg.train.grad_accum, seed), train, val, write };
     let engine_cfg = cfg.train.engine(n_train, cfg.batch_size, obj.batches.covering(n_val));
-    println!("{}: {n_train} training pairs, {n_val} held out, {} rejected, {} cut to {max_len} tokens; {} steps", ctx.name, rejects.len(), cut_t + cut_v, engine_cfg.max_steps);
+    println!(
+        "{}: {n_train} training pairs, {n_val} held out, {} rejected, {} cut to {max_len} tokens; {} steps",
+        ctx.name,
+        rejects.len(),
+        cut_t + cut_v,
+        engine_cfg.max_steps
+    );
     let ins = [("model", Some(inputs.model.as_path())), ("train", Some(inputs.train.as_path())), ("val", inputs.val.as_deref())];
-    let spec = RunSpec { seed, run_key: run_key(cfg, seed, &device_name, &ins, ctx)?, ctx, out_dir: out.dir() };
+    let spec = RunSpec { seed, run_key: run_key(cfg, seed, device_name, &ins, ctx)?, ctx, out_dir: out.dir() };
     let outs = common::engine_outputs(out);
     let summary = Engine::new(&engine_cfg, &mut vs, groups, spec)?.run(&mut obj, &outs, &mut |_| std::ops::ControlFlow::Continue(()))?;
     drop(obj);

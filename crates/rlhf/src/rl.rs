@@ -31,7 +31,7 @@ use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
 use forja_core::{Generation, Message, Preference, SftExample, TokenRow};
 use forja_model::generate::{generate_batch, SamplingConfig};
 use forja_model::{Gpt, LoraConfig, Precision};
-use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, ThreadsGuard, TrainSummary};
+use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, TrainSummary};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -55,7 +55,13 @@ impl Prompt {
             ms => {
                 let mut s: String = ms
                     .iter()
-                    .map(|m| format!("{}{}", if m.role == "assistant" { crate::text::ASSISTANT } else { crate::text::HUMAN }, format_args!(" {}", m.content)))
+                    .map(|m| {
+                        format!(
+                            "{}{}",
+                            if m.role == "assistant" { crate::text::ASSISTANT } else { crate::text::HUMAN },
+                            format_args!(" {}", m.content)
+                        )
+                    })
                     .collect();
                 s += crate::text::ASSISTANT;
                 s
@@ -165,7 +171,10 @@ impl Scorer {
             Scorer::Rule { rule: Rule::FinalNumber, .. } => items
                 .iter()
                 .map(|(p, ids)| {
-                    let reference = p.reference.as_deref().ok_or_else(|| anyhow::anyhow!("the final_number rule needs reference answers (sft_examples prompts)"))?;
+                    let reference = p
+                        .reference
+                        .as_deref()
+                        .ok_or_else(|| anyhow::anyhow!("the final_number rule needs reference answers (sft_examples prompts)"))?;
                     let got = final_number(&fmt.answer_text(ids)?);
                     Ok(f64::from(u8::from(got.is_some() && got == final_number(reference))))
                 })
@@ -240,6 +249,9 @@ impl RlConfig {
         // RL losses are not a descending curve: spike detection would fire on
         // every good rollout. Non-finite values and explosions still count.
         train.diagnosis.spike_factor = 0.0;
+        // A rollout whose rewards are all equal has no advantage and so no
+        // gradient: normal in RL, not a vanishing gradient.
+        train.diagnosis.vanish_threshold = 0.0;
         train.eval_interval = 20;
         train.checkpoint_interval = 20;
         Self {
@@ -344,6 +356,8 @@ pub mod names {
     pub const POLICY_LOSS: &str = "policy_loss";
     pub const ANSWER_LENGTH: &str = "answer_length";
     pub const ROLLOUT_TOKENS_PER_S: &str = "rollout_tokens_per_s";
+    /// Share of GRPO groups whose rewards are all equal (no learning signal).
+    pub const ZERO_STD_GROUPS: &str = "zero_std_groups";
 }
 
 /// The frozen reference: the policy without adapters, or its own copy.
@@ -403,15 +417,27 @@ impl<'a> Rl<'a> {
         let block = model.cfg.block_size as usize;
         let max_prompt = if cfg.max_prompt_length == 0 { block / 2 } else { cfg.max_prompt_length.min(block - 1) };
         let kl = KlController { coef: cfg.kl_coef, target: cfg.kl_target, horizon: cfg.kl_horizon };
-        Self { algo, cfg, model, value_head, reference, fmt, scorer, prompts, val, seed, kl, write, max_prompt, rollout: None, last: Vec::new() }
+        Self {
+            algo,
+            cfg,
+            model,
+            value_head,
+            reference,
+            fmt,
+            scorer,
+            prompts,
+            val,
+            seed,
+            kl,
+            write,
+            max_prompt,
+            rollout: None,
+            last: Vec::new(),
+        }
     }
 
     fn prompt_ids(&self, p: &Prompt) -> anyhow::Result<Vec<u32>> {
-        let mut ids = self.fmt.prompt_ids(&p.text())?;
-        if ids.len() > self.max_prompt {
-            ids.drain(..ids.len() - self.max_prompt);
-        }
-        Ok(ids)
+        self.fmt.prompt_ids_within(&p.text(), self.max_prompt)
     }
 
     /// The prompts of rollout `r`: a pure function of `(seed, r)`, epochs
@@ -522,13 +548,17 @@ impl<'a> Rl<'a> {
         };
         let tokens: i64 = lengths.iter().sum();
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let stats = vec![
+        let mut stats = vec![
             (names::REWARD, mean(&scores)),
             (names::KL, kl_per_answer),
             (names::KL_COEF, self.kl.coef),
             (names::ANSWER_LENGTH, tokens as f64 / n as f64),
             (names::ROLLOUT_TOKENS_PER_S, tokens as f64 / gen_s.max(1e-9)),
         ];
+        if self.algo == Algorithm::Grpo {
+            let flat = scores.chunks(group).filter(|g| g.iter().all(|r| *r == g[0])).count();
+            stats.push((names::ZERO_STD_GROUPS, flat as f64 / prompts.len() as f64));
+        }
         if ref_logps.is_some() {
             self.kl.update(kl_per_answer, seqs.len());
         }
@@ -567,7 +597,11 @@ impl<'a> Rl<'a> {
         let (old, adv) = (pick(&ro.old_logps), pick(&ro.advantages));
         let (pg_loss, clipfrac) = losses::ppo_policy(&new, &old, &adv, &mask, self.cfg.cliprange);
         let entropy = s.entropy.as_ref().map_or(0.0, |e| e.mean(Kind::Float).double_value(&[]));
-        let mut stats = vec![(names::CLIP_FRACTION, clipfrac.double_value(&[])), (names::ENTROPY, entropy), (names::POLICY_LOSS, pg_loss.double_value(&[]))];
+        let mut stats = vec![
+            (names::CLIP_FRACTION, clipfrac.double_value(&[])),
+            (names::ENTROPY, entropy),
+            (names::POLICY_LOSS, pg_loss.double_value(&[])),
+        ];
         let loss = match self.algo {
             Algorithm::Ppo => {
                 let head = self.value_head.as_ref().ok_or_else(|| anyhow::anyhow!("PPO needs a value head"))?;
@@ -649,7 +683,10 @@ impl Objective for Rl<'_> {
         Ok(self
             .minibatch(step, micro)
             .into_iter()
-            .map(|i| TokenRow { doc_id: format!("rollout{}.{i}", ro.index), ids: ro.seqs[i].prompt.iter().chain(&ro.seqs[i].answer).copied().collect() })
+            .map(|i| TokenRow {
+                doc_id: format!("rollout{}.{i}", ro.index),
+                ids: ro.seqs[i].prompt.iter().chain(&ro.seqs[i].answer).copied().collect(),
+            })
             .collect())
     }
 
@@ -697,20 +734,25 @@ fn first_last(metrics: &[forja_core::MetricRow], name: &str) -> (f64, f64) {
 
 pub fn run(algo: Algorithm, cfg: &RlConfig, inputs: &RlInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<RlSummary> {
     cfg.validate(algo)?;
-    let meter = forja_sft::cost::Meter::start();
-    let seed = cfg.seed.unwrap_or(ctx.seed);
-    let device_name = cfg.device.clone().unwrap_or_else(|| ctx.device.clone());
-    let device = forja_model::parse_device(&device_name)?;
-    let _threads = ThreadsGuard::set(cfg.threads);
-    tch::manual_seed(seed as i64);
-    let Policy { mut vs, model, fmt, cfg: gpt_cfg } = common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
-    anyhow::ensure!(fmt.end.is_some(), "{}: the tokenizer has no end-of-turn or <|endoftext|> token, so answers could never end", inputs.model.display());
+    let common::Setup { seed, device_name, device, meter, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
+    let (seed, device) = (*seed, *device);
+    let Policy { mut vs, model, fmt, cfg: gpt_cfg } =
+        common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
+    anyhow::ensure!(
+        fmt.end.is_some(),
+        "{}: the tokenizer has no end-of-turn or <|endoftext|> token, so answers could never end",
+        inputs.model.display()
+    );
     let value_head = (algo == Algorithm::Ppo).then(|| nn::linear(vs.root() / "v_head", gpt_cfg.n_embd, 1, Default::default()));
     let scorer = match (&inputs.reward_model, &cfg.rule) {
         (Some(dir), None) => Scorer::Model(Box::new(reward::load(dir, device)?)),
         (None, Some(rule)) => {
             let token = match rule {
-                Rule::TokenShare { token } => Some(fmt.tokenizer.token_to_id(token).ok_or_else(|| anyhow::anyhow!("token_share: `{token}` is not one token of the policy's vocabulary"))?),
+                Rule::TokenShare { token } => Some(
+                    fmt.tokenizer
+                        .token_to_id(token)
+                        .ok_or_else(|| anyhow::anyhow!("token_share: `{token}` is not one token of the policy's vocabulary"))?,
+                ),
                 Rule::FinalNumber => None,
             };
             Scorer::Rule { rule: rule.clone(), token }
@@ -719,7 +761,8 @@ pub fn run(algo: Algorithm, cfg: &RlConfig, inputs: &RlInputs, out: &OutDir, ctx
         (None, None) if algo == Algorithm::Grpo => Scorer::Rule { rule: Rule::FinalNumber, token: None },
         (None, None) => anyhow::bail!("no reward: give a reward_model input or set rule (token_share, final_number)"),
     };
-    let n_params: i64 = vs.variables().iter().filter(|(n, _)| n.starts_with("transformer.") && !n.contains(".lora_")).map(|(_, t)| t.numel() as i64).sum();
+    let n_params: i64 =
+        vs.variables().iter().filter(|(n, _)| n.starts_with("transformer.") && !n.contains(".lora_")).map(|(_, t)| t.numel() as i64).sum();
     let param_bytes = n_params * 4;
     let reference = if cfg.kl_coef <= 0.0 && algo == Algorithm::Grpo {
         Reference::None
@@ -770,7 +813,7 @@ pub fn run(algo: Algorithm, cfg: &RlConfig, inputs: &RlInputs, out: &OutDir, ctx
         ("val", inputs.val.as_deref()),
         ("reward_model", inputs.reward_model.as_deref()),
     ];
-    let spec = RunSpec { seed, run_key: run_key(&(algo, cfg), seed, &device_name, &ins, ctx)?, ctx, out_dir: out.dir() };
+    let spec = RunSpec { seed, run_key: run_key(&(algo, cfg), seed, device_name, &ins, ctx)?, ctx, out_dir: out.dir() };
     let outs = common::engine_outputs(out);
     let summary = Engine::new(&engine_cfg, &mut vs, groups, spec)?.run(&mut obj, &outs, &mut |_| std::ops::ControlFlow::Continue(()))?;
     let samples = write_samples(&obj, cfg.samples, out, ctx, &outs.model)?;
@@ -841,8 +884,9 @@ fn write_rl_plot(path: &Path, stage: &str, metrics: &[forja_core::MetricRow]) ->
         Series { label: "entropy", color: "#1f77b4", points: pick(names::ENTROPY) },
         Series { label: "clip fraction", color: "#ff7f0e", points: pick(names::CLIP_FRACTION) },
     ];
-    let svg = forja_core::plot::line_chart(&format!("{stage}: rollouts"), "step", "value", &series)
-        .unwrap_or_else(|| "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"300\" height=\"30\"><text x=\"5\" y=\"20\">no points</text></svg>".into());
+    let svg = forja_core::plot::line_chart(&format!("{stage}: rollouts"), "step", "value", &series).unwrap_or_else(|| {
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"300\" height=\"30\"><text x=\"5\" y=\"20\">no points</text></svg>".into()
+    });
     forja_core::fsutil::atomic_write(path, svg.as_bytes())?;
     Ok(())
 }

@@ -26,7 +26,13 @@ pub fn hh_turns(text: &str) -> Option<Vec<Message>> {
     let mut turns = Vec::new();
     let mut rest = text;
     loop {
-        let (role, marker) = if rest.starts_with(HUMAN) { ("user", HUMAN) } else if rest.starts_with(ASSISTANT) { ("assistant", ASSISTANT) } else { return None };
+        let (role, marker) = if rest.starts_with(HUMAN) {
+            ("user", HUMAN)
+        } else if rest.starts_with(ASSISTANT) {
+            ("assistant", ASSISTANT)
+        } else {
+            return None;
+        };
         rest = &rest[marker.len()..];
         let end = [rest.find(HUMAN), rest.find(ASSISTANT)].into_iter().flatten().min().unwrap_or(rest.len());
         turns.push(Message { role: role.into(), content: rest[..end].trim().to_string() });
@@ -65,9 +71,11 @@ impl Formatter {
         let tokenizer = Tokenizer::load(&dir.join(forja_model::checkpoint::TOKENIZER))?;
         let template = read_template(dir)?;
         let end = match &template {
-            Some(t) => Some(tokenizer.token_to_id(&t.end_of_turn).with_context(|| {
-                format!("{}: the end-of-turn token `{}` is not in the tokenizer", dir.display(), t.end_of_turn)
-            })?),
+            Some(t) => Some(
+                tokenizer
+                    .token_to_id(&t.end_of_turn)
+                    .with_context(|| format!("{}: the end-of-turn token `{}` is not in the tokenizer", dir.display(), t.end_of_turn))?,
+            ),
             None => tokenizer.token_to_id(forja_tokenizer::EOT),
         };
         Ok(Self { tokenizer, template, end })
@@ -79,6 +87,13 @@ impl Formatter {
             Some(t) => self.tokenizer.encode(&t.render(&prompt_messages(prompt), true)?),
             None => self.tokenizer.encode(prompt),
         }
+    }
+
+    /// The prompt's ids, keeping at most its last `max` tokens.
+    pub fn prompt_ids_within(&self, prompt: &str, max: usize) -> anyhow::Result<Vec<u32>> {
+        let mut ids = self.prompt_ids(prompt)?;
+        ids.drain(..ids.len().saturating_sub(max));
+        Ok(ids)
     }
 
     /// An answer's ids, ending with the end token.

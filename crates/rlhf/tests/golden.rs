@@ -41,9 +41,21 @@ fn dpo_and_ipo_losses_match_trl() {
     let g = golden();
     let d = &g["dpo"];
     let beta = d["beta"].as_f64().expect("beta");
-    let (pc, pr, rc, rr) = (t1(&d["policy_chosen_logps"]), t1(&d["policy_rejected_logps"]), t1(&d["reference_chosen_logps"]), t1(&d["reference_rejected_logps"]));
+    let (pc, pr, rc, rr) = (
+        t1(&d["policy_chosen_logps"]),
+        t1(&d["policy_rejected_logps"]),
+        t1(&d["reference_chosen_logps"]),
+        t1(&d["reference_rejected_logps"]),
+    );
     let (lc, lr) = (t1(&d["chosen_tokens"]), t1(&d["rejected_tokens"]));
-    let p = PairLogps { policy_chosen: &pc, policy_rejected: &pr, reference_chosen: &rc, reference_rejected: &rr, chosen_tokens: &lc, rejected_tokens: &lr };
+    let p = PairLogps {
+        policy_chosen: &pc,
+        policy_rejected: &pr,
+        reference_chosen: &rc,
+        reference_rejected: &rr,
+        chosen_tokens: &lc,
+        rejected_tokens: &lr,
+    };
     let s = losses::dpo(DpoLoss::Sigmoid, beta, &p);
     close(&s.losses, &t1(&d["sigmoid"]["losses"]), "sigmoid losses");
     close(&s.chosen_rewards, &t1(&d["sigmoid"]["chosen_rewards"]), "chosen rewards");
@@ -68,10 +80,12 @@ fn ppo_losses_match_trl() {
     let g = golden();
     let p = &g["ppo"];
     let mask = t2(&p["mask"]);
-    let (pg, pg_clip) = losses::ppo_policy(&t2(&p["logprobs"]), &t2(&p["old_logprobs"]), &t2(&p["advantages"]), &mask, p["cliprange"].as_f64().expect("c"));
+    let (pg, pg_clip) =
+        losses::ppo_policy(&t2(&p["logprobs"]), &t2(&p["old_logprobs"]), &t2(&p["advantages"]), &mask, p["cliprange"].as_f64().expect("c"));
     scalar(&pg, &p["pg_loss"], "pg_loss");
     scalar(&pg_clip, &p["pg_clipfrac"], "pg_clipfrac");
-    let (vf, vf_clip) = losses::ppo_value(&t2(&p["vpred"]), &t2(&p["old_values"]), &t2(&p["returns"]), &mask, p["cliprange_value"].as_f64().expect("cv"));
+    let (vf, vf_clip) =
+        losses::ppo_value(&t2(&p["vpred"]), &t2(&p["old_values"]), &t2(&p["returns"]), &mask, p["cliprange_value"].as_f64().expect("cv"));
     scalar(&vf, &p["vf_loss"], "vf_loss");
     scalar(&vf_clip, &p["vf_clipfrac"], "vf_clipfrac");
     scalar(&(pg + vf * p["vf_coef"].as_f64().expect("vf_coef")), &p["loss"], "loss");

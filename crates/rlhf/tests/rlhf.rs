@@ -1,0 +1,311 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+//! Learning from preferences on tiny models: the reward model separates a
+//! separable fixture (and loads in transformers with the same scores); DPO
+//! raises the chosen-over-rejected margin of its training pairs and reuses
+//! its cached reference; PPO (LoRA, reference = adapters off) raises the
+//! frequency of a rewarded token with the KL bounded; GRPO raises the
+//! exact-answer rate on arithmetic; HH-RLHF import with rejects; the
+//! labelling page in headless Chromium.
+
+use forja_core::artifacts::Artifact;
+use forja_core::stage::{OutDir, StageCtx};
+use forja_core::{PairLogps, Preference, Reject, SftExample};
+use forja_model::checkpoint::write_model_files;
+use forja_model::generate::{generate_batch, SamplingConfig};
+use forja_model::{load_gpt, Gpt, GptConfig, LoraConfig};
+use forja_rlhf::dpo::{self, DpoConfig, DpoInputs};
+use forja_rlhf::reward::{self, RewardConfig, RewardInputs};
+use forja_rlhf::rl::{self, Algorithm, RlConfig, RlInputs, Rule};
+use forja_rlhf::text::Formatter;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use tch::{nn, Device};
+
+/// libtorch's RNG is global: tests that seed it run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn ctx(name: &str) -> StageCtx {
+    StageCtx { name: name.into(), seed: 3, device: "cpu".into(), config_hash: "t".into(), code_hash: "t" }
+}
+
+/// A random character-level GPT folder over the characters of `corpus`.
+fn char_model(dir: &Path, corpus: &str, n_embd: i64, block: i64) {
+    char_model_scaled(dir, corpus, n_embd, block, 1.0)
+}
+
+/// As [`char_model`], with the (tied) embeddings scaled by `scale`: a random
+/// model's logits are then as spread as a trained one's, so a frozen head
+/// (LoRA) can still move its output distribution.
+fn char_model_scaled(dir: &Path, corpus: &str, n_embd: i64, block: i64, scale: f64) {
+    let tok = forja_tokenizer::char_tokenizer(std::iter::once(corpus), &[forja_tokenizer::EOT.to_string()]).unwrap();
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = GptConfig { vocab_size: tok.vocab_size() as i64, block_size: block, n_layer: 2, n_head: 2, n_embd, ..Default::default() };
+    Gpt::new(&vs.root(), &cfg).unwrap();
+    if scale != 1.0 {
+        let _g = tch::no_grad_guard();
+        let mut wte = vs.variables()["transformer.wte.weight"].shallow_clone();
+        let scaled = &wte * scale;
+        wte.copy_(&scaled);
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    write_model_files(dir, &vs, &cfg, &tok).unwrap();
+}
+
+/// Pairs whose chosen answers use the letters a–c and rejected ones x–z.
+fn separable_pairs(n: usize, offset: usize) -> Vec<Preference> {
+    (0..n)
+        .map(|i| {
+            let k = i + offset;
+            let pick = |set: &[char]| -> String { (0..4 + k % 3).map(|j| set[(k * 7 + j * 3) % set.len()]).collect() };
+            Preference {
+                prompt: format!("q{}", k % 10),
+                chosen: pick(&['a', 'b', 'c']),
+                rejected: pick(&['x', 'y', 'z']),
+                annotator: "fixture".into(),
+                source: "test".into(),
+            }
+        })
+        .collect()
+}
+
+const LETTERS: &str = "abcxyzq0123456789 ";
+
+#[test]
+fn the_reward_model_separates_a_separable_fixture_and_loads_in_transformers() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    char_model(&base, LETTERS, 32, 32);
+    let (train, val) = (dir.path().join("train.arrow"), dir.path().join("val.arrow"));
+    Preference::write(&train, "t", "t", &separable_pairs(64, 0)).unwrap();
+    Preference::write(&val, "t", "t", &separable_pairs(32, 1000)).unwrap();
+    let out = dir.path().join("rm");
+    let mut cfg = RewardConfig::default();
+    cfg.train.max_steps = 60;
+    cfg.train.eval_interval = 30;
+    cfg.train.optim.lr = 3e-3;
+    cfg.train.optim.warmup_steps = 5;
+    let inputs = RewardInputs { model: base.clone(), train, val: Some(val.clone()) };
+    let s = reward::run(&cfg, &inputs, &OutDir::new(&out), &ctx("rm")).unwrap();
+    assert!(s.val_accuracy >= 0.9, "held-out accuracy {} (chance 0.5)", s.val_accuracy);
+
+    // The same rewards through transformers' GPT2ForSequenceClassification.
+    let loaded = reward::load(&out.join("model"), Device::Cpu).unwrap();
+    let fmt = Formatter::for_model(&out.join("model")).unwrap();
+    let cases: Vec<serde_json::Value> = separable_pairs(6, 2000)
+        .iter()
+        .flat_map(|p| [&p.chosen, &p.rejected].map(|a| (p.prompt.clone(), a.clone())))
+        .map(|(p, a)| {
+            let seq = forja_rlhf::logps::Seq { prompt: fmt.prompt_ids(&p).unwrap(), answer: fmt.answer_ids(&p, &a).unwrap() };
+            let ids = loaded.model.input(&seq);
+            let score = loaded.model.score_all(std::slice::from_ref(&ids), 1).unwrap()[0];
+            serde_json::json!({ "ids": ids, "score": score })
+        })
+        .collect();
+    let spec = dir.path().join("cases.json");
+    std::fs::write(&spec, serde_json::json!({ "model": out.join("model"), "cases": cases }).to_string()).unwrap();
+    let run = std::process::Command::new(root().join(".venv/bin/python"))
+        .arg(root().join("scripts/reward-hf-check.py"))
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&run.stdout).to_string() + &String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{text}");
+    assert!(text.contains("reward-hf-check: ok"), "{text}");
+}
+
+#[test]
+fn dpo_raises_the_margin_of_its_training_pairs_and_reuses_its_reference() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    char_model(&base, LETTERS, 32, 32);
+    let train = dir.path().join("train.arrow");
+    let pairs = separable_pairs(32, 0);
+    Preference::write(&train, "t", "t", &pairs).unwrap();
+    let mut cfg = DpoConfig::default();
+    cfg.train.max_steps = 30;
+    cfg.train.optim.lr = 3e-3;
+    cfg.train.optim.warmup_steps = 3;
+    let out = dir.path().join("dpo");
+    let inputs = DpoInputs { model: base.clone(), train: train.clone(), val: None, reference: None };
+    let s = dpo::run(&cfg, &inputs, &OutDir::new(&out), &ctx("dpo")).unwrap();
+    assert!(!s.reused_reference);
+    assert!(s.train_margin_after > 0.5, "mean implicit reward margin {} (0 at the start)", s.train_margin_after);
+    assert!(s.train_accuracy_after >= 0.9, "{} of pairs with a positive margin", s.train_accuracy_after);
+    // The reference was computed once, for every pair, and is reused as an input.
+    let table = PairLogps::read(&out.join("reference.arrow")).unwrap();
+    assert_eq!(table.len(), pairs.len());
+    assert!(table.iter().all(|r| r.chosen_logp < 0.0 && r.chosen_tokens > 0));
+    let mut again = cfg.clone();
+    again.train.max_steps = 2;
+    let inputs = DpoInputs { reference: Some(out.join("reference.arrow")), ..inputs };
+    let s2 = dpo::run(&again, &inputs, &OutDir::new(&dir.path().join("dpo2")), &ctx("dpo2")).unwrap();
+    assert!(s2.reused_reference);
+    // A reference table of other pairs is refused, naming the file.
+    let other = dir.path().join("other.arrow");
+    let unseen: Vec<Preference> =
+        separable_pairs(4, 0).into_iter().map(|p| Preference { prompt: format!("{} unseen", p.prompt), ..p }).collect();
+    Preference::write(&other, "t", "t", &unseen).unwrap();
+    let bad = DpoInputs { train: other, ..inputs };
+    let err = dpo::run(&again, &bad, &OutDir::new(&dir.path().join("dpo3")), &ctx("dpo3")).unwrap_err();
+    assert!(format!("{err:#}").contains("reference.arrow"), "{err:#}");
+}
+
+/// PPO towards more `a` tokens from a random char model; returns the summary.
+fn ppo_for_a(dir: &Path, scale: f64, lora: bool) -> rl::RlSummary {
+    let base = dir.join("base");
+    char_model_scaled(&base, LETTERS, 32, 32, scale);
+    let prompts = dir.join("prompts.arrow");
+    Preference::write(&prompts, "t", "t", &separable_pairs(16, 0)).unwrap();
+    let mut cfg = RlConfig::ppo();
+    cfg.rollouts = 20;
+    cfg.prompts_per_rollout = 16;
+    cfg.epochs = 4;
+    cfg.sampling.max_new_tokens = 4;
+    cfg.train.optim.lr = 1e-2;
+    cfg.train.optim.min_lr = 1e-2;
+    cfg.rule = Some(Rule::TokenShare { token: "a".into() });
+    cfg.kl_coef = 0.02;
+    if lora {
+        cfg.lora =
+            Some(LoraConfig { rank: 4, alpha: 8.0, targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()], ..Default::default() });
+    }
+    let out = dir.join("ppo");
+    let inputs = RlInputs { model: base, prompts, val: None, reward_model: None };
+    let s = rl::run(Algorithm::Ppo, &cfg, &inputs, &OutDir::new(&out), &ctx("ppo")).unwrap();
+    let metrics = forja_core::MetricRow::read(&out.join("metrics.arrow")).unwrap();
+    for name in ["reward", "kl", "kl_coef", "entropy", "clip_fraction", "value_loss", "answer_length", "rollout_tokens_per_s"] {
+        assert!(metrics.iter().any(|m| m.name == name && m.value.is_finite()), "no `{name}` metric");
+    }
+    load_gpt(&out.join("model"), Device::Cpu).unwrap();
+    s
+}
+
+#[test]
+fn ppo_raises_a_rewarded_tokens_frequency_with_the_kl_bounded() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let s = ppo_for_a(dir.path(), 1.0, false);
+    assert!(s.last_reward > s.first_reward + 0.3, "share of `a`: {} → {}", s.first_reward, s.last_reward);
+    assert!(s.last_kl.is_finite() && s.last_kl < 10.0, "KL {} nats per answer of 4 tokens", s.last_kl);
+    assert_eq!(s.reference_bytes_saved, 0, "full fine-tuning keeps a frozen copy");
+}
+
+#[test]
+fn ppo_with_lora_uses_the_base_without_adapters_as_its_reference() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // Embeddings scaled ×4: a random model's logits as spread as a trained
+    // one's, so the frozen tied head leaves the adapters room to move them.
+    let s = ppo_for_a(dir.path(), 4.0, true);
+    assert!(s.last_reward > s.first_reward + 0.15, "share of `a`: {} → {}", s.first_reward, s.last_reward);
+    assert!(s.last_kl.is_finite() && s.last_kl < 10.0, "KL {} nats per answer of 4 tokens", s.last_kl);
+    assert!(s.reference_bytes_saved > 0, "the LoRA reference must not copy the weights");
+    assert!(dir.path().join("ppo/model/adapter/adapter_model.safetensors").exists());
+}
+
+/// `a+b=` questions with one-digit sums, as sft_examples (the answer is the reference).
+fn sums() -> Vec<SftExample> {
+    let mut out = Vec::new();
+    for a in 0..10 {
+        for b in 0..10 - a {
+            out.push(SftExample {
+                id: format!("{a}+{b}"),
+                messages: vec![
+                    forja_core::Message { role: "user".into(), content: format!("{a}+{b}=") },
+                    forja_core::Message { role: "assistant".into(), content: format!("{}", a + b) },
+                ],
+                source: "test".into(),
+            });
+        }
+    }
+    out
+}
+
+/// Share of questions answered exactly (greedy).
+fn exact_rate(model_dir: &Path, questions: &[SftExample]) -> f64 {
+    let (_vs, gpt, _) = load_gpt(model_dir, Device::Cpu).unwrap();
+    let fmt = Formatter::for_model(model_dir).unwrap();
+    let prompts: Vec<Vec<u32>> = questions.iter().map(|q| fmt.prompt_ids(&q.messages[0].content).unwrap()).collect();
+    let stop: Vec<u32> = fmt.end.into_iter().collect();
+    let out = generate_batch(&gpt, &prompts, &stop, &SamplingConfig { temperature: 0.0, max_new_tokens: 2, ..Default::default() }).unwrap();
+    let right = out
+        .iter()
+        .zip(questions)
+        .filter(|(g, q)| rl::final_number(&fmt.answer_text(&g.tokens).unwrap()) == rl::final_number(&q.messages[1].content))
+        .count();
+    right as f64 / questions.len() as f64
+}
+
+#[test]
+fn grpo_raises_the_exact_answer_rate_on_arithmetic() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    char_model(&base, "0123456789+=", 32, 16);
+    let questions = sums();
+    let prompts = dir.path().join("sums.arrow");
+    SftExample::write(&prompts, "t", "t", &questions).unwrap();
+    let before = exact_rate(&base, &questions);
+    let mut cfg = RlConfig::grpo();
+    cfg.rollouts = 60;
+    cfg.prompts_per_rollout = 8;
+    cfg.group_size = 8;
+    cfg.sampling.max_new_tokens = 2;
+    cfg.train.optim.lr = 1e-2;
+    cfg.train.optim.min_lr = 1e-2;
+    cfg.kl_coef = 0.0;
+    let out = dir.path().join("grpo");
+    let inputs = RlInputs { model: base.clone(), prompts, val: None, reward_model: None };
+    let s = rl::run(Algorithm::Grpo, &cfg, &inputs, &OutDir::new(&out), &ctx("grpo")).unwrap();
+    let after = exact_rate(&out.join("model"), &questions);
+    eprintln!("exact answers {before:.3} → {after:.3}");
+    assert!(after > before + 0.1, "exact answers {before:.3} → {after:.3} (rollout rewards {} → {})", s.first_reward, s.last_reward);
+}
+
+#[test]
+fn hh_rlhf_pairs_import_with_rejects_and_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = root().join("fixtures/hh-rlhf/harmless-base-test-1000.jsonl");
+    let out = dir.path().join("prefs");
+    let cfg = forja_rlhf::import::ImportConfig { val_fraction: 0.2, ..Default::default() };
+    let s = forja_rlhf::import::run(&cfg, std::slice::from_ref(&file), &OutDir::new(&out), &ctx("prefs")).unwrap();
+    let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+    assert_eq!(s.read, lines);
+    let (train, val, rejects) = (
+        Preference::read(&out.join("train.arrow")).unwrap(),
+        Preference::read(&out.join("val.arrow")).unwrap(),
+        Reject::read(&out.join("rejects.arrow")).unwrap(),
+    );
+    assert_eq!(train.len() + val.len() + rejects.len(), lines);
+    assert!(val.len() > lines / 10 && val.len() < lines * 3 / 10, "{} held out of {lines}", val.len());
+    assert!(train.iter().all(|p| p.prompt.ends_with("\n\nAssistant:") && !p.chosen.is_empty() && p.chosen != p.rejected));
+    // No prompt straddles the split.
+    let held: std::collections::HashSet<&str> = val.iter().map(|p| p.prompt.as_str()).collect();
+    assert!(train.iter().all(|p| !held.contains(p.prompt.as_str())));
+    assert!(rejects.iter().all(|r| r.position >= 1 && !r.reason.is_empty()));
+}
+
+#[test]
+fn the_labelling_page_round_trip_in_chromium_survives_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("label");
+    let run = std::process::Command::new(root().join(".venv/bin/python"))
+        .arg(root().join("scripts/label-page-check.py"))
+        .args(["--bin", env!("CARGO_BIN_EXE_forja-rlhf"), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&run.stdout).to_string() + &String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{text}");
+    assert!(text.contains("label-page-check: ok"), "{text}");
+    let prefs = Preference::read(&out.join("preferences.arrow")).unwrap();
+    assert_eq!(prefs.len(), 6, "A/B judgements of the two annotators");
+    assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("Cohen's kappa"));
+}
