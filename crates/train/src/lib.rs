@@ -12,6 +12,7 @@
 //! [`Engine::run`]; it never writes its own loop, optimizer or checkpointing.
 
 pub mod batches;
+pub mod bench;
 pub mod diagnose;
 pub mod engine;
 pub mod optim;

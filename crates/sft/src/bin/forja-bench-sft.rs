@@ -15,7 +15,6 @@
 
 use clap::{Parser, Subcommand};
 use forja_core::artifacts::Artifact;
-use forja_core::stage::StageCtx;
 use forja_core::{Message, SftExample};
 use forja_model::classifier::{BertClassifier, ClassifierConfig};
 use forja_model::{checkpoint, Gpt, GptConfig, LoraConfig};
@@ -24,9 +23,9 @@ use forja_sft::chat::{self, ChatTemplate, IM_END, IM_START};
 use forja_sft::classify::{Classify, Example};
 use forja_sft::instruct::{build_rows, prepare, Instruct, SftConfig};
 use forja_train::batches::EpochBatches;
-use forja_train::{DiagnosisConfig, Engine, EngineConfig, Objective, OptimConfig, ParamGroup, RunSpec, StepOutcome};
+use forja_train::bench::{ctx as bench_ctx, engine_cfg, peak_rss_mb, time_steps, Timing};
+use forja_train::{Engine, OptimConfig, ParamGroup, RunSpec};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use tch::{nn, Device};
 
 #[derive(Parser)]
@@ -158,55 +157,6 @@ fn prepare_bench(out: &Path, gsm8k: &Path, n: usize, block: i64) -> anyhow::Resu
         cfg.n_params()
     );
     Ok(())
-}
-
-/// Untimed and timed steps.
-#[derive(Clone, Copy)]
-struct Timing {
-    steps: u64,
-    warmup: u64,
-}
-
-/// Runs `warmup + steps` engine steps; returns the steady steps/s (mean over
-/// the timed steps) and prints the mean phase times to stderr.
-fn time_steps(engine: &mut Engine, obj: &mut dyn Objective, t: Timing, lr: f64) -> anyhow::Result<f64> {
-    let (mut times, mut phases) = (Vec::new(), [0.0f64; 3]);
-    for step in 0..t.warmup + t.steps {
-        let t0 = Instant::now();
-        let outcome = engine.train_step(obj, step, lr, false)?;
-        let StepOutcome::Applied { stats, .. } = outcome else { anyhow::bail!("step {step} diverged") };
-        if step >= t.warmup {
-            times.push(t0.elapsed().as_secs_f64());
-            for (p, v) in phases.iter_mut().zip([stats.forward_s, stats.backward_s, stats.optimizer_s]) {
-                *p += v * 1000.0 / t.steps as f64;
-            }
-        }
-    }
-    anyhow::ensure!(!times.is_empty(), "--steps must be > 0");
-    eprintln!("phases ms: forward {:.1}, backward {:.1}, clip+optimizer {:.1}", phases[0], phases[1], phases[2]);
-    // Mean over the timed steps, as the peers report (their batches vary in length too).
-    Ok(times.len() as f64 / times.iter().sum::<f64>())
-}
-
-fn engine_cfg(optim: OptimConfig, t: Timing) -> EngineConfig {
-    EngineConfig {
-        optim,
-        max_steps: t.warmup + t.steps,
-        // Throughput only: no spike or explosion checks (non-finite values still count).
-        diagnosis: DiagnosisConfig { spike_factor: 0.0, explode_factor: 0.0, ..Default::default() },
-        ..Default::default()
-    }
-}
-
-fn bench_ctx() -> StageCtx {
-    StageCtx { name: "bench".into(), seed: 0, device: "cpu".into(), config_hash: String::new(), code_hash: "" }
-}
-
-/// Peak resident memory of this process, MB.
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
-    kb.map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn bench_sft(dir: &Path, batch: usize, t: Timing, packing: bool, lora_rank: i64) -> anyhow::Result<()> {
