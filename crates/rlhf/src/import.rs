@@ -9,8 +9,8 @@
 //!
 //! and `preferences` Arrow artifacts (the `label` stage's, the server's
 //! feedback) as they are. A malformed pair becomes a reject naming the file,
-//! the line and the problem; the split is by a hash of the prompt, so one
-//! prompt's pairs never straddle train and val.
+//! the line and the problem; the split (train / val / test) is by a hash of
+//! the prompt, so one prompt's pairs never straddle two splits.
 
 use crate::text::ASSISTANT;
 use forja_core::artifacts::Artifact;
@@ -22,25 +22,30 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ImportConfig {
-    /// Share of prompts held out (by a hash of the prompt).
+    /// Share of prompts held out as `val` (by a hash of the prompt).
     pub val_fraction: f64,
+    /// Share of prompts held out as `test`, apart from `val` (pairs for a
+    /// judge trained on `val`, or prompts no model saw).
+    pub test_fraction: f64,
     /// Keep at most this many pairs per split after the split (0: all).
     pub max_train: usize,
     pub max_val: usize,
+    pub max_test: usize,
     /// Annotator recorded for pairs that do not name one.
     pub annotator: String,
 }
 
 impl Default for ImportConfig {
     fn default() -> Self {
-        Self { val_fraction: 0.1, max_train: 0, max_val: 0, annotator: "unknown".into() }
+        Self { val_fraction: 0.1, test_fraction: 0.0, max_train: 0, max_val: 0, max_test: 0, annotator: "unknown".into() }
     }
 }
 
 pub const TRAIN: OutputSpec = OutputSpec { name: "train", path: "train.arrow" };
 pub const VAL: OutputSpec = OutputSpec { name: "val", path: "val.arrow" };
+pub const TEST: OutputSpec = OutputSpec { name: "test", path: "test.arrow" };
 pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
-pub const OUTPUTS: [OutputSpec; 4] = [TRAIN, VAL, REJECTS, outputs::REPORT];
+pub const OUTPUTS: [OutputSpec; 5] = [TRAIN, VAL, TEST, REJECTS, outputs::REPORT];
 
 /// One JSONL record: either form.
 #[derive(Deserialize)]
@@ -114,10 +119,9 @@ pub fn read_pairs(path: &Path, default_annotator: &str, rejects: &mut Vec<Reject
     Ok(out)
 }
 
-/// Whether a prompt is held out: a stable hash of it against `fraction`.
-pub fn held_out(prompt: &str, fraction: f64) -> bool {
-    let h = blake3_u64(prompt);
-    (h as f64 / u64::MAX as f64) < fraction
+/// Where a prompt's stable hash falls in [0, 1): its split is fixed by it.
+pub fn position(prompt: &str) -> f64 {
+    blake3_u64(prompt) as f64 / u64::MAX as f64
 }
 
 fn blake3_u64(s: &str) -> u64 {
@@ -131,27 +135,29 @@ pub struct ImportSummary {
     pub read: usize,
     pub train: usize,
     pub val: usize,
+    pub test: usize,
     pub rejected: usize,
     pub capped: usize,
 }
 
 pub fn run(cfg: &ImportConfig, files: &[PathBuf], out: &OutDir, ctx: &StageCtx) -> anyhow::Result<ImportSummary> {
-    anyhow::ensure!((0.0..=1.0).contains(&cfg.val_fraction), "val_fraction must be in [0, 1], got {}", cfg.val_fraction);
+    let (v, t) = (cfg.val_fraction, cfg.test_fraction);
+    anyhow::ensure!(v >= 0.0 && t >= 0.0 && v + t <= 1.0, "val_fraction and test_fraction must be >= 0 with a sum <= 1, got {v} and {t}");
     anyhow::ensure!(!files.is_empty(), "no input files");
     let mut rejects = Vec::new();
-    let (mut train, mut val) = (Vec::new(), Vec::new());
+    let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
     for f in files {
         for p in read_pairs(f, &cfg.annotator, &mut rejects)? {
-            if held_out(&p.prompt, cfg.val_fraction) {
-                val.push(p)
-            } else {
-                train.push(p)
+            match position(&p.prompt) {
+                x if x < t => test.push(p),
+                x if x < t + v => val.push(p),
+                _ => train.push(p),
             }
         }
     }
-    let read = train.len() + val.len() + rejects.len();
+    let read = train.len() + val.len() + test.len() + rejects.len();
     let mut capped = 0;
-    for (rows, max) in [(&mut train, cfg.max_train), (&mut val, cfg.max_val)] {
+    for (rows, max) in [(&mut train, cfg.max_train), (&mut val, cfg.max_val), (&mut test, cfg.max_test)] {
         if max > 0 && rows.len() > max {
             capped += rows.len() - max;
             rows.truncate(max);
@@ -160,12 +166,13 @@ pub fn run(cfg: &ImportConfig, files: &[PathBuf], out: &OutDir, ctx: &StageCtx) 
     anyhow::ensure!(!train.is_empty(), "no usable training pair in {} file(s) ({} rejected)", files.len(), rejects.len());
     Preference::write(&out.path(&TRAIN), &ctx.name, &ctx.config_hash, &train)?;
     Preference::write(&out.path(&VAL), &ctx.name, &ctx.config_hash, &val)?;
+    Preference::write(&out.path(&TEST), &ctx.name, &ctx.config_hash, &test)?;
     Reject::write(&out.path(&REJECTS), &ctx.name, &ctx.config_hash, &rejects)?;
-    let s = ImportSummary { read, train: train.len(), val: val.len(), rejected: rejects.len(), capped };
-    anyhow::ensure!(s.read == s.train + s.val + s.rejected + s.capped, "records read != kept + rejected + capped");
+    let s = ImportSummary { read, train: train.len(), val: val.len(), test: test.len(), rejected: rejects.len(), capped };
+    anyhow::ensure!(s.read == s.train + s.val + s.test + s.rejected + s.capped, "records read != kept + rejected + capped");
     let mut md = format!(
-        "# Preferences `{}`\n\n| | |\n|---|---|\n| records read | {} |\n| train pairs | {} |\n| held-out pairs | {} |\n| rejected | {} |\n| left out by max_train / max_val | {} |\n\n",
-        ctx.name, s.read, s.train, s.val, s.rejected, s.capped
+        "# Preferences `{}`\n\n| | |\n|---|---|\n| records read | {} |\n| train pairs | {} |\n| val pairs | {} |\n| test pairs | {} |\n| rejected | {} |\n| left out by max_train / max_val / max_test | {} |\n\n",
+        ctx.name, s.read, s.train, s.val, s.test, s.rejected, s.capped
     );
     let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
     for r in &rejects {
@@ -178,7 +185,7 @@ pub fn run(cfg: &ImportConfig, files: &[PathBuf], out: &OutDir, ctx: &StageCtx) 
         }
     }
     forja_core::fsutil::atomic_write(&out.path(&outputs::REPORT), md.as_bytes())?;
-    println!("{}: {} train pairs, {} held out, {} rejected", ctx.name, s.train, s.val, s.rejected);
+    println!("{}: {} train pairs, {} val, {} test, {} rejected", ctx.name, s.train, s.val, s.test, s.rejected);
     Ok(s)
 }
 

@@ -274,20 +274,20 @@ fn hh_rlhf_pairs_import_with_rejects_and_nothing_lost() {
     let dir = tempfile::tempdir().unwrap();
     let file = root().join("fixtures/hh-rlhf/harmless-base-test-1000.jsonl");
     let out = dir.path().join("prefs");
-    let cfg = forja_rlhf::import::ImportConfig { val_fraction: 0.2, ..Default::default() };
+    let cfg = forja_rlhf::import::ImportConfig { val_fraction: 0.2, test_fraction: 0.1, ..Default::default() };
     let s = forja_rlhf::import::run(&cfg, std::slice::from_ref(&file), &OutDir::new(&out), &ctx("prefs")).unwrap();
     let lines = std::fs::read_to_string(&file).unwrap().lines().count();
     assert_eq!(s.read, lines);
-    let (train, val, rejects) = (
-        Preference::read(&out.join("train.arrow")).unwrap(),
-        Preference::read(&out.join("val.arrow")).unwrap(),
-        Reject::read(&out.join("rejects.arrow")).unwrap(),
-    );
-    assert_eq!(train.len() + val.len() + rejects.len(), lines);
-    assert!(val.len() > lines / 10 && val.len() < lines * 3 / 10, "{} held out of {lines}", val.len());
+    let read = |f: &str| Preference::read(&out.join(f)).unwrap();
+    let (train, val, test) = (read("train.arrow"), read("val.arrow"), read("test.arrow"));
+    let rejects = Reject::read(&out.join("rejects.arrow")).unwrap();
+    assert_eq!(train.len() + val.len() + test.len() + rejects.len(), lines);
+    assert!(val.len() > lines / 10 && val.len() < lines * 3 / 10, "{} val pairs of {lines}", val.len());
+    assert!(test.len() > lines / 20 && test.len() < lines * 2 / 10, "{} test pairs of {lines}", test.len());
     assert!(train.iter().all(|p| p.prompt.ends_with("\n\nAssistant:") && !p.chosen.is_empty() && p.chosen != p.rejected));
     // No prompt straddles the split.
-    let held: std::collections::HashSet<&str> = val.iter().map(|p| p.prompt.as_str()).collect();
+    let held: std::collections::HashSet<&str> = val.iter().chain(&test).map(|p| p.prompt.as_str()).collect();
+    assert!(val.iter().all(|p| !test.iter().any(|q| q.prompt == p.prompt)));
     assert!(train.iter().all(|p| !held.contains(p.prompt.as_str())));
     assert!(rejects.iter().all(|r| r.position >= 1 && !r.reason.is_empty()));
 }
