@@ -254,6 +254,9 @@ impl RlConfig {
         train.diagnosis.vanish_threshold = 0.0;
         train.eval_interval = 20;
         train.checkpoint_interval = 20;
+        // The policy exported is the last one (an evaluation's reward is a
+        // noisy sample; `loop.keep_best = true` picks the best evaluation).
+        train.keep_best = false;
         Self {
             rollouts: 20,
             prompts_per_rollout: 16,
@@ -733,6 +736,18 @@ fn first_last(metrics: &[forja_core::MetricRow], name: &str) -> (f64, f64) {
 }
 
 pub fn run(algo: Algorithm, cfg: &RlConfig, inputs: &RlInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<RlSummary> {
+    run_with_hook(algo, cfg, inputs, out, ctx, &mut |_| std::ops::ControlFlow::Continue(()))
+}
+
+/// [`run`] with a hook after every step (tests stop a run there as a crash would).
+pub fn run_with_hook(
+    algo: Algorithm,
+    cfg: &RlConfig,
+    inputs: &RlInputs,
+    out: &OutDir,
+    ctx: &StageCtx,
+    hook: forja_train::engine::StepHook,
+) -> anyhow::Result<RlSummary> {
     cfg.validate(algo)?;
     let common::Setup { seed, device_name, device, meter, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
     let (seed, device) = (*seed, *device);
@@ -815,7 +830,7 @@ pub fn run(algo: Algorithm, cfg: &RlConfig, inputs: &RlInputs, out: &OutDir, ctx
     ];
     let spec = RunSpec { seed, run_key: run_key(&(algo, cfg), seed, device_name, &ins, ctx)?, ctx, out_dir: out.dir() };
     let outs = common::engine_outputs(out);
-    let summary = Engine::new(&engine_cfg, &mut vs, groups, spec)?.run(&mut obj, &outs, &mut |_| std::ops::ControlFlow::Continue(()))?;
+    let summary = Engine::new(&engine_cfg, &mut vs, groups, spec)?.run(&mut obj, &outs, hook)?;
     let samples = write_samples(&obj, cfg.samples, out, ctx, &outs.model)?;
     drop(obj);
     let metrics = forja_core::MetricRow::read(&outs.metrics)?;

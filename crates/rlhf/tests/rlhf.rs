@@ -210,6 +210,47 @@ fn ppo_with_lora_uses_the_base_without_adapters_as_its_reference() {
     assert!(dir.path().join("ppo/model/adapter/adapter_model.safetensors").exists());
 }
 
+#[test]
+fn a_ppo_run_killed_mid_way_resumes_to_the_same_weights() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    char_model_scaled(&base, LETTERS, 32, 32, 4.0);
+    let prompts = dir.path().join("prompts.arrow");
+    Preference::write(&prompts, "t", "t", &separable_pairs(16, 0)).unwrap();
+    let mut cfg = RlConfig::ppo();
+    cfg.rollouts = 4;
+    cfg.prompts_per_rollout = 8;
+    cfg.sampling.max_new_tokens = 4;
+    cfg.rule = Some(Rule::TokenShare { token: "a".into() });
+    cfg.kl_target = Some(0.5); // the adaptive coefficient is state a resume must restore
+    cfg.train.checkpoint_interval = 4;
+    cfg.train.optim.lr = 1e-2;
+    cfg.lora = Some(LoraConfig { rank: 4, alpha: 8.0, targets: vec!["c_attn".into()], ..Default::default() });
+    let inputs = RlInputs { model: base, prompts, val: None, reward_model: None };
+    let whole = dir.path().join("whole");
+    rl::run(Algorithm::Ppo, &cfg, &inputs, &OutDir::new(&whole), &ctx("ppo")).unwrap();
+    let cut = dir.path().join("cut");
+    let stopped = rl::run_with_hook(Algorithm::Ppo, &cfg, &inputs, &OutDir::new(&cut), &ctx("ppo"), &mut |step| {
+        if step == 10 {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    });
+    assert!(stopped.is_err(), "the hook stops the run after step 10");
+    let resumed = rl::run(Algorithm::Ppo, &cfg, &inputs, &OutDir::new(&cut), &ctx("ppo")).unwrap();
+    assert_eq!(resumed.train.resumed_from, Some(8));
+    let read = |d: &Path| -> std::collections::BTreeMap<String, tch::Tensor> {
+        tch::Tensor::read_safetensors(d.join("model/model.safetensors")).unwrap().into_iter().collect()
+    };
+    let (a, b) = (read(&whole), read(&cut));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (name, t) in &a {
+        assert!(t.equal(&b[name]), "{name} differs after the resume");
+    }
+}
+
 /// `a+b=` questions with one-digit sums, as sft_examples (the answer is the reference).
 fn sums() -> Vec<SftExample> {
     let mut out = Vec::new();
@@ -290,6 +331,38 @@ fn hh_rlhf_pairs_import_with_rejects_and_nothing_lost() {
     assert!(val.iter().all(|p| !test.iter().any(|q| q.prompt == p.prompt)));
     assert!(train.iter().all(|p| !held.contains(p.prompt.as_str())));
     assert!(rejects.iter().all(|r| r.position >= 1 && !r.reason.is_empty()));
+}
+
+#[test]
+fn label_generates_pairs_from_two_models_and_builds_from_its_log() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    char_model_scaled(&a, LETTERS, 32, 32, 1.0);
+    char_model_scaled(&b, LETTERS, 32, 32, 4.0);
+    let prompts = dir.path().join("prompts.arrow");
+    Preference::write(&prompts, "t", "t", &separable_pairs(10, 0)).unwrap();
+    let out = dir.path().join("label");
+    let cfg = forja_rlhf::label::LabelConfig { wait: false, max_pairs: 6, ..Default::default() };
+    let inputs = forja_rlhf::label::LabelInputs { pairs: None, model: Some(a), model_b: Some(b), prompts: Some(prompts) };
+    // A judgement already in the log (as if made before a restart), one cut short by a kill.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("judgements.jsonl"),
+        "{\"t\":1,\"annotator\":\"ana\",\"pair\":\"p1\",\"choice\":\"b\",\"swapped\":false}\n{\"t\":2,\"annot",
+    )
+    .unwrap();
+    let n = forja_rlhf::label::run(&cfg, &inputs, &OutDir::new(&out), &ctx("label")).unwrap();
+    let pairs = std::fs::read_to_string(out.join("pairs.jsonl")).unwrap();
+    assert!(pairs.lines().count() >= 5, "{pairs}");
+    let first: forja_rlhf::label::Pair = serde_json::from_str(pairs.lines().next().unwrap()).unwrap();
+    assert_eq!(first.id, "p1");
+    assert_eq!(n, 1);
+    let prefs = Preference::read(&out.join("preferences.arrow")).unwrap();
+    assert_eq!(
+        (prefs[0].chosen.as_str(), prefs[0].rejected.as_str(), prefs[0].annotator.as_str()),
+        (first.b.as_str(), first.a.as_str(), "ana")
+    );
 }
 
 #[test]

@@ -219,6 +219,9 @@ pub const CHECKPOINT_DIR: &str = "checkpoint";
 pub const BEST_DIR: &str = "best";
 pub const INCIDENTS_DIR: &str = "incidents";
 const OPTIM_FILE: &str = "optimizer.safetensors";
+/// Every variable of the var store as it is (LoRA adapters unmerged, heads the
+/// exported folder leaves out): what a resume loads.
+const VARIABLES_FILE: &str = "variables.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
 const METRICS_FILE: &str = "metrics.arrow";
 /// The model weights file of a model folder (safetensors).
@@ -593,13 +596,15 @@ impl<'a> Engine<'a> {
         Ok(Some(path.display().to_string()))
     }
 
-    /// Writes weights, AdamW moments, metrics so far and trainer state, atomically.
+    /// Writes the model folder (as exported), every variable as it is, AdamW
+    /// moments, metrics so far and trainer state, atomically.
     fn save_checkpoint(&mut self, obj: &dyn Objective) -> anyhow::Result<()> {
         self.state.adam_t = self.opt.t;
         self.state.objective = obj.state();
         let (vs, opt, state, metrics, ctx) = (&*self.vs, &self.opt, &self.state, &self.metrics, self.ctx);
         forja_core::fsutil::atomic_dir(&self.ckpt_dir(), |dir| {
             obj.write_model(vs, dir)?;
+            vs.save(dir.join(VARIABLES_FILE))?;
             Tensor::write_safetensors(&opt.state_tensors(), dir.join(OPTIM_FILE))?;
             MetricRow::write(&dir.join(METRICS_FILE), &ctx.name, &ctx.config_hash, metrics)?;
             std::fs::write(dir.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
@@ -627,7 +632,7 @@ impl<'a> Engine<'a> {
             tracing::warn!("checkpoint {} belongs to another configuration; starting afresh", ckpt.display());
             return Ok(None);
         }
-        let weights = ckpt.join(WEIGHTS_FILE);
+        let weights = ckpt.join(VARIABLES_FILE);
         self.vs.load(&weights).with_context(|| format!("loading {}", weights.display()))?;
         let moments = Tensor::read_safetensors(ckpt.join(OPTIM_FILE))?;
         self.opt.load_state(&moments, state.adam_t)?;
