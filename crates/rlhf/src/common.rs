@@ -14,6 +14,48 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{nn, Device};
 
+/// `given` parameters over `defaults`, nested tables merged key by key, so
+/// `sampling = { max_new_tokens = 8 }` keeps the stage's other sampling
+/// defaults (plain `#[serde(default)]` would take `SamplingConfig`'s own);
+/// unknown keys are still errors naming them.
+pub fn over<T: Serialize + serde::de::DeserializeOwned>(defaults: T, given: serde_json::Value) -> Result<T, serde_json::Error> {
+    fn merge(base: &mut serde_json::Value, given: serde_json::Value) {
+        match (base, given) {
+            (serde_json::Value::Object(b), serde_json::Value::Object(g)) => {
+                for (k, v) in g {
+                    match b.get_mut(&k) {
+                        Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                        _ => {
+                            b.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (b, g) => *b = g,
+        }
+    }
+    let mut base = serde_json::to_value(defaults)?;
+    merge(&mut base, given);
+    serde_json::from_value(base)
+}
+
+/// A stage's parameters read over its own defaults ([`over`]).
+macro_rules! params_over_defaults {
+    ($(#[$doc:meta])* $name:ident($inner:ty) = $defaults:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(pub $inner);
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $crate::common::over($defaults, serde::Deserialize::deserialize(d)?).map(Self).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use params_over_defaults;
+
 /// The training loop's settings, as every stage of this crate takes them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -10,7 +10,8 @@
 //!   killing the server loses nothing; a restart replays the log (a line cut
 //!   short by the kill is skipped).
 //! - Each pair is shown to `per_pair` different annotators; several people
-//!   label at once. Left and right are swapped per (pair, annotator), so
+//!   label at once, each in an order of their own (pairs with fewer
+//!   judgements first). Left and right are swapped per (pair, annotator), so
 //!   position cannot bias the data. When every pair has its judgements the
 //!   stage writes `preferences.arrow` (ties and "both bad" left out, counted)
 //!   and a report with Cohen's kappa over pairs two people judged, then exits.
@@ -161,9 +162,16 @@ impl Labels {
         self.live.iter().any(|j| j.pair == pair && j.annotator == annotator)
     }
 
-    /// Pairs still open to `annotator`: not judged by them and short of judgements.
+    /// Pairs still open to `annotator` (not judged by them, short of
+    /// judgements), fewest judgements first, then in an order of the
+    /// annotator's own: people labelling at once mostly get different pairs.
     fn open_to(&self, annotator: &str) -> Vec<usize> {
-        (0..self.pairs.len()).filter(|&p| !self.judged_by(p, annotator) && self.count(p) < self.per_pair).collect()
+        let mut open: Vec<usize> =
+            (0..self.pairs.len()).filter(|&p| !self.judged_by(p, annotator) && self.count(p) < self.per_pair).collect();
+        open.sort_by_cached_key(|&p| {
+            (self.count(p), forja_core::hash::hash_bytes(format!("{annotator}\u{0}{}", self.pairs[p].id).as_bytes()))
+        });
+        open
     }
 
     fn progress(&self, annotator: &str) -> serde_json::Value {

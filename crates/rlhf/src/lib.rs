@@ -148,27 +148,22 @@ const RL_INPUTS: &[InputSpec] = &[
     InputSpec { name: "reward_model", required: false, many: false },
 ];
 
-/// `ppo`'s parameters: [`rl::RlConfig`] over PPO's defaults.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(transparent)]
-pub struct PpoParams(pub rl::RlConfig);
-
-/// `grpo`'s parameters: [`rl::RlConfig`] over GRPO's defaults.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(transparent)]
-pub struct GrpoParams(pub rl::RlConfig);
-
-impl<'de> serde::Deserialize<'de> for PpoParams {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        rl::RlConfig::over(rl::RlConfig::ppo(), serde::Deserialize::deserialize(d)?).map(Self).map_err(serde::de::Error::custom)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for GrpoParams {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        rl::RlConfig::over(rl::RlConfig::grpo(), serde::Deserialize::deserialize(d)?).map(Self).map_err(serde::de::Error::custom)
-    }
-}
+common::params_over_defaults!(
+    /// `ppo`'s parameters: [`rl::RlConfig`] over PPO's defaults.
+    PpoParams(rl::RlConfig) = rl::RlConfig::ppo()
+);
+common::params_over_defaults!(
+    /// `grpo`'s parameters: [`rl::RlConfig`] over GRPO's defaults.
+    GrpoParams(rl::RlConfig) = rl::RlConfig::grpo()
+);
+common::params_over_defaults!(
+    /// `align_eval`'s parameters over its defaults (sampling at temperature 1).
+    AlignEvalParams(judge::AlignEvalConfig) = judge::AlignEvalConfig::default()
+);
+common::params_over_defaults!(
+    /// `label`'s parameters over its defaults.
+    LabelParams(label::LabelConfig) = label::LabelConfig::default()
+);
 
 /// The `ppo` stage.
 pub struct PpoStage;
@@ -231,11 +226,11 @@ impl Stage for LabelStage {
     ];
     const OUTPUTS: &'static [OutputSpec] = &label::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
-    type Params = label::LabelConfig;
+    type Params = LabelParams;
     type Inputs = label::LabelInputs;
 
-    fn run(&self, cfg: &label::LabelConfig, inputs: &label::LabelInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
-        label::run(cfg, inputs, out, ctx)?;
+    fn run(&self, cfg: &LabelParams, inputs: &label::LabelInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        label::run(&cfg.0, inputs, out, ctx)?;
         Ok(Self::OUTPUTS.to_vec())
     }
 }
@@ -265,17 +260,11 @@ impl Stage for AlignEvalStage {
     ];
     const OUTPUTS: &'static [OutputSpec] = &judge::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
-    type Params = judge::AlignEvalConfig;
+    type Params = AlignEvalParams;
     type Inputs = judge::AlignEvalInputs;
 
-    fn run(
-        &self,
-        cfg: &judge::AlignEvalConfig,
-        inputs: &judge::AlignEvalInputs,
-        out: &OutDir,
-        ctx: &StageCtx,
-    ) -> anyhow::Result<Vec<OutputSpec>> {
-        judge::run(cfg, inputs, out, ctx)?;
+    fn run(&self, cfg: &AlignEvalParams, inputs: &judge::AlignEvalInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        judge::run(&cfg.0, inputs, out, ctx)?;
         Ok(Self::OUTPUTS.to_vec())
     }
 }
@@ -283,3 +272,19 @@ impl Stage for AlignEvalStage {
 /// All stages of this crate.
 pub const STAGES: &[&dyn forja_core::stage::DynStage] =
     &[&LabelStage, &Preferences, &RewardModelStage, &DpoStage, &PpoStage, &GrpoStage, &AlignEvalStage];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_tables_keep_the_stages_own_defaults() {
+        let p: AlignEvalParams = serde_json::from_value(serde_json::json!({ "sampling": { "max_new_tokens": 8 } })).expect("parses");
+        assert_eq!((p.0.sampling.temperature, p.0.sampling.top_k, p.0.sampling.max_new_tokens), (1.0, 0, 8));
+        let g: GrpoParams =
+            serde_json::from_value(serde_json::json!({ "rollouts": 3, "loop": { "optim": { "lr": 0.5 } } })).expect("parses");
+        assert_eq!((g.0.rollouts, g.0.group_size, g.0.train.optim.lr, g.0.train.optim.grad_clip), (3, 8, 0.5, 1.0));
+        let err = serde_json::from_value::<PpoParams>(serde_json::json!({ "sampling": { "temprature": 1.0 } })).expect_err("a typo");
+        assert!(err.to_string().contains("temprature"), "{err}");
+    }
+}

@@ -292,29 +292,6 @@ impl RlConfig {
         Self { group_size: 8, prompts_per_rollout: 4, epochs: 1, minibatches: 1, kl_coef: 0.04, ..Self::ppo() }
     }
 
-    /// `given` parameters over `defaults`, nested tables merged key by key
-    /// (unknown keys are errors naming them).
-    pub fn over(defaults: Self, given: serde_json::Value) -> Result<Self, serde_json::Error> {
-        fn merge(base: &mut serde_json::Value, given: serde_json::Value) {
-            match (base, given) {
-                (serde_json::Value::Object(b), serde_json::Value::Object(g)) => {
-                    for (k, v) in g {
-                        match b.get_mut(&k) {
-                            Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
-                            _ => {
-                                b.insert(k, v);
-                            }
-                        }
-                    }
-                }
-                (b, g) => *b = g,
-            }
-        }
-        let mut base = serde_json::to_value(defaults)?;
-        merge(&mut base, given);
-        serde_json::from_value(base)
-    }
-
     fn updates_per_rollout(&self) -> u64 {
         (self.epochs.max(1) * self.minibatches.max(1)) as u64
     }
