@@ -6,7 +6,7 @@ one-label sequence classifier and scores as forja does.
 
 CASES.json: {"model": DIR, "cases": [{"ids": [token ids], "score": forja's reward}, ...]}
 (written by crates/rlhf/tests/rlhf.rs). Loads DIR with AutoModelForSequenceClassification
-(architecture GPT2ForSequenceClassification, num_labels 1), scores every case once alone and
+(GPT2ForSequenceClassification or BertForSequenceClassification, num_labels 1), scores every case once alone and
 once in a right-padded batch with the folder's pad_token_id and an attention mask, and
 compares with forja's rewards (tolerance 1e-4). Prints "reward-hf-check: ok (N cases, max
 difference D)" and exits 0, else names the case and exits 1.
@@ -21,9 +21,9 @@ from transformers import AutoModelForSequenceClassification
 def main():
     spec = json.load(open(sys.argv[1]))
     model = AutoModelForSequenceClassification.from_pretrained(spec["model"]).eval()
-    if model.config.num_labels != 1 or type(model).__name__ != "GPT2ForSequenceClassification":
+    if model.config.num_labels != 1 or type(model).__name__ not in ("GPT2ForSequenceClassification", "BertForSequenceClassification"):
         sys.exit(f"reward-hf-check: loaded {type(model).__name__} with {model.config.num_labels} labels")
-    pad = model.config.pad_token_id
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     cases = spec["cases"]
     worst = 0.0
     with torch.no_grad():

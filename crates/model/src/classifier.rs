@@ -63,7 +63,7 @@ impl BertClassifier {
     pub fn new(vs: &nn::Path, cfg: &ClassifierConfig, lora: Option<&LoraConfig>) -> anyhow::Result<Self> {
         let b = &cfg.bert;
         let n = cfg.id2label.len() as i64;
-        anyhow::ensure!(n >= 2, "a classifier needs at least 2 labels, got {n}");
+        anyhow::ensure!(n >= 1, "a classifier needs at least 1 label (1: a scalar score, as a reward model), got {n}");
         let init = nn::Init::Randn { mean: 0.0, stdev: b.initializer_range };
         let bert = Bert::new(&(vs / "bert"), b, lora)?;
         Ok(Self {

@@ -137,10 +137,7 @@ pub fn run(cfg: &AlignEvalConfig, inputs: &AlignEvalInputs, out: &OutDir, ctx: &
             .map(|(p, a)| {
                 let text = p.text();
                 let seq = Seq { prompt: judge.fmt.prompt_ids(&text)?, answer: judge.fmt.answer_ids(&text, a)? };
-                let mut input = judge.model.input(&seq);
-                let block = judge.model.gpt.cfg.block_size as usize;
-                input.drain(..input.len().saturating_sub(block));
-                Ok(input)
+                Ok(judge.model.input(&seq))
             })
             .collect::<anyhow::Result<_>>()?;
         judge.model.score_all(&seqs, cfg.batch_size)

@@ -17,62 +17,116 @@ use forja_core::metric;
 use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
 use forja_core::{Preference, Reject, TokenRow};
 use forja_model::checkpoint::{self, Weights, WEIGHTS};
-use forja_model::{Gpt, LoraConfig, Precision};
+use forja_model::classifier::{BertClassifier, ClassifierConfig, SEQUENCE_CLASSIFIER};
+use forja_model::{BertConfig, Gpt, LoraConfig, Precision};
 use forja_train::batches::EpochBatches;
 use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, TrainSummary};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
-/// Name of the head's weight, as Hugging Face names it.
+/// Name of the GPT head's weight, as Hugging Face names it.
 pub const SCORE: &str = "score.weight";
-/// The architecture written into `config.json`.
+/// The architecture written into a GPT reward model's `config.json`.
 pub const ARCHITECTURE: &str = "GPT2ForSequenceClassification";
+/// The label of the one output.
+const LABEL: &str = "LABEL_0";
 
-/// A GPT with a scalar head.
+/// What computes the scalar.
+pub enum Backbone {
+    /// A GPT and `score.weight` `[1, n_embd]` on the last token's hidden state.
+    Gpt { gpt: Box<Gpt>, score: Tensor },
+    /// A BERT encoder with `BertForSequenceClassification`'s pooler and a
+    /// one-output head over `[CLS] prompt [SEP] answer [SEP]`.
+    Bert { clf: Box<BertClassifier>, cls: u32, sep: u32, pad: i64, max_len: usize },
+}
+
+/// A reward model: a backbone with a scalar head.
 pub struct RewardModel {
-    pub gpt: Gpt,
-    /// `[1, n_embd]`
-    pub score: Tensor,
-    /// The token that pads batches (never the last token of an input).
+    pub backbone: Backbone,
+    /// GPT: the token that pads batches (never the last token of an input).
     pub pad: Option<u32>,
 }
 
 impl RewardModel {
-    /// The head at `vs / score`, N(0, 0.02) as Hugging Face initialises it.
-    pub fn new(vs: &nn::Path, gpt: Gpt, pad: Option<u32>) -> Self {
+    /// A GPT with a new head at `vs / score`, N(0, 0.02) as Hugging Face initialises it.
+    pub fn gpt(vs: &nn::Path, gpt: Gpt, pad: Option<u32>) -> Self {
         let score = (vs / "score").var("weight", &[1, gpt.cfg.n_embd], nn::Init::Randn { mean: 0.0, stdev: 0.02 });
-        Self { gpt, score, pad }
+        Self { backbone: Backbone::Gpt { gpt: Box::new(gpt), score }, pad }
     }
 
-    /// The ids the model scores: prompt and answer, without trailing padding
-    /// tokens (so Hugging Face's last-non-padding rule finds the same token).
-    pub fn input(&self, s: &Seq) -> Vec<u32> {
-        let mut ids: Vec<u32> = s.prompt.iter().chain(&s.answer).copied().collect();
-        while ids.len() > 1 && ids.last().copied() == self.pad {
-            ids.pop();
+    /// A BERT classifier with one output; `tok` gives `[CLS]` and `[SEP]`.
+    pub fn bert(clf: BertClassifier, cfg: &BertConfig, tok: &forja_tokenizer::Tokenizer) -> anyhow::Result<Self> {
+        let id = |t: &str| tok.token_to_id(t).ok_or_else(|| anyhow::anyhow!("the BERT tokenizer has no `{t}` token"));
+        let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+        Ok(Self {
+            backbone: Backbone::Bert { clf: Box::new(clf), cls, sep, pad: cfg.pad_token_id, max_len: cfg.max_position_embeddings as usize },
+            pad: None,
+        })
+    }
+
+    /// Longest input in tokens.
+    pub fn max_len(&self) -> usize {
+        match &self.backbone {
+            Backbone::Gpt { gpt, .. } => gpt.cfg.block_size as usize,
+            Backbone::Bert { max_len, .. } => *max_len,
         }
-        ids
     }
 
-    /// Rewards of sequences, `[b]`.
+    /// The ids the model scores. GPT: prompt and answer without trailing
+    /// padding tokens (so Hugging Face's last-non-padding rule finds the same
+    /// token), the last `max_len` kept. BERT: `[CLS] prompt [SEP] answer
+    /// [SEP]`, the prompt cut from its start to fit.
+    pub fn input(&self, s: &Seq) -> Vec<u32> {
+        match &self.backbone {
+            Backbone::Gpt { .. } => {
+                let mut ids: Vec<u32> = s.prompt.iter().chain(&s.answer).copied().collect();
+                while ids.len() > 1 && ids.last().copied() == self.pad {
+                    ids.pop();
+                }
+                ids.drain(..ids.len().saturating_sub(self.max_len()));
+                ids
+            }
+            Backbone::Bert { cls, sep, max_len, .. } => {
+                let room = max_len.saturating_sub(3);
+                let answer = &s.answer[..s.answer.len().min(room.saturating_sub(1))];
+                let prompt = &s.prompt[s.prompt.len().saturating_sub(room - answer.len())..];
+                std::iter::once(*cls).chain(prompt.iter().copied()).chain([*sep]).chain(answer.iter().copied()).chain([*sep]).collect()
+            }
+        }
+    }
+
+    /// Rewards of inputs (from [`RewardModel::input`]), `[b]`.
     pub fn scores(&self, seqs: &[Vec<u32>], train: bool) -> anyhow::Result<Tensor> {
         anyhow::ensure!(seqs.iter().all(|s| !s.is_empty()), "an empty sequence to score");
-        let device = self.gpt.device();
         let t = seqs.iter().map(Vec::len).max().unwrap_or(1);
-        let mut ids = Vec::with_capacity(seqs.len() * t);
-        let mut last = Vec::with_capacity(seqs.len());
+        let pad_id = match &self.backbone {
+            Backbone::Gpt { .. } => 0,
+            Backbone::Bert { pad, .. } => *pad,
+        };
+        let (mut ids, mut mask, mut last) = (Vec::with_capacity(seqs.len() * t), Vec::with_capacity(seqs.len() * t), Vec::new());
         for s in seqs {
-            ids.extend(s.iter().map(|&x| i64::from(x)));
-            ids.extend(std::iter::repeat_n(0, t - s.len()));
+            ids.extend(s.iter().map(|&x| i64::from(x)).chain(std::iter::repeat_n(pad_id, t - s.len())));
+            mask.extend(std::iter::repeat_n(1i64, s.len()).chain(std::iter::repeat_n(0, t - s.len())));
             last.push((s.len() - 1) as i64);
         }
-        let idx = Tensor::from_slice(&ids).to(device).view([seqs.len() as i64, t as i64]);
-        let hidden = self.gpt.hidden(&idx, train, None)?; // [b, t, c]
-        let c = hidden.size()[2];
-        let last = Tensor::from_slice(&last).to(device).view([-1, 1, 1]).expand([-1, 1, c], false);
-        let h = hidden.gather(1, &last, false).squeeze_dim(1); // [b, c]
-        Ok(h.matmul(&self.score.tr()).squeeze_dim(1))
+        match &self.backbone {
+            Backbone::Gpt { gpt, score } => {
+                let device = gpt.device();
+                let idx = Tensor::from_slice(&ids).to(device).view([seqs.len() as i64, t as i64]);
+                let hidden = gpt.hidden(&idx, train, None)?; // [b, t, c]
+                let c = hidden.size()[2];
+                let last = Tensor::from_slice(&last).to(device).view([-1, 1, 1]).expand([-1, 1, c], false);
+                let h = hidden.gather(1, &last, false).squeeze_dim(1); // [b, c]
+                Ok(h.matmul(&score.tr()).squeeze_dim(1))
+            }
+            Backbone::Bert { clf, .. } => {
+                let device = clf.bert.word_embeddings.ws.device();
+                let shape = [seqs.len() as i64, t as i64];
+                let (idx, mask) = (Tensor::from_slice(&ids).to(device).view(shape), Tensor::from_slice(&mask).to(device).view(shape));
+                Ok(clf.forward(&idx, &mask, train)?.squeeze_dim(1))
+            }
+        }
     }
 
     /// Rewards without gradients, in chunks.
@@ -93,18 +147,33 @@ pub struct LoadedReward {
     pub fmt: Formatter,
 }
 
-/// Loads a folder written by `reward_model`.
+/// Loads a folder written by `reward_model` (GPT or BERT backbone).
 pub fn load(dir: &Path, device: Device) -> anyhow::Result<LoadedReward> {
     let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(checkpoint::CONFIG))?)?;
     let arch = raw["architectures"].get(0).and_then(|a| a.as_str()).unwrap_or("");
-    anyhow::ensure!(arch == ARCHITECTURE, "{}: not a reward model (architecture `{arch}`, expected `{ARCHITECTURE}`)", dir.display());
-    let cfg = checkpoint::read_config(dir)?;
-    let mut vs = nn::VarStore::new(device);
-    let gpt = Gpt::new(&vs.root(), &cfg)?;
-    let pad = raw["pad_token_id"].as_u64().map(|p| p as u32);
-    let model = RewardModel::new(&vs.root(), gpt, pad);
-    Weights::read(&dir.join(WEIGHTS))?.load_into(&mut vs, &|_| false)?;
-    Ok(LoadedReward { vs, model, fmt: Formatter::for_model(dir)? })
+    let labels = raw["id2label"].as_object().map_or(0, |m| m.len());
+    let fmt = Formatter::for_model(dir)?;
+    match arch {
+        ARCHITECTURE => {
+            let cfg = checkpoint::read_config(dir)?;
+            let mut vs = nn::VarStore::new(device);
+            let gpt = Gpt::new(&vs.root(), &cfg)?;
+            let pad = raw["pad_token_id"].as_u64().map(|p| p as u32);
+            let model = RewardModel::gpt(&vs.root(), gpt, pad);
+            Weights::read(&dir.join(WEIGHTS))?.load_into(&mut vs, &|_| false)?;
+            Ok(LoadedReward { vs, model, fmt })
+        }
+        SEQUENCE_CLASSIFIER if labels == 1 => {
+            let loaded = forja_model::classifier::load_classifier(dir, device)?;
+            let cfg = checkpoint::read_bert_config(dir)?;
+            let model = RewardModel::bert(loaded.model, &cfg, &loaded.tokenizer)?;
+            Ok(LoadedReward { vs: loaded.vs, model, fmt })
+        }
+        _ => anyhow::bail!(
+            "{}: not a reward model (architecture `{arch}` with {labels} label(s); expected `{ARCHITECTURE}` or `{SEQUENCE_CLASSIFIER}` with one label)",
+            dir.display()
+        ),
+    }
 }
 
 /// Parameters of `reward_model`.
@@ -217,9 +286,22 @@ impl Objective for BradleyTerry<'_> {
     }
 }
 
-/// Writes the reward model folder: weights (LoRA merged), a config Hugging
-/// Face reads as a one-label sequence classifier, tokenizer and template.
-fn write_reward(dir: &Path, vs: &nn::VarStore, base: &Path, lora: Option<&LoraConfig>, pad: Option<u32>) -> anyhow::Result<()> {
+/// How a reward model folder is written.
+enum Export {
+    /// The GPT's folder with a config Hugging Face reads as a one-label
+    /// `GPT2ForSequenceClassification`.
+    Gpt { base: PathBuf, pad: Option<u32> },
+    /// `BertForSequenceClassification` with one label.
+    Bert { cfg: Box<ClassifierConfig>, tok: Box<forja_tokenizer::Tokenizer> },
+}
+
+/// Writes the reward model folder: weights (LoRA merged), config, tokenizer
+/// (and for a GPT its chat template).
+fn write_reward(dir: &Path, vs: &nn::VarStore, export: &Export, lora: Option<&LoraConfig>) -> anyhow::Result<()> {
+    let (base, pad) = match export {
+        Export::Bert { cfg, tok } => return forja_sft::classify::write_classifier(dir, vs, cfg, lora, tok),
+        Export::Gpt { base, pad } => (base, pad),
+    };
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(l) = lora {
@@ -230,12 +312,60 @@ fn write_reward(dir: &Path, vs: &nn::VarStore, base: &Path, lora: Option<&LoraCo
     let path = dir.join(checkpoint::CONFIG);
     let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
     cfg["architectures"] = serde_json::json!([ARCHITECTURE]);
-    cfg["id2label"] = serde_json::json!({"0": "LABEL_0"});
-    cfg["label2id"] = serde_json::json!({"LABEL_0": 0});
+    cfg["id2label"] = serde_json::json!({"0": LABEL});
+    cfg["label2id"] = serde_json::json!({LABEL: 0});
     cfg["pad_token_id"] = serde_json::json!(pad);
     cfg["problem_type"] = serde_json::json!("regression");
     std::fs::write(&path, serde_json::to_string_pretty(&cfg)?)?;
     Ok(())
+}
+
+/// A reward model to train, built over the folder `base`: a GPT, or a BERT
+/// encoder (an imported one such as all-MiniLM-L6-v2).
+struct Built {
+    vs: nn::VarStore,
+    model: RewardModel,
+    fmt: Formatter,
+    /// Longest prompt + answer (special tokens left out).
+    max_len: usize,
+    export: Export,
+    /// Variables of the head (trained in full under LoRA).
+    head: fn(&str) -> bool,
+}
+
+fn build(cfg: &RewardConfig, base: &Path, device: Device) -> anyhow::Result<Built> {
+    let kind = checkpoint::model_type(base)?;
+    let limit = |ctx: usize| if cfg.max_length == 0 { ctx } else { cfg.max_length.min(ctx) };
+    match kind.as_str() {
+        "gpt2" => {
+            let Policy { vs, model: gpt, cfg: gpt_cfg, fmt } =
+                common::load_policy(base, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
+            let pad = pad_token(&fmt);
+            let model = RewardModel::gpt(&vs.root(), gpt, pad);
+            let export = Export::Gpt { base: base.to_path_buf(), pad };
+            Ok(Built { vs, model, fmt, max_len: limit(gpt_cfg.block_size as usize), export, head: |n| n == SCORE })
+        }
+        forja_model::bert::BERT_MODEL_TYPE => {
+            let mut bert_cfg = checkpoint::read_bert_config(base)?;
+            if let Some(p) = cfg.dropout {
+                (bert_cfg.hidden_dropout_prob, bert_cfg.attention_probs_dropout_prob) = (p, p);
+            }
+            let clf_cfg =
+                ClassifierConfig { problem_type: Some("regression".into()), ..ClassifierConfig::new(&bert_cfg, &[LABEL.to_string()]) };
+            let mut vs = nn::VarStore::new(device);
+            let mut clf = BertClassifier::new(&vs.root(), &clf_cfg, cfg.lora.as_ref())?;
+            clf.bert.precision = cfg.precision;
+            let fresh = |n: &str| n.starts_with("classifier.") || n.starts_with("bert.pooler.") || n.contains(".lora_");
+            checkpoint::load_weights(&mut vs, &base.join(WEIGHTS), &fresh)?;
+            let tok = forja_tokenizer::Tokenizer::load(&base.join(checkpoint::TOKENIZER))?;
+            let model = RewardModel::bert(clf, &bert_cfg, &tok)?;
+            let max_len = limit(bert_cfg.max_position_embeddings as usize).saturating_sub(3);
+            let export = Export::Bert { cfg: Box::new(clf_cfg), tok: Box::new(tok) };
+            let head = |n: &str| n.starts_with("classifier.") || n.starts_with("bert.pooler.");
+            Ok(Built { vs, model, fmt: Formatter::for_model(base)?, max_len, export, head })
+        }
+        other => anyhow::bail!("{}: a reward model is built on a GPT or a BERT folder, this one is `{other}`", base.display()),
+    }
 }
 
 /// The padding token of a reward model over `fmt`: `<|endoftext|>` when the
@@ -266,10 +396,7 @@ pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageC
     anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
     let common::Setup { seed, device_name, device, meter, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
     let (seed, device) = (*seed, *device);
-    let Policy { mut vs, model: gpt, cfg: gpt_cfg, fmt } =
-        common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
-    let block = gpt_cfg.block_size as usize;
-    let max_len = if cfg.max_length == 0 { block } else { cfg.max_length.min(block) };
+    let Built { mut vs, model, fmt, max_len, export, head } = build(cfg, &inputs.model, device)?;
     let mut rejects = Vec::new();
     let (train, cut_t) = read_encoded(&fmt, &inputs.train, max_len, &mut rejects)?;
     let (val, cut_v) = match &inputs.val {
@@ -278,17 +405,14 @@ pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageC
     };
     Reject::write(&out.path(&common::REJECTS), &ctx.name, &ctx.config_hash, &rejects)?;
     anyhow::ensure!(!train.is_empty(), "{}: no usable training pair ({} rejected)", inputs.train.display(), rejects.len());
-    let pad = pad_token(&fmt);
-    let model = RewardModel::new(&vs.root(), gpt, pad);
     let groups = match cfg.lora {
         // The head learns in full; the backbone through its adapters.
-        Some(_) => ParamGroup::train_only(&vs, |n| n.contains(".lora_") || n == SCORE, cfg.train.optim.weight_decay),
+        Some(_) => ParamGroup::train_only(&vs, |n| n.contains(".lora_") || head(n), cfg.train.optim.weight_decay),
         None => ParamGroup::decay_split(&vs, cfg.train.optim.weight_decay),
     };
     let (n_train, n_val) = (train.len(), val.len());
-    let base = inputs.model.clone();
     let lora = cfg.lora.clone();
-    let write: forja_pretrain::objectives::ModelWriter = Box::new(move |vs, dir| write_reward(dir, vs, &base, lora.as_ref(), pad));
+    let write: forja_pretrain::objectives::ModelWriter = Box::new(move |vs, dir| write_reward(dir, vs, &export, lora.as_ref()));
     let mut obj =
         BradleyTerry { model: &model, batches: EpochBatches::new(n_train, cfg.batch_size, cfg.train.grad_accum, seed), train, val, write };
     let engine_cfg = cfg.train.engine(n_train, cfg.batch_size, obj.batches.covering(n_val));
@@ -326,7 +450,7 @@ pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageC
 pub fn held_out_accuracy(dir: &Path, path: &Path, max_len: usize, device: Device) -> anyhow::Result<f64> {
     let r = load(dir, device)?;
     let mut rejects = Vec::new();
-    let (pairs, _) = read_encoded(&r.fmt, path, max_len, &mut rejects)?;
+    let (pairs, _) = read_encoded(&r.fmt, path, max_len.min(r.model.max_len()), &mut rejects)?;
     anyhow::ensure!(!pairs.is_empty(), "{}: no pairs to score", path.display());
     let c: Vec<Vec<u32>> = pairs.iter().map(|p| r.model.input(&p.chosen)).collect();
     let rj: Vec<Vec<u32>> = pairs.iter().map(|p| r.model.input(&p.rejected)).collect();

@@ -152,12 +152,7 @@ impl Scorer {
                     let answer = fmt.answer_text(ids)?;
                     let text = p.text();
                     let seq = Seq { prompt: r.fmt.prompt_ids(&text)?, answer: r.fmt.answer_ids(&text, &answer)? };
-                    let mut input = r.model.input(&seq);
-                    let block = r.model.gpt.cfg.block_size as usize;
-                    if input.len() > block {
-                        input.drain(..input.len() - block);
-                    }
-                    seqs.push(input);
+                    seqs.push(r.model.input(&seq));
                 }
                 r.model.score_all(&seqs, 16)
             }

@@ -75,39 +75,48 @@ fn separable_pairs(n: usize, offset: usize) -> Vec<Preference> {
 
 const LETTERS: &str = "abcxyzq0123456789 ";
 
-#[test]
-fn the_reward_model_separates_a_separable_fixture_and_loads_in_transformers() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base");
-    char_model(&base, LETTERS, 32, 32);
-    let (train, val) = (dir.path().join("train.arrow"), dir.path().join("val.arrow"));
+/// A random BERT folder with a character tokenizer and BERT's special tokens.
+fn bert_model(dir: &Path, corpus: &str) {
+    let specials: Vec<String> = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"].map(String::from).to_vec();
+    let tok = forja_tokenizer::char_tokenizer(std::iter::once(corpus), &specials).unwrap();
+    let mut cfg = forja_model::BertConfig::sized(tok.vocab_size() as i64, 32, 2, 2, 64, 0.0);
+    cfg.pad_token_id = i64::from(tok.token_to_id("[PAD]").unwrap());
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    forja_model::Bert::new(&(vs.root() / "bert"), &cfg, None).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    forja_model::checkpoint::write_folder(dir, &vs, &cfg, &tok).unwrap();
+}
+
+/// Trains a reward model over `base` on the separable fixture; checks its
+/// held-out accuracy and that transformers scores its folder the same.
+fn reward_on_separable_pairs(dir: &Path, base: &Path) {
+    let (train, val) = (dir.join("train.arrow"), dir.join("val.arrow"));
     Preference::write(&train, "t", "t", &separable_pairs(64, 0)).unwrap();
     Preference::write(&val, "t", "t", &separable_pairs(32, 1000)).unwrap();
-    let out = dir.path().join("rm");
+    let out = dir.join("rm");
     let mut cfg = RewardConfig::default();
     cfg.train.max_steps = 60;
     cfg.train.eval_interval = 30;
     cfg.train.optim.lr = 3e-3;
     cfg.train.optim.warmup_steps = 5;
-    let inputs = RewardInputs { model: base.clone(), train, val: Some(val.clone()) };
+    let inputs = RewardInputs { model: base.to_path_buf(), train, val: Some(val.clone()) };
     let s = reward::run(&cfg, &inputs, &OutDir::new(&out), &ctx("rm")).unwrap();
     assert!(s.val_accuracy >= 0.9, "held-out accuracy {} (chance 0.5)", s.val_accuracy);
 
-    // The same rewards through transformers' GPT2ForSequenceClassification.
+    // The same rewards through transformers' sequence classifier.
     let loaded = reward::load(&out.join("model"), Device::Cpu).unwrap();
-    let fmt = Formatter::for_model(&out.join("model")).unwrap();
     let cases: Vec<serde_json::Value> = separable_pairs(6, 2000)
         .iter()
         .flat_map(|p| [&p.chosen, &p.rejected].map(|a| (p.prompt.clone(), a.clone())))
         .map(|(p, a)| {
-            let seq = forja_rlhf::logps::Seq { prompt: fmt.prompt_ids(&p).unwrap(), answer: fmt.answer_ids(&p, &a).unwrap() };
+            let seq = forja_rlhf::logps::Seq { prompt: loaded.fmt.prompt_ids(&p).unwrap(), answer: loaded.fmt.answer_ids(&p, &a).unwrap() };
             let ids = loaded.model.input(&seq);
             let score = loaded.model.score_all(std::slice::from_ref(&ids), 1).unwrap()[0];
             serde_json::json!({ "ids": ids, "score": score })
         })
         .collect();
-    let spec = dir.path().join("cases.json");
+    let spec = dir.join("cases.json");
     std::fs::write(&spec, serde_json::json!({ "model": out.join("model"), "cases": cases }).to_string()).unwrap();
     let run = std::process::Command::new(root().join(".venv/bin/python"))
         .arg(root().join("scripts/reward-hf-check.py"))
@@ -117,6 +126,26 @@ fn the_reward_model_separates_a_separable_fixture_and_loads_in_transformers() {
     let text = String::from_utf8_lossy(&run.stdout).to_string() + &String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{text}");
     assert!(text.contains("reward-hf-check: ok"), "{text}");
+}
+
+#[test]
+fn the_reward_model_separates_a_separable_fixture_and_loads_in_transformers() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    char_model(&base, LETTERS, 32, 32);
+    reward_on_separable_pairs(dir.path(), &base);
+}
+
+#[test]
+fn a_bert_encoder_is_a_reward_model_backbone_too() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("bert");
+    bert_model(&base, LETTERS);
+    reward_on_separable_pairs(dir.path(), &base);
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("rm/model/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "BertForSequenceClassification");
 }
 
 #[test]

@@ -197,7 +197,7 @@ pub fn balanced_weights(examples: &[Example], n_classes: usize) -> Vec<f64> {
 }
 
 /// Writes a classifier folder: weights (adapters merged), `config.json`, `tokenizer.json`.
-fn write_classifier(
+pub fn write_classifier(
     dir: &Path,
     vs: &nn::VarStore,
     cfg: &ClassifierConfig,
