@@ -83,7 +83,7 @@ fn answer_all(model: &Gpt, fmt: &Formatter, prompts: &[Prompt], cfg: &AlignEvalC
     let stop: Vec<u32> = fmt.end.into_iter().collect();
     let (mut seqs, mut texts) = (Vec::new(), Vec::new());
     for (c, chunk) in prompts.chunks(cfg.batch_size.max(1)).enumerate() {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| fmt.prompt_ids_within(&p.text(), block / 2)).collect::<anyhow::Result<_>>()?;
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| fmt.messages_ids_within(&p.messages, block / 2)).collect::<anyhow::Result<_>>()?;
         let sampling = SamplingConfig { seed: cfg.sampling.seed.wrapping_add(c as u64 * 1000), ..cfg.sampling.clone() };
         let out = generate_batch(model, &ids, &stop, &sampling)?;
         for (prompt, g) in ids.into_iter().zip(out) {
@@ -135,8 +135,7 @@ pub fn run(cfg: &AlignEvalConfig, inputs: &AlignEvalInputs, out: &OutDir, ctx: &
             .iter()
             .zip(texts)
             .map(|(p, a)| {
-                let text = p.text();
-                let seq = Seq { prompt: judge.fmt.prompt_ids(&text)?, answer: judge.fmt.answer_ids(&text, a)? };
+                let seq = Seq { prompt: judge.fmt.messages_ids(&p.messages)?, answer: judge.fmt.answer_ids(&p.text(), a)? };
                 Ok(judge.model.input(&seq))
             })
             .collect::<anyhow::Result<_>>()?;

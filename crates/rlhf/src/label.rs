@@ -385,7 +385,7 @@ fn generate_pairs(cfg: &LabelConfig, inputs: &LabelInputs, device: tch::Device) 
         let (_vs, gpt, _) = forja_model::load_gpt(dir, device)?;
         let fmt = Formatter::for_model(dir)?;
         let block = gpt.cfg.block_size as usize;
-        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| fmt.prompt_ids_within(&p.text(), block / 2)).collect::<anyhow::Result<_>>()?;
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| fmt.messages_ids_within(&p.messages, block / 2)).collect::<anyhow::Result<_>>()?;
         let stop: Vec<u32> = fmt.end.into_iter().collect();
         generate_batch(&gpt, &ids, &stop, &SamplingConfig { seed, ..cfg.sampling.clone() })?
             .iter()

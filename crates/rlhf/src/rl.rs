@@ -48,25 +48,9 @@ pub struct Prompt {
 }
 
 impl Prompt {
-    /// The prompt as text (HH-RLHF form for dialogues), for reports and judges.
+    /// The prompt as text ([`crate::text::messages_text`]), for reports and pairs.
     pub fn text(&self) -> String {
-        match self.messages.as_slice() {
-            [m] if m.role == "user" => m.content.clone(),
-            ms => {
-                let mut s: String = ms
-                    .iter()
-                    .map(|m| {
-                        format!(
-                            "{}{}",
-                            if m.role == "assistant" { crate::text::ASSISTANT } else { crate::text::HUMAN },
-                            format_args!(" {}", m.content)
-                        )
-                    })
-                    .collect();
-                s += crate::text::ASSISTANT;
-                s
-            }
-        }
+        crate::text::messages_text(&self.messages)
     }
 }
 
@@ -150,8 +134,7 @@ impl Scorer {
                 let mut seqs = Vec::with_capacity(items.len());
                 for (p, ids) in items {
                     let answer = fmt.answer_text(ids)?;
-                    let text = p.text();
-                    let seq = Seq { prompt: r.fmt.prompt_ids(&text)?, answer: r.fmt.answer_ids(&text, &answer)? };
+                    let seq = Seq { prompt: r.fmt.messages_ids(&p.messages)?, answer: r.fmt.answer_ids(&p.text(), &answer)? };
                     seqs.push(r.model.input(&seq));
                 }
                 r.model.score_all(&seqs, 16)
@@ -412,7 +395,7 @@ impl<'a> Rl<'a> {
     }
 
     fn prompt_ids(&self, p: &Prompt) -> anyhow::Result<Vec<u32>> {
-        self.fmt.prompt_ids_within(&p.text(), self.max_prompt)
+        self.fmt.messages_ids_within(&p.messages, self.max_prompt)
     }
 
     /// The prompts of rollout `r`: a pure function of `(seed, r)`, epochs
@@ -600,14 +583,15 @@ impl<'a> Rl<'a> {
         Ok((loss, stats))
     }
 
-    /// Mean reward of answers to fixed prompts (`i`-th window of the split).
+    /// Mean reward of greedy answers to fixed prompts (`i`-th window of the split).
     fn evaluate(&self, split: EvalSplit, i: u64) -> anyhow::Result<EvalScore> {
         let data = if split == EvalSplit::Val && !self.val.is_empty() { &self.val } else { &self.prompts };
         let n = self.cfg.eval_prompts.min(data.len()).max(1);
         let per = self.cfg.prompts_per_rollout.min(n);
         let start = (i as usize * per) % n;
         let prompts: Vec<&Prompt> = data[start..(start + per).min(n)].iter().collect();
-        let sampling = SamplingConfig { seed: self.seed ^ 0xE7A1 ^ i, ..self.cfg.sampling.clone() };
+        // Greedy: the evaluation compares policies, not samples of them.
+        let sampling = SamplingConfig { temperature: 0.0, ..self.cfg.sampling.clone() };
         let seqs = self.answer(&prompts, 1, &sampling)?;
         let items: Vec<(&Prompt, &[u32])> = seqs.iter().zip(&prompts).map(|(s, p)| (*p, s.answer.as_slice())).collect();
         let scores = self.scorer.scores(self.fmt, &items)?;

@@ -5,26 +5,30 @@
 //! with `\n\nAssistant:`). A model folder with a chat template (an SFT model)
 //! sees the dialogue as messages rendered by its template with a generation
 //! prompt, and an answer ends with the end-of-turn token — exactly what chat
-//! generation produces. A folder without one sees the raw text, and an answer
-//! ends with `<|endoftext|>` when the tokenizer has it.
+//! generation produces. A folder without a template whose tokenizer has
+//! ChatML's tokens is spoken to in ChatML (as the server does). Any other
+//! folder sees the raw text, and an answer ends with `<|endoftext|>` when the
+//! tokenizer has it.
 
 use anyhow::Context;
 use forja_core::Message;
-use forja_sft::chat::{read_template, ChatTemplate};
+use forja_sft::chat::{read_template, ChatTemplate, IM_END, IM_START};
 use forja_tokenizer::Tokenizer;
 use std::path::Path;
 
 pub const HUMAN: &str = "\n\nHuman:";
 pub const ASSISTANT: &str = "\n\nAssistant:";
 
-/// Splits an HH-RLHF dialogue into its turns (`user` / `assistant`); `None`
-/// when the text is not in that form.
+/// Splits an HH-RLHF dialogue into its turns (`user` / `assistant`); text
+/// before the first `Human:` turn is a `system` turn. `None` when the text is
+/// not in that form.
 pub fn hh_turns(text: &str) -> Option<Vec<Message>> {
-    if !text.starts_with(HUMAN) {
-        return None;
-    }
+    let start = text.find(HUMAN)?;
     let mut turns = Vec::new();
-    let mut rest = text;
+    if start > 0 {
+        turns.push(Message { role: "system".into(), content: text[..start].trim().to_string() });
+    }
+    let mut rest = &text[start..];
     loop {
         let (role, marker) = if rest.starts_with(HUMAN) {
             ("user", HUMAN)
@@ -57,6 +61,25 @@ pub fn prompt_messages(prompt: &str) -> Vec<Message> {
     }
 }
 
+/// A conversation as prompt text, the inverse of [`prompt_messages`]: one
+/// user turn is its content; otherwise system turns first, then the HH-RLHF
+/// form ending in `\n\nAssistant:`.
+pub fn messages_text(messages: &[Message]) -> String {
+    if let [m] = messages {
+        if m.role == "user" {
+            return m.content.clone();
+        }
+    }
+    let system: Vec<&str> = messages.iter().filter(|m| m.role == "system").map(|m| m.content.as_str()).collect();
+    let mut s = system.join("\n\n");
+    for m in messages.iter().filter(|m| m.role != "system") {
+        s += if m.role == "assistant" { ASSISTANT } else { HUMAN };
+        s += " ";
+        s += &m.content;
+    }
+    s + ASSISTANT
+}
+
 /// How one model folder turns prompts and answers into ids.
 pub struct Formatter {
     pub tokenizer: Tokenizer,
@@ -69,7 +92,8 @@ impl Formatter {
     /// The formatter of a model folder: its tokenizer and chat template.
     pub fn for_model(dir: &Path) -> anyhow::Result<Self> {
         let tokenizer = Tokenizer::load(&dir.join(forja_model::checkpoint::TOKENIZER))?;
-        let template = read_template(dir)?;
+        let chatml = [IM_START, IM_END].iter().all(|t| tokenizer.token_to_id(t).is_some());
+        let template = read_template(dir)?.or_else(|| chatml.then(ChatTemplate::chatml));
         let end = match &template {
             Some(t) => Some(
                 tokenizer
@@ -87,6 +111,22 @@ impl Formatter {
             Some(t) => self.tokenizer.encode(&t.render(&prompt_messages(prompt), true)?),
             None => self.tokenizer.encode(prompt),
         }
+    }
+
+    /// The ids of a conversation awaiting the assistant's turn: rendered by the
+    /// template, or as [`messages_text`] without one.
+    pub fn messages_ids(&self, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
+        match &self.template {
+            Some(t) => self.tokenizer.encode(&t.render(messages, true)?),
+            None => self.tokenizer.encode(&messages_text(messages)),
+        }
+    }
+
+    /// [`Formatter::messages_ids`], keeping at most the last `max` tokens.
+    pub fn messages_ids_within(&self, messages: &[Message], max: usize) -> anyhow::Result<Vec<u32>> {
+        let mut ids = self.messages_ids(messages)?;
+        ids.drain(..ids.len().saturating_sub(max));
+        Ok(ids)
     }
 
     /// The prompt's ids, keeping at most its last `max` tokens.
@@ -151,6 +191,15 @@ mod tests {
         assert_eq!(prompt_messages("\n\nHuman: a\n\nAssistant:").len(), 1);
         assert!(hh_turns("plain text").is_none());
         assert_eq!(prompt_messages("plain text")[0].role, "user");
+        // System turns go first and come back.
+        let conv = vec![
+            Message { role: "system".into(), content: "Be brief.".into() },
+            Message { role: "user".into(), content: "Q: 2 + 2?".into() },
+        ];
+        let text = messages_text(&conv);
+        assert_eq!(text, "Be brief.\n\nHuman: Q: 2 + 2?\n\nAssistant:");
+        assert_eq!(prompt_messages(&text), conv);
+        assert_eq!(messages_text(&conv[1..]), "Q: 2 + 2?");
     }
 
     #[test]

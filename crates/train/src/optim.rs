@@ -259,6 +259,10 @@ impl AdamW {
                 continue;
             }
             let lr = lr * grp.lr_scale;
+            if lr == 0.0 {
+                // No update (the folded division below would be by zero: NaN weights).
+                continue;
+            }
             let step_size = lr / bc1;
             let mut p = self.flat_p.narrow(0, grp.offset, grp.numel);
             if grp.weight_decay != 0.0 {

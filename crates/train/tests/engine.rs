@@ -279,6 +279,23 @@ fn adamw_matches_pytorch_on_a_constant_gradient() {
 }
 
 #[test]
+fn a_zero_learning_rate_leaves_the_weights_as_they_are() {
+    // A schedule may end at min_lr 0, and a zero rate is how one evaluates
+    // through a trainer: the update must be a no-op, not 0 / 0 = NaN where a
+    // gradient is zero.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let p = vs.root().var("w", &[1, 2], nn::Init::Const(1.0));
+    let mut opt = AdamW::new(ParamGroup::decay_split(&vs, 0.1)).unwrap();
+    let cfg = OptimConfig { lr: 0.0, ..Default::default() };
+    for _ in 0..2 {
+        (&p * Tensor::from_slice(&[0.5f32, 0.0]).view([1, 2])).sum(Kind::Float).backward();
+        opt.step(&cfg, 0.0);
+        opt.zero_grad();
+    }
+    assert_eq!(Vec::<f32>::try_from(&p.view([-1])).unwrap(), [1.0, 1.0]);
+}
+
+#[test]
 fn parameter_groups_have_their_own_rate_and_decay_and_the_rest_stays_frozen() {
     let vs = nn::VarStore::new(Device::Cpu);
     let a = vs.root().var("a", &[1, 1], nn::Init::Const(1.0));
