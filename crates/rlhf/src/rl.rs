@@ -316,6 +316,10 @@ pub mod names {
     pub const ROLLOUT_TOKENS_PER_S: &str = "rollout_tokens_per_s";
     /// Share of GRPO groups whose rewards are all equal (no learning signal).
     pub const ZERO_STD_GROUPS: &str = "zero_std_groups";
+    /// Mean reward and answer length of greedy answers at an evaluation
+    /// (split `train` or `val`; the per-step names are the rollouts').
+    pub const EVAL_REWARD: &str = "eval_reward";
+    pub const EVAL_ANSWER_LENGTH: &str = "eval_answer_length";
 }
 
 /// The frozen reference: the policy without adapters, or its own copy.
@@ -354,6 +358,8 @@ pub struct Rl<'a> {
     pub write: forja_pretrain::objectives::ModelWriter<'a>,
     max_prompt: usize,
     rollout: Option<Rollout>,
+    /// The current rollout's statistics until a step of it is applied.
+    unreported: Vec<(&'static str, f64)>,
     last: Vec<(&'static str, f64)>,
 }
 
@@ -390,6 +396,7 @@ impl<'a> Rl<'a> {
             write,
             max_prompt,
             rollout: None,
+            unreported: Vec::new(),
             last: Vec::new(),
         }
     }
@@ -597,7 +604,7 @@ impl<'a> Rl<'a> {
         let scores = self.scorer.scores(self.fmt, &items)?;
         let reward = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
         let length = seqs.iter().map(|s| s.answer.len()).sum::<usize>() as f64 / seqs.len().max(1) as f64;
-        Ok(EvalScore { loss: -reward, metrics: vec![(names::REWARD, reward), (names::ANSWER_LENGTH, length)] })
+        Ok(EvalScore { loss: -reward, metrics: vec![(names::EVAL_REWARD, reward), (names::EVAL_ANSWER_LENGTH, length)] })
     }
 
     /// Eval batches that cover `eval_prompts` once.
@@ -610,16 +617,16 @@ impl<'a> Rl<'a> {
 impl Objective for Rl<'_> {
     fn train_loss(&mut self, step: u64, micro: u64) -> anyhow::Result<Tensor> {
         let r = step / self.cfg.updates_per_rollout();
-        let mut fresh = Vec::new();
         if self.rollout.as_ref().is_none_or(|ro| ro.index != r) {
             self.make_rollout(r)?;
-            fresh = self.rollout.as_ref().map(|ro| ro.stats.clone()).unwrap_or_default();
+            // Reported with the first step of the rollout that is applied.
+            self.unreported = self.rollout.as_ref().map(|ro| ro.stats.clone()).unwrap_or_default();
         }
         let idx = self.minibatch(step, micro);
         anyhow::ensure!(!idx.is_empty(), "minibatch {micro} of step {step} is empty");
         let (loss, stats) = self.loss(&idx)?;
         if micro == 0 {
-            self.last = fresh;
+            self.last = self.unreported.clone();
             self.last.extend(stats);
         }
         Ok(loss)
@@ -656,6 +663,7 @@ impl Objective for Rl<'_> {
     }
 
     fn step_metrics(&mut self) -> Vec<(&'static str, f64)> {
+        self.unreported.clear();
         std::mem::take(&mut self.last)
     }
 
@@ -668,6 +676,7 @@ impl Objective for Rl<'_> {
             self.kl.coef = c;
         }
         self.rollout = None;
+        self.unreported.clear();
         Ok(())
     }
 }

@@ -212,6 +212,9 @@ fn ppo_for_a(dir: &Path, scale: f64, lora: bool) -> rl::RlSummary {
     for name in ["reward", "kl", "kl_coef", "entropy", "clip_fraction", "value_loss", "answer_length", "rollout_tokens_per_s"] {
         assert!(metrics.iter().any(|m| m.name == name && m.value.is_finite()), "no `{name}` metric");
     }
+    // One reward per rollout; evaluations under their own name.
+    assert_eq!(metrics.iter().filter(|m| m.name == "reward").count(), 20);
+    assert!(metrics.iter().any(|m| m.name == "eval_reward"));
     load_gpt(&out.join("model"), Device::Cpu).unwrap();
     s
 }
