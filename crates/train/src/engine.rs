@@ -596,14 +596,13 @@ impl<'a> Engine<'a> {
         Ok(Some(path.display().to_string()))
     }
 
-    /// Writes the model folder (as exported), every variable as it is, AdamW
-    /// moments, metrics so far and trainer state, atomically.
+    /// Writes every variable as it is (adapters unmerged, extra heads kept),
+    /// AdamW moments, metrics so far and trainer state, atomically.
     fn save_checkpoint(&mut self, obj: &dyn Objective) -> anyhow::Result<()> {
         self.state.adam_t = self.opt.t;
         self.state.objective = obj.state();
         let (vs, opt, state, metrics, ctx) = (&*self.vs, &self.opt, &self.state, &self.metrics, self.ctx);
         forja_core::fsutil::atomic_dir(&self.ckpt_dir(), |dir| {
-            obj.write_model(vs, dir)?;
             vs.save(dir.join(VARIABLES_FILE))?;
             Tensor::write_safetensors(&opt.state_tensors(), dir.join(OPTIM_FILE))?;
             MetricRow::write(&dir.join(METRICS_FILE), &ctx.name, &ctx.config_hash, metrics)?;
