@@ -8,6 +8,7 @@ use crate::text::{fit, Formatter};
 use forja_core::stage::{outputs, OutDir, OutputSpec};
 use forja_core::{Preference, Reject};
 use forja_model::checkpoint::{self, Weights, CONFIG, TOKENIZER, WEIGHTS};
+use forja_model::generate::{generate_batch, SamplingConfig};
 use forja_model::{merge_lora, Gpt, GptConfig, Layout, LoraConfig, Precision};
 use forja_train::{DiagnosisConfig, EngineConfig, EngineOutputs, OptimConfig};
 use serde::{Deserialize, Serialize};
@@ -193,10 +194,19 @@ pub fn write_policy(dir: &Path, vs: &nn::VarStore, base: &Path, lora: Option<&Lo
     named.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(l) = lora {
         forja_sft::peft::write_adapter(&dir.join(forja_sft::instruct::ADAPTER_DIR), &named, l, base)?;
+    }
+    write_merged(dir, named, lora)?;
+    copy_kept(base, dir)
+}
+
+/// Writes GPT variables as `model.safetensors`, LoRA adapters merged into
+/// their (`[in, out]`) base weights.
+pub fn write_merged(dir: &Path, mut named: Vec<(String, tch::Tensor)>, lora: Option<&LoraConfig>) -> anyhow::Result<()> {
+    if let Some(l) = lora {
         named = merge_lora(named, l.alpha / l.rank as f64, Layout::InOut)?;
     }
     tch::Tensor::write_safetensors(&named, dir.join(WEIGHTS))?;
-    copy_kept(base, dir)
+    Ok(())
 }
 
 /// Copies the config, tokenizer and template files of `base` that exist.
@@ -208,6 +218,23 @@ pub fn copy_kept(base: &Path, dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Answers of `model` to prompts given as ids, in one batched generation
+/// stopping at `fmt`'s end token, which is kept at the end of an answer that
+/// stopped (it was sampled: an action, and part of what rewards see).
+pub fn generate_answers(model: &Gpt, fmt: &Formatter, prompts: &[Vec<u32>], sampling: &SamplingConfig) -> anyhow::Result<Vec<Vec<u32>>> {
+    let stop: Vec<u32> = fmt.end.into_iter().collect();
+    Ok(generate_batch(model, prompts, &stop, sampling)?
+        .into_iter()
+        .map(|g| {
+            let mut answer = g.tokens;
+            if g.stopped {
+                answer.extend(fmt.end);
+            }
+            answer
+        })
+        .collect())
 }
 
 /// A preference pair as two sequences sharing a prompt.

@@ -14,11 +14,11 @@
 use crate::logps::{self, Seq};
 use crate::reward;
 use crate::rl::{one_line, read_prompts, Prompt};
-use crate::text::Formatter;
+use crate::text::{last_tokens, Formatter};
 use forja_core::artifacts::Artifact;
 use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
 use forja_core::{Generation, MetricRow};
-use forja_model::generate::{generate_batch, SamplingConfig};
+use forja_model::generate::SamplingConfig;
 use forja_model::Gpt;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -80,21 +80,14 @@ struct Answers {
 
 fn answer_all(model: &Gpt, fmt: &Formatter, prompts: &[Prompt], cfg: &AlignEvalConfig) -> anyhow::Result<Answers> {
     let block = model.cfg.block_size as usize;
-    let stop: Vec<u32> = fmt.end.into_iter().collect();
     let (mut seqs, mut texts) = (Vec::new(), Vec::new());
     for (c, chunk) in prompts.chunks(cfg.batch_size.max(1)).enumerate() {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| fmt.messages_ids_within(&p.messages, block / 2)).collect::<anyhow::Result<_>>()?;
+        let ids: Vec<Vec<u32>> =
+            chunk.iter().map(|p| Ok(last_tokens(fmt.prompt_ids(&p.text)?, block / 2))).collect::<anyhow::Result<_>>()?;
         let sampling = SamplingConfig { seed: cfg.sampling.seed.wrapping_add(c as u64 * 1000), ..cfg.sampling.clone() };
-        let out = generate_batch(model, &ids, &stop, &sampling)?;
-        for (prompt, g) in ids.into_iter().zip(out) {
-            let mut answer = g.tokens;
+        let answers = crate::common::generate_answers(model, fmt, &ids, &sampling)?;
+        for (prompt, answer) in ids.into_iter().zip(answers) {
             texts.push(fmt.answer_text(&answer)?);
-            if g.stopped {
-                answer.extend(fmt.end);
-            }
-            if answer.is_empty() {
-                answer.extend(fmt.end.or(Some(0)));
-            }
             seqs.push(Seq { prompt, answer });
         }
     }
@@ -130,17 +123,8 @@ pub fn run(cfg: &AlignEvalConfig, inputs: &AlignEvalInputs, out: &OutDir, ctx: &
     prompts.truncate(cfg.prompts.max(1));
     anyhow::ensure!(!prompts.is_empty(), "{}: no prompts", inputs.prompts.display());
     let judge = reward::load(&inputs.judge, device)?;
-    let score = |texts: &[String]| -> anyhow::Result<Vec<f64>> {
-        let seqs: Vec<Vec<u32>> = prompts
-            .iter()
-            .zip(texts)
-            .map(|(p, a)| {
-                let seq = Seq { prompt: judge.fmt.messages_ids(&p.messages)?, answer: judge.fmt.answer_ids(&p.text(), a)? };
-                Ok(judge.model.input(&seq))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        judge.model.score_all(&seqs, cfg.batch_size)
-    };
+    let prompt_texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
+    let score = |texts: &[String]| judge.score_answers(&prompt_texts, texts, cfg.batch_size);
     let ref_policy = crate::common::load_policy(&inputs.reference, device, None, Some(0.0), forja_model::Precision::F32)?;
     let ref_answers = answer_all(&ref_policy.model, &ref_policy.fmt, &prompts, cfg)?;
     let ref_scores = score(&ref_answers.texts)?;
@@ -152,7 +136,7 @@ pub fn run(cfg: &AlignEvalConfig, inputs: &AlignEvalInputs, out: &OutDir, ctx: &
     let mut gens: Vec<Generation> = Vec::new();
     let mut push_gens = |name: &str, a: &Answers, s: &[f64]| {
         for ((p, t), r) in prompts.iter().zip(&a.texts).zip(s) {
-            gens.push(Generation { prompt: p.text(), completion: t.clone(), model: name.to_string(), reward: Some(*r as f32) });
+            gens.push(Generation { prompt: p.text.clone(), completion: t.clone(), model: name.to_string(), reward: Some(*r as f32) });
         }
     };
     let ref_name = label(&inputs.reference);
@@ -164,7 +148,8 @@ pub fn run(cfg: &AlignEvalConfig, inputs: &AlignEvalInputs, out: &OutDir, ctx: &
         judge_reward: mean(&ref_scores),
         answer_length: length(&ref_answers),
     }];
-    let mut side: Vec<(String, Vec<String>)> = vec![(ref_name.clone(), ref_answers.texts.clone())];
+    // Each model's answers and judge rewards, for the side-by-side section.
+    let mut side: Vec<(String, Vec<String>, Vec<f64>)> = vec![(ref_name.clone(), ref_answers.texts.clone(), ref_scores.clone())];
     for m in &inputs.models {
         let policy = crate::common::load_policy(m, device, None, Some(0.0), forja_model::Precision::F32)?;
         anyhow::ensure!(
@@ -200,7 +185,7 @@ pub fn run(cfg: &AlignEvalConfig, inputs: &AlignEvalInputs, out: &OutDir, ctx: &
             judge_reward: mean(&s),
             answer_length: length(&answers),
         });
-        side.push((name, answers.texts));
+        side.push((name, answers.texts, s));
     }
     Generation::write(&out.path(&SAMPLES), &ctx.name, &ctx.config_hash, &gens)?;
     let mut rows = Vec::new();
@@ -230,9 +215,9 @@ pub fn run(cfg: &AlignEvalConfig, inputs: &AlignEvalInputs, out: &OutDir, ctx: &
     }
     md += "\n## Side by side\n\n";
     for (i, p) in prompts.iter().take(cfg.show).enumerate() {
-        md += &format!("**Prompt {}:** {}\n\n", i + 1, one_line(&p.text()));
-        for (name, texts) in &side {
-            let r = gens.iter().find(|g| g.model == *name && g.prompt == p.text()).and_then(|g| g.reward).unwrap_or(f32::NAN);
+        md += &format!("**Prompt {}:** {}\n\n", i + 1, one_line(&p.text));
+        for (name, texts, rewards) in &side {
+            let r = rewards[i];
             md += &format!("- **{name}** (judge {r:.3}): {}\n", one_line(&texts[i]));
         }
         md += "\n";

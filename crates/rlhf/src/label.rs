@@ -18,7 +18,7 @@
 //! - The page shows model output as text only (`textContent`), never markup.
 
 use crate::rl::{read_prompts, Prompt};
-use crate::text::Formatter;
+use crate::text::last_tokens;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
@@ -27,9 +27,9 @@ use axum::{Json, Router};
 use forja_core::artifacts::Artifact;
 use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
 use forja_core::{Preference, Reject};
-use forja_model::generate::{generate_batch, SamplingConfig};
+use forja_model::generate::SamplingConfig;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -149,38 +149,39 @@ struct Labels {
     pairs: Vec<Pair>,
     index: HashMap<String, usize>,
     live: Vec<Judgement>,
+    /// Live judgements per pair, and the pairs each annotator judged (kept
+    /// with `live`, so a request costs one pass over the pairs).
+    counts: Vec<usize>,
+    by_annotator: HashMap<String, HashSet<usize>>,
     log: std::fs::File,
     per_pair: usize,
 }
 
 impl Labels {
-    fn count(&self, pair: usize) -> usize {
-        self.live.iter().filter(|j| j.pair == pair).count()
-    }
-
     fn judged_by(&self, pair: usize, annotator: &str) -> bool {
-        self.live.iter().any(|j| j.pair == pair && j.annotator == annotator)
+        self.by_annotator.get(annotator).is_some_and(|s| s.contains(&pair))
     }
 
-    /// Pairs still open to `annotator` (not judged by them, short of
-    /// judgements), fewest judgements first, then in an order of the
-    /// annotator's own: people labelling at once mostly get different pairs.
-    fn open_to(&self, annotator: &str) -> Vec<usize> {
-        let mut open: Vec<usize> =
-            (0..self.pairs.len()).filter(|&p| !self.judged_by(p, annotator) && self.count(p) < self.per_pair).collect();
-        open.sort_by_cached_key(|&p| {
-            (self.count(p), forja_core::hash::hash_bytes(format!("{annotator}\u{0}{}", self.pairs[p].id).as_bytes()))
-        });
-        open
+    /// Pairs still open to `annotator`: not judged by them, short of judgements.
+    fn open_to<'a>(&'a self, annotator: &'a str) -> impl Iterator<Item = usize> + 'a {
+        (0..self.pairs.len()).filter(move |&p| self.counts[p] < self.per_pair && !self.judged_by(p, annotator))
+    }
+
+    /// The pair to show `annotator` next: fewest judgements first, then in an
+    /// order of the annotator's own, so people labelling at once mostly get
+    /// different pairs.
+    fn next_for(&self, annotator: &str) -> Option<usize> {
+        self.open_to(annotator)
+            .min_by_key(|&p| (self.counts[p], forja_core::hash::hash_bytes(format!("{annotator}\u{0}{}", self.pairs[p].id).as_bytes())))
     }
 
     fn progress(&self, annotator: &str) -> serde_json::Value {
-        let judged = self.live.iter().filter(|j| j.annotator == annotator).count();
-        serde_json::json!({ "judged": judged, "total": judged + self.open_to(annotator).len() })
+        let judged = self.by_annotator.get(annotator).map_or(0, HashSet::len);
+        serde_json::json!({ "judged": judged, "total": judged + self.open_to(annotator).count() })
     }
 
     fn complete(&self) -> bool {
-        (0..self.pairs.len()).all(|p| self.count(p) >= self.per_pair)
+        self.counts.iter().all(|&c| c >= self.per_pair)
     }
 
     /// Appends a line and flushes it to disk.
@@ -196,14 +197,19 @@ impl Labels {
         match line {
             LogLine::Judged { annotator, pair, choice, .. } => {
                 if let Some(&p) = self.index.get(&pair) {
-                    if !self.judged_by(p, &annotator) {
+                    if self.by_annotator.entry(annotator.clone()).or_default().insert(p) {
+                        self.counts[p] += 1;
                         self.live.push(Judgement { annotator, pair: p, choice });
                     }
                 }
             }
             LogLine::Undone { annotator, undo, .. } => {
                 if let Some(i) = self.live.iter().rposition(|j| j.annotator == annotator && self.pairs[j.pair].id == undo) {
-                    self.live.remove(i);
+                    let j = self.live.remove(i);
+                    self.counts[j.pair] -= 1;
+                    if let Some(s) = self.by_annotator.get_mut(&annotator) {
+                        s.remove(&j.pair);
+                    }
                 }
             }
         }
@@ -244,9 +250,9 @@ async fn next(State(s): State<Shared>, Query(q): Query<NextQuery>) -> Response {
     };
     let l = s.0.lock().unwrap_or_else(|e| e.into_inner());
     let progress = l.progress(&name);
-    match l.open_to(&name).first() {
+    match l.next_for(&name) {
         None => Json(serde_json::json!({ "done": true, "progress": progress })).into_response(),
-        Some(&p) => {
+        Some(p) => {
             let pair = &l.pairs[p];
             let (left, right) = if swapped(&pair.id, &name) { (&pair.b, &pair.a) } else { (&pair.a, &pair.b) };
             Json(serde_json::json!({
@@ -372,35 +378,36 @@ pub fn read_pairs(path: &Path, rejects: &mut Vec<Reject>) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-/// Answers of `model` and `model_b` (or a second sample of `model`) to prompts.
-fn generate_pairs(cfg: &LabelConfig, inputs: &LabelInputs, device: tch::Device) -> anyhow::Result<Vec<Pair>> {
-    let (Some(model), Some(prompts)) = (&inputs.model, &inputs.prompts) else {
+/// Answers of `model` and `model_b` (or a second sample of `model`) to
+/// prompts; a prompt whose two answers are the same is a reject.
+fn generate_pairs(cfg: &LabelConfig, inputs: &LabelInputs, device: tch::Device, rejects: &mut Vec<Reject>) -> anyhow::Result<Vec<Pair>> {
+    let (Some(model), Some(prompts_file)) = (&inputs.model, &inputs.prompts) else {
         anyhow::bail!("label needs a `pairs` file, or a `model` and `prompts` to generate pairs from");
     };
-    let mut prompts: Vec<Prompt> = read_prompts(prompts)?;
+    let mut prompts: Vec<Prompt> = read_prompts(prompts_file)?;
     if cfg.max_pairs > 0 {
         prompts.truncate(cfg.max_pairs);
     }
     let answers = |dir: &Path, seed: u64| -> anyhow::Result<Vec<String>> {
-        let (_vs, gpt, _) = forja_model::load_gpt(dir, device)?;
-        let fmt = Formatter::for_model(dir)?;
-        let block = gpt.cfg.block_size as usize;
-        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| fmt.messages_ids_within(&p.messages, block / 2)).collect::<anyhow::Result<_>>()?;
-        let stop: Vec<u32> = fmt.end.into_iter().collect();
-        generate_batch(&gpt, &ids, &stop, &SamplingConfig { seed, ..cfg.sampling.clone() })?
-            .iter()
-            .map(|g| fmt.answer_text(&g.tokens))
-            .collect()
+        let policy = crate::common::load_policy(dir, device, None, Some(0.0), forja_model::Precision::F32)?;
+        let block = policy.cfg.block_size as usize;
+        let ids: Vec<Vec<u32>> =
+            prompts.iter().map(|p| Ok(last_tokens(policy.fmt.prompt_ids(&p.text)?, block / 2))).collect::<anyhow::Result<_>>()?;
+        let sampling = SamplingConfig { seed, ..cfg.sampling.clone() };
+        crate::common::generate_answers(&policy.model, &policy.fmt, &ids, &sampling)?.iter().map(|a| policy.fmt.answer_text(a)).collect()
     };
     let a = answers(model, cfg.sampling.seed)?;
     let b = answers(inputs.model_b.as_deref().unwrap_or(model), cfg.sampling.seed.wrapping_add(7919))?;
-    Ok(prompts
-        .iter()
-        .zip(a.into_iter().zip(b))
-        .enumerate()
-        .filter(|(_, (_, (a, b)))| a != b)
-        .map(|(i, (p, (a, b)))| Pair { id: format!("p{}", i + 1), prompt: p.text(), a, b })
-        .collect())
+    let source = prompts_file.display().to_string();
+    let mut pairs = Vec::new();
+    for (i, (p, (a, b))) in prompts.iter().zip(a.into_iter().zip(b)).enumerate() {
+        if a == b {
+            rejects.push(Reject::new(&source, i as u64 + 1, "both models gave the same answer: nothing to compare", &p.text));
+        } else {
+            pairs.push(Pair { id: format!("p{}", i + 1), prompt: p.text.clone(), a, b });
+        }
+    }
+    Ok(pairs)
 }
 
 /// Cohen's kappa of the first two annotators of each pair judged twice:
@@ -456,7 +463,7 @@ fn write_results(l: &Labels, source: &str, out: &OutDir, ctx: &StageCtx) -> anyh
             second.push(js[1].choice);
         }
     }
-    let judged = (0..l.pairs.len()).filter(|&p| l.count(p) > 0).count();
+    let judged = l.counts.iter().filter(|&&c| c > 0).count();
     let mut md = format!(
         "# Preference labels `{}`\n\n| | |\n|---|---|\n| pairs | {} |\n| pairs judged | {judged} |\n| judgements | {} |\n| preferences written (A or B better) | {} |\n",
         ctx.name,
@@ -501,7 +508,7 @@ pub fn run(cfg: &LabelConfig, inputs: &LabelInputs, out: &OutDir, ctx: &StageCtx
         None if pairs_file.exists() => (read_pairs(&pairs_file, &mut rejects)?, pairs_file.display().to_string()),
         None => {
             let device = forja_model::parse_device(cfg.device.as_deref().unwrap_or(&ctx.device))?;
-            let generated = generate_pairs(cfg, inputs, device)?;
+            let generated = generate_pairs(cfg, inputs, device, &mut rejects)?;
             let text: String = generated.iter().map(|p| serde_json::to_string(p).map(|s| s + "\n")).collect::<Result<_, _>>()?;
             forja_core::fsutil::atomic_write(&pairs_file, text.as_bytes())?;
             (generated, inputs.model.as_ref().map_or_else(String::new, |m| m.display().to_string()))
@@ -521,7 +528,8 @@ pub fn run(cfg: &LabelConfig, inputs: &LabelInputs, out: &OutDir, ctx: &StageCtx
         .open(&log_path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", log_path.display()))?;
     let index = pairs.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
-    let mut labels = Labels { pairs, index, live: Vec::new(), log, per_pair: cfg.per_pair };
+    let counts = vec![0; pairs.len()];
+    let mut labels = Labels { pairs, index, live: Vec::new(), counts, by_annotator: HashMap::new(), log, per_pair: cfg.per_pair };
     for (i, line) in previous.lines().enumerate() {
         match serde_json::from_str::<LogLine>(line) {
             Ok(l) => labels.apply(l),

@@ -147,6 +147,19 @@ pub struct LoadedReward {
     pub fmt: Formatter,
 }
 
+impl LoadedReward {
+    /// Rewards of answers (text) to prompts (text, as `preferences` store
+    /// them), tokenised the way this model was trained.
+    pub fn score_answers(&self, prompts: &[&str], answers: &[String], batch: usize) -> anyhow::Result<Vec<f64>> {
+        let seqs: Vec<Vec<u32>> = prompts
+            .iter()
+            .zip(answers)
+            .map(|(p, a)| Ok(self.model.input(&Seq { prompt: self.fmt.prompt_ids(p)?, answer: self.fmt.answer_ids(p, a)? })))
+            .collect::<anyhow::Result<_>>()?;
+        self.model.score_all(&seqs, batch)
+    }
+}
+
 /// Loads a folder written by `reward_model` (GPT or BERT backbone).
 pub fn load(dir: &Path, device: Device) -> anyhow::Result<LoadedReward> {
     let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(checkpoint::CONFIG))?)?;
@@ -304,10 +317,7 @@ fn write_reward(dir: &Path, vs: &nn::VarStore, export: &Export, lora: Option<&Lo
     };
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    if let Some(l) = lora {
-        named = forja_model::merge_lora(named, l.alpha / l.rank as f64, forja_model::Layout::InOut)?;
-    }
-    Tensor::write_safetensors(&named, dir.join(WEIGHTS))?;
+    common::write_merged(dir, named, lora)?;
     common::copy_kept(base, dir)?;
     let path = dir.join(checkpoint::CONFIG);
     let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;

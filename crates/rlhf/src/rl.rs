@@ -25,12 +25,13 @@ use crate::common::{self, LoopConfig, Policy};
 use crate::logps::{self, Batch, Seq};
 use crate::losses::{self, KlController};
 use crate::reward::{self, LoadedReward};
-use crate::text::Formatter;
+use crate::text::{last_tokens, Formatter};
 use forja_core::artifacts::Artifact;
 use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
 use forja_core::{Generation, Message, Preference, SftExample, TokenRow};
-use forja_model::generate::{generate_batch, SamplingConfig};
+use forja_model::generate::SamplingConfig;
 use forja_model::{Gpt, LoraConfig, Precision};
+use forja_train::batches::EpochBatches;
 use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, TrainSummary};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -43,15 +44,11 @@ use tch::{nn, Kind, Tensor};
 /// A prompt to answer, with a reference answer when the data has one.
 #[derive(Debug, Clone)]
 pub struct Prompt {
-    pub messages: Vec<Message>,
+    /// As `preferences` store prompts (a conversation as
+    /// [`crate::text::messages_text`]): one form for every model folder,
+    /// which [`Formatter::prompt_ids`] renders as it was trained.
+    pub text: String,
     pub reference: Option<String>,
-}
-
-impl Prompt {
-    /// The prompt as text ([`crate::text::messages_text`]), for reports and pairs.
-    pub fn text(&self) -> String {
-        crate::text::messages_text(&self.messages)
-    }
 }
 
 /// Reads prompts from a `preferences` artifact (its prompts, once each) or an
@@ -63,7 +60,7 @@ pub fn read_prompts(path: &Path) -> anyhow::Result<Vec<Prompt>> {
         return Ok(pairs
             .into_iter()
             .filter(|p| seen.insert(p.prompt.clone()))
-            .map(|p| Prompt { messages: crate::text::prompt_messages(&p.prompt), reference: None })
+            .map(|p| Prompt { text: p.prompt, reference: None })
             .collect());
     }
     let examples = SftExample::read(path).map_err(|e| anyhow::anyhow!("{}: neither preferences nor sft_examples ({e})", path.display()))?;
@@ -73,7 +70,7 @@ pub fn read_prompts(path: &Path) -> anyhow::Result<Vec<Prompt>> {
             let at = e.messages.iter().position(|m| m.role == "assistant");
             let messages: Vec<Message> = e.messages[..at.unwrap_or(e.messages.len())].to_vec();
             let reference = at.map(|i| e.messages[i].content.clone());
-            (!messages.is_empty()).then_some(Prompt { messages, reference })
+            (!messages.is_empty()).then(|| Prompt { text: crate::text::messages_text(&messages), reference })
         })
         .collect())
 }
@@ -131,13 +128,9 @@ impl Scorer {
     fn scores(&self, fmt: &Formatter, items: &[(&Prompt, &[u32])]) -> anyhow::Result<Vec<f64>> {
         match self {
             Scorer::Model(r) => {
-                let mut seqs = Vec::with_capacity(items.len());
-                for (p, ids) in items {
-                    let answer = fmt.answer_text(ids)?;
-                    let seq = Seq { prompt: r.fmt.messages_ids(&p.messages)?, answer: r.fmt.answer_ids(&p.text(), &answer)? };
-                    seqs.push(r.model.input(&seq));
-                }
-                r.model.score_all(&seqs, 16)
+                let prompts: Vec<&str> = items.iter().map(|(p, _)| p.text.as_str()).collect();
+                let answers: Vec<String> = items.iter().map(|(_, ids)| fmt.answer_text(ids)).collect::<anyhow::Result<_>>()?;
+                r.score_answers(&prompts, &answers, 16)
             }
             Scorer::Rule { rule: Rule::TokenShare { .. }, token } => Ok(items
                 .iter()
@@ -300,7 +293,9 @@ pub struct RlInputs {
 }
 
 pub const SAMPLES: OutputSpec = OutputSpec { name: "samples", path: "samples.arrow" };
-pub const OUTPUTS: [OutputSpec; 6] = [common::MODEL, outputs::METRICS, outputs::PLOT, common::GRAD_PLOT, outputs::REPORT, SAMPLES];
+/// Reward, KL, entropy and clip fraction per step.
+pub const RL_PLOT: OutputSpec = OutputSpec { name: "rl_plot", path: "rl.svg" };
+pub const OUTPUTS: [OutputSpec; 7] = [common::MODEL, outputs::METRICS, outputs::PLOT, common::GRAD_PLOT, outputs::REPORT, SAMPLES, RL_PLOT];
 
 /// Metric names logged per step.
 pub mod names {
@@ -357,6 +352,8 @@ pub struct Rl<'a> {
     pub kl: KlController,
     pub write: forja_pretrain::objectives::ModelWriter<'a>,
     max_prompt: usize,
+    /// Which prompts each rollout answers.
+    order: EpochBatches,
     rollout: Option<Rollout>,
     /// The current rollout's statistics until a step of it is applied.
     unreported: Vec<(&'static str, f64)>,
@@ -389,6 +386,7 @@ impl<'a> Rl<'a> {
             reference,
             fmt,
             scorer,
+            order: EpochBatches::new(prompts.len(), 1, cfg.prompts_per_rollout as u64, seed),
             prompts,
             val,
             seed,
@@ -402,49 +400,18 @@ impl<'a> Rl<'a> {
     }
 
     fn prompt_ids(&self, p: &Prompt) -> anyhow::Result<Vec<u32>> {
-        self.fmt.messages_ids_within(&p.messages, self.max_prompt)
+        Ok(last_tokens(self.fmt.prompt_ids(&p.text)?, self.max_prompt))
     }
 
-    /// The prompts of rollout `r`: a pure function of `(seed, r)`, epochs
-    /// over a shuffled order.
-    fn rollout_prompts(&self, r: u64) -> Vec<usize> {
-        let n = self.prompts.len();
-        let k = self.cfg.prompts_per_rollout;
-        let start = r as usize * k;
-        (start..start + k)
-            .map(|i| {
-                let (epoch, at) = (i / n, i % n);
-                let mut order: Vec<usize> = (0..n).collect();
-                order.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-                order[at]
-            })
-            .collect()
-    }
-
-    /// Answers to `prompts` (each `group` times), sampled with `seed`; the
-    /// stop token is kept at the end of an answer that stopped.
+    /// Answers of the policy to `prompts` (each `group` times).
     fn answer(&self, prompts: &[&Prompt], group: usize, sampling: &SamplingConfig) -> anyhow::Result<Vec<Seq>> {
         let mut ids = Vec::with_capacity(prompts.len() * group);
         for p in prompts {
             let p = self.prompt_ids(p)?;
             ids.extend(std::iter::repeat_n(p, group));
         }
-        let stop: Vec<u32> = self.fmt.end.into_iter().collect();
-        let out = generate_batch(self.model, &ids, &stop, sampling)?;
-        Ok(ids
-            .into_iter()
-            .zip(out)
-            .map(|(prompt, g)| {
-                let mut answer = g.tokens;
-                if g.stopped {
-                    answer.extend(self.fmt.end);
-                }
-                if answer.is_empty() {
-                    answer.extend(self.fmt.end.or(Some(0)));
-                }
-                Seq { prompt, answer }
-            })
-            .collect())
+        let answers = common::generate_answers(self.model, self.fmt, &ids, sampling)?;
+        Ok(ids.into_iter().zip(answers).map(|(prompt, answer)| Seq { prompt, answer }).collect())
     }
 
     /// Per-token log-probabilities `[n, t]` of `seqs` under the policy (or
@@ -474,7 +441,8 @@ impl<'a> Rl<'a> {
     /// Builds rollout `r` with the current weights.
     fn make_rollout(&mut self, r: u64) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
-        let idx = self.rollout_prompts(r);
+        // Prompt j of rollout r: position r·k + j of shuffled epochs over the prompts.
+        let idx: Vec<usize> = (0..self.cfg.prompts_per_rollout as u64).flat_map(|j| self.order.indices(r, j)).collect();
         let prompts: Vec<&Prompt> = idx.iter().map(|&i| &self.prompts[i]).collect();
         let group = self.cfg.group_size.max(1);
         let sampling = SamplingConfig { seed: self.seed.wrapping_mul(1_000_003).wrapping_add(r), ..self.cfg.sampling.clone() };
@@ -571,7 +539,8 @@ impl<'a> Rl<'a> {
             Algorithm::Ppo => {
                 let head = self.value_head.as_ref().ok_or_else(|| anyhow::anyhow!("PPO needs a value head"))?;
                 let vpred = logps::to_padded(&b, &head.forward(&s.hidden).squeeze_dim(1));
-                let (old_v, ret) = (pick(ro.values.as_ref().unwrap_or(&ro.old_logps)), pick(ro.returns.as_ref().unwrap_or(&ro.advantages)));
+                let (Some(values), Some(returns)) = (&ro.values, &ro.returns) else { anyhow::bail!("a PPO rollout without values") };
+                let (old_v, ret) = (pick(values), pick(returns));
                 let (vf_loss, vf_clip) = losses::ppo_value(&vpred, &old_v, &ret, &mask, self.cfg.cliprange_value);
                 stats.push((names::VALUE_LOSS, vf_loss.double_value(&[])));
                 stats.push((names::VALUE_CLIP_FRACTION, vf_clip.double_value(&[])));
@@ -607,9 +576,10 @@ impl<'a> Rl<'a> {
         Ok(EvalScore { loss: -reward, metrics: vec![(names::EVAL_REWARD, reward), (names::EVAL_ANSWER_LENGTH, length)] })
     }
 
-    /// Eval batches that cover `eval_prompts` once.
+    /// Eval batches that cover `eval_prompts` of the validation prompts once.
     pub fn eval_batches(&self) -> u64 {
-        let n = self.cfg.eval_prompts.min(self.val.len().max(self.prompts.len())).max(1);
+        let data = if self.val.is_empty() { &self.prompts } else { &self.val };
+        let n = self.cfg.eval_prompts.min(data.len()).max(1);
         n.div_ceil(self.cfg.prompts_per_rollout.min(n).max(1)) as u64
     }
 }
@@ -752,6 +722,11 @@ pub fn run_with_hook(
         Reference::Copy(Box::new(common::load_policy(&inputs.model, device, None, Some(0.0), cfg.precision)?))
     };
     let saved = if matches!(reference, Reference::AdaptersOff) { param_bytes } else { 0 };
+    let reference_text = match &reference {
+        Reference::AdaptersOff => format!("the base with LoRA adapters switched off — no second copy, {:.1} MB saved", saved as f64 / 1e6),
+        Reference::Copy(_) => format!("a frozen copy of the starting weights ({:.1} MB)", param_bytes as f64 / 1e6),
+        Reference::None => "none (kl_coef 0: no KL term)".into(),
+    };
     let prompts = read_prompts(&inputs.prompts)?;
     anyhow::ensure!(!prompts.is_empty(), "{}: no prompts", inputs.prompts.display());
     let val = match &inputs.val {
@@ -781,11 +756,7 @@ pub fn run_with_hook(
         cfg.rollouts,
         cfg.prompts_per_rollout * cfg.group_size.max(1),
         per,
-        match &reference {
-            Reference::AdaptersOff => format!("the base with LoRA adapters off (no copy: {:.1} MB saved)", saved as f64 / 1e6),
-            Reference::Copy(_) => format!("a frozen copy ({:.1} MB)", param_bytes as f64 / 1e6),
-            Reference::None => "none (no KL term)".into(),
-        }
+        reference_text
     );
     let ins = [
         ("model", Some(inputs.model.as_path())),
@@ -801,18 +772,14 @@ pub fn run_with_hook(
     let metrics = forja_core::MetricRow::read(&outs.metrics)?;
     let (first_reward, last_reward) = first_last(&metrics, names::REWARD);
     let (_, last_kl) = first_last(&metrics, names::KL);
-    write_rl_plot(&out.dir().join("rl.svg"), &ctx.name, &metrics)?;
+    write_rl_plot(&out.path(&RL_PLOT), &ctx.name, &metrics)?;
     let mut report = std::fs::read_to_string(&outs.report).unwrap_or_default();
     report += &format!(
         "\n## {}\n\n| | |\n|---|---|\n| prompts | {n_prompts} |\n| rollouts × answers | {} × {} |\n| updates per rollout | {per} |\n| mean reward, first → last rollout | {first_reward:.4} → {last_reward:.4} |\n| KL to the reference per answer, last rollout | {last_kl:.4} |\n| reference | {} |\n\nPer-step reward, KL, entropy, clip fraction{} and answer length: `rl.svg` and `metrics.arrow`.\n{samples}",
         if algo == Algorithm::Ppo { "PPO" } else { "GRPO" },
         cfg.rollouts,
         cfg.prompts_per_rollout * cfg.group_size.max(1),
-        match &reference {
-            Reference::AdaptersOff => format!("the base with LoRA adapters switched off — no second copy, {:.1} MB saved", saved as f64 / 1e6),
-            Reference::Copy(_) => format!("a frozen copy of the starting weights ({:.1} MB)", param_bytes as f64 / 1e6),
-            Reference::None => "none (kl_coef 0)".into(),
-        },
+        reference_text,
         if algo == Algorithm::Ppo { ", value loss" } else { "" },
     );
     forja_core::fsutil::atomic_write(&outs.report, report.as_bytes())?;
@@ -820,22 +787,30 @@ pub fn run_with_hook(
     Ok(RlSummary { train: summary, prompts: n_prompts, first_reward, last_reward, last_kl, reference_bytes_saved: saved })
 }
 
-/// Answers of the trained policy to held-out prompts: `samples.arrow` with
-/// rewards, and a Markdown section.
+/// Answers of the exported model (the weights a user gets) to held-out
+/// prompts: `samples.arrow` with rewards, and a Markdown section.
 fn write_samples(obj: &Rl, n: usize, out: &OutDir, ctx: &StageCtx, model_dir: &Path) -> anyhow::Result<String> {
     let data = if obj.val.is_empty() { &obj.prompts } else { &obj.val };
     let prompts: Vec<&Prompt> = data.iter().take(n).collect();
     let mut rows = Vec::new();
     let mut md = String::from("\n## Sample answers\n\n");
     if !prompts.is_empty() {
+        let exported = common::load_policy(model_dir, obj.model.device(), None, Some(0.0), obj.model.precision)?;
+        let ids: Vec<Vec<u32>> =
+            prompts.iter().map(|p| Ok(last_tokens(exported.fmt.prompt_ids(&p.text)?, obj.max_prompt))).collect::<anyhow::Result<_>>()?;
         let sampling = SamplingConfig { temperature: 0.0, seed: obj.seed, ..obj.cfg.sampling.clone() };
-        let seqs = obj.answer(&prompts, 1, &sampling)?;
-        let items: Vec<(&Prompt, &[u32])> = seqs.iter().zip(&prompts).map(|(s, p)| (*p, s.answer.as_slice())).collect();
-        let scores = obj.scorer.scores(obj.fmt, &items)?;
-        for ((s, p), r) in seqs.iter().zip(&prompts).zip(&scores) {
-            let answer = obj.fmt.answer_text(&s.answer)?;
-            md += &format!("**Prompt:** {}\n\n**Answer** (reward {r:.3}): {}\n\n---\n\n", one_line(&p.text()), one_line(&answer));
-            rows.push(Generation { prompt: p.text(), completion: answer, model: model_dir.display().to_string(), reward: Some(*r as f32) });
+        let answers = common::generate_answers(&exported.model, &exported.fmt, &ids, &sampling)?;
+        let items: Vec<(&Prompt, &[u32])> = prompts.iter().zip(&answers).map(|(p, a)| (*p, a.as_slice())).collect();
+        let scores = obj.scorer.scores(&exported.fmt, &items)?;
+        for ((a, p), r) in answers.iter().zip(&prompts).zip(&scores) {
+            let answer = exported.fmt.answer_text(a)?;
+            md += &format!("**Prompt:** {}\n\n**Answer** (reward {r:.3}): {}\n\n---\n\n", one_line(&p.text), one_line(&answer));
+            rows.push(Generation {
+                prompt: p.text.clone(),
+                completion: answer,
+                model: model_dir.display().to_string(),
+                reward: Some(*r as f32),
+            });
         }
     }
     Generation::write(&out.path(&SAMPLES), &ctx.name, &ctx.config_hash, &rows)?;

@@ -113,29 +113,6 @@ impl Formatter {
         }
     }
 
-    /// The ids of a conversation awaiting the assistant's turn: rendered by the
-    /// template, or as [`messages_text`] without one.
-    pub fn messages_ids(&self, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
-        match &self.template {
-            Some(t) => self.tokenizer.encode(&t.render(messages, true)?),
-            None => self.tokenizer.encode(&messages_text(messages)),
-        }
-    }
-
-    /// [`Formatter::messages_ids`], keeping at most the last `max` tokens.
-    pub fn messages_ids_within(&self, messages: &[Message], max: usize) -> anyhow::Result<Vec<u32>> {
-        let mut ids = self.messages_ids(messages)?;
-        ids.drain(..ids.len().saturating_sub(max));
-        Ok(ids)
-    }
-
-    /// The prompt's ids, keeping at most its last `max` tokens.
-    pub fn prompt_ids_within(&self, prompt: &str, max: usize) -> anyhow::Result<Vec<u32>> {
-        let mut ids = self.prompt_ids(prompt)?;
-        ids.drain(..ids.len().saturating_sub(max));
-        Ok(ids)
-    }
-
     /// An answer's ids, ending with the end token.
     pub fn answer_ids(&self, prompt: &str, answer: &str) -> anyhow::Result<Vec<u32>> {
         let text = match &self.template {
@@ -154,6 +131,12 @@ impl Formatter {
         let cut = ids.iter().position(|t| Some(*t) == self.end).unwrap_or(ids.len());
         Ok(self.tokenizer.decode(&ids[..cut])?.trim().to_string())
     }
+}
+
+/// The last `max` of `ids` (a prompt cut from its start to fit a context).
+pub fn last_tokens(mut ids: Vec<u32>, max: usize) -> Vec<u32> {
+    ids.drain(..ids.len().saturating_sub(max));
+    ids
 }
 
 /// A prompt and an answer as ids, fitted into `max_len` tokens: the answer is

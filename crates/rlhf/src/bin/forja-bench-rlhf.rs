@@ -178,7 +178,7 @@ fn bench_rollout(dir: &Path, n: usize, new_tokens: usize) -> anyhow::Result<()> 
     let prompts: Vec<Vec<u32>> = prefs
         .iter()
         .take(n)
-        .map(|p| policy.fmt.prompt_ids_within(&p.prompt, BLOCK as usize - new_tokens))
+        .map(|p| Ok(forja_rlhf::text::last_tokens(policy.fmt.prompt_ids(&p.prompt)?, BLOCK as usize - new_tokens)))
         .collect::<anyhow::Result<_>>()?;
     // Fixed-length answers (no stop token), so both sides generate the same number of tokens.
     let sampling = SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, max_new_tokens: new_tokens, seed: 0 };
