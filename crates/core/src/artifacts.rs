@@ -85,6 +85,20 @@ pub struct Document {
     pub meta: String,
 }
 
+impl Document {
+    /// A string or number field of the `meta` JSON (a label, a group), trimmed;
+    /// or why there is none.
+    pub fn meta_field(&self, field: &str) -> Result<String, String> {
+        let meta: serde_json::Value = serde_json::from_str(&self.meta).map_err(|e| format!("meta is not JSON: {e}"))?;
+        match meta.get(field) {
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+            Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+            Some(other) => Err(format!("field `{field}` is empty or not a string/number: {other}")),
+            None => Err(format!("no field `{field}` in meta")),
+        }
+    }
+}
+
 impl Artifact for Document {
     const KIND: ArtifactKind = ArtifactKind::Documents;
     fn to_batch(rows: &[Self]) -> RecordBatch {

@@ -67,6 +67,25 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     Some(svg)
 }
 
+/// Points as dots on one chart (a metric against a parameter); `None` when
+/// no point is finite. The best point (`best`, an index into `points`) is
+/// drawn larger, in red.
+pub fn scatter_chart(title: &str, x_label: &str, y_label: &str, points: &[(f64, f64)], best: Option<usize>) -> Option<String> {
+    let finite = || points.iter().filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (x0, x1) = bounds(finite().map(|p| p.0))?;
+    let (y0, y1) = bounds(finite().map(|p| p.1))?;
+    // The frame and ticks of a line chart, without lines.
+    let frame = line_chart(title, x_label, y_label, &[Series { label: "", color: "none", points: vec![(x0, y0), (x1, y1)] }])?;
+    let sx = |x: f64| PAD + (x - x0) / (x1 - x0) * (W - 2.0 * PAD);
+    let sy = |y: f64| H - PAD - (y - y0) / (y1 - y0) * (H - 2.0 * PAD);
+    let mut dots = String::new();
+    for (i, &(x, y)) in points.iter().enumerate().filter(|(_, (x, y))| x.is_finite() && y.is_finite()) {
+        let (r, color) = if Some(i) == best { (6.0, "#d62728") } else { (4.0, "#1f77b4") };
+        let _ = writeln!(dots, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"{r}\" fill=\"{color}\" fill-opacity=\"0.8\"/>", sx(x), sy(y));
+    }
+    Some(frame.replace("</svg>\n", &(dots + "</svg>\n")))
+}
+
 fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if !lo.is_finite() {

@@ -1,45 +1,240 @@
-//! What a stage cost the machine: CPU time of this process and an energy
-//! estimate from it.
+//! What a stage cost: wall-clock and CPU time of this process, the FLOPs the
+//! stage counted, energy and CO2e — its **footprint**, measured around every
+//! stage by the stage adapter ([`crate::stage::DynStage::run_json`]) and
+//! written as `footprint.json`, metric rows and a report line.
 //!
-//! The estimate is CPU-seconds × a power per busy core. The default, 10 W, is
-//! the order of magnitude the Green Algorithms calculator (Lannelongue et al.
-//! 2021) uses per core of server CPUs; it leaves out memory, disk, network and
-//! the data centre's overhead (PUE), so read it as a lower bound for
-//! comparisons between runs on the same machine, not as a measurement.
+//! Energy comes from the CPU package's RAPL counters
+//! (`/sys/class/powercap/intel-rapl:N/energy_uj`) when they are readable —
+//! they measure the whole package, other processes included —, else from a
+//! stated power model: CPU-seconds × a power per busy core. The model's
+//! default, 10 W, is the order of magnitude the Green Algorithms calculator
+//! (Lannelongue et al. 2021) uses per core of server CPUs; it leaves out
+//! memory, disk, network and the GPU. Either figure is multiplied by the data
+//! centre's PUE, then by the grid's carbon intensity for CO2e. The default
+//! intensity, 475 gCO2e/kWh, is the world average the IEA gave for 2019 (also
+//! codecarbon's fallback). Read the numbers as estimates for comparing runs,
+//! not as measurements of a meter at the wall.
 
-/// Watts per busy core assumed by [`energy_wh`].
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Watts per busy core assumed by the power model.
 pub const WATTS_PER_CORE: f64 = 10.0;
 
-/// User + system CPU seconds this process has used so far (Linux; 0 elsewhere).
-pub fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
-    // Fields after the command name (which may hold spaces, inside parentheses).
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 after `)`; in
-    // clock ticks of USER_HZ, which Linux fixes at 100 for user space.
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+/// Footprint file written into every stage's folder.
+pub const FOOTPRINT_FILE: &str = "footprint.json";
+
+/// How energy becomes CO2e; settable per pipeline (`[pipeline] footprint = {...}`)
+/// and through `FORJA_GRID_G_PER_KWH`, `FORJA_PUE`, `FORJA_WATTS_PER_CORE`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FootprintConfig {
+    /// Grams of CO2e per kWh of the grid that powers the machine.
+    pub grid_g_per_kwh: f64,
+    /// Power usage effectiveness of the data centre (1.0: none counted).
+    pub pue: f64,
+    /// Watts per busy core of the power model (used when RAPL is unreadable).
+    pub watts_per_core: f64,
 }
 
-/// Energy estimate in watt-hours of `cpu_s` CPU-seconds.
-pub fn energy_wh(cpu_s: f64) -> f64 {
-    cpu_s * WATTS_PER_CORE / 3600.0
+impl Default for FootprintConfig {
+    fn default() -> Self {
+        Self { grid_g_per_kwh: 475.0, pue: 1.0, watts_per_core: WATTS_PER_CORE }
+    }
+}
+
+impl FootprintConfig {
+    /// The defaults, overridden by the `FORJA_*` variables that are set and parse.
+    pub fn from_env() -> Self {
+        let var = |name: &str, default: f64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+        let d = Self::default();
+        Self {
+            grid_g_per_kwh: var("FORJA_GRID_G_PER_KWH", d.grid_g_per_kwh),
+            pue: var("FORJA_PUE", d.pue),
+            watts_per_core: var("FORJA_WATTS_PER_CORE", d.watts_per_core),
+        }
+    }
+
+    /// Sets the `FORJA_*` variables so stages of this process read `self`.
+    pub fn export(&self) {
+        std::env::set_var("FORJA_GRID_G_PER_KWH", self.grid_g_per_kwh.to_string());
+        std::env::set_var("FORJA_PUE", self.pue.to_string());
+        std::env::set_var("FORJA_WATTS_PER_CORE", self.watts_per_core.to_string());
+    }
+}
+
+/// What one stage cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Footprint {
+    pub stage: String,
+    pub kind: String,
+    pub wall_s: f64,
+    pub cpu_s: f64,
+    /// Floating-point operations the stage counted ([`add_flops`]); 0 for
+    /// stages without model arithmetic.
+    pub flops: f64,
+    pub energy_wh: f64,
+    /// `rapl` or the power model, stated.
+    pub energy_source: String,
+    pub pue: f64,
+    pub grid_g_per_kwh: f64,
+    pub co2e_g: f64,
+}
+
+impl Footprint {
+    pub fn read(dir: &Path) -> Option<Self> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(FOOTPRINT_FILE)).ok()?).ok()
+    }
+}
+
+/// CPU seconds (user + system, all threads) this process has used so far,
+/// to the nanosecond (`CLOCK_PROCESS_CPUTIME_ID`).
+pub fn cpu_seconds() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// A quantity for a table: four decimals, or three significant digits when
+/// smaller than 0.01 (a short stage's Wh), `0` for zero.
+pub fn fmt_amount(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() < 0.01 {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// Energy of the power model, watt-hours, for `cpu_s` CPU-seconds.
+pub fn modelled_energy_wh(cpu_s: f64, watts_per_core: f64) -> f64 {
+    cpu_s * watts_per_core / 3600.0
+}
+
+/// One RAPL package domain: its counter and the value where it wraps.
+struct RaplDomain {
+    path: std::path::PathBuf,
+    range_uj: u64,
+}
+
+/// The package domains (`intel-rapl:N`, not their `:M` sub-domains) whose
+/// counters this process can read.
+fn rapl_domains() -> Vec<RaplDomain> {
+    let Ok(entries) = std::fs::read_dir("/sys/class/powercap") else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let package = name.strip_prefix("intel-rapl:").is_some_and(|rest| !rest.contains(':'));
+        let path = e.path().join("energy_uj");
+        if package && read_u64(&path).is_some() {
+            let range_uj = read_u64(&e.path().join("max_energy_range_uj")).unwrap_or(u64::MAX);
+            out.push(RaplDomain { path, range_uj });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+static FLOPS_BITS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts `flops` floating-point operations towards the running stage's
+/// footprint (trainers: 6 · parameters · tokens per step; evaluation: 2 · parameters · tokens).
+pub fn add_flops(flops: f64) {
+    let mut cur = FLOPS_BITS.load(Ordering::Relaxed);
+    loop {
+        let next = (f64::from_bits(cur) + flops).to_bits();
+        match FLOPS_BITS.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// FLOPs counted so far in this process.
+pub fn flops_counted() -> f64 {
+    f64::from_bits(FLOPS_BITS.load(Ordering::Relaxed))
+}
+
+/// Started before a stage runs; [`Meter::finish`] gives its footprint.
+pub struct Meter {
+    started: Instant,
+    cpu_start: f64,
+    flops_start: f64,
+    rapl: Vec<(RaplDomain, u64)>,
+}
+
+impl Meter {
+    pub fn start() -> Self {
+        let rapl = rapl_domains().into_iter().filter_map(|d| read_u64(&d.path).map(|v| (d, v))).collect();
+        Self { started: Instant::now(), cpu_start: cpu_seconds(), flops_start: flops_counted(), rapl }
+    }
+
+    /// Energy in Wh from the RAPL counters since the start (wraps handled), if
+    /// every domain is still readable.
+    fn rapl_wh(&self) -> Option<f64> {
+        if self.rapl.is_empty() {
+            return None;
+        }
+        let mut uj = 0u64;
+        for (d, start) in &self.rapl {
+            let now = read_u64(&d.path)?;
+            uj += if now >= *start { now - start } else { d.range_uj - start + now };
+        }
+        Some(uj as f64 / 3.6e9)
+    }
+
+    pub fn finish(&self, stage: &str, kind: &str, cfg: &FootprintConfig) -> Footprint {
+        let cpu_s = cpu_seconds() - self.cpu_start;
+        let (raw_wh, energy_source) = match self.rapl_wh() {
+            Some(wh) => (wh, "rapl (CPU package counters)".to_string()),
+            None => (
+                modelled_energy_wh(cpu_s, cfg.watts_per_core),
+                format!("model: {} W per busy core × CPU time (RAPL unreadable)", cfg.watts_per_core),
+            ),
+        };
+        let energy_wh = raw_wh * cfg.pue;
+        Footprint {
+            stage: stage.into(),
+            kind: kind.into(),
+            wall_s: self.started.elapsed().as_secs_f64(),
+            cpu_s,
+            flops: flops_counted() - self.flops_start,
+            energy_wh,
+            energy_source,
+            pue: cfg.pue,
+            grid_g_per_kwh: cfg.grid_g_per_kwh,
+            co2e_g: energy_wh / 1000.0 * cfg.grid_g_per_kwh,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn cpu_time_grows_with_work() {
-        let before = super::cpu_seconds();
+    fn busy_work_has_a_positive_footprint() {
+        let meter = Meter::start();
         let mut x = 0u64;
         let t0 = std::time::Instant::now();
         while t0.elapsed().as_millis() < 300 {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
         }
         assert!(x != 1);
-        let spent = super::cpu_seconds() - before;
-        assert!(spent > 0.1, "300 ms of busy work counted {spent} CPU seconds");
-        assert!((super::energy_wh(3600.0) - super::WATTS_PER_CORE).abs() < 1e-9);
+        add_flops(1e6);
+        let cfg = FootprintConfig { grid_g_per_kwh: 1000.0, pue: 1.5, watts_per_core: 10.0 };
+        let f = meter.finish("s", "k", &cfg);
+        assert!(f.cpu_s > 0.1, "300 ms of busy work counted {} CPU seconds", f.cpu_s);
+        assert!(f.wall_s >= 0.3 && f.flops >= 1e6 && f.energy_wh > 0.0);
+        assert!((f.co2e_g - f.energy_wh * 1.0).abs() < 1e-9, "1000 g/kWh is 1 g/Wh");
+        if f.energy_source.starts_with("model") {
+            assert!((f.energy_wh - f.cpu_s * 10.0 / 3600.0 * 1.5).abs() < 1e-9);
+        }
     }
 }

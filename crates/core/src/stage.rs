@@ -177,6 +177,7 @@ impl<S: Stage> DynStage for S {
         let inputs = S::Inputs::from_inputs(inputs).with_context(|| format!("inputs of stage `{}`", S::KIND))?;
         let out = OutDir::new(out_dir);
         let ctx = StageCtx { code_hash: S::CODE_HASH, ..ctx.clone() };
+        let meter = crate::resources::Meter::start();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&params, &inputs, &out, &ctx)));
         let written = match result {
             Ok(r) => r?,
@@ -195,8 +196,56 @@ impl<S: Stage> DynStage for S {
                 bail!("stage `{}` did not write its output `{}` ({})", S::KIND, spec.name, path.display());
             }
         }
+        let footprint = meter.finish(&ctx.name, S::KIND, &crate::resources::FootprintConfig::from_env());
+        record_footprint(&footprint, &out, &ctx, &written)?;
         Ok(written)
     }
+}
+
+/// Writes a stage's footprint as `footprint.json` in its folder, as metric
+/// rows (`wall_s`, `cpu_s`, `flops`, `energy_wh`, `co2e_g`; split `-`) when
+/// it has a `metrics` output, and as a section of its report when it has one.
+fn record_footprint(f: &crate::resources::Footprint, out: &OutDir, ctx: &StageCtx, written: &[OutputSpec]) -> anyhow::Result<()> {
+    use crate::artifacts::Artifact;
+    use crate::metric;
+    crate::fsutil::atomic_write(&out.dir().join(crate::resources::FOOTPRINT_FILE), serde_json::to_string_pretty(f)?.as_bytes())?;
+    if written.contains(&outputs::METRICS) {
+        let path = out.path(&outputs::METRICS);
+        let mut rows = crate::MetricRow::read(&path)?;
+        let step = rows.iter().map(|r| r.step).max().unwrap_or(0);
+        for (name, v) in [
+            (metric::WALL_S, f.wall_s),
+            (metric::CPU_S, f.cpu_s),
+            (metric::FLOPS, f.flops),
+            (metric::ENERGY_WH, f.energy_wh),
+            (metric::CO2E_G, f.co2e_g),
+        ] {
+            rows.push(crate::MetricRow::new(&ctx.name, step, name, v, metric::split::NONE));
+        }
+        crate::MetricRow::write(&path, &ctx.name, &ctx.config_hash, &rows)?;
+    }
+    if written.contains(&outputs::REPORT) {
+        let path = out.path(&outputs::REPORT);
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        text += &footprint_markdown(f);
+        crate::fsutil::atomic_write(&path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The footprint section of a stage report.
+pub fn footprint_markdown(f: &crate::resources::Footprint) -> String {
+    format!(
+        "\n## Footprint\n\n| wall time | CPU time | FLOPs | energy | CO2e |\n|---|---|---|---|---|\n| {:.2} s | {:.2} s | {:.3e} | {} Wh | {} g |\n\nEnergy: {}; PUE {}; grid {} gCO2e/kWh.\n",
+        f.wall_s,
+        f.cpu_s,
+        f.flops,
+        crate::resources::fmt_amount(f.energy_wh),
+        crate::resources::fmt_amount(f.co2e_g),
+        f.energy_source,
+        f.pue,
+        f.grid_g_per_kwh
+    )
 }
 
 /// Deserialises stage parameters, naming the stage kind in errors.

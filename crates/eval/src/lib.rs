@@ -1,7 +1,16 @@
 //! forja-eval: evaluation of trained models.
 //!
-//! First cut: validation loss and perplexity of a language model over a whole
-//! token split, sample generations, written as artifacts and a Markdown report.
+//! - the `eval` stage: loss and perplexity of a language model over a whole
+//!   token split, sample generations, exact match on question/answer files,
+//!   attributions of the next token;
+//! - [`metrics`]: classification, calibration, regression and exact-match
+//!   metrics as pure functions, checked against scikit-learn.
+
+pub mod attribution;
+pub mod classifier;
+pub mod lm;
+pub mod metrics;
+pub mod perturb;
 
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
@@ -28,6 +37,30 @@ pub struct EvalConfig {
     pub device: Option<String>,
     /// Name of the scored split in the metrics (`val`, `test`, ...).
     pub split_name: String,
+    /// Question answering on the `questions` input (GSM8K-style JSONL).
+    pub qa: QaConfig,
+    /// Integrated-gradient points for the attributions of each prompt's next token (0: none).
+    pub attribution_steps: usize,
+}
+
+/// Exact match of generated answers: each line of the `questions` file is
+/// `{"question": ..., "answer": ...}`; the model is prompted with `prompt`
+/// (`{question}` replaced), answers greedily, and its final number
+/// ([`metrics::final_number`]: after `####` if present, else the last number)
+/// is compared with the reference's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QaConfig {
+    pub prompt: String,
+    /// Questions asked (the file's first ones; 0: all).
+    pub max_examples: usize,
+    pub max_new_tokens: usize,
+}
+
+impl Default for QaConfig {
+    fn default() -> Self {
+        Self { prompt: "Question: {question}\nAnswer:".into(), max_examples: 50, max_new_tokens: 128 }
+    }
 }
 
 impl Default for EvalConfig {
@@ -39,6 +72,8 @@ impl Default for EvalConfig {
             sampling: SamplingConfig::default(),
             device: None,
             split_name: split::VAL.into(),
+            qa: QaConfig::default(),
+            attribution_steps: 32,
         }
     }
 }
@@ -86,7 +121,8 @@ fn window_loss(model: &dyn LanguageModel, xs: &[i64], ys: &[i64], rows: i64) -> 
 
 /// Scores `split` and samples completions; writes `metrics.arrow`,
 /// `generations.arrow` and `report.md` under `out_dir`.
-pub fn run(cfg: &EvalConfig, model_dir: &Path, split: &Path, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<LmScore> {
+pub fn run(cfg: &EvalConfig, inputs: &EvalInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<LmScore> {
+    let (model_dir, split) = (inputs.model.as_path(), inputs.split.as_path());
     let device = parse_device(cfg.device.as_deref().unwrap_or(&ctx.device))?;
     let loaded = load_model(model_dir, device)?;
     let model = loaded.model.as_lm().with_context(|| {
@@ -99,8 +135,10 @@ pub fn run(cfg: &EvalConfig, model_dir: &Path, split: &Path, out: &OutDir, ctx: 
         ids.truncate(cfg.max_tokens);
     }
     let score = score_tokens(model, &ids, cfg.batch_size).with_context(|| format!("scoring {}", split.display()))?;
+    let n_params: f64 = loaded.vs.variables().values().map(|t| t.numel() as f64).sum();
+    forja_core::resources::add_flops(2.0 * n_params * score.tokens as f64);
     let split_name = cfg.split_name.as_str();
-    let metrics = vec![
+    let mut metrics = vec![
         MetricRow::new(&ctx.name, 0, metric::LOSS, score.loss, split_name),
         MetricRow::new(&ctx.name, 0, metric::PERPLEXITY, score.perplexity, split_name),
         MetricRow::new(&ctx.name, 0, metric::TOKENS, score.tokens as f64, split_name),
@@ -116,9 +154,18 @@ pub fn run(cfg: &EvalConfig, model_dir: &Path, split: &Path, out: &OutDir, ctx: 
         let completion = loaded.tokenizer.decode(&new_ids)?;
         gens.push(Generation { prompt: prompt.clone(), completion, model: model_dir.display().to_string(), reward: None });
     }
+    let mut report = report_md(model_dir, split, split_name, &score, &gens);
+    if let (AnyModel::Gpt(g), true) = (&loaded.model, cfg.attribution_steps > 0) {
+        report += &lm::next_token_attributions(g, &loaded.tokenizer, &cfg.prompts, cfg.attribution_steps)?;
+    }
+    if let Some(q) = &inputs.questions {
+        let qa = lm::exact_match(&loaded, q, &cfg.qa)?;
+        metrics.push(MetricRow::new(&ctx.name, 0, metric::EXACT_MATCH, qa.exact_match, split::TEST));
+        report += &qa.markdown(q, &cfg.qa);
+        gens.extend(qa.generations);
+    }
     MetricRow::write(&out.path(&outputs::METRICS), &ctx.name, &ctx.config_hash, &metrics)?;
     Generation::write(&out.path(&GENERATIONS), &ctx.name, &ctx.config_hash, &gens)?;
-    let report = report_md(model_dir, split, split_name, &score, &gens);
     forja_core::fsutil::atomic_write(&out.path(&outputs::REPORT), report.as_bytes())?;
     println!("eval: {split_name} loss {:.4}, perplexity {:.2} over {} tokens", score.loss, score.perplexity, score.tokens);
     Ok(score)
@@ -142,11 +189,17 @@ pub const GENERATIONS: OutputSpec = OutputSpec { name: "generations", path: "gen
 pub struct EvalInputs {
     pub model: PathBuf,
     pub split: PathBuf,
+    /// Questions with reference answers (JSONL) for exact match.
+    pub questions: Option<PathBuf>,
 }
 
 impl FromInputs for EvalInputs {
     fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self { model: inputs.one("model")?.to_path_buf(), split: inputs.one("split")?.to_path_buf() })
+        Ok(Self {
+            model: inputs.one("model")?.to_path_buf(),
+            split: inputs.one("split")?.to_path_buf(),
+            questions: inputs.optional("questions")?.map(Path::to_path_buf),
+        })
     }
 }
 
@@ -156,18 +209,21 @@ pub struct Eval;
 impl Stage for Eval {
     const KIND: &'static str = "eval";
     const ABOUT: &'static str = "loss and perplexity of a language model (GPT or LSTM) on a token split, and sample generations";
-    const INPUTS: &'static [InputSpec] =
-        &[InputSpec { name: "model", required: true, many: false }, InputSpec { name: "split", required: true, many: false }];
+    const INPUTS: &'static [InputSpec] = &[
+        InputSpec { name: "model", required: true, many: false },
+        InputSpec { name: "split", required: true, many: false },
+        InputSpec { name: "questions", required: false, many: false },
+    ];
     const OUTPUTS: &'static [OutputSpec] = &[outputs::METRICS, GENERATIONS, outputs::REPORT];
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = EvalConfig;
     type Inputs = EvalInputs;
 
     fn run(&self, cfg: &EvalConfig, inputs: &EvalInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
-        run(cfg, &inputs.model, &inputs.split, out, ctx)?;
+        run(cfg, inputs, out, ctx)?;
         Ok(Self::OUTPUTS.to_vec())
     }
 }
 
 /// All stages of this crate.
-pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&Eval];
+pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&Eval, &classifier::EvalClassifier];

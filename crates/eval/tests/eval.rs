@@ -33,3 +33,20 @@ fn every_token_is_scored_once_whatever_the_batch_size() {
     assert!((a.loss - b.loss).abs() < 1e-6);
     assert!(score_tokens(&m, &ids[..1], 4).is_err(), "one token has no target");
 }
+
+#[test]
+fn next_token_attributions_meet_completeness() {
+    let tok =
+        forja_tokenizer::char_tokenizer("hello world, how are you?".chars().map(|_| "hello world, how are you?").take(1), &[]).unwrap();
+    let cfg = GptConfig { vocab_size: tok.vocab_size() as i64, block_size: 16, n_layer: 2, n_head: 2, n_embd: 16, ..Default::default() };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let g = Gpt::new(&vs.root(), &cfg).unwrap();
+    let (next, a) = forja_eval::lm::explain_next_token(&g, &tok, "how are", 64).unwrap().unwrap();
+    assert_eq!(a.tokens.len(), 7);
+    assert!(!next.is_empty());
+    assert!(a.complete_within(0.01), "error {} for F(x) − F(0) = {}", a.completeness_error(), a.f_input - a.f_baseline);
+    assert!(a.scores.iter().any(|s| s.abs() > 1e-6), "the prompt moves the logit");
+    // A prompt longer than the context keeps its last block_size tokens.
+    let (_, long) = forja_eval::lm::explain_next_token(&g, &tok, &"how are you ".repeat(5), 8).unwrap().unwrap();
+    assert_eq!(long.tokens.len(), 16);
+}

@@ -256,15 +256,40 @@ impl Bert {
         attention_mask: Option<&Tensor>,
         train: bool,
     ) -> anyhow::Result<Tensor> {
-        let (b, t) = check_ids(ids, 0, self.cfg.max_position_embeddings)?;
-        let device = ids.device();
+        check_ids(ids, 0, self.cfg.max_position_embeddings)?;
+        self.forward_from_words(&self.word_embeddings.forward(ids), token_types, attention_mask, train)
+    }
+
+    /// [`Bert::forward`] from the word embeddings of the tokens (rows of
+    /// `word_embeddings`) instead of their ids: position and type embeddings
+    /// are added as usual. Attributions and gradient-guided attacks
+    /// differentiate with respect to `words`.
+    ///
+    /// # Shapes
+    /// `words`: `[b, t, hidden]` → `[b, t, hidden]`
+    pub fn forward_from_words(
+        &self,
+        words: &Tensor,
+        token_types: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> anyhow::Result<Tensor> {
+        let size = words.size();
+        anyhow::ensure!(
+            size.len() == 3 && size[2] == self.cfg.hidden_size && size[1] <= self.cfg.max_position_embeddings,
+            "word embeddings must be [b, t ≤ {}, {}], got {size:?}",
+            self.cfg.max_position_embeddings,
+            self.cfg.hidden_size
+        );
+        let (b, t) = (size[0], size[1]);
+        let device = words.device();
         let pos = Tensor::arange(t, (Kind::Int64, device));
         let types = match token_types {
             Some(tt) => tt.shallow_clone(),
             None => Tensor::zeros([b, t], (Kind::Int64, device)),
         };
         let p = if train { self.cfg.hidden_dropout_prob } else { 0.0 };
-        let x = self.word_embeddings.forward(ids) + self.position_embeddings.forward(&pos) + self.token_type_embeddings.forward(&types);
+        let x = words + self.position_embeddings.forward(&pos) + self.token_type_embeddings.forward(&types);
         let x = layer_norm(&self.emb_ln, &x).dropout(p, train); // [b, t, h]
         let mask = match attention_mask {
             Some(m) => {

@@ -80,6 +80,20 @@ impl BertClassifier {
     /// `ids`, `mask`: `[b, t]` → `[b, n_labels]`
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> anyhow::Result<Tensor> {
         let hidden = self.bert.forward(ids, None, Some(mask), train)?; // [b, t, h]
+        self.head(&hidden, train)
+    }
+
+    /// Class logits from the word embeddings of the tokens (see
+    /// [`Bert::forward_from_words`]), for attributions and gradient-guided attacks.
+    ///
+    /// # Shapes
+    /// `words`: `[b, t, hidden]`, `mask`: `[b, t]` → `[b, n_labels]`
+    pub fn forward_from_words(&self, words: &Tensor, mask: &Tensor, train: bool) -> anyhow::Result<Tensor> {
+        let hidden = self.bert.forward_from_words(words, None, Some(mask), train)?;
+        self.head(&hidden, train)
+    }
+
+    fn head(&self, hidden: &Tensor, train: bool) -> anyhow::Result<Tensor> {
         let f = Fwd::new(train, self.bert.precision);
         let cls = hidden.select(1, 0); // [b, h]
         let pooled = self.pooler.forward(&cls, f).to_kind(Kind::Float).tanh().dropout(self.dropout, train);

@@ -378,6 +378,44 @@ impl Gpt {
         Ok(layer_norm(&self.ln_f, &x))
     }
 
+    /// Token embeddings (the rows of `wte`) of `idx`: what [`Gpt::logits_from_embeds`]
+    /// takes, for attributions and gradient-guided attacks.
+    ///
+    /// # Shapes
+    /// `[batch, seq]` → `[batch, seq, n_embd]`
+    pub fn token_embeds(&self, idx: &Tensor) -> Tensor {
+        self.wte.forward(idx)
+    }
+
+    /// The token-embedding matrix `[vocab, n_embd]`.
+    pub fn embedding_matrix(&self) -> &Tensor {
+        &self.wte.ws
+    }
+
+    /// Logits of every position of a sequence given as token embeddings
+    /// (positions from 0, no dropout, no cache): a forward pass that can be
+    /// differentiated with respect to the input embeddings.
+    ///
+    /// # Shapes
+    /// `embeds`: `[batch, seq, n_embd]` (seq ≤ block_size) → `[batch, seq, vocab]`
+    pub fn logits_from_embeds(&self, embeds: &Tensor) -> anyhow::Result<Tensor> {
+        let size = embeds.size();
+        anyhow::ensure!(size.len() == 3 && size[2] == self.cfg.n_embd, "embeddings must be [b, t, {}], got {size:?}", self.cfg.n_embd);
+        anyhow::ensure!(
+            size[1] >= 1 && size[1] <= self.cfg.block_size,
+            "sequence of {} does not fit block_size {}",
+            size[1],
+            self.cfg.block_size
+        );
+        let pos = Tensor::arange(size[1], (Kind::Int64, embeds.device()));
+        let f = self.fwd(false);
+        let mut x = embeds + self.wpe.forward(&pos);
+        for block in &self.h {
+            x = block.forward(&x, f, None, None);
+        }
+        Ok(self.lm_head(&layer_norm(&self.ln_f, &x)))
+    }
+
     /// Hidden states of a left-padded batch: `positions` `[batch, seq]` are each
     /// row's own positions, `key_mask` `[batch, past + seq]` marks real tokens.
     pub fn hidden_padded(&self, idx: &Tensor, positions: &Tensor, key_mask: &Tensor, cache: &mut KvCache) -> anyhow::Result<Tensor> {

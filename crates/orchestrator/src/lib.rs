@@ -1,8 +1,10 @@
 //! forja: the orchestrator. Parses pipeline files ([`pipeline`]) into checked plans
 //! and runs them with content-hash caching ([`run`]).
 
+pub mod card;
 pub mod pipeline;
 pub mod run;
+pub mod sweep;
 
 use forja_core::stage::DynStage;
 

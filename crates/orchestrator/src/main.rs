@@ -29,6 +29,17 @@ enum Cmd {
         #[arg(long = "set")]
         set: Vec<Override>,
     },
+    /// Hyperparameter search over the `[search]` section of a pipeline file
+    /// (grid, random or ASHA); each trial runs as `forja run` in its own
+    /// process; results, plots and the best configuration under OUT/sweep/.
+    Sweep {
+        file: PathBuf,
+        /// Trials at once (overrides `[search] parallel`).
+        #[arg(long)]
+        parallel: Option<usize>,
+        #[arg(long = "set")]
+        set: Vec<Override>,
+    },
     /// Check a pipeline file without running anything.
     Check {
         file: PathBuf,
@@ -95,6 +106,24 @@ fn real_main() -> Result<()> {
                 manifest.stages.len() - ran,
                 plan.out_dir.join("manifest.json").display()
             );
+        }
+        Cmd::Sweep { file, parallel, set } => {
+            let out = forja::sweep::sweep(&file, &registry, &forja::sweep::SweepOptions { parallel, overrides: set, exe: None })?;
+            match out.best {
+                Some(i) => {
+                    let r = &out.results[i];
+                    println!(
+                        "sweep: best trial {} with {:.6} ({} trials); table {}, report {}, best pipeline {}",
+                        r.trial.id,
+                        r.value,
+                        out.results.len(),
+                        out.dir.join("trials.arrow").display(),
+                        out.dir.join("report.md").display(),
+                        out.dir.join("best.toml").display()
+                    );
+                }
+                None => anyhow::bail!("sweep: no trial produced a value; see {}", out.dir.join("report.md").display()),
+            }
         }
         Cmd::Check { file, set } => {
             let plan = load(&file, &registry, &set)?;

@@ -16,6 +16,10 @@ struct RawPipeline {
     pipeline: RawHeader,
     #[serde(rename = "stage", default)]
     stages: Vec<Spanned<RawStage>>,
+    /// Read by `forja sweep` (`crate::sweep`); `forja run` runs the base pipeline.
+    #[serde(default)]
+    #[allow(dead_code)]
+    search: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,6 +36,9 @@ struct RawHeader {
     seed: u64,
     #[serde(default = "default_device")]
     device: String,
+    /// How energy becomes CO2e in the footprint of every stage.
+    #[serde(default)]
+    footprint: Option<forja_core::resources::FootprintConfig>,
 }
 
 fn default_seed() -> u64 {
@@ -50,7 +57,10 @@ struct RawStage {
     #[serde(default)]
     inputs: BTreeMap<String, Spanned<RawInput>>,
     #[serde(default)]
-    params: Option<Spanned<toml::Table>>,
+    /// Not `Spanned`: toml cannot give the span of a table that only dotted
+    /// headers define (`[stage.params.split]` without `[stage.params]`);
+    /// errors point into the stage's span instead.
+    params: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +95,7 @@ pub struct Plan {
     pub out_dir: PathBuf,
     pub seed: u64,
     pub device: String,
+    pub footprint: forja_core::resources::FootprintConfig,
     pub stages: Vec<PlannedStage>,
 }
 
@@ -136,6 +147,18 @@ impl Ctx<'_> {
         anyhow!("{}:{}: {msg}", self.file.display(), line_of(self.text, span.start))
     }
 
+    /// The line where a stage's parameters begin: `params = ...` or `[stage.params...]`.
+    fn params_span(&self, span: &Range<usize>) -> Range<usize> {
+        let found = self.key_span(span, "params");
+        if found != *span {
+            return found;
+        }
+        match self.text[span.clone()].find("[stage.params") {
+            Some(i) => span.start + i..span.start + i + 1,
+            None => span.clone(),
+        }
+    }
+
     /// Line of `key` inside `span` (for errors about one parameter).
     fn key_span(&self, span: &Range<usize>, key: &str) -> Range<usize> {
         let body = &self.text[span.clone()];
@@ -166,6 +189,7 @@ pub fn parse(file: &Path, text: &str, registry: &[&'static dyn DynStage], overri
     let base = lexical_clean(&file.parent().unwrap_or(Path::new(".")).join(raw.pipeline.root.as_deref().unwrap_or(".")));
     let out_dir = base.join(raw.pipeline.out_dir.clone().unwrap_or_else(|| format!("runs/{}", raw.pipeline.name)));
     let (name, seed, device) = (raw.pipeline.name.clone(), raw.pipeline.seed, raw.pipeline.device.clone());
+    let footprint = raw.pipeline.footprint.unwrap_or_else(forja_core::resources::FootprintConfig::from_env);
 
     let mut cx = Ctx { file, text, all: &raw.stages, names: HashMap::new(), registry, base, overrides };
     for (i, s) in raw.stages.iter().enumerate() {
@@ -186,7 +210,7 @@ pub fn parse(file: &Path, text: &str, registry: &[&'static dyn DynStage], overri
     }
     let order = topo_order(&planned, &raw.stages, &cx)?;
     let stages = order.into_iter().map(|i| planned[i].clone()).collect();
-    Ok(Plan { name, file: file.to_path_buf(), out_dir, seed, device, stages })
+    Ok(Plan { name, file: file.to_path_buf(), out_dir, seed, device, footprint, stages })
 }
 
 impl Ctx<'_> {
@@ -201,17 +225,20 @@ impl Ctx<'_> {
         })?;
 
         // Parameters: the file's table, then command-line overrides, then the stage's own check.
-        let mut table = raw.params.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
+        let mut table = raw.params.clone().unwrap_or_default();
         for o in self.overrides.iter().filter(|o| o.stage == name) {
             set_path(&mut table, &o.path, o.value.clone());
         }
         let params = serde_json::to_value(&table)?;
         if let Err(e) = stage.check(&params) {
             let msg = format!("{e:#}");
-            let span = raw.params.as_ref().map_or(s.span(), |p| p.span());
+            // The stage's text: from its header to the next `[[stage]]` (or the end).
+            let start = s.span().start;
+            let end = self.text[start + 1..].find("\n[[stage]]").map_or(self.text.len(), |i| start + 1 + i);
+            let span = start..end;
             let span = match unknown_field(&msg) {
                 Some(key) => self.key_span(&span, &key),
-                None => span,
+                None => self.params_span(&span),
             };
             bail!(self.err(span, format!("stage `{name}`: {msg}")));
         }
@@ -278,7 +305,7 @@ impl Ctx<'_> {
 }
 
 /// Removes `.` and resolves `..` against the preceding folder, without touching the disk.
-fn lexical_clean(path: &Path) -> PathBuf {
+pub(crate) fn lexical_clean(path: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for c in path.components() {
@@ -301,7 +328,7 @@ fn unknown_field(msg: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+pub(crate) fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
     match path {
         [] => {}
         [last] => {

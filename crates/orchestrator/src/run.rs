@@ -40,6 +40,8 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunManifest> {
         }
     }
     std::fs::create_dir_all(&plan.out_dir).with_context(|| format!("creating {}", plan.out_dir.display()))?;
+    // Every stage's footprint (measured by the stage adapter) uses the pipeline's settings.
+    plan.footprint.export();
     let version = program_version();
     let mut manifest = RunManifest {
         pipeline: plan.name.clone(),
@@ -242,6 +244,7 @@ fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
         r += &format!("| {stage} | {name} | {split} | {step} | {value:.4} |\n");
     }
     r += &trained_side_by_side(manifest, &rows);
+    r += &crate::card::footprint_markdown(plan, manifest);
     for s in &manifest.stages {
         if let Some(rep) = s.outputs.get(outputs::REPORT.name) {
             r += &format!("\nStage report ({}): `{}`\n", s.name, rep.path);
@@ -251,5 +254,6 @@ fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
         }
     }
     forja_core::fsutil::atomic_write(&plan.out_dir.join("report.md"), r.as_bytes())?;
+    crate::card::write(plan, manifest, &r)?;
     Ok(())
 }

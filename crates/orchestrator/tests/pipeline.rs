@@ -27,7 +27,10 @@ seed = 5
 name = "clean"
 kind = "clean"
 inputs = { files = ["corpus.txt", "*.jsonl"] }
-params = { split = { mode = "tail", val_fraction = 0.1 } }
+# A table defined only by a dotted header parses (no [stage.params] before it).
+[stage.params.split]
+mode = "tail"
+val_fraction = 0.1
 
 [[stage]]
 name = "tok"
@@ -88,6 +91,24 @@ fn a_pipeline_runs_end_to_end_then_skips_every_stage() {
     let metrics = MetricRow::read(&out.join("metrics.arrow")).unwrap();
     assert!(metrics.iter().any(|m| m.stage == "lm" && m.name == "loss" && m.split == "val" && m.step == 6));
     assert!(metrics.iter().any(|m| m.stage == "eval" && m.name == "perplexity" && m.value > 1.0));
+
+    // Every stage's footprint is recorded, positive, and totalled in the report and the card.
+    for s in &first.stages {
+        let f = forja_core::resources::Footprint::read(&out.join(&s.name)).unwrap_or_else(|| panic!("{}: no footprint.json", s.name));
+        assert!(f.wall_s > 0.0 && f.cpu_s > 0.0 && f.energy_wh > 0.0 && f.co2e_g > 0.0, "{f:?}");
+        assert_eq!(f.kind, s.kind);
+    }
+    let lm_flops = forja_core::resources::Footprint::read(&out.join("lm")).unwrap().flops;
+    assert!(lm_flops > 6.0 * 6.0 * 4.0 * 16.0 * 1000.0, "6 steps of 4×16 tokens through > 1000 parameters: {lm_flops}");
+    assert!(metrics.iter().any(|m| m.stage == "lm" && m.name == "co2e_g" && m.value > 0.0));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Footprint") && report.contains("| **total** |") && report.contains("GPT-3"), "{report}");
+    let card = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        card.contains("id=\"footprint\"") && card.contains("id=\"stage-lm\"") && card.contains("<svg"),
+        "the card inlines the loss curves"
+    );
+    assert!(!card.contains("<script") && !card.contains("<img"), "no script, no external picture");
 
     let second = run_plan(&load(&file, &reg, &[]).unwrap(), &RunOptions::default()).unwrap();
     assert!(second.stages.iter().all(|s| s.status == StageStatus::Skipped), "{:?}", statuses(&second));

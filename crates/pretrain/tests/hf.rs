@@ -275,7 +275,13 @@ fn models_of_the_wrong_kind_or_broken_folders_are_clear_errors() {
     forja_core::TokenRow::write(&tokens, "t", "t", &[forja_core::TokenRow { doc_id: "d".into(), ids: vec![1, 2, 3, 4] }]).unwrap();
     let err = format!(
         "{:#}",
-        forja_eval::run(&forja_eval::EvalConfig::default(), &minilm(), &tokens, &OutDir::new(dir.path()), &ctx()).unwrap_err()
+        forja_eval::run(
+            &forja_eval::EvalConfig::default(),
+            &forja_eval::EvalInputs { model: minilm(), split: tokens.clone(), questions: None },
+            &OutDir::new(dir.path()),
+            &ctx()
+        )
+        .unwrap_err()
     );
     assert!(err.contains("causal language models") && err.contains("`bert`"), "{err}");
     // A folder without config.json, and one of an unknown model_type.

@@ -363,8 +363,7 @@ fn an_lstm_trains_through_the_same_engine_and_evaluates() {
     let eval_out = tempfile::tempdir().unwrap();
     let score = forja_eval::run(
         &forja_eval::EvalConfig { prompts: vec!["ROMEO:".into()], ..Default::default() },
-        &out.path().join("model"),
-        &inputs.val,
+        &forja_eval::EvalInputs { model: out.path().join("model"), split: inputs.val.clone(), questions: None },
         &OutDir::new(eval_out.path()),
         &ctx(),
     )

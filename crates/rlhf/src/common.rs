@@ -133,24 +133,22 @@ pub fn engine_outputs(out: &OutDir) -> EngineOutputs {
 }
 
 /// What every trainer starts with: its seed and device, the thread count
-/// in force for the stage, the cost meter, libtorch's RNG seeded.
+/// in force for the stage, libtorch's RNG seeded.
 pub struct Setup {
     pub seed: u64,
     pub device_name: String,
     pub device: Device,
-    pub meter: forja_sft::cost::Meter,
     _threads: forja_train::ThreadsGuard,
 }
 
 /// Resolves seed and device (the stage's own or the run's) and sets threads.
 pub fn setup(seed: Option<u64>, device: Option<&str>, threads: i32, ctx: &forja_core::stage::StageCtx) -> anyhow::Result<Setup> {
-    let meter = forja_sft::cost::Meter::start();
     let seed = seed.unwrap_or(ctx.seed);
     let device_name = device.unwrap_or(&ctx.device).to_string();
     let device = forja_model::parse_device(&device_name)?;
     let threads = forja_train::ThreadsGuard::set(threads);
     tch::manual_seed(seed as i64);
-    Ok(Setup { seed, device_name, device, meter, _threads: threads })
+    Ok(Setup { seed, device_name, device, _threads: threads })
 }
 
 /// A GPT loaded for training: full, or frozen with LoRA adapters.

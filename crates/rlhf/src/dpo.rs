@@ -260,7 +260,7 @@ pub struct DpoSummary {
 pub fn run(cfg: &DpoConfig, inputs: &DpoInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<DpoSummary> {
     anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
     anyhow::ensure!(cfg.beta > 0.0, "beta must be > 0, got {}", cfg.beta);
-    let common::Setup { seed, device_name, device, meter, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
+    let common::Setup { seed, device_name, device, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
     let (seed, device) = (*seed, *device);
     let Policy { mut vs, model, fmt, cfg: gpt_cfg } =
         common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
@@ -348,7 +348,6 @@ pub fn run(cfg: &DpoConfig, inputs: &DpoInputs, out: &OutDir, ctx: &StageCtx) ->
         100.0 * accuracy
     );
     forja_core::fsutil::atomic_write(&outs.report, report.as_bytes())?;
-    meter.read().record(&outs.metrics, &outs.report, ctx, summary.steps)?;
     Ok(DpoSummary {
         train: summary,
         pairs: n_train,

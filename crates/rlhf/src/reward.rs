@@ -404,7 +404,7 @@ pub struct RewardSummary {
 
 pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<RewardSummary> {
     anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
-    let common::Setup { seed, device_name, device, meter, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
+    let common::Setup { seed, device_name, device, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
     let (seed, device) = (*seed, *device);
     let Built { mut vs, model, fmt, max_len, export, head } = build(cfg, &inputs.model, device)?;
     let mut rejects = Vec::new();
@@ -451,7 +451,6 @@ pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageC
         cut_t + cut_v
     );
     forja_core::fsutil::atomic_write(&outs.report, report.as_bytes())?;
-    meter.read().record(&outs.metrics, &outs.report, ctx, summary.steps)?;
     Ok(RewardSummary { train: summary, pairs: n_train, val_pairs: n_val, rejected: rejects.len(), truncated: cut_t + cut_v, val_accuracy })
 }
 

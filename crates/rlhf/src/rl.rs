@@ -684,7 +684,7 @@ pub fn run_with_hook(
     hook: forja_train::engine::StepHook,
 ) -> anyhow::Result<RlSummary> {
     cfg.validate(algo)?;
-    let common::Setup { seed, device_name, device, meter, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
+    let common::Setup { seed, device_name, device, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
     let (seed, device) = (*seed, *device);
     let Policy { mut vs, model, fmt, cfg: gpt_cfg } =
         common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
@@ -783,7 +783,6 @@ pub fn run_with_hook(
         if algo == Algorithm::Ppo { ", value loss" } else { "" },
     );
     forja_core::fsutil::atomic_write(&outs.report, report.as_bytes())?;
-    meter.read().record(&outs.metrics, &outs.report, ctx, summary.steps)?;
     Ok(RlSummary { train: summary, prompts: n_prompts, first_reward, last_reward, last_kl, reference_bytes_saved: saved })
 }
 

@@ -41,6 +41,26 @@ pub enum ClassWeights {
     Balanced,
 }
 
+/// Data augmentation of training batches, a pure function of
+/// `(seed, step, micro-batch, row)`: validation and test data are never augmented.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Augment {
+    /// Probability of dropping each token between `[CLS]` and `[SEP]`.
+    pub token_dropout: f64,
+    /// Probability of a typo in each word (a letter swapped, dropped, added or
+    /// replaced; no synonyms), applied to the text before tokenising.
+    pub char_noise: f64,
+}
+
+/// What character noise needs: the training texts (parallel to the examples)
+/// and the tokenizer to encode them again.
+pub struct TextNoise<'a> {
+    pub texts: Vec<String>,
+    pub tokenizer: &'a Tokenizer,
+    pub max_len: usize,
+}
+
 /// Parameters of `finetune_classifier`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -74,6 +94,7 @@ pub struct ClassifierStageConfig {
     pub class_weights: ClassWeights,
     /// Cross-entropy label smoothing.
     pub label_smoothing: f64,
+    pub augment: Augment,
     pub precision: Precision,
     pub seed: Option<u64>,
     pub device: Option<String>,
@@ -103,6 +124,7 @@ impl Default for ClassifierStageConfig {
             freeze_embeddings: false,
             class_weights: ClassWeights::None,
             label_smoothing: 0.0,
+            augment: Augment::default(),
             precision: Precision::F32,
             seed: None,
             device: None,
@@ -141,23 +163,12 @@ struct LabeledDoc {
     label: String,
 }
 
-/// The label of `doc` from its `meta` JSON, or why there is none.
-fn label_of(doc: &Document, field: &str) -> Result<String, String> {
-    let meta: serde_json::Value = serde_json::from_str(&doc.meta).map_err(|e| format!("meta is not JSON: {e}"))?;
-    match meta.get(field) {
-        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
-        Some(other) => Err(format!("label field `{field}` is empty or not a string/number: {other}")),
-        None => Err(format!("no label field `{field}` in meta")),
-    }
-}
-
 /// Reads labeled documents; documents without a label go to `rejects`.
 fn read_labeled(path: &Path, field: &str, rejects: &mut Vec<Reject>) -> anyhow::Result<Vec<LabeledDoc>> {
     let docs = Document::read(path)?;
     let mut out = Vec::with_capacity(docs.len());
     for (i, d) in docs.iter().enumerate() {
-        match label_of(d, field) {
+        match d.meta_field(field) {
             Ok(label) => out.push(LabeledDoc { text: d.text.clone(), label }),
             Err(reason) => rejects.push(Reject::new(&format!("{} ({})", path.display(), d.source), i as u64 + 1, reason, &d.text)),
         }
@@ -241,6 +252,10 @@ pub struct Classify<'a> {
     pub pad: i64,
     pub weights: Option<Tensor>,
     pub label_smoothing: f64,
+    pub augment: Augment,
+    pub seed: u64,
+    /// Needed when `augment.char_noise` > 0.
+    pub noise: Option<TextNoise<'a>>,
     pub write: forja_pretrain::objectives::ModelWriter<'a>,
 }
 
@@ -257,11 +272,43 @@ impl Classify<'_> {
     fn device(&self) -> Device {
         self.model.bert.word_embeddings.ws.device()
     }
+
+    /// Training example `i` as row `k` of micro-batch `(step, micro)`, augmented.
+    fn augmented(&self, i: usize, step: u64, micro: u64, k: usize) -> anyhow::Result<Example> {
+        let a = self.augment;
+        let row_seed = self.seed.wrapping_mul(1_000_003).wrapping_add(step.wrapping_mul(1009) + micro * 101 + k as u64);
+        let mut ex = self.train[i].clone();
+        if let (true, Some(n)) = (a.char_noise > 0.0, &self.noise) {
+            let text = forja_eval::perturb::char_noise(&n.texts[i], a.char_noise, row_seed);
+            ex.ids = encode_for_bert(n.tokenizer, &text, n.max_len)?.into_iter().map(i64::from).collect();
+        }
+        if a.token_dropout > 0.0 && ex.ids.len() > 3 {
+            let mut rng = ChaCha8Rng::seed_from_u64(row_seed ^ 0xd50f);
+            let last = ex.ids.len() - 1;
+            let kept: Vec<i64> = ex
+                .ids
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j == 0 || j == last || !rand::Rng::random_bool(&mut rng, a.token_dropout.clamp(0.0, 1.0)))
+                .map(|(_, &t)| t)
+                .collect();
+            if kept.len() > 2 {
+                ex.ids = kept;
+            }
+        }
+        Ok(ex)
+    }
 }
 
 impl Objective for Classify<'_> {
     fn train_loss(&mut self, step: u64, micro: u64) -> anyhow::Result<Tensor> {
-        let rows: Vec<&Example> = self.batches.indices(step, micro).into_iter().map(|i| &self.train[i]).collect();
+        let idx = self.batches.indices(step, micro);
+        let owned: Vec<Example> = if self.augment == Augment::default() {
+            Vec::new()
+        } else {
+            idx.iter().enumerate().map(|(k, &i)| self.augmented(i, step, micro, k)).collect::<anyhow::Result<_>>()?
+        };
+        let rows: Vec<&Example> = if owned.is_empty() { idx.into_iter().map(|i| &self.train[i]).collect() } else { owned.iter().collect() };
         let (ids, mask, labels) = collate(&rows, self.pad, self.device());
         let logits = self.model.forward(&ids, &mask, true)?;
         Ok(self.loss(&logits, &labels))
@@ -300,59 +347,12 @@ impl Objective for Classify<'_> {
     }
 }
 
-/// Scores of a classifier on labeled examples.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClassScores {
-    pub accuracy: f64,
-    pub macro_precision: f64,
-    pub macro_recall: f64,
-    pub macro_f1: f64,
-    /// `confusion[true][predicted]` counts.
-    pub confusion: Vec<Vec<u64>>,
-    pub per_class: Vec<ClassScore>,
-}
+/// Scores of a classifier on labeled examples (`forja_eval::metrics`, as scikit-learn).
+pub use forja_eval::metrics::Classification as ClassScores;
 
-/// One class's scores.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct ClassScore {
-    pub precision: f64,
-    pub recall: f64,
-    pub f1: f64,
-    /// Examples of the class.
-    pub support: u64,
-}
-
-/// Accuracy, macro precision / recall / F1 and the confusion matrix of
-/// `(true, predicted)` pairs over `n` classes (a class never predicted has
-/// precision 0, as scikit-learn's `zero_division=0`).
+/// Classification metrics of `(true, predicted)` pairs over `n` classes.
 pub fn score(pairs: &[(usize, usize)], n: usize) -> ClassScores {
-    let mut confusion = vec![vec![0u64; n]; n];
-    for &(t, p) in pairs {
-        confusion[t][p] += 1;
-    }
-    let correct: u64 = (0..n).map(|c| confusion[c][c]).sum();
-    let per_class: Vec<ClassScore> = (0..n)
-        .map(|c| {
-            let tp = confusion[c][c] as f64;
-            let predicted: u64 = (0..n).map(|r| confusion[r][c]).sum();
-            let support: u64 = confusion[c].iter().sum();
-            let p = if predicted == 0 { 0.0 } else { tp / predicted as f64 };
-            let r = if support == 0 { 0.0 } else { tp / support as f64 };
-            let f1 = if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) };
-            ClassScore { precision: p, recall: r, f1, support }
-        })
-        .collect();
-    // Macro averages over the classes present in the data (scikit-learn's labels=None).
-    let present: Vec<&ClassScore> = per_class.iter().filter(|c| c.support > 0).collect();
-    let mean = |f: fn(&ClassScore) -> f64| present.iter().map(|c| f(c)).sum::<f64>() / present.len().max(1) as f64;
-    ClassScores {
-        accuracy: correct as f64 / pairs.len().max(1) as f64,
-        macro_precision: mean(|c| c.precision),
-        macro_recall: mean(|c| c.recall),
-        macro_f1: mean(|c| c.f1),
-        confusion,
-        per_class,
-    }
+    forja_eval::metrics::classification(pairs, n)
 }
 
 /// Predicted class of each example (batched, sorted by length).
@@ -379,7 +379,6 @@ pub struct ClassifierSummary {
     pub train: TrainSummary,
     pub test: Option<ClassScores>,
     pub labels: Vec<String>,
-    pub cost: crate::cost::Cost,
 }
 
 /// Trains and scores; writes every output of the stage under `out`.
@@ -395,7 +394,6 @@ pub fn run_with_hook(
     ctx: &StageCtx,
     hook: StepHook,
 ) -> anyhow::Result<ClassifierSummary> {
-    let meter = crate::cost::Meter::start();
     anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
     anyhow::ensure!((0.0..1.0).contains(&cfg.val_fraction), "val_fraction must be in [0, 1), got {}", cfg.val_fraction);
     anyhow::ensure!(cfg.max_length >= 2, "max_length must be at least 2 ([CLS] and [SEP])");
@@ -481,6 +479,13 @@ pub fn run_with_hook(
         pad,
         weights: weights.as_ref().map(|w| Tensor::from_slice(w).to_kind(Kind::Float).to(device)),
         label_smoothing: cfg.label_smoothing,
+        augment: cfg.augment,
+        seed,
+        noise: (cfg.augment.char_noise > 0.0).then(|| TextNoise {
+            texts: train_idx.iter().map(|&i| train_docs[i].text.clone()).collect(),
+            tokenizer: &tokenizer,
+            max_len,
+        }),
         write,
     };
     let engine_cfg = EngineConfig {
@@ -527,19 +532,16 @@ pub fn run_with_hook(
         _ => None,
     };
     finish_outputs(out, ctx, &outputs, &labels, &train_summary, test_scores.as_ref(), weights.is_some())?;
-    let cost = meter.read();
-    cost.record(&outputs.metrics, &outputs.report, ctx, train_summary.steps)?;
     if let Some(s) = &test_scores {
         println!(
-            "{}: test accuracy {:.4}, macro F1 {:.4} ({} examples), {:.0} s",
+            "{}: test accuracy {:.4}, macro F1 {:.4} ({} examples)",
             ctx.name,
             s.accuracy,
-            s.macro_f1,
-            test.as_ref().map_or(0, Vec::len),
-            cost.wall_s
+            s.f1.macro_,
+            test.as_ref().map_or(0, Vec::len)
         );
     }
-    Ok(ClassifierSummary { train: train_summary, test: test_scores, labels, cost })
+    Ok(ClassifierSummary { train: train_summary, test: test_scores, labels })
 }
 
 /// Which parameters train: LoRA adapters and the head (LoRA), everything but
@@ -580,9 +582,9 @@ fn finish_outputs(
     let mut metrics = MetricRow::read(&outputs.metrics)?;
     for (name, v) in [
         (metric::ACCURACY, s.accuracy),
-        (metric::MACRO_PRECISION, s.macro_precision),
-        (metric::MACRO_RECALL, s.macro_recall),
-        (metric::MACRO_F1, s.macro_f1),
+        (metric::MACRO_PRECISION, s.precision.macro_),
+        (metric::MACRO_RECALL, s.recall.macro_),
+        (metric::MACRO_F1, s.f1.macro_),
     ] {
         metrics.push(MetricRow::new(&ctx.name, train.steps, name, v, split::TEST));
     }
@@ -591,9 +593,10 @@ fn finish_outputs(
     forja_core::fsutil::atomic_write(&confusion, forja_core::plot::confusion_heatmap(&title, labels, &s.confusion).as_bytes())?;
     report += &format!(
         "### Test split\n\n| metric | value |\n|---|---|\n| accuracy | {:.4} |\n| macro precision | {:.4} |\n| macro recall | {:.4} |\n| macro F1 | {:.4} |\n\n![confusion matrix]({})\n\n",
-        s.accuracy, s.macro_precision, s.macro_recall, s.macro_f1, CONFUSION.path
+        s.accuracy, s.precision.macro_, s.recall.macro_, s.f1.macro_, CONFUSION.path
     );
-    let mut worst: Vec<(usize, &ClassScore)> = s.per_class.iter().enumerate().filter(|(_, c)| c.support > 0).collect();
+    let mut worst: Vec<(usize, &forja_eval::metrics::ClassScore)> =
+        s.labels.iter().copied().zip(&s.per_class).filter(|(_, c)| c.support > 0).collect();
     worst.sort_by(|a, b| a.1.f1.total_cmp(&b.1.f1));
     report += "Weakest classes:\n\n| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n";
     for (c, k) in worst.into_iter().take(10) {

@@ -423,7 +423,6 @@ pub fn run(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &StageCtx) ->
 /// [`run`] with a hook after every step.
 pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &StageCtx, hook: StepHook) -> anyhow::Result<SftSummary> {
     anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
-    let meter = crate::cost::Meter::start();
     let seed = cfg.seed.unwrap_or(ctx.seed);
     let device_name = cfg.device.clone().unwrap_or_else(|| ctx.device.clone());
     let device = parse_device(&device_name)?;
@@ -519,7 +518,6 @@ pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &St
     let summary = Engine::new(&engine_cfg, &mut vs, groups, spec)?.run(&mut obj, &outputs, hook)?;
     drop(obj);
     write_samples(cfg, inputs, out, ctx, &outputs, device)?;
-    meter.read().record(&outputs.metrics, &outputs.report, ctx, summary.steps)?;
     Ok(SftSummary {
         train: summary,
         examples: train_enc.len(),

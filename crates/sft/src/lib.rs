@@ -8,13 +8,11 @@
 //! - [`instruct`]: the `sft` stage — instruction tuning of a GPT, assistant-only
 //!   loss, packing with block-diagonal attention, full or LoRA;
 //! - [`peft`]: LoRA adapters in the `peft` package's layout;
-//! - [`cost`]: wall and CPU time and the energy estimate in metrics and reports;
 //! - [`classify`]: the `finetune_classifier` stage — a pretrained BERT encoder
 //!   plus a classification head, full or LoRA, scored on the test split.
 
 pub mod chat;
 pub mod classify;
-pub mod cost;
 pub mod data;
 pub mod instruct;
 pub mod peft;

@@ -67,14 +67,15 @@ fn minilm_with_a_head_overfits_a_tiny_fixture_and_loads_in_transformers_as_a_seq
     let summary = run(&cfg, &inputs, &OutDir::new(&out), &ctx).unwrap();
     let test = summary.test.unwrap();
     assert_eq!(test.accuracy, 1.0, "confusion {:?}", test.confusion);
-    assert_eq!(test.macro_f1, 1.0);
+    assert_eq!(test.f1.macro_, 1.0);
     assert_eq!(summary.labels, vec!["card_arrival", "exchange_rate", "lost_or_stolen_phone"]);
     let metrics = MetricRow::read(&out.join("metrics.arrow")).unwrap();
     assert!(metrics.iter().any(|m| m.name == metric::ACCURACY && m.split == "test" && m.value == 1.0));
     let rejects = forja_core::Reject::read(&out.join("rejects.arrow")).unwrap();
     assert_eq!(rejects.len(), 2, "the unlabeled document, once as train and once as test: {rejects:?}");
-    assert!(rejects[0].reason.contains("no label field `category`"));
+    assert!(rejects[0].reason.contains("no field `category`"));
     assert!(std::fs::read_to_string(out.join("confusion.svg")).unwrap().contains("<svg"));
+    evaluate_the_trained_classifier(&out.join("model"), &docs_path_for_eval(tmp.path()), &ctx);
 
     // transformers reads the folder as a sequence classifier with the same logits.
     let model_dir = out.join("model");
@@ -107,9 +108,9 @@ fn scores_and_the_stratified_split_are_right() {
     assert!((s.accuracy - 4.0 / 6.0).abs() < 1e-12);
     assert_eq!(s.confusion, vec![vec![2, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]);
     // Precision 2/3, 2/3, 0; recall 2/3, 1, 0; F1 2/3, 0.8, 0 (as scikit-learn computes them).
-    assert!((s.macro_precision - (2.0 / 3.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
-    assert!((s.macro_recall - (2.0 / 3.0 + 1.0) / 3.0).abs() < 1e-12);
-    assert!((s.macro_f1 - (2.0 / 3.0 + 0.8) / 3.0).abs() < 1e-12);
+    assert!((s.precision.macro_ - (2.0 / 3.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+    assert!((s.recall.macro_ - (2.0 / 3.0 + 1.0) / 3.0).abs() < 1e-12);
+    assert!((s.f1.macro_ - (2.0 / 3.0 + 0.8) / 3.0).abs() < 1e-12);
 
     let labels: Vec<i64> = (0..100)
         .map(|i| {
@@ -193,4 +194,75 @@ fn padding_never_changes_a_bert_sequence_s_hidden_states() {
     assert!(diff(&padded.get(0), &alone(&long)) < 1e-5);
     assert!(diff(&padded.get(1).narrow(0, 0, 3), &alone(&short)) < 1e-5);
     assert_eq!(padded.get(1).narrow(0, 3, 4).abs().sum(Kind::Float).double_value(&[]), 0.0, "padding positions are zeros");
+}
+
+/// The fixture with keyword slices' words in it, plus one document of a label
+/// the model does not know.
+fn docs_path_for_eval(dir: &std::path::Path) -> PathBuf {
+    let mut docs = fixture();
+    docs.push(Document {
+        id: "u".into(),
+        text: "what is this".into(),
+        source: "s".into(),
+        lang: "en".into(),
+        meta: serde_json::json!({ "category": "not_a_label" }).to_string(),
+    });
+    let path = dir.join("eval_docs.arrow");
+    Document::write(&path, "t", "t", &docs).unwrap();
+    path
+}
+
+/// `eval_classifier` on the model that fits the fixture: metrics, slices,
+/// perturbations (strength 0 changes nothing), HotFlip (never helps), and
+/// attributions that meet completeness.
+fn evaluate_the_trained_classifier(model: &std::path::Path, test: &std::path::Path, ctx: &StageCtx) {
+    use forja_eval::classifier::{run, AttributionConfig, ClassifierEvalConfig, ClassifierEvalInputs, RobustnessConfig, SliceConfig};
+    use forja_eval::perturb::Perturbation;
+    let out = tempfile::tempdir().unwrap();
+    let cfg = ClassifierEvalConfig {
+        label_field: "category".into(),
+        slices: SliceConfig {
+            keywords: [("card".to_string(), vec!["card".to_string()]), ("phone".to_string(), vec!["phone".to_string()])]
+                .into_iter()
+                .collect(),
+            min_size: 2,
+            ..Default::default()
+        },
+        robustness: RobustnessConfig {
+            perturbations: vec![Perturbation::Typo(0.0), Perturbation::WordDrop(0.5)],
+            hotflip: vec![1, 3],
+            max_examples: 0,
+        },
+        attributions: AttributionConfig { examples: 2, steps: 48, tolerance: 0.05 },
+        ..Default::default()
+    };
+    let inputs = ClassifierEvalInputs { model: model.to_path_buf(), test: test.to_path_buf() };
+    let r = run(&cfg, &inputs, &OutDir::new(out.path()), ctx).unwrap();
+    assert_eq!(r.scores.n, 12, "the document of an unknown label is a reject");
+    assert_eq!(forja_core::Reject::read(&out.path().join("rejects.arrow")).unwrap().len(), 1);
+    assert_eq!(r.scores.accuracy, 1.0);
+    assert!(r.ece >= 0.0 && r.ece < 1.0 && r.log_loss > 0.0);
+    let names: Vec<&str> = r.slices.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["(none)", "card", "phone"], "{names:?}");
+    assert!(r.slices.iter().all(|s| s.accuracy == 1.0));
+    assert_eq!(r.disparity.as_ref().unwrap().gap, 0.0);
+    assert_eq!(r.robustness[0].key, "typo@0");
+    assert_eq!(r.robustness[0].drop, 0.0, "strength 0 changes no text");
+    let flips: Vec<f64> = r.robustness.iter().filter(|x| x.key.starts_with("hotflip")).map(|x| x.accuracy).collect();
+    assert!(flips.len() == 2 && flips[0] <= 1.0 && flips[1] <= flips[0], "more flips never help the model: {flips:?}");
+    assert!(flips[1] < 1.0, "three gradient-guided substitutions fool a 12-example model at least once: {flips:?}");
+    assert_eq!(r.attributions.len(), 1, "one right prediction (there is no wrong one)");
+    for e in &r.attributions {
+        assert!(
+            e.complete,
+            "completeness error {} for F(x) − F(b) = {}",
+            e.attribution.completeness_error(),
+            e.attribution.f_input - e.attribution.f_baseline
+        );
+        assert_eq!(e.attribution.scores[0], 0.0, "[CLS] is the same in input and baseline");
+    }
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    for part in ["## Per-class metrics", "## Slices", "## Robustness", "## Attributions", "class=\"attr\""] {
+        assert!(report.contains(part), "{part}");
+    }
 }

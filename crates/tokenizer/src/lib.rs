@@ -112,6 +112,10 @@ impl Tokenizer {
         self.inner.decode(ids, true).map_err(|e| anyhow!("decoding: {e}"))
     }
 
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

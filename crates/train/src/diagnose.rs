@@ -43,6 +43,9 @@ pub struct DiagnosisConfig {
     pub max_recoveries: u64,
     /// Log each layer's gradient norm every `log_interval` steps.
     pub layer_grad_norms: bool,
+    /// Warn of overfitting when the gap between validation and training loss
+    /// has grown at this many evaluations in a row (0: off).
+    pub overfit_evals: u64,
 }
 
 impl Default for DiagnosisConfig {
@@ -58,6 +61,7 @@ impl Default for DiagnosisConfig {
             lr_factor: 0.5,
             max_recoveries: 10,
             layer_grad_norms: true,
+            overfit_evals: 3,
         }
     }
 }
@@ -230,5 +234,76 @@ mod tests {
         assert_eq!(m.check(&cfg, 2.0, 50.0).map(|c| c.0), Some(IncidentKind::ExplodingGradient));
         assert_eq!(m.check(&cfg, f64::NAN, 1.0).map(|c| c.0), Some(IncidentKind::NonFiniteLoss));
         assert_eq!(m.check(&cfg, 2.0, f64::INFINITY).map(|c| c.0), Some(IncidentKind::NonFiniteGradient));
+    }
+}
+
+/// Validation pulling away from training: the gap `val − train` grew at
+/// `evals` evaluations in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OverfitWarning {
+    /// Evaluation step where the growth began (the last gap before it).
+    pub since_step: u64,
+    /// Step of the latest evaluation of the streak.
+    pub at_step: u64,
+    pub gap_from: f64,
+    pub gap_to: f64,
+    /// Step and loss of the best validation so far.
+    pub best_step: u64,
+    pub best_val: f64,
+}
+
+/// Looks for an overfitting streak in `(step, train loss, val loss)` evaluations
+/// (in step order): the first point where the gap has grown `evals` times in a
+/// row, extended to the end of that streak. `None` when there is none or
+/// `evals` is 0.
+pub fn overfitting(points: &[(u64, f64, f64)], evals: u64) -> Option<OverfitWarning> {
+    if evals == 0 {
+        return None;
+    }
+    let gap = |i: usize| points[i].2 - points[i].1;
+    let mut run = 0u64;
+    let mut found: Option<(usize, usize)> = None;
+    for i in 1..points.len() {
+        if gap(i) > gap(i - 1) {
+            run += 1;
+            if run >= evals {
+                let start = i - run as usize;
+                match &mut found {
+                    Some((s, end)) if *s == start => *end = i,
+                    Some(_) => {}
+                    None => found = Some((start, i)),
+                }
+            }
+        } else {
+            run = 0;
+        }
+    }
+    let (start, end) = found?;
+    let best = points[..=end].iter().min_by(|a, b| a.2.total_cmp(&b.2))?;
+    Some(OverfitWarning {
+        since_step: points[start].0,
+        at_step: points[end].0,
+        gap_from: gap(start),
+        gap_to: gap(end),
+        best_step: best.0,
+        best_val: best.2,
+    })
+}
+
+#[cfg(test)]
+mod overfit_tests {
+    use super::overfitting;
+
+    #[test]
+    fn a_growing_gap_is_found_with_the_best_validation_step() {
+        // val falls until step 30, then rises while train keeps falling.
+        let pts = [(10, 2.0, 2.1), (20, 1.8, 1.9), (30, 1.5, 1.7), (40, 1.3, 1.8), (50, 1.1, 1.9), (60, 0.9, 2.0), (70, 0.8, 2.0)];
+        let w = overfitting(&pts, 3).expect("warning");
+        assert_eq!((w.since_step, w.at_step, w.best_step), (20, 70, 30), "{w:?}");
+        assert!((w.best_val - 1.7).abs() < 1e-12 && w.gap_to > w.gap_from);
+        assert!(overfitting(&pts, 7).is_none(), "a streak of 5 is not one of 7");
+        assert!(overfitting(&pts, 0).is_none(), "0 turns it off");
+        let healthy = [(10, 2.0, 2.1), (20, 1.8, 1.95), (30, 1.6, 1.7), (40, 1.5, 1.62)];
+        assert!(overfitting(&healthy, 2).is_none());
     }
 }

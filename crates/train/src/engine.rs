@@ -14,7 +14,7 @@
 //! its last checkpoint ends with the weights of one never interrupted (CPU, same
 //! thread count).
 
-use crate::diagnose::{blame, layer_norms, DiagnosisConfig, Incident, IncidentKind, Monitor, Policy};
+use crate::diagnose::{blame, layer_norms, overfitting, DiagnosisConfig, Incident, IncidentKind, Monitor, OverfitWarning, Policy};
 use crate::optim::{lr_at, AdamW, OptimConfig, ParamGroup};
 use anyhow::{bail, Context};
 use forja_core::artifacts::Artifact;
@@ -251,6 +251,9 @@ pub struct Engine<'a> {
     out_dir: &'a Path,
     state: TrainerState,
     metrics: Vec<MetricRow>,
+    /// Scalars of the var store: training counts 6 FLOPs per scalar and token
+    /// (forward and backward), evaluation 2.
+    n_scalars: f64,
 }
 
 /// The key of a run's trajectory: the whole typed configuration, the seed,
@@ -294,7 +297,8 @@ impl<'a> Engine<'a> {
         anyhow::ensure!(cfg.max_steps > 0 && cfg.grad_accum > 0, "max_steps and grad_accum must be > 0");
         let opt = AdamW::new(groups)?;
         let RunSpec { seed, run_key, ctx, out_dir } = spec;
-        Ok(Self { cfg, vs, opt, seed, ctx, out_dir, state: TrainerState::fresh(&run_key), metrics: Vec::new() })
+        let n_scalars = vs.variables().values().map(|t| t.numel() as f64).sum();
+        Ok(Self { cfg, vs, opt, seed, ctx, out_dir, state: TrainerState::fresh(&run_key), metrics: Vec::new(), n_scalars })
     }
 
     /// Number of trained scalars.
@@ -327,6 +331,7 @@ impl<'a> Engine<'a> {
             let scaled = if accum > 1 { &loss / accum as f64 } else { loss.shallow_clone() };
             scaled.backward();
             stats.loss += loss.double_value(&[]) / accum as f64;
+            forja_core::resources::add_flops(6.0 * self.n_scalars * obj.tokens_per_micro());
             stats.forward_s += (t1 - t0).as_secs_f64();
             stats.backward_s += t1.elapsed().as_secs_f64();
         }
@@ -432,6 +437,10 @@ impl<'a> Engine<'a> {
         let val = self.estimate(obj, EvalSplit::Val)?;
         self.record_eval(step, EvalSplit::Val, &val);
         say(bar, format!("step {step}: train loss {:.4}, val loss {:.4}", train.loss, val.loss));
+        if let Some(w) = overfitting(&eval_points(&self.metrics), self.cfg.diagnosis.overfit_evals).filter(|w| w.at_step == step) {
+            self.push(step, metric::OVERFIT, w.gap_to, split::NONE);
+            say(bar, format!("step {step}: {}", overfit_text(&w)));
+        }
         if self.state.best_val.is_none_or(|b| val.loss < b) {
             self.state.best_val = Some(val.loss);
             self.state.best_step = Some(step);
@@ -454,6 +463,7 @@ impl<'a> Engine<'a> {
     fn estimate(&self, obj: &mut dyn Objective, split: EvalSplit) -> anyhow::Result<EvalScore> {
         let _guard = tch::no_grad_guard();
         let n = self.cfg.eval_iters.max(1);
+        forja_core::resources::add_flops(2.0 * self.n_scalars * obj.tokens_per_micro() * n as f64);
         let mut mean = EvalScore::default();
         for i in 0..n {
             let s = obj.eval_batch(split, i)?;
@@ -674,10 +684,51 @@ impl<'a> Engine<'a> {
             incidents: self.state.incidents.clone(),
             trainable_params: self.trainable_params(),
         };
-        let report = report_md(&self.ctx.name, &summary, use_best, outputs);
+        let mut report = report_md(&self.ctx.name, &summary, use_best, outputs);
+        report += &overfit_section(&self.metrics, self.cfg.diagnosis.overfit_evals);
         forja_core::fsutil::atomic_write(&outputs.report, report.as_bytes())?;
         Ok(summary)
     }
+}
+
+/// `(step, train loss, val loss)` of every evaluation with both.
+fn eval_points(metrics: &[MetricRow]) -> Vec<(u64, f64, f64)> {
+    let mut train = std::collections::BTreeMap::new();
+    let mut val = std::collections::BTreeMap::new();
+    for m in metrics.iter().filter(|m| m.name == metric::LOSS) {
+        match m.split.as_str() {
+            split::TRAIN => train.insert(m.step, m.value),
+            split::VAL => val.insert(m.step, m.value),
+            _ => None,
+        };
+    }
+    val.into_iter().filter_map(|(step, v)| train.get(&step).map(|&t| (step, t, v))).collect()
+}
+
+fn overfit_text(w: &OverfitWarning) -> String {
+    format!(
+        "overfitting: the gap val − train loss grew at every evaluation from step {} ({:.4}) to step {} ({:.4}); validation was best at step {} ({:.4})",
+        w.since_step, w.gap_from, w.at_step, w.gap_to, w.best_step, w.best_val
+    )
+}
+
+/// The report's overfitting section: the train / val gap and the warning, if any.
+fn overfit_section(metrics: &[MetricRow], evals: u64) -> String {
+    let points = eval_points(metrics);
+    let mut r = "\n## Overfitting\n\n".to_string();
+    if points.is_empty() {
+        return r + "No validation split: nothing to compare the training loss with.\n";
+    }
+    r += &match overfitting(&points, evals) {
+        Some(w) => format!("**Warning**: {}.\n\n", overfit_text(&w)),
+        None if evals == 0 => "The check is off (`diagnosis.overfit_evals = 0`).\n\n".into(),
+        None => format!("No warning: the gap val − train loss never grew at {evals} evaluations in a row.\n\n"),
+    };
+    r += "| step | train loss | val loss | gap |\n|---|---|---|---|\n";
+    for (step, t, v) in &points {
+        r += &format!("| {step} | {t:.4} | {v:.4} | {:.4} |\n", v - t);
+    }
+    r
 }
 
 fn last_value(metrics: &[MetricRow], name: &str, split: &str) -> f64 {

@@ -233,6 +233,9 @@ fn bench_classifier(model_dir: &Path, train: &Path, batch: usize, max_length: us
         pad: bert_cfg.pad_token_id,
         weights: None,
         label_smoothing: 0.0,
+        augment: Default::default(),
+        seed: 0,
+        noise: None,
         write,
     };
     let ecfg = engine_cfg(optim, t);
