@@ -55,11 +55,18 @@ pub struct QaConfig {
     /// Questions asked (the file's first ones; 0: all).
     pub max_examples: usize,
     pub max_new_tokens: usize,
+    /// An answer ends before the first of these (the model going on to a next question).
+    pub stop: Vec<String>,
 }
 
 impl Default for QaConfig {
     fn default() -> Self {
-        Self { prompt: "Question: {question}\nAnswer:".into(), max_examples: 50, max_new_tokens: 128 }
+        Self {
+            prompt: "Question: {question}\nAnswer:".into(),
+            max_examples: 50,
+            max_new_tokens: 128,
+            stop: vec!["\n\n".into(), "\nQuestion:".into()],
+        }
     }
 }
 

@@ -69,13 +69,14 @@ pub struct QaResult {
 impl QaResult {
     pub fn markdown(&self, file: &Path, cfg: &QaConfig) -> String {
         let mut md = format!(
-            "\n## Exact match\n\n`{}`: **{:.4}** on {} questions ({} without a numeric reference left out). Prompt: `{:?}`; greedy, at most {} new tokens; the final number of an answer (after `####` if present, else the last number) is compared with the reference's.\n\n",
+            "\n## Exact match\n\n`{}`: **{:.4}** on {} questions ({} without a numeric reference left out). Prompt: `{:?}`; greedy, at most {} new tokens, cut at {:?}; the final number of an answer (after `####` if present, else the last number) is compared with the reference's.\n\n",
             file.display(),
             self.exact_match,
             self.asked,
             self.skipped,
             cfg.prompt,
-            cfg.max_new_tokens
+            cfg.max_new_tokens,
+            cfg.stop
         );
         for g in self.generations.iter().take(3) {
             md += &format!("```text\n{}{}\n```\n\n", g.prompt, g.completion);
@@ -117,7 +118,10 @@ pub fn exact_match(loaded: &LoadedModel, file: &Path, cfg: &QaConfig) -> anyhow:
             ids.drain(..ids.len() - room);
         }
         let new_ids = generate(g, &ids, None, &sampling)?;
-        let completion = loaded.tokenizer.decode(&new_ids)?;
+        let mut completion = loaded.tokenizer.decode(&new_ids)?;
+        if let Some(cut) = cfg.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| completion.find(s.as_str())).min() {
+            completion.truncate(cut);
+        }
         answers.push(completion.clone());
         refs.push(qa.answer);
         generations.push(Generation { prompt, completion, model: "exact_match".into(), reward: None });

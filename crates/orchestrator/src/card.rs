@@ -94,11 +94,7 @@ fn flops(v: f64) -> String {
 
 /// Footprints of the run's stages (those with a `footprint.json`).
 pub fn footprints(plan: &Plan, manifest: &RunManifest) -> Vec<(String, StageStatus, Footprint)> {
-    manifest
-        .stages
-        .iter()
-        .filter_map(|s| Footprint::read(&plan.out_dir.join(&s.name)).map(|f| (s.name.clone(), s.status, f)))
-        .collect()
+    manifest.stages.iter().filter_map(|s| Footprint::read(&plan.out_dir.join(&s.name)).map(|f| (s.name.clone(), s.status, f))).collect()
 }
 
 /// Emissions the source document cites for training large models (Stanford

@@ -37,6 +37,10 @@ enum Cmd {
         /// Trials at once (overrides `[search] parallel`).
         #[arg(long)]
         parallel: Option<usize>,
+        /// Only write the trial pipelines (OUT/sweep/trial-NNNN/pipeline.toml),
+        /// for a cluster scheduler to run; a later `forja sweep` reuses what they finished.
+        #[arg(long)]
+        prepare: bool,
         #[arg(long = "set")]
         set: Vec<Override>,
     },
@@ -107,9 +111,11 @@ fn real_main() -> Result<()> {
                 plan.out_dir.join("manifest.json").display()
             );
         }
-        Cmd::Sweep { file, parallel, set } => {
-            let out = forja::sweep::sweep(&file, &registry, &forja::sweep::SweepOptions { parallel, overrides: set, exe: None })?;
+        Cmd::Sweep { file, parallel, prepare, set } => {
+            let opts = forja::sweep::SweepOptions { parallel, overrides: set, exe: None, prepare_only: prepare };
+            let out = forja::sweep::sweep(&file, &registry, &opts)?;
             match out.best {
+                None if prepare => {}
                 Some(i) => {
                     let r = &out.results[i];
                     println!(

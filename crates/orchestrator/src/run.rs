@@ -225,8 +225,9 @@ fn trained_side_by_side(manifest: &RunManifest, rows: &[MetricRow]) -> String {
 }
 
 /// Writes `OUT/report.md`: each stage's status and time, the last value of
-/// each loss, perplexity, accuracy, macro F1 and cost metric, and the trained
-/// models side by side.
+/// each loss, perplexity, accuracy, macro F1, calibration, disparity, exact
+/// match and cost metric, the trained models side by side and the footprint;
+/// then the report card `OUT/report.html`.
 fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
     let mut r = format!("# Run `{}`\n\nPipeline: `{}`  \nProgram: `{}`\n\n", plan.name, plan.file.display(), manifest.program_version);
     r += "| stage | kind | status | wall s |\n|---|---|---|---|\n";
@@ -235,7 +236,18 @@ fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
     }
     let rows = MetricRow::read(&plan.out_dir.join("metrics.arrow"))?;
     let mut last: BTreeMap<(String, String, String), (u64, f64)> = BTreeMap::new();
-    let reported = [metric::LOSS, metric::PERPLEXITY, metric::ACCURACY, metric::MACRO_F1, metric::WALL_S, metric::ENERGY_WH];
+    let reported = [
+        metric::LOSS,
+        metric::PERPLEXITY,
+        metric::ACCURACY,
+        metric::MACRO_F1,
+        metric::ECE,
+        metric::MAX_DISPARITY,
+        metric::EXACT_MATCH,
+        metric::WALL_S,
+        metric::ENERGY_WH,
+        metric::CO2E_G,
+    ];
     for m in rows.iter().filter(|m| reported.contains(&m.name.as_str())) {
         last.insert((m.stage.clone(), m.name.clone(), m.split.clone()), (m.step, m.value));
     }

@@ -433,6 +433,8 @@ pub struct SweepOptions {
     pub overrides: Vec<Override>,
     /// The `forja` binary that runs trials (default: this program).
     pub exe: Option<PathBuf>,
+    /// Write the trial pipelines and stop (for a cluster scheduler to run them).
+    pub prepare_only: bool,
 }
 
 /// What a sweep wrote.
@@ -474,6 +476,10 @@ pub fn sweep(file: &Path, registry: &[&'static dyn DynStage], opts: &SweepOption
     let mut runner = ProcessRunner::new(&spec, &dir, registry, &table, &base, &keep, exe)?;
     for t in &trials {
         runner.write_trial(t)?;
+    }
+    if opts.prepare_only {
+        println!("[sweep] {} trial pipelines written under {}; run each with `forja run`", trials.len(), dir.display());
+        return Ok(SweepOutcome { results: Vec::new(), dir, best: None });
     }
     println!(
         "[sweep] {}: {} trials ({:?}), metric {} ({}, {:?}), {} at once; trial pipelines under {}",
@@ -640,7 +646,11 @@ impl<'a> ProcessRunner<'a> {
         let file = tdir.join("pipeline.toml");
         forja_core::fsutil::atomic_write(&file, text.as_bytes())?;
         parse(&file, &text, self.registry, &[]).with_context(|| format!("trial {} ({})", t.id, fmt_params(&t.params)))?;
-        self.keys.insert(t.id, forja_core::hash::hash_json(&serde_json::json!({ "pipeline": text, "search": self.spec })));
+        // What decides the trial's result: its pipeline, the metric and ASHA's
+        // rungs (not how many trials run at once).
+        let s = self.spec;
+        let decides = serde_json::json!({ "pipeline": text, "metric": s.metric, "split": s.split, "goal": s.goal, "method": s.method, "asha": s.asha });
+        self.keys.insert(t.id, forja_core::hash::hash_json(&decides));
         Ok(())
     }
 

@@ -109,6 +109,17 @@ fn a_pipeline_runs_end_to_end_then_skips_every_stage() {
         "the card inlines the loss curves"
     );
     assert!(!card.contains("<script") && !card.contains("<img"), "no script, no external picture");
+    // The card in headless Chromium: no console error, no script, no external
+    // resource, every artifact link resolves (scripts/card-page-check.py).
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let check = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("scripts/card-page-check.py"))
+        .arg(out.join("report.html"))
+        .args(["--expect", "Footprint", "--expect", "Overfitting", "--attributions"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout).to_string() + &String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success() && text.contains("card-page-check: ok"), "{text}");
 
     let second = run_plan(&load(&file, &reg, &[]).unwrap(), &RunOptions::default()).unwrap();
     assert!(second.stages.iter().all(|s| s.status == StageStatus::Skipped), "{:?}", statuses(&second));

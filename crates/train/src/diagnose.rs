@@ -254,8 +254,10 @@ pub struct OverfitWarning {
 
 /// Looks for an overfitting streak in `(step, train loss, val loss)` evaluations
 /// (in step order): the first point where the gap has grown `evals` times in a
-/// row, extended to the end of that streak. `None` when there is none or
-/// `evals` is 0.
+/// row and validation is worse than training (gap > 0), extended to the end of
+/// that streak. `None` when there is none or `evals` is 0. (A gap that grows
+/// while still negative — validation better than training, as with dropout
+/// or an easier validation split — is not flagged.)
 pub fn overfitting(points: &[(u64, f64, f64)], evals: u64) -> Option<OverfitWarning> {
     if evals == 0 {
         return None;
@@ -266,7 +268,7 @@ pub fn overfitting(points: &[(u64, f64, f64)], evals: u64) -> Option<OverfitWarn
     for i in 1..points.len() {
         if gap(i) > gap(i - 1) {
             run += 1;
-            if run >= evals {
+            if run >= evals && gap(i) > 0.0 {
                 let start = i - run as usize;
                 match &mut found {
                     Some((s, end)) if *s == start => *end = i,
@@ -305,5 +307,7 @@ mod overfit_tests {
         assert!(overfitting(&pts, 0).is_none(), "0 turns it off");
         let healthy = [(10, 2.0, 2.1), (20, 1.8, 1.95), (30, 1.6, 1.7), (40, 1.5, 1.62)];
         assert!(overfitting(&healthy, 2).is_none());
+        let val_below_train = [(10, 2.0, 1.90), (20, 1.8, 1.71), (30, 1.6, 1.52), (40, 1.5, 1.43)];
+        assert!(overfitting(&val_below_train, 3).is_none(), "a negative gap that grows is not overfitting");
     }
 }

@@ -706,9 +706,17 @@ fn eval_points(metrics: &[MetricRow]) -> Vec<(u64, f64, f64)> {
 }
 
 fn overfit_text(w: &OverfitWarning) -> String {
+    let best = if w.best_step == w.at_step {
+        format!(
+            "validation is still at its best ({:.4}), so the model is memorising faster than it generalises rather than getting worse yet",
+            w.best_val
+        )
+    } else {
+        format!("validation was best at step {} ({:.4}); the exported weights with `keep_best` are that step's", w.best_step, w.best_val)
+    };
     format!(
-        "overfitting: the gap val − train loss grew at every evaluation from step {} ({:.4}) to step {} ({:.4}); validation was best at step {} ({:.4})",
-        w.since_step, w.gap_from, w.at_step, w.gap_to, w.best_step, w.best_val
+        "overfitting: the gap val − train loss grew at every evaluation from step {} ({:.4}) to step {} ({:.4}); {best}",
+        w.since_step, w.gap_from, w.at_step, w.gap_to
     )
 }
 
