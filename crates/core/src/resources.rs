@@ -114,27 +114,95 @@ pub fn modelled_energy_wh(cpu_s: f64, watts_per_core: f64) -> f64 {
 }
 
 /// One RAPL package domain: its counter and the value where it wraps.
+#[derive(Clone)]
 struct RaplDomain {
     path: std::path::PathBuf,
     range_uj: u64,
 }
 
-/// The package domains (`intel-rapl:N`, not their `:M` sub-domains) whose
+/// The CPU package domains (`intel-rapl:N` named `package-*`; not their
+/// sub-domains, and not `psys`, which already contains the packages) whose
 /// counters this process can read.
 fn rapl_domains() -> Vec<RaplDomain> {
     let Ok(entries) = std::fs::read_dir("/sys/class/powercap") else { return Vec::new() };
     let mut out = Vec::new();
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let package = name.strip_prefix("intel-rapl:").is_some_and(|rest| !rest.contains(':'));
+        let dir = e.file_name().to_string_lossy().to_string();
+        let top = dir.strip_prefix("intel-rapl:").is_some_and(|rest| !rest.contains(':'));
+        let package = std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim().starts_with("package"));
         let path = e.path().join("energy_uj");
-        if package && read_u64(&path).is_some() {
+        if top && package && read_u64(&path).is_some() {
             let range_uj = read_u64(&e.path().join("max_energy_range_uj")).unwrap_or(u64::MAX);
             out.push(RaplDomain { path, range_uj });
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out
+}
+
+/// Energy of the package domains, accumulated by a thread that reads the
+/// counters every few seconds, so a counter that wraps (every ~70 Wh on many
+/// CPUs: under half an hour of a busy server package) is counted once per wrap.
+struct RaplSampler {
+    total_uj: std::sync::Arc<std::sync::Mutex<Option<u64>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RaplSampler {
+    fn start(domains: Vec<RaplDomain>) -> Option<Self> {
+        let mut last: Vec<u64> = domains.iter().map(|d| read_u64(&d.path)).collect::<Option<_>>()?;
+        if domains.is_empty() {
+            return None;
+        }
+        let total_uj = std::sync::Arc::new(std::sync::Mutex::new(Some(0u64)));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (total, flag) = (total_uj.clone(), stop.clone());
+        let thread = std::thread::spawn(move || loop {
+            let stopping = flag.load(Ordering::Relaxed);
+            let mut add = 0u64;
+            let mut ok = true;
+            for (d, prev) in domains.iter().zip(last.iter_mut()) {
+                match read_u64(&d.path) {
+                    Some(now) => {
+                        add += if now >= *prev { now - *prev } else { d.range_uj.saturating_sub(*prev) + now };
+                        *prev = now;
+                    }
+                    None => ok = false,
+                }
+            }
+            if let Ok(mut t) = total.lock() {
+                *t = if ok { t.map(|v| v + add) } else { None };
+            }
+            if stopping {
+                return;
+            }
+            // Sleep in short slices so that `finish` does not wait long.
+            for _ in 0..50 {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        Some(Self { total_uj, stop, thread: Some(thread) })
+    }
+
+    /// Stops sampling (after a last read); the energy in Wh, if every read succeeded.
+    fn finish(&mut self) -> Option<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ignored = t.join();
+        }
+        let uj = (*self.total_uj.lock().ok()?)?;
+        Some(uj as f64 / 3.6e9)
+    }
+}
+
+impl Drop for RaplSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -166,27 +234,18 @@ pub struct Meter {
     started: Instant,
     cpu_start: f64,
     flops_start: f64,
-    rapl: Vec<(RaplDomain, u64)>,
+    rapl: std::sync::Mutex<Option<RaplSampler>>,
 }
 
 impl Meter {
     pub fn start() -> Self {
-        let rapl = rapl_domains().into_iter().filter_map(|d| read_u64(&d.path).map(|v| (d, v))).collect();
+        let rapl = std::sync::Mutex::new(RaplSampler::start(rapl_domains()));
         Self { started: Instant::now(), cpu_start: cpu_seconds(), flops_start: flops_counted(), rapl }
     }
 
-    /// Energy in Wh from the RAPL counters since the start (wraps handled), if
-    /// every domain is still readable.
+    /// Energy in Wh from the RAPL counters since the start, if they were readable throughout.
     fn rapl_wh(&self) -> Option<f64> {
-        if self.rapl.is_empty() {
-            return None;
-        }
-        let mut uj = 0u64;
-        for (d, start) in &self.rapl {
-            let now = read_u64(&d.path)?;
-            uj += if now >= *start { now - start } else { d.range_uj - start + now };
-        }
-        Some(uj as f64 / 3.6e9)
+        self.rapl.lock().ok()?.as_mut()?.finish()
     }
 
     pub fn finish(&self, stage: &str, kind: &str, cfg: &FootprintConfig) -> Footprint {

@@ -173,6 +173,8 @@ pub struct ClassifierEval {
     pub clean_accuracy_on_robust: f64,
     pub robustness: Vec<RobustScore>,
     pub attributions: Vec<ExplainedExample>,
+    /// Test documents left out (no label, or one the model does not know).
+    pub rejected: usize,
 }
 
 /// One explained prediction.
@@ -262,9 +264,12 @@ impl Scorer<'_> {
                 let _guard = tch::no_grad_guard();
                 let gain = g.matmul(&emb.tr()) - (&g * words.detach()).sum_dim_intlist([2i64].as_slice(), true, Kind::Float); // [b, t, V]
                 let fixed = banned_t.index_select(0, &ids.view([-1])).view([b, t]).logical_or(&flipped).logical_or(&mask.eq(0));
+                // A token is never "replaced" by itself.
+                let same = Tensor::zeros([b, t, vocab], (Kind::Bool, self.device())).scatter_value(2, &ids.unsqueeze(2), 1);
                 let gain = gain
                     .masked_fill(&fixed.unsqueeze(2), f64::NEG_INFINITY)
                     .masked_fill(&banned_t.view([1, 1, vocab]), f64::NEG_INFINITY)
+                    .masked_fill(&same, f64::NEG_INFINITY)
                     .view([b, t * vocab]);
                 let best = gain.argmax(-1, false); // [b]
                 let has = gain.max_dim(-1, false).0.isfinite();
@@ -425,6 +430,7 @@ pub fn run(cfg: &ClassifierEvalConfig, inputs: &ClassifierEvalInputs, out: &OutD
     let n_params: f64 = loaded.vs.variables().values().map(|t| t.numel() as f64).sum();
     let tokens: usize = rows.iter().map(Vec::len).sum();
     forja_core::resources::add_flops(2.0 * n_params * tokens as f64);
+    let mean_len = tokens as f64 / rows.len() as f64;
     println!("{}: accuracy {:.4}, macro F1 {:.4} on {} examples", ctx.name, scores.accuracy, scores.f1.macro_, examples.len());
 
     let (slices, disparity) = slice_scores(&examples, &pred, labels.len(), cfg.slices.min_size);
@@ -432,6 +438,14 @@ pub fn run(cfg: &ClassifierEvalConfig, inputs: &ClassifierEvalInputs, out: &OutD
     let (robust_examples, clean_accuracy_on_robust, robustness) =
         robustness(&scorer, &examples, &pred, cfg, seed, &banned, &loaded.tokenizer, max_len)?;
     let attributions = explain_some(&scorer, &examples, &pred, &labels, &cfg.attributions, &banned, &loaded.tokenizer)?;
+    // The other passes, at the mean length: a forward pass per perturbed or
+    // attacked example, forward and backward (×3) per HotFlip step and per
+    // integrated-gradient point.
+    let r = &cfg.robustness;
+    let flip_steps: usize = r.hotflip.iter().map(|f| f + 1).sum();
+    let passes = robust_examples as f64 * (r.perturbations.len() as f64 + 3.0 * flip_steps as f64)
+        + attributions.len() as f64 * 3.0 * (cfg.attributions.steps as f64 + 2.0);
+    forja_core::resources::add_flops(2.0 * n_params * mean_len * passes);
 
     let result = ClassifierEval {
         ece: expected_calibration_error(&probs, &truth),
@@ -444,6 +458,7 @@ pub fn run(cfg: &ClassifierEvalConfig, inputs: &ClassifierEvalInputs, out: &OutD
         clean_accuracy_on_robust,
         robustness,
         attributions,
+        rejected: rejects.len(),
     };
     write_outputs(&result, out, ctx, &inputs.model, &cfg.attributions)?;
     Ok(result)
@@ -556,11 +571,13 @@ fn write_outputs(r: &ClassifierEval, out: &OutDir, ctx: &StageCtx, model: &Path,
 fn report_md(r: &ClassifierEval, ctx: &StageCtx, model: &Path, attr: &AttributionConfig) -> String {
     let s = &r.scores;
     let mut md = format!(
-        "# Classifier evaluation `{}`\n\nModel: `{}`; {} examples, {} classes.\n\n",
+        "# Classifier evaluation `{}`\n\nModel: `{}`; {} examples, {} classes; {} test document(s) left out (no label, or a label the model does not know: `{}`).\n\n",
         ctx.name,
         model.display(),
         s.n,
-        r.labels.len()
+        r.labels.len(),
+        r.rejected,
+        REJECTS.path
     );
     md += "| metric | macro | micro | weighted |\n|---|---|---|---|\n";
     md += &format!("| precision | {:.4} | {:.4} | {:.4} |\n", s.precision.macro_, s.precision.micro, s.precision.weighted);
@@ -609,7 +626,7 @@ fn slices_md(r: &ClassifierEval) -> String {
             100.0 * d.interval.0,
             100.0 * d.interval.1,
             if d.interval.0 > 0.0 { "; the interval excludes 0" } else { "; the interval includes 0, so the gap may be chance" }
-        ),
+        ) + "The interval treats the two slices as independent samples and this pair as chosen in advance; it is the most extreme of all the pairs, and keyword slices can share documents, so read it as a description, not a test.\n",
         None => "\nFewer than two slices are large enough to compare.\n".into(),
     };
     md
@@ -636,7 +653,7 @@ fn attributions_md(r: &ClassifierEval, attr: &AttributionConfig) -> String {
         return md + "No example was explained.\n";
     }
     md += &format!(
-        "Integrated gradients of the predicted class's logit over the word embeddings, from a baseline where every token but `[CLS]`/`[SEP]` is `[PAD]`, {} midpoint steps. Red raised the logit, blue lowered it. Completeness: |Σ attributions − (F(x) − F(baseline))| ≤ {} · max(1, |F(x) − F(baseline)|).\n\n",
+        "Integrated gradients of the predicted class's logit over the word embeddings, from a baseline where every token but the special ones (`[CLS]`, `[SEP]`, `[UNK]`, …: they keep their embedding, so their attribution is 0) is `[PAD]`, {} midpoint steps. Red raised the logit, blue lowered it. Completeness: |Σ attributions − (F(x) − F(baseline))| ≤ {} · max(1, |F(x) − F(baseline)|).\n\n",
         attr.steps, attr.tolerance
     );
     for e in &r.attributions {

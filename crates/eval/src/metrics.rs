@@ -177,30 +177,45 @@ pub fn regression(truth: &[f64], pred: &[f64]) -> Regression {
     Regression { mse, mae, r2 }
 }
 
-/// The number an answer ends with: the part after GSM8K's `####` marker when
-/// there is one, else the last number in the text; commas and a trailing
-/// period dropped, `$` ignored. `None` when the text holds no number.
+/// The number an answer gives: the first number after GSM8K's `####` marker
+/// when there is one, else the last number in the text; commas and a trailing
+/// period dropped, `$` ignored. A `-` is a sign only at the start, after
+/// whitespace, `=`, `(`, `$` or `:` (so `COVID-19` is 19). `None` when the text
+/// holds no number.
 pub fn final_number(text: &str) -> Option<String> {
-    let tail = text.rsplit_once("####").map_or(text, |(_, t)| t);
-    let mut last = None;
+    match text.rsplit_once("####") {
+        Some((_, tail)) => numbers(tail).into_iter().next(),
+        None => numbers(text).pop(),
+    }
+}
+
+/// Every number of `text`, normalised, in order.
+fn numbers(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
     let mut cur = String::new();
-    let flush = |cur: &mut String, last: &mut Option<String>| {
-        let t = cur.trim_end_matches('.').trim_start_matches('+').to_string();
+    let mut prev = ' ';
+    let flush = |cur: &mut String, out: &mut Vec<String>| {
+        let t = cur.trim_end_matches(['.', ',']).to_string();
         if t.chars().any(|c| c.is_ascii_digit()) {
-            *last = Some(normalise_number(&t));
+            out.push(normalise_number(&t));
         }
         cur.clear();
     };
-    for c in tail.chars() {
-        let continues = c.is_ascii_digit() || c == '.' || (c == ',' && !cur.is_empty()) || (c == '-' && cur.is_empty());
+    for c in text.chars() {
+        let sign_ok = prev.is_whitespace() || "=($:".contains(prev);
+        let continues = c.is_ascii_digit()
+            || (c == '.' && !cur.is_empty())
+            || (c == ',' && cur.chars().any(|d| d.is_ascii_digit()))
+            || (c == '-' && cur.is_empty() && sign_ok);
         if continues {
             cur.push(c);
-        } else {
-            flush(&mut cur, &mut last);
+        } else if !(c == '$' && cur == "-") {
+            flush(&mut cur, &mut out);
         }
+        prev = c;
     }
-    flush(&mut cur, &mut last);
-    last
+    flush(&mut cur, &mut out);
+    out
 }
 
 /// `1,200.50` → `1200.5`; `-0` → `0`; `007` → `7`.
@@ -287,6 +302,10 @@ mod tests {
         assert_eq!(final_number("The answer is $18.").as_deref(), Some("18"));
         assert_eq!(final_number("it costs -3.50 dollars").as_deref(), Some("-3.5"));
         assert_eq!(final_number("no digits here"), None);
+        assert_eq!(final_number("COVID-19 cases").as_deref(), Some("19"), "a hyphen after a letter is no sign");
+        assert_eq!(final_number("#### 18\nNext, 7 apples").as_deref(), Some("18"), "the first number after ####");
+        assert_eq!(final_number("she lost -$3").as_deref(), Some("-3"));
+        assert_eq!(final_number("x = -4.").as_deref(), Some("-4"));
         assert!((exact_match(&["x = 5".into(), "7".into()], &["#### 5".into(), "#### 8".into()]) - 0.5).abs() < 1e-12);
     }
 

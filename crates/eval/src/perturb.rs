@@ -88,14 +88,11 @@ fn map_words(text: &str, mut f: impl FnMut(&str) -> Option<String>) -> String {
         let word_len = after.find(char::is_whitespace).unwrap_or(after.len());
         let (word, tail) = after.split_at(word_len);
         if let Some(w) = f(word) {
-            if !out.is_empty() || !ws.is_empty() {
-                out.push_str(if out.is_empty() {
-                    ws
-                } else if ws.is_empty() {
-                    " "
-                } else {
-                    ws
-                });
+            // The whitespace before a kept word (the text's own leading
+            // whitespace included); a text whose first words were dropped does
+            // not begin with the space after them.
+            if !out.is_empty() || rest.len() == text.len() {
+                out.push_str(ws);
             }
             out.push_str(&w);
         }
@@ -170,6 +167,7 @@ mod tests {
             assert!(words.any(|x| x == w), "{w} out of order in {dropped}");
         }
         assert!(dropped.split_whitespace().count() < TEXT.split_whitespace().count());
+        assert!(!dropped.starts_with(' ') && !dropped.contains("  "), "{dropped:?}");
         assert_ne!(Perturbation::Typo(0.5).apply(TEXT, 1), Perturbation::Typo(0.5).apply(TEXT, 2));
     }
 }

@@ -33,8 +33,23 @@ pub fn esc(s: &str) -> String {
 /// Whether an HTML fragment holds only the tags forja's attribution
 /// highlights use.
 fn allowed_html(html: &str) -> bool {
-    const ALLOWED: [&str; 4] = ["<p class=\"attribution\">", "</p>", "<span class=\"attr\" ", "</span>"];
-    html.match_indices('<').all(|(i, _)| ALLOWED.iter().any(|a| html[i..].starts_with(a)))
+    html.match_indices('<').all(|(i, _)| {
+        let Some(end) = html[i..].find('>') else { return false };
+        allowed_tag(&html[i..=i + end])
+    })
+}
+
+/// One tag of the attribution markup, exactly as `forja_eval::attribution::render_html`
+/// writes it: a score in `title`, a colour in `style`, nothing else.
+fn allowed_tag(tag: &str) -> bool {
+    if ["<p class=\"attribution\">", "</p>", "</span>"].contains(&tag) {
+        return true;
+    }
+    let Some(rest) = tag.strip_prefix("<span class=\"attr\" title=\"") else { return false };
+    let Some((title, rest)) = rest.split_once("\" style=\"") else { return false };
+    let Some(style) = rest.strip_suffix("\">") else { return false };
+    title.chars().all(|c| c.is_ascii_digit() || "+-.e".contains(c))
+        && style.chars().all(|c| c.is_ascii_alphanumeric() || " :;,.()-".contains(c))
 }
 
 /// Renders a stage's Markdown report; pictures it names (`![..](file.svg)`,
@@ -73,6 +88,10 @@ fn inline_images(html: &str, dir: &Path) -> String {
 
 /// An SVG file's markup (prolog dropped), or a note naming the missing file.
 pub fn svg_or_note(src: &str, dir: &Path) -> String {
+    let rel = Path::new(src);
+    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return format!("<p class=\"note\">[picture {} is outside the stage folder: not inlined]</p>", esc(src));
+    }
     let path = dir.join(src.replace("%20", " "));
     match std::fs::read_to_string(&path) {
         Ok(svg) if src.ends_with(".svg") => match svg.find("<svg") {
@@ -108,7 +127,11 @@ pub fn footprint_markdown(plan: &Plan, manifest: &RunManifest) -> String {
         "\n## Footprint\n\n| stage | kind | this run | wall s | CPU s | FLOPs | energy Wh | CO2e g |\n|---|---|---|---|---|---|---|---|\n"
             .to_string();
     let (mut wall, mut cpu, mut fl, mut wh, mut co2) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut sources: Vec<&str> = Vec::new();
     for (name, status, f) in &rows {
+        if !sources.contains(&f.energy_source.as_str()) {
+            sources.push(&f.energy_source);
+        }
         let ran = if *status == StageStatus::Ran { "ran" } else { "cached (recorded when it ran)" };
         let _ = writeln!(
             md,
@@ -124,11 +147,12 @@ pub fn footprint_markdown(plan: &Plan, manifest: &RunManifest) -> String {
     }
     let _ = writeln!(md, "| **total** | | | {wall:.2} | {cpu:.2} | {} | {} | {} |", flops(fl), fmt_amount(wh), fmt_amount(co2));
     let cfg = &plan.footprint;
-    let source = rows.first().map_or("-".to_string(), |(_, _, f)| f.energy_source.clone());
     let _ = write!(
         md,
-        "\nEnergy: {source}; PUE {}; grid {} gCO2e/kWh (`[pipeline] footprint = {{ grid_g_per_kwh, pue, watts_per_core }}`). FLOPs count 6 per parameter and token trained, 2 per parameter and token scored.\n\n",
-        cfg.pue, cfg.grid_g_per_kwh
+        "\nThe total covers every stage's latest recorded run, cached ones included (what producing these outputs cost). Energy: {}; PUE {}; grid {} gCO2e/kWh (`[pipeline] footprint = {{ grid_g_per_kwh, pue, watts_per_core }}`). The CPU package only: GPU, memory, disk and network energy are not counted. FLOPs count 6 per trained parameter and token, 4 per frozen one, 2 per parameter and token scored.\n\n",
+        if sources.is_empty() { "-".to_string() } else { sources.join("; ") },
+        cfg.pue,
+        cfg.grid_g_per_kwh
     );
     md += "For scale, the figures the source document cites (Stanford AI Index 2025) for training large models:\n\n| model | CO2e | this run as a share |\n|---|---|---|\n";
     for (model, t) in LARGE_MODELS_T_CO2E {
@@ -244,6 +268,10 @@ mod tests {
         assert!(!html.contains("<script>") && html.contains("&lt;script&gt;"), "{html}");
         assert!(!html.contains("<b>"), "{html}");
         assert!(html.contains("<span class=\"attr\""), "{html}");
+        let sneaky = markdown_to_html("<span class=\"attr\" title=\"1\" style=\"x\" onmouseover=\"y\">t</span>\n", &dir);
+        assert!(!sneaky.contains("<span"), "only forja's exact attribution markup passes: {sneaky}");
+        let outside = markdown_to_html("![x](/etc/passwd.svg) ![y](../up.svg)", &dir);
+        assert!(outside.matches("outside the stage folder").count() == 2, "{outside}");
         let missing = markdown_to_html("![x](nope.svg)", &dir);
         assert!(missing.contains("picture nope.svg not found") && !missing.contains("<img"), "{missing}");
     }

@@ -342,12 +342,12 @@ pub fn search(spec: &SearchSpec, trials: &[Trial], runner: &mut dyn Runner) -> R
             if spec.method == Method::Asha {
                 while rung < rungs.steps.len() {
                     let at = rungs.steps[rung];
-                    let Some(best) = spec.best_of(progress.curve.iter().filter(|p| p.0 <= at).map(|p| p.1)) else { break };
                     // The rung is reached when the curve has a point at or past it
-                    // (and the trial has not simply finished before it).
-                    if !progress.curve.iter().any(|p| p.0 >= at) {
-                        break;
-                    }
+                    // (and the trial has not simply finished before it); its value is
+                    // the best up to the rung, or the first point past it when the
+                    // curve has none before (evaluations sparser than the rungs).
+                    let Some(first_past) = progress.curve.iter().find(|p| p.0 >= at) else { break };
+                    let best = spec.best_of(progress.curve.iter().filter(|p| p.0 <= at).map(|p| p.1)).unwrap_or(first_past.1);
                     let go_on = rungs.promote(rung, best, spec);
                     rung_values.push(best);
                     rung += 1;
@@ -367,15 +367,15 @@ pub fn search(spec: &SearchSpec, trials: &[Trial], runner: &mut dyn Runner) -> R
                 rung_values: rung_values.clone(),
                 reused: false,
             };
-            let result = if let Some(at) = stopped_at {
-                runner.stop(id)?;
-                Some(finish(Status::Stopped { rung_steps: at }, &progress.curve))
-            } else {
-                match progress.done {
-                    Some(Ok(())) => Some(finish(Status::Completed, &progress.curve)),
-                    Some(Err(error)) => Some(finish(Status::Failed { error }, &progress.curve)),
-                    None => None,
+            // A failure is reported as such even when a rung would have stopped the trial.
+            let result = match (progress.done, stopped_at) {
+                (Some(Err(error)), _) => Some(finish(Status::Failed { error }, &progress.curve)),
+                (_, Some(at)) => {
+                    runner.stop(id)?;
+                    Some(finish(Status::Stopped { rung_steps: at }, &progress.curve))
                 }
+                (Some(Ok(())), None) => Some(finish(Status::Completed, &progress.curve)),
+                (None, None) => None,
             };
             match result {
                 Some(r) => {
@@ -687,6 +687,22 @@ impl Runner for ProcessRunner<'_> {
 
     fn start(&mut self, t: &Trial) -> Result<()> {
         let tdir = self.trial_dir(t.id);
+        // Nothing of an earlier run may pass for this one's curve: the run-level
+        // metrics go, and the whole run folder when it belonged to another
+        // configuration (the same configuration's checkpoint is kept: the stage resumes).
+        let run = tdir.join("run");
+        let key_file = run.join(".trial-key");
+        let key = self.key(t);
+        if run.exists() && std::fs::read_to_string(&key_file).ok().as_deref() != Some(key.as_str()) {
+            std::fs::remove_dir_all(&run).with_context(|| format!("clearing {}", run.display()))?;
+        }
+        for stale in [run.join("metrics.arrow"), tdir.join("result.json")] {
+            if stale.exists() {
+                std::fs::remove_file(&stale)?;
+            }
+        }
+        std::fs::create_dir_all(&run)?;
+        forja_core::fsutil::atomic_write(&key_file, key.as_bytes())?;
         let log = std::fs::File::create(tdir.join("log.txt"))?;
         let exe = &self.exe;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -737,6 +753,16 @@ impl Runner for ProcessRunner<'_> {
 
     fn key(&self, t: &Trial) -> String {
         self.keys.get(&t.id).cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for ProcessRunner<'_> {
+    /// A sweep that ends early (an error) takes its running trials with it.
+    fn drop(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.children) {
+            let _ignored = child.kill();
+            let _ignored = child.wait();
+        }
     }
 }
 

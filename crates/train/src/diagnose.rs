@@ -247,14 +247,14 @@ pub struct OverfitWarning {
     pub at_step: u64,
     pub gap_from: f64,
     pub gap_to: f64,
-    /// Step and loss of the best validation so far.
+    /// Step and loss of the best validation of all evaluations.
     pub best_step: u64,
     pub best_val: f64,
 }
 
 /// Looks for an overfitting streak in `(step, train loss, val loss)` evaluations
-/// (in step order): the first point where the gap has grown `evals` times in a
-/// row and validation is worse than training (gap > 0), extended to the end of
+/// (in step order): the latest point where the gap has grown `evals` times in
+/// a row and validation is worse than training (gap > 0), with the start of
 /// that streak. `None` when there is none or `evals` is 0. (A gap that grows
 /// while still negative — validation better than training, as with dropout
 /// or an easier validation split — is not flagged.)
@@ -269,19 +269,16 @@ pub fn overfitting(points: &[(u64, f64, f64)], evals: u64) -> Option<OverfitWarn
         if gap(i) > gap(i - 1) {
             run += 1;
             if run >= evals && gap(i) > 0.0 {
-                let start = i - run as usize;
-                match &mut found {
-                    Some((s, end)) if *s == start => *end = i,
-                    Some(_) => {}
-                    None => found = Some((start, i)),
-                }
+                // The latest streak wins: a divergence late in training is
+                // the one to report, not an early wobble.
+                found = Some((i - run as usize, i));
             }
         } else {
             run = 0;
         }
     }
     let (start, end) = found?;
-    let best = points[..=end].iter().min_by(|a, b| a.2.total_cmp(&b.2))?;
+    let best = points.iter().min_by(|a, b| a.2.total_cmp(&b.2))?;
     Some(OverfitWarning {
         since_step: points[start].0,
         at_step: points[end].0,
@@ -305,6 +302,20 @@ mod overfit_tests {
         assert!((w.best_val - 1.7).abs() < 1e-12 && w.gap_to > w.gap_from);
         assert!(overfitting(&pts, 7).is_none(), "a streak of 5 is not one of 7");
         assert!(overfitting(&pts, 0).is_none(), "0 turns it off");
+        // An early wobble, then the real divergence: the latter is reported.
+        let late = [
+            (10, 2.0, 2.1),
+            (20, 1.9, 2.05),
+            (30, 1.8, 2.0),
+            (40, 1.7, 1.95),
+            (50, 1.6, 1.8),
+            (60, 1.5, 1.5),
+            (70, 1.4, 1.6),
+            (80, 1.3, 1.7),
+            (90, 1.2, 1.8),
+        ];
+        let w = overfitting(&late, 2).expect("warning");
+        assert_eq!((w.since_step, w.at_step, w.best_step), (60, 90, 60), "{w:?}");
         let healthy = [(10, 2.0, 2.1), (20, 1.8, 1.95), (30, 1.6, 1.7), (40, 1.5, 1.62)];
         assert!(overfitting(&healthy, 2).is_none());
         let val_below_train = [(10, 2.0, 1.90), (20, 1.8, 1.71), (30, 1.6, 1.52), (40, 1.5, 1.43)];

@@ -251,9 +251,11 @@ pub struct Engine<'a> {
     out_dir: &'a Path,
     state: TrainerState,
     metrics: Vec<MetricRow>,
-    /// Scalars of the var store: training counts 6 FLOPs per scalar and token
-    /// (forward and backward), evaluation 2.
+    /// Scalars of the var store: evaluation counts 2 FLOPs per scalar and token.
     n_scalars: f64,
+    /// Training FLOPs per token: 6 per trained scalar (forward, backward
+    /// through activations and weights), 4 per frozen one (no weight gradient).
+    train_flops_per_token: f64,
 }
 
 /// The key of a run's trajectory: the whole typed configuration, the seed,
@@ -297,8 +299,21 @@ impl<'a> Engine<'a> {
         anyhow::ensure!(cfg.max_steps > 0 && cfg.grad_accum > 0, "max_steps and grad_accum must be > 0");
         let opt = AdamW::new(groups)?;
         let RunSpec { seed, run_key, ctx, out_dir } = spec;
-        let n_scalars = vs.variables().values().map(|t| t.numel() as f64).sum();
-        Ok(Self { cfg, vs, opt, seed, ctx, out_dir, state: TrainerState::fresh(&run_key), metrics: Vec::new(), n_scalars })
+        let n_scalars: f64 = vs.variables().values().map(|t| t.numel() as f64).sum();
+        let trained = opt.numel() as f64;
+        let train_flops_per_token = 6.0 * trained + 4.0 * (n_scalars - trained).max(0.0);
+        Ok(Self {
+            cfg,
+            vs,
+            opt,
+            seed,
+            ctx,
+            out_dir,
+            state: TrainerState::fresh(&run_key),
+            metrics: Vec::new(),
+            n_scalars,
+            train_flops_per_token,
+        })
     }
 
     /// Number of trained scalars.
@@ -331,7 +346,7 @@ impl<'a> Engine<'a> {
             let scaled = if accum > 1 { &loss / accum as f64 } else { loss.shallow_clone() };
             scaled.backward();
             stats.loss += loss.double_value(&[]) / accum as f64;
-            forja_core::resources::add_flops(6.0 * self.n_scalars * obj.tokens_per_micro());
+            forja_core::resources::add_flops(self.train_flops_per_token * obj.tokens_per_micro());
             stats.forward_s += (t1 - t0).as_secs_f64();
             stats.backward_s += t1.elapsed().as_secs_f64();
         }
@@ -439,7 +454,7 @@ impl<'a> Engine<'a> {
         say(bar, format!("step {step}: train loss {:.4}, val loss {:.4}", train.loss, val.loss));
         if let Some(w) = overfitting(&eval_points(&self.metrics), self.cfg.diagnosis.overfit_evals).filter(|w| w.at_step == step) {
             self.push(step, metric::OVERFIT, w.gap_to, split::NONE);
-            say(bar, format!("step {step}: {}", overfit_text(&w)));
+            say(bar, format!("step {step}: {}", overfit_text(&w, self.cfg.keep_best)));
         }
         if self.state.best_val.is_none_or(|b| val.loss < b) {
             self.state.best_val = Some(val.loss);
@@ -685,7 +700,7 @@ impl<'a> Engine<'a> {
             trainable_params: self.trainable_params(),
         };
         let mut report = report_md(&self.ctx.name, &summary, use_best, outputs);
-        report += &overfit_section(&self.metrics, self.cfg.diagnosis.overfit_evals);
+        report += &overfit_section(&self.metrics, self.cfg.diagnosis.overfit_evals, self.cfg.keep_best);
         forja_core::fsutil::atomic_write(&outputs.report, report.as_bytes())?;
         Ok(summary)
     }
@@ -705,14 +720,15 @@ fn eval_points(metrics: &[MetricRow]) -> Vec<(u64, f64, f64)> {
     val.into_iter().filter_map(|(step, v)| train.get(&step).map(|&t| (step, t, v))).collect()
 }
 
-fn overfit_text(w: &OverfitWarning) -> String {
+fn overfit_text(w: &OverfitWarning, keep_best: bool) -> String {
     let best = if w.best_step == w.at_step {
         format!(
             "validation is still at its best ({:.4}), so the model is memorising faster than it generalises rather than getting worse yet",
             w.best_val
         )
     } else {
-        format!("validation was best at step {} ({:.4}); the exported weights with `keep_best` are that step's", w.best_step, w.best_val)
+        let exported = if keep_best { "; the exported weights are that step's (`keep_best`)" } else { "" };
+        format!("validation was best at step {} ({:.4}){exported}", w.best_step, w.best_val)
     };
     format!(
         "overfitting: the gap val − train loss grew at every evaluation from step {} ({:.4}) to step {} ({:.4}); {best}",
@@ -721,14 +737,14 @@ fn overfit_text(w: &OverfitWarning) -> String {
 }
 
 /// The report's overfitting section: the train / val gap and the warning, if any.
-fn overfit_section(metrics: &[MetricRow], evals: u64) -> String {
+fn overfit_section(metrics: &[MetricRow], evals: u64, keep_best: bool) -> String {
     let points = eval_points(metrics);
     let mut r = "\n## Overfitting\n\n".to_string();
     if points.is_empty() {
         return r + "No validation split: nothing to compare the training loss with.\n";
     }
     r += &match overfitting(&points, evals) {
-        Some(w) => format!("**Warning**: {}.\n\n", overfit_text(&w)),
+        Some(w) => format!("**Warning**: {}.\n\n", overfit_text(&w, keep_best)),
         None if evals == 0 => "The check is off (`diagnosis.overfit_evals = 0`).\n\n".into(),
         None => format!("No warning: the gap val − train loss never grew at {evals} evaluations in a row.\n\n"),
     };
