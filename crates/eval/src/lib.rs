@@ -16,7 +16,7 @@ use anyhow::Context;
 use forja_core::artifacts::Artifact;
 use forja_core::metric::{self, split};
 use forja_core::stage::{outputs, FromInputs, InputSpec, OutDir, OutputSpec, Stage, StageCtx, StageInputs};
-use forja_core::{Generation, MetricRow, TokenRow};
+use forja_core::{Generation, MetricRow, Reject, TokenRow};
 use forja_model::generate::generate_uncached;
 use forja_model::{generate, load_model, parse_device, AnyModel, LanguageModel, SamplingConfig};
 use serde::{Deserialize, Serialize};
@@ -165,14 +165,17 @@ pub fn run(cfg: &EvalConfig, inputs: &EvalInputs, out: &OutDir, ctx: &StageCtx) 
     if let (AnyModel::Gpt(g), true) = (&loaded.model, cfg.attribution_steps > 0) {
         report += &lm::next_token_attributions(g, &loaded.tokenizer, &cfg.prompts, cfg.attribution_steps)?;
     }
+    let mut rejects = Vec::new();
     if let Some(q) = &inputs.questions {
         let qa = lm::exact_match(&loaded, q, &cfg.qa)?;
         metrics.push(MetricRow::new(&ctx.name, 0, metric::EXACT_MATCH, qa.exact_match, split::TEST));
         report += &qa.markdown(q, &cfg.qa);
         gens.extend(qa.generations);
+        rejects = qa.rejects;
     }
     MetricRow::write(&out.path(&outputs::METRICS), &ctx.name, &ctx.config_hash, &metrics)?;
     Generation::write(&out.path(&GENERATIONS), &ctx.name, &ctx.config_hash, &gens)?;
+    Reject::write(&out.path(&REJECTS), &ctx.name, &ctx.config_hash, &rejects)?;
     forja_core::fsutil::atomic_write(&out.path(&outputs::REPORT), report.as_bytes())?;
     println!("eval: {split_name} loss {:.4}, perplexity {:.2} over {} tokens", score.loss, score.perplexity, score.tokens);
     Ok(score)
@@ -191,6 +194,8 @@ fn report_md(model_dir: &Path, split: &Path, split_name: &str, s: &LmScore, gens
 
 /// Output of `eval`: sample completions.
 pub const GENERATIONS: OutputSpec = OutputSpec { name: "generations", path: "generations.arrow" };
+/// Output of `eval`: lines of the `questions` file left out, with their reasons.
+pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
 
 /// Inputs of `eval`.
 pub struct EvalInputs {
@@ -221,7 +226,7 @@ impl Stage for Eval {
         InputSpec { name: "split", required: true, many: false },
         InputSpec { name: "questions", required: false, many: false },
     ];
-    const OUTPUTS: &'static [OutputSpec] = &[outputs::METRICS, GENERATIONS, outputs::REPORT];
+    const OUTPUTS: &'static [OutputSpec] = &[outputs::METRICS, GENERATIONS, outputs::REPORT, REJECTS];
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = EvalConfig;
     type Inputs = EvalInputs;

@@ -5,7 +5,7 @@ use crate::attribution::{integrated_gradients, render_html, Attribution};
 use crate::metrics::{exact_match as em, final_number};
 use crate::QaConfig;
 use anyhow::Context;
-use forja_core::Generation;
+use forja_core::{Generation, Reject};
 use forja_model::checkpoint::LoadedModel;
 use forja_model::{generate, AnyModel, Gpt, SamplingConfig};
 use forja_tokenizer::Tokenizer;
@@ -61,19 +61,20 @@ pub fn next_token_attributions(g: &Gpt, tok: &Tokenizer, prompts: &[String], ste
 pub struct QaResult {
     pub exact_match: f64,
     pub asked: usize,
-    /// Questions of the file that had no usable reference (left out).
-    pub skipped: usize,
+    /// Lines of the file left out, each with its reason (bad JSON, no
+    /// numeric reference).
+    pub rejects: Vec<Reject>,
     pub generations: Vec<Generation>,
 }
 
 impl QaResult {
     pub fn markdown(&self, file: &Path, cfg: &QaConfig) -> String {
         let mut md = format!(
-            "\n## Exact match\n\n`{}`: **{:.4}** on {} questions ({} without a numeric reference left out). Prompt: `{:?}`; greedy, at most {} new tokens, cut at {:?}; the final number of an answer (after `####` if present, else the last number) is compared with the reference's.\n\n",
+            "\n## Exact match\n\n`{}`: **{:.4}** on {} questions ({} line(s) left out: see `rejects.arrow`). Prompt: `{:?}`; greedy, at most {} new tokens, cut at {:?}; the final number of an answer (after `####` if present, else the last number) is compared with the reference's.\n\n",
             file.display(),
             self.exact_match,
             self.asked,
-            self.skipped,
+            self.rejects.len(),
             cfg.prompt,
             cfg.max_new_tokens,
             cfg.stop
@@ -98,17 +99,23 @@ pub fn exact_match(loaded: &LoadedModel, file: &Path, cfg: &QaConfig) -> anyhow:
     };
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let (mut answers, mut refs, mut generations, mut skipped) = (Vec::new(), Vec::new(), Vec::new(), 0usize);
+    let (mut answers, mut refs, mut generations, mut rejects) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let source = file.display().to_string();
     let sampling = SamplingConfig { temperature: 0.0, max_new_tokens: cfg.max_new_tokens, ..SamplingConfig::default() };
     let block = g.cfg.block_size as usize;
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         if cfg.max_examples > 0 && answers.len() >= cfg.max_examples {
             break;
         }
-        let qa: Qa =
-            serde_json::from_str(line).with_context(|| format!("{}:{}: not a {{question, answer}} object", file.display(), i + 1))?;
+        let qa: Qa = match serde_json::from_str(line) {
+            Ok(qa) => qa,
+            Err(e) => {
+                rejects.push(Reject::new(&source, i as u64 + 1, format!("not a {{question, answer}} object: {e}"), line));
+                continue;
+            }
+        };
         if final_number(&qa.answer).is_none() {
-            skipped += 1;
+            rejects.push(Reject::new(&source, i as u64 + 1, "the reference answer holds no number", line));
             continue;
         }
         let prompt = cfg.prompt.replace("{question}", &qa.question);
@@ -126,5 +133,5 @@ pub fn exact_match(loaded: &LoadedModel, file: &Path, cfg: &QaConfig) -> anyhow:
         refs.push(qa.answer);
         generations.push(Generation { prompt, completion, model: "exact_match".into(), reward: None });
     }
-    Ok(QaResult { exact_match: em(&answers, &refs), asked: answers.len(), skipped, generations })
+    Ok(QaResult { exact_match: em(&answers, &refs), asked: answers.len(), rejects, generations })
 }

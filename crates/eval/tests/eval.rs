@@ -50,3 +50,45 @@ fn next_token_attributions_meet_completeness() {
     let (_, long) = forja_eval::lm::explain_next_token(&g, &tok, &"how are you ".repeat(5), 8).unwrap().unwrap();
     assert_eq!(long.tokens.len(), 16);
 }
+
+#[test]
+fn exact_match_scores_good_lines_and_rejects_bad_ones_with_their_reason() {
+    use forja_core::artifacts::Artifact;
+    let dir = tempfile::tempdir().unwrap();
+    let text = "Q: What is 1 + 2?\nA: 3\n";
+    let tok = forja_tokenizer::char_tokenizer(std::iter::once(text), &[]).unwrap();
+    let cfg = GptConfig { vocab_size: tok.vocab_size() as i64, block_size: 32, n_layer: 1, n_head: 2, n_embd: 8, ..Default::default() };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _gpt = Gpt::new(&vs.root(), &cfg).unwrap();
+    let model = dir.path().join("model");
+    forja_model::checkpoint::save_model(&model, &vs, &cfg, &tok).unwrap();
+    let ids: Vec<u32> = tok.encode(text).unwrap();
+    let split = dir.path().join("val.arrow");
+    forja_core::TokenRow::write(&split, "t", "t", &[forja_core::TokenRow { doc_id: "d".into(), ids }]).unwrap();
+    let questions = dir.path().join("q.jsonl");
+    std::fs::write(
+        &questions,
+        "{\"question\": \"What is 1 + 2?\", \"answer\": \"3\"}\n{broken\n{\"question\": \"Why?\", \"answer\": \"because\"}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let ctx = forja_core::stage::StageCtx { name: "eval".into(), seed: 1, device: "cpu".into(), config_hash: "t".into(), code_hash: "t" };
+    let eval_cfg = forja_eval::EvalConfig {
+        prompts: vec!["Q:".into()],
+        qa: forja_eval::QaConfig { prompt: "Q: {question}\nA:".into(), max_new_tokens: 3, ..Default::default() },
+        ..Default::default()
+    };
+    let inputs = forja_eval::EvalInputs { model, split, questions: Some(questions) };
+    forja_eval::run(&eval_cfg, &inputs, &forja_core::stage::OutDir::new(&out), &ctx).unwrap();
+    let rejects = forja_core::Reject::read(&out.join("rejects.arrow")).unwrap();
+    let reasons: Vec<(u64, &str)> = rejects.iter().map(|r| (r.position, r.reason.as_str())).collect();
+    assert_eq!(rejects.len(), 2, "{reasons:?}");
+    assert!(rejects[0].position == 2 && rejects[0].reason.starts_with("not a {question, answer} object"), "{reasons:?}");
+    assert!(rejects[1].position == 3 && rejects[1].reason.contains("holds no number"), "{reasons:?}");
+    let metrics = forja_core::MetricRow::read(&out.join("metrics.arrow")).unwrap();
+    let em = metrics.iter().find(|m| m.name == "exact_match").unwrap();
+    assert!((0.0..=1.0).contains(&em.value));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("on 1 questions (2 line(s) left out") && report.contains("## Attributions"), "{report}");
+}
