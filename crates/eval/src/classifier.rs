@@ -190,6 +190,21 @@ pub struct ExplainedExample {
 pub const CONFUSION: OutputSpec = OutputSpec { name: "confusion", path: "confusion.svg" };
 pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
 
+/// Ids and attention mask `[b, longest]` of token rows padded with `pad`.
+pub fn pad_batch(rows: &[&[i64]], pad: i64, device: Device) -> (Tensor, Tensor) {
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    let mut mask = Vec::with_capacity(rows.len() * width);
+    for r in rows {
+        ids.extend_from_slice(r);
+        ids.extend(std::iter::repeat_n(pad, width - r.len()));
+        mask.extend(std::iter::repeat_n(1i64, r.len()));
+        mask.extend(std::iter::repeat_n(0i64, width - r.len()));
+    }
+    let shape = [rows.len() as i64, width as i64];
+    (Tensor::from_slice(&ids).view(shape).to(device), Tensor::from_slice(&mask).view(shape).to(device))
+}
+
 /// A classifier and what scoring it needs.
 pub struct Scorer<'a> {
     pub model: &'a BertClassifier,
@@ -202,19 +217,8 @@ impl Scorer<'_> {
         self.model.bert.word_embeddings.ws.device()
     }
 
-    /// Ids and mask of rows padded to the longest.
     fn collate(&self, rows: &[&[i64]]) -> (Tensor, Tensor) {
-        let width = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
-        let mut ids = Vec::with_capacity(rows.len() * width);
-        let mut mask = Vec::with_capacity(rows.len() * width);
-        for r in rows {
-            ids.extend_from_slice(r);
-            ids.extend(std::iter::repeat_n(self.pad, width - r.len()));
-            mask.extend(std::iter::repeat_n(1i64, r.len()));
-            mask.extend(std::iter::repeat_n(0i64, width - r.len()));
-        }
-        let shape = [rows.len() as i64, width as i64];
-        (Tensor::from_slice(&ids).view(shape).to(self.device()), Tensor::from_slice(&mask).view(shape).to(self.device()))
+        pad_batch(rows, self.pad, self.device())
     }
 
     /// Class probabilities of each row (batched by length).

@@ -161,8 +161,9 @@ pub fn footprint_markdown(plan: &Plan, manifest: &RunManifest) -> String {
     md
 }
 
-/// Writes `OUT/report.html` from the run report and every stage report.
-pub fn write(plan: &Plan, manifest: &RunManifest, run_report_md: &str) -> Result<()> {
+/// Writes `OUT/report.html` from the run's final-metrics table (Markdown, as
+/// in the run report) and every stage report.
+pub fn write(plan: &Plan, manifest: &RunManifest, final_metrics_md: &str) -> Result<()> {
     let out = &plan.out_dir;
     let mut h = format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">\n<title>forja run {}</title>\n<style>{STYLE}</style></head><body>\n<h1>Run <code>{}</code></h1>\n<p class=\"note\">Pipeline <code>{}</code>, program <code>{}</code>, seed {}, device {}.</p>\n",
@@ -187,7 +188,7 @@ pub fn write(plan: &Plan, manifest: &RunManifest, run_report_md: &str) -> Result
     }
     h += "</table></section>\n";
     h += &section_from_markdown("footprint", &footprint_markdown(plan, manifest), out);
-    h += &section_from_markdown("metrics", &final_metrics_part(run_report_md), out);
+    h += &section_from_markdown("metrics", final_metrics_md, out);
     h += "<section id=\"artifacts\"><h2>Artifacts</h2><ul>\n";
     for s in &manifest.stages {
         for (name, p) in &s.outputs {
@@ -207,17 +208,17 @@ pub fn write(plan: &Plan, manifest: &RunManifest, run_report_md: &str) -> Result
     h += "</ul></section>\n";
     for s in &manifest.stages {
         let dir = out.join(&s.name);
-        let body = match s.outputs.get(forja_core::stage::outputs::REPORT.name) {
-            Some(rep) => std::fs::read_to_string(&rep.path).map_or_else(
-                |e| format!("<p class=\"note\">report {} unreadable: {}</p>", esc(&rep.path), esc(&e.to_string())),
-                |md| markdown_to_html(&md, &dir),
-            ),
+        let report = s.outputs.get(forja_core::stage::outputs::REPORT.name).map(|rep| (rep, std::fs::read_to_string(&rep.path)));
+        let body = match &report {
+            Some((_, Ok(md))) => markdown_to_html(md, &dir),
+            Some((rep, Err(e))) => format!("<p class=\"note\">report {} unreadable: {}</p>", esc(&rep.path), esc(&e.to_string())),
             None => "<p class=\"note\">This stage writes no report.</p>".into(),
         };
+        // Pictures among the outputs that the report does not already show.
         let mut pictures = String::new();
         for p in s.outputs.values().filter(|p| p.path.ends_with(".svg")) {
             let name = Path::new(&p.path).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            let shown = s.outputs.get(forja_core::stage::outputs::REPORT.name).is_some_and(|r| report_names(&r.path, &name));
+            let shown = matches!(&report, Some((_, Ok(md))) if md.contains(&format!("]({name})")));
             if !shown {
                 pictures += &svg_or_note(&name, &dir);
             }
@@ -233,23 +234,6 @@ pub fn write(plan: &Plan, manifest: &RunManifest, run_report_md: &str) -> Result
     h += "</body></html>\n";
     forja_core::fsutil::atomic_write(&out.join("report.html"), h.as_bytes())?;
     Ok(())
-}
-
-/// Whether the Markdown report at `report` already shows picture `name`.
-fn report_names(report: &str, name: &str) -> bool {
-    std::fs::read_to_string(report).is_ok_and(|md| md.contains(&format!("]({name})")))
-}
-
-/// The "Final metrics" part of the run report.
-fn final_metrics_part(md: &str) -> String {
-    match md.find("## Final metrics") {
-        Some(i) => {
-            let rest = &md[i..];
-            let end = rest[3..].find("\n## ").map_or(rest.len(), |e| e + 3);
-            rest[..end].to_string()
-        }
-        None => "## Final metrics\n\nNo stage wrote metrics.\n".into(),
-    }
 }
 
 fn section_from_markdown(id: &str, md: &str, dir: &Path) -> String {

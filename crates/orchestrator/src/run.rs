@@ -251,10 +251,11 @@ fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
     for m in rows.iter().filter(|m| reported.contains(&m.name.as_str())) {
         last.insert((m.stage.clone(), m.name.clone(), m.split.clone()), (m.step, m.value));
     }
-    r += "\n## Final metrics\n\n| stage | metric | split | step | value |\n|---|---|---|---|---|\n";
+    let mut final_metrics = "\n## Final metrics\n\n| stage | metric | split | step | value |\n|---|---|---|---|---|\n".to_string();
     for ((stage, name, split), (step, value)) in &last {
-        r += &format!("| {stage} | {name} | {split} | {step} | {value:.4} |\n");
+        final_metrics += &format!("| {stage} | {name} | {split} | {step} | {value:.4} |\n");
     }
+    r += &final_metrics;
     r += &trained_side_by_side(manifest, &rows);
     r += &crate::card::footprint_markdown(plan, manifest);
     for s in &manifest.stages {
@@ -266,6 +267,6 @@ fn write_report(plan: &Plan, manifest: &RunManifest) -> Result<()> {
         }
     }
     forja_core::fsutil::atomic_write(&plan.out_dir.join("report.md"), r.as_bytes())?;
-    crate::card::write(plan, manifest, &r)?;
+    crate::card::write(plan, manifest, &final_metrics)?;
     Ok(())
 }

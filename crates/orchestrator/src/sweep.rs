@@ -525,6 +525,18 @@ fn apply_overrides(table: &mut toml::Table, overrides: &[Override]) -> Result<()
     Ok(())
 }
 
+/// Sets a trial's `STAGE.PARAM.PATH = value` parameters in a pipeline table.
+fn set_params(table: &mut toml::Table, params: &BTreeMap<String, toml::Value>) -> Result<()> {
+    let overrides: Vec<Override> = params
+        .iter()
+        .map(|(path, value)| {
+            let (stage, rest) = path.split_once('.').context("param path")?;
+            Ok(Override { stage: stage.into(), path: rest.split('.').map(str::to_string).collect(), value: value.clone() })
+        })
+        .collect::<Result<_>>()?;
+    apply_overrides(table, &overrides)
+}
+
 fn stage_table<'a>(table: &'a mut toml::Table, name: &str) -> Result<&'a mut toml::Table> {
     table
         .get_mut("stage")
@@ -619,11 +631,7 @@ impl<'a> ProcessRunner<'a> {
         if let Some(stages) = table.get_mut("stage").and_then(|s| s.as_array_mut()) {
             stages.retain(|s| s.get("name").and_then(|n| n.as_str()).is_some_and(|n| self.keep.contains(n)));
         }
-        for (path, value) in &t.params {
-            let (stage, rest) = path.split_once('.').context("param path")?;
-            let rest: Vec<String> = rest.split('.').map(str::to_string).collect();
-            apply_overrides(&mut table, &[Override { stage: stage.into(), path: rest, value: value.clone() }])?;
-        }
+        set_params(&mut table, &t.params)?;
         let header = table.entry("pipeline").or_insert_with(|| toml::Value::Table(Default::default()));
         let header = header.as_table_mut().context("[pipeline] is not a table")?;
         header.insert("name".into(), toml::Value::String(format!("{name}-trial-{:04}", t.id)));
@@ -659,7 +667,7 @@ impl<'a> ProcessRunner<'a> {
         let Ok((stage, metric)) = self.spec.metric_parts() else { return Vec::new() };
         let run = self.trial_dir(id).join("run");
         let done = run.join("metrics.arrow");
-        let partial = run.join(stage).join(forja_train_checkpoint_metrics());
+        let partial = run.join(stage).join(forja_train::engine::CHECKPOINT_DIR).join(forja_train::engine::METRICS_FILE);
         let rows = MetricRow::read(&done).or_else(|_| MetricRow::read(&partial)).unwrap_or_default();
         let mut curve: Vec<(u64, f64)> =
             rows.iter().filter(|r| r.stage == stage && r.name == metric && r.split == self.spec.split).map(|r| (r.step, r.value)).collect();
@@ -667,11 +675,6 @@ impl<'a> ProcessRunner<'a> {
         curve.dedup_by_key(|p| p.0);
         curve
     }
-}
-
-/// Where the engine keeps a stage's metrics between checkpoints.
-fn forja_train_checkpoint_metrics() -> PathBuf {
-    Path::new("checkpoint").join("metrics.arrow")
 }
 
 impl Runner for ProcessRunner<'_> {
@@ -790,11 +793,7 @@ fn write_outputs(spec: &SearchSpec, results: &[TrialResult], best: Option<usize>
             let t = &results[i].trial;
             let name = runner.table.get("pipeline").and_then(|p| p.get("name")).and_then(|n| n.as_str()).unwrap_or("sweep");
             let mut table = runner.table.clone();
-            for (path, value) in &t.params {
-                let (stage, rest) = path.split_once('.').context("param path")?;
-                let rest = rest.split('.').map(str::to_string).collect();
-                apply_overrides(&mut table, &[Override { stage: stage.into(), path: rest, value: value.clone() }])?;
-            }
+            set_params(&mut table, &t.params)?;
             if let Some(h) = table.get_mut("pipeline").and_then(|p| p.as_table_mut()) {
                 h.insert("name".into(), toml::Value::String(format!("{name}-best")));
                 h.insert("root".into(), toml::Value::String(relative(&runner.base, dir).display().to_string()));

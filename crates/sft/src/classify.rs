@@ -228,19 +228,10 @@ pub fn write_classifier(
 
 /// Padded `[b, t]` ids and mask and `[b]` labels of `rows`.
 fn collate(rows: &[&Example], pad: i64, device: Device) -> (Tensor, Tensor, Tensor) {
-    let width = rows.iter().map(|e| e.ids.len()).max().unwrap_or(1);
-    let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * width), Vec::with_capacity(rows.len() * width));
-    for e in rows {
-        ids.extend(e.ids.iter().copied().chain(std::iter::repeat_n(pad, width - e.ids.len())));
-        mask.extend(std::iter::repeat_n(1i64, e.ids.len()).chain(std::iter::repeat_n(0, width - e.ids.len())));
-    }
-    let b = rows.len() as i64;
+    let ids: Vec<&[i64]> = rows.iter().map(|e| e.ids.as_slice()).collect();
+    let (ids, mask) = forja_eval::classifier::pad_batch(&ids, pad, device);
     let labels: Vec<i64> = rows.iter().map(|e| e.label).collect();
-    (
-        Tensor::from_slice(&ids).view([b, -1]).to(device),
-        Tensor::from_slice(&mask).view([b, -1]).to(device),
-        Tensor::from_slice(&labels).to(device),
-    )
+    (ids, mask, Tensor::from_slice(&labels).to(device))
 }
 
 /// The classification objective: shuffled epochs of the training examples.
@@ -355,22 +346,10 @@ pub fn score(pairs: &[(usize, usize)], n: usize) -> ClassScores {
     forja_eval::metrics::classification(pairs, n)
 }
 
-/// Predicted class of each example (batched, sorted by length).
+/// Predicted class of each example (batched by length; `forja_eval`'s scorer).
 pub fn predict(model: &BertClassifier, examples: &[Example], batch_size: usize, pad: i64) -> anyhow::Result<Vec<usize>> {
-    let _guard = tch::no_grad_guard();
-    let device = model.bert.word_embeddings.ws.device();
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.sort_by_key(|&i| examples[i].ids.len());
-    let mut out = vec![0usize; examples.len()];
-    for chunk in order.chunks(batch_size.max(1)) {
-        let rows: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
-        let (ids, mask, _) = collate(&rows, pad, device);
-        let pred: Vec<i64> = Vec::<i64>::try_from(&model.forward(&ids, &mask, false)?.argmax(-1, false).to(Device::Cpu))?;
-        for (&i, p) in chunk.iter().zip(pred) {
-            out[i] = p as usize;
-        }
-    }
-    Ok(out)
+    let rows: Vec<Vec<i64>> = examples.iter().map(|e| e.ids.clone()).collect();
+    forja_eval::classifier::Scorer { model, pad, batch_size }.predict(&rows)
 }
 
 /// What a run did.

@@ -223,7 +223,9 @@ const OPTIM_FILE: &str = "optimizer.safetensors";
 /// exported folder leaves out): what a resume loads.
 const VARIABLES_FILE: &str = "variables.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
-const METRICS_FILE: &str = "metrics.arrow";
+/// The metrics of a run so far, kept in each checkpoint (`CHECKPOINT_DIR/METRICS_FILE`):
+/// a sweep reads a running trial's validation curve there.
+pub const METRICS_FILE: &str = "metrics.arrow";
 /// The model weights file of a model folder (safetensors).
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
@@ -346,7 +348,6 @@ impl<'a> Engine<'a> {
             let scaled = if accum > 1 { &loss / accum as f64 } else { loss.shallow_clone() };
             scaled.backward();
             stats.loss += loss.double_value(&[]) / accum as f64;
-            forja_core::resources::add_flops(self.train_flops_per_token * obj.tokens_per_micro());
             stats.forward_s += (t1 - t0).as_secs_f64();
             stats.backward_s += t1.elapsed().as_secs_f64();
         }
@@ -392,7 +393,10 @@ impl<'a> Engine<'a> {
                 self.state.step = done;
             } else {
                 let log_step = done % cfg.log_interval.max(1) == 0 || done == cfg.max_steps;
-                match self.train_step(obj, step, lr, log_step && cfg.diagnosis.layer_grad_norms)? {
+                let outcome = self.train_step(obj, step, lr, log_step && cfg.diagnosis.layer_grad_norms)?;
+                // Spent whether or not the step was applied.
+                forja_core::resources::add_flops(self.train_flops_per_token * tokens_per_step);
+                match outcome {
                     StepOutcome::Applied { stats, layers } => {
                         self.state.step = done;
                         self.push(done, metric::BATCH_LOSS, stats.loss, split::TRAIN);
