@@ -24,6 +24,11 @@ pub trait Artifact: Sized {
         write_artifact(path, Self::KIND, stage, config_hash, &[Self::to_batch(rows)])
     }
 
+    /// A writer that takes rows in batches (outputs larger than memory).
+    fn writer(path: &Path, stage: &str, config_hash: &str) -> Result<RowWriter<Self>, ArtifactError> {
+        Ok(RowWriter { inner: crate::ipc::ArtifactWriter::create(path, Self::KIND, stage, config_hash)?, _rows: std::marker::PhantomData })
+    }
+
     /// Reads all rows of an artifact file, schema-checked.
     fn read(path: &Path) -> Result<Vec<Self>, ArtifactError> {
         let mut rows = Vec::new();
@@ -31,6 +36,28 @@ pub trait Artifact: Sized {
             rows.extend(Self::from_batch(path, &batch)?);
         }
         Ok(rows)
+    }
+}
+
+/// Typed rows written batch by batch; see [`crate::ipc::ArtifactWriter`].
+pub struct RowWriter<A: Artifact> {
+    inner: crate::ipc::ArtifactWriter,
+    _rows: std::marker::PhantomData<A>,
+}
+
+impl<A: Artifact> RowWriter<A> {
+    /// Appends rows (nothing for an empty slice).
+    pub fn write(&mut self, rows: &[A]) -> Result<(), ArtifactError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.inner.write(&A::to_batch(rows))
+    }
+    pub fn rows(&self) -> usize {
+        self.inner.rows()
+    }
+    pub fn finish(self) -> Result<(), ArtifactError> {
+        self.inner.finish()
     }
 }
 

@@ -56,6 +56,18 @@ pub fn read_artifact(path: &Path, kind: ArtifactKind) -> Result<Vec<RecordBatch>
     reader.map(|b| b.map_err(|source| ArtifactError::Arrow { path: path.into(), source })).collect()
 }
 
+/// Reads an artifact batch by batch (bounded memory), schema-checked first.
+pub fn read_artifact_batches(
+    path: &Path,
+    kind: ArtifactKind,
+) -> Result<impl Iterator<Item = Result<RecordBatch, ArtifactError>>, ArtifactError> {
+    let file = File::open(path).map_err(|source| ArtifactError::Io { path: path.into(), source })?;
+    let reader = FileReader::try_new(BufReader::new(file), None).map_err(|source| ArtifactError::Arrow { path: path.into(), source })?;
+    check_schema(path, kind, &reader.schema())?;
+    let path = path.to_path_buf();
+    Ok(reader.map(move |b| b.map_err(|source| ArtifactError::Arrow { path: path.clone(), source })))
+}
+
 /// Checks that `found` is an artifact of `kind`: its metadata names the kind and
 /// every expected column is there with the expected type.
 pub fn check_schema(path: &Path, kind: ArtifactKind, found: &Schema) -> Result<(), ArtifactError> {
@@ -76,5 +88,66 @@ pub fn check_schema(path: &Path, kind: ArtifactKind, found: &Schema) -> Result<(
             expected: describe_fields(&expected),
             found: describe_fields(found.fields().iter().map(|f| f.as_ref())),
         })
+    }
+}
+
+/// An artifact written batch by batch, for outputs larger than memory: rows go
+/// to a temporary sibling, which [`ArtifactWriter::finish`] renames into place.
+/// Dropped without `finish` (an error, a panic), the temporary file is removed,
+/// so a crash never leaves a half-written artifact.
+pub struct ArtifactWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    schema: Arc<Schema>,
+    writer: Option<FileWriter<std::io::BufWriter<File>>>,
+    rows: usize,
+}
+
+impl ArtifactWriter {
+    pub fn create(path: &Path, kind: ArtifactKind, stage: &str, config_hash: &str) -> Result<Self, ArtifactError> {
+        let io_err = |source| ArtifactError::Io { path: path.to_path_buf(), source };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io_err)?;
+        }
+        let tmp = crate::fsutil::temp_sibling(path);
+        let schema = Arc::new(kind.schema(stage, config_hash));
+        let file = std::io::BufWriter::new(File::create(&tmp).map_err(io_err)?);
+        let writer = FileWriter::try_new(file, &schema).map_err(|source| ArtifactError::Arrow { path: path.into(), source })?;
+        Ok(Self { path: path.to_path_buf(), tmp, schema, writer: Some(writer), rows: 0 })
+    }
+
+    /// Appends one batch (its columns must be the kind's).
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), ArtifactError> {
+        let arrow_err = |source| ArtifactError::Arrow { path: self.path.clone(), source };
+        let batch = batch.clone().with_schema(self.schema.clone()).map_err(arrow_err)?;
+        if let Some(w) = self.writer.as_mut() {
+            w.write(&batch).map_err(|source| ArtifactError::Arrow { path: self.path.clone(), source })?;
+        }
+        self.rows += batch.num_rows();
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Finishes the file, syncs it and renames it into place.
+    pub fn finish(mut self) -> Result<(), ArtifactError> {
+        let io_err = |source| ArtifactError::Io { path: self.path.clone(), source };
+        let Some(mut w) = self.writer.take() else { return Ok(()) };
+        w.finish().map_err(|source| ArtifactError::Arrow { path: self.path.clone(), source })?;
+        let mut file = w.into_inner().map_err(|source| ArtifactError::Arrow { path: self.path.clone(), source })?;
+        std::io::Write::flush(&mut file).map_err(io_err)?;
+        file.get_ref().sync_all().map_err(io_err)?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io_err)
+    }
+}
+
+impl Drop for ArtifactWriter {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _cleanup = std::fs::remove_file(&self.tmp);
+        }
     }
 }

@@ -61,6 +61,13 @@ pub const FLOPS: &str = "flops";
 /// CO2-equivalent grams of a stage's energy at the configured grid intensity.
 pub const CO2E_G: &str = "co2e_g";
 
+/// Records a data stage read (kept + rejected).
+pub const DOCS_READ: &str = "docs_read";
+/// Documents a data stage kept (split `-`: all; else per split).
+pub const DOCS_KEPT: &str = "docs_kept";
+/// Records a data stage rejected; per rule as `rejected:RULE`.
+pub const DOCS_REJECTED: &str = "docs_rejected";
+
 /// Split names of metric rows.
 pub mod split {
     pub const TRAIN: &str = "train";

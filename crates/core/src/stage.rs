@@ -292,6 +292,13 @@ pub struct StageArgs {
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Name recorded as the stage's in its outputs (default: the kind), e.g. the
+    /// pipeline's name for it when a scheduler runs the step by hand.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Shard `I/N` of a sharded stage (`clean_shard`): sets its `shard` parameter.
+    #[arg(long)]
+    pub shard: Option<String>,
 }
 
 /// Runs one stage of `stages` from parsed [`StageArgs`].
@@ -303,6 +310,9 @@ pub fn run_from_args(stages: &[&dyn DynStage], args: &StageArgs) -> anyhow::Resu
     let mut params = serde_json::json!({});
     for p in &args.params {
         set_param(&mut params, p)?;
+    }
+    if let Some(shard) = &args.shard {
+        params["shard"] = serde_json::Value::String(shard.clone());
     }
     stage.check(&params)?;
     let mut inputs = StageInputs::default();
@@ -319,7 +329,7 @@ pub fn run_from_args(stages: &[&dyn DynStage], args: &StageArgs) -> anyhow::Resu
         }
     }
     let ctx = StageCtx {
-        name: stage.kind().to_string(),
+        name: args.name.clone().unwrap_or_else(|| stage.kind().to_string()),
         seed: args.seed,
         device: args.device.clone(),
         config_hash: crate::hash::hash_json(&params),

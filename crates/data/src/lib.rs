@@ -5,9 +5,15 @@
 //! ([`stages`]). Never depends on libtorch.
 
 pub mod clean;
+pub mod corpus;
+pub mod lang;
+pub mod minhash;
+pub mod pii;
+pub mod quality;
 pub mod read;
 pub mod split;
 pub mod stages;
+pub mod web;
 /// Tokenizers live in their own crate (no polars), re-exported here.
 pub use forja_tokenizer as tokenizer;
 

@@ -53,39 +53,71 @@ pub struct Splits {
 
 /// Splits documents deterministically by `seed`.
 pub fn split(docs: Vec<Document>, cfg: &SplitConfig, seed: u64) -> Splits {
+    let total = docs.iter().map(|d| d.text.len()).sum();
+    let mut splitter = Splitter::new(cfg, seed, total);
     let mut out = Splits::default();
-    match cfg.mode {
-        SplitMode::Random => {
-            for d in docs {
-                let h = blake3::hash(format!("{seed}:{}", d.id).as_bytes());
-                let bytes: [u8; 8] = h.as_bytes()[..8].try_into().unwrap_or([0; 8]);
-                let u = (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64;
-                if u < cfg.val_fraction {
-                    out.val.push(d)
-                } else if u < cfg.val_fraction + cfg.test_fraction {
-                    out.test.push(d)
+    for d in docs {
+        match splitter.assign(&d.id, d.text.len()) {
+            0 => out.train.push(d),
+            1 => out.val.push(d),
+            _ => out.test.push(d),
+        }
+    }
+    out
+}
+
+/// Index of a split in [`crate::stages::SPLITS`] order.
+pub type SplitIndex = usize;
+
+/// Assigns documents to splits one at a time, in input order, with the same
+/// result as [`split`]: `Random` by a seeded hash of the id, `Tail` by the
+/// running character count against the total (known in advance).
+pub struct Splitter {
+    cfg: SplitConfig,
+    seed: u64,
+    total_chars: usize,
+    seen: usize,
+}
+
+impl Splitter {
+    /// `total_chars`: the characters (bytes of UTF-8) of all documents to be
+    /// assigned; only `Tail` uses it.
+    pub fn new(cfg: &SplitConfig, seed: u64, total_chars: usize) -> Self {
+        Self { cfg: cfg.clone(), seed, total_chars, seen: 0 }
+    }
+
+    pub fn assign(&mut self, id: &str, text_len: usize) -> SplitIndex {
+        let (v, t) = (self.cfg.val_fraction, self.cfg.test_fraction);
+        match self.cfg.mode {
+            SplitMode::Random => {
+                let u = unit_hash(self.seed, id);
+                if u < v {
+                    1
+                } else if u < v + t {
+                    2
                 } else {
-                    out.train.push(d)
+                    0
                 }
             }
-        }
-        SplitMode::Tail => {
-            let total: usize = docs.iter().map(|d| d.text.len()).sum();
-            let train_end = ((1.0 - cfg.val_fraction - cfg.test_fraction) * total as f64) as usize;
-            let val_end = ((1.0 - cfg.test_fraction) * total as f64) as usize;
-            let mut seen = 0;
-            for d in docs {
-                let start = seen;
-                seen += d.text.len();
-                if start < train_end {
-                    out.train.push(d)
-                } else if start < val_end {
-                    out.val.push(d)
+            SplitMode::Tail => {
+                let start = self.seen;
+                self.seen += text_len;
+                let total = self.total_chars as f64;
+                if start < ((1.0 - v - t) * total) as usize {
+                    0
+                } else if start < ((1.0 - t) * total) as usize {
+                    1
                 } else {
-                    out.test.push(d)
+                    2
                 }
             }
         }
     }
-    out
+}
+
+/// A uniform number in [0, 1) from a seeded hash of `id`.
+pub fn unit_hash(seed: u64, id: &str) -> f64 {
+    let h = blake3::hash(format!("{seed}:{id}").as_bytes());
+    let bytes: [u8; 8] = h.as_bytes()[..8].try_into().unwrap_or([0; 8]);
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }

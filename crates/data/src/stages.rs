@@ -1,15 +1,24 @@
 //! The data stages: `clean`, `train_tokenizer`, `tokenize`.
 
-use crate::clean::{clean, CleanConfig, CleanCounts};
-use crate::read::{read_file, ReadConfig, ReadOutput};
-use crate::split::{split, SplitConfig};
+use crate::clean::CleanConfig;
+use crate::corpus::{self, Batched, Candidates, Dup, PassOne, Sinks, Tally};
+use crate::lang::LangConfig;
+use crate::minhash::MinHashConfig;
+use crate::pii::PiiConfig;
+use crate::quality::{BoilerplateConfig, C4Config, GopherQualityConfig, GopherRepetitionConfig};
+use crate::read::ReadConfig;
+use crate::split::SplitConfig;
 use crate::tokenizer::{self, Tokenizer, TokenizerConfig};
+use crate::web::{ChainCounts, DocQualityConfig, Enabled, Preset, Rules};
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
+use forja_core::metric;
+use forja_core::plot::Series;
 use forja_core::stage::{outputs, FromInputs, InputSpec, OutDir, OutputSpec, Stage, StageCtx, StageInputs};
-use forja_core::{Document, Reject, TokenRow};
+use forja_core::{Document, MetricRow, Reject, TokenRow};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The document splits, in the order `clean` writes and `tokenize` reads them.
@@ -19,83 +28,440 @@ pub const SPLITS: [&str; 3] = ["train", "val", "test"];
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CleanStageConfig {
+    /// Defaults for the whole chain: `none` or `web`.
+    pub preset: Preset,
     pub read: ReadConfig,
     pub clean: CleanConfig,
+    pub lang: LangConfig,
+    pub boilerplate: BoilerplateConfig,
+    pub repetition: GopherRepetitionConfig,
+    pub quality: GopherQualityConfig,
+    pub c4: C4Config,
+    pub doc_quality: DocQualityConfig,
+    pub pii: PiiConfig,
+    pub near_dedup: MinHashConfig,
     pub split: SplitConfig,
     /// Overrides the run's seed for the split.
     pub seed: Option<u64>,
+    /// `clean_shard` only: this process's shard, `I/N` (`--shard I/N`); else
+    /// from the scheduler's variables.
+    pub shard: Option<String>,
 }
 
-/// What `clean` wrote.
+impl CleanStageConfig {
+    /// The chain's rules (serde cannot flatten them and still refuse unknown keys).
+    pub fn rules(&self) -> Rules {
+        Rules {
+            lang: self.lang.clone(),
+            boilerplate: self.boilerplate.clone(),
+            repetition: self.repetition.clone(),
+            quality: self.quality.clone(),
+            c4: self.c4.clone(),
+            doc_quality: self.doc_quality.clone(),
+            pii: self.pii.clone(),
+            near_dedup: self.near_dedup.clone(),
+        }
+    }
+}
+
+/// What `clean` did: every count of the run.
 #[derive(Debug, Serialize)]
 pub struct CleanReport {
     pub files: Vec<String>,
-    pub unreadable_records: usize,
-    pub counts: CleanCounts,
-    pub train: usize,
-    pub val: usize,
-    pub test: usize,
-    pub rejected: usize,
+    pub preset: Preset,
+    pub enabled: Enabled,
+    pub counts: ChainCounts,
+    pub train: u64,
+    pub val: u64,
+    pub test: u64,
+    /// Up to [`corpus::EXAMPLES_PER_RULE`] rejected records per rule: (source, reason, text start).
+    pub examples: BTreeMap<String, Vec<(String, String, String)>>,
 }
 
-/// Reads `files`, cleans, de-duplicates and splits them. Writes `train.arrow`,
-/// `val.arrow`, `test.arrow` (documents), `rejects.arrow` and `report.md`.
-/// Invariant: records read = kept (train + val + test) + rejected.
+/// The hash recorded in the chain's outputs: the configuration without `shard`,
+/// so a sharded run and a single-process run write the same bytes.
+pub fn chain_hash(cfg: &CleanStageConfig) -> String {
+    forja_core::hash::hash_json(&CleanStageConfig { shard: None, ..cfg.clone() })
+}
+
+/// Reads `files` as a stream, runs the chain (normalisation, length, and the
+/// rules the preset and switches turn on), removes exact and near duplicates
+/// and splits (see [`corpus`] for the passes). Writes `train.arrow`,
+/// `val.arrow`, `test.arrow` (documents), `rejects.arrow`, `metrics.arrow`,
+/// `report.md` and `lengths.svg`. Memory holds one chunk of records plus a few
+/// numbers per kept document; the documents themselves go through a staging
+/// file. Invariant, checked: records read = kept + rejected.
 pub fn run_clean(cfg: &CleanStageConfig, files: &[PathBuf], out: &OutDir, ctx: &StageCtx) -> anyhow::Result<CleanReport> {
+    anyhow::ensure!(cfg.shard.is_none(), "clean: `shard` is a parameter of clean_shard (the sharded path), not of clean");
+    let (rules, on) = check_clean(cfg, files)?;
+    let hash = chain_hash(cfg);
+    let staging_path = out.dir().join(".staging.arrow");
+    let mut staging = Batched::create(&staging_path, &ctx.name, &hash)?;
+    let mut sinks = open_sinks(out, &ctx.name, &hash)?;
+    let mut tally = Tally::default();
+    let pass = PassOne { read: &cfg.read, min_chars: cfg.clean.min_chars, rules: &rules, on: &on };
+    let cand = corpus::first_pass(&pass, files, &mut staging, &mut sinks.rejects, &mut tally)?;
+    staging.finish()?;
+    let dups = corpus::duplicates(&cand, cfg.clean.dedup, on.near_dedup);
+    let split = corpus::second_pass(
+        std::slice::from_ref(&staging_path),
+        &cand,
+        &dups,
+        &cfg.split,
+        cfg.seed.unwrap_or(ctx.seed),
+        &mut sinks,
+        &mut tally,
+    );
+    let _cleanup = std::fs::remove_file(&staging_path);
+    let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    finish_clean(cfg, &on, files, split?, sinks, tally, out, &ctx.name, &hash)
+}
+
+/// The rules a configuration turns on, after checking it.
+fn check_clean(cfg: &CleanStageConfig, files: &[PathBuf]) -> anyhow::Result<(Rules, Enabled)> {
     cfg.split.validate()?;
     anyhow::ensure!(!files.is_empty(), "clean: no input files");
-    let mut read = ReadOutput::default();
-    for f in files {
-        read_file(f, &cfg.read, &mut read)?;
+    let rules = cfg.rules();
+    let on = rules.enabled(cfg.preset);
+    if on.near_dedup {
+        rules.near_dedup.validate()?;
     }
-    let unreadable = read.rejects.len();
-    let mut rejects = read.rejects;
-    let (docs, counts) = clean(read.records, &cfg.clean, &mut rejects);
-    let splits = split(docs, &cfg.split, cfg.seed.unwrap_or(ctx.seed));
+    Ok((rules, on))
+}
+
+fn open_sinks(out: &OutDir, name: &str, hash: &str) -> anyhow::Result<Sinks> {
+    Ok(Sinks {
+        splits: [
+            Batched::create(&out.path(&CLEAN_SPLITS[0]), name, hash)?,
+            Batched::create(&out.path(&CLEAN_SPLITS[1]), name, hash)?,
+            Batched::create(&out.path(&CLEAN_SPLITS[2]), name, hash)?,
+        ],
+        rejects: Batched::create(&out.path(&REJECTS), name, hash)?,
+    })
+}
+
+/// Closes the outputs, checks the count invariant, writes metrics and report.
+#[allow(clippy::too_many_arguments)]
+fn finish_clean(
+    cfg: &CleanStageConfig,
+    on: &Enabled,
+    files: Vec<String>,
+    split: [u64; 3],
+    sinks: Sinks,
+    tally: Tally,
+    out: &OutDir,
+    name: &str,
+    hash: &str,
+) -> anyhow::Result<CleanReport> {
+    let [a, b, c] = sinks.splits;
+    for w in [a, b, c] {
+        w.finish()?;
+    }
+    sinks.rejects.finish()?;
     let report = CleanReport {
-        files: files.iter().map(|f| f.display().to_string()).collect(),
-        unreadable_records: unreadable,
-        train: splits.train.len(),
-        val: splits.val.len(),
-        test: splits.test.len(),
-        rejected: rejects.len(),
-        counts,
+        files,
+        preset: cfg.preset,
+        enabled: *on,
+        counts: tally.counts,
+        train: split[0],
+        val: split[1],
+        test: split[2],
+        examples: tally.examples,
     };
-    for (spec, docs) in CLEAN_SPLITS.iter().zip([&splits.train, &splits.val, &splits.test]) {
-        Document::write(&out.path(spec), &ctx.name, &ctx.config_hash, docs)?;
-    }
-    Reject::write(&out.path(&REJECTS), &ctx.name, &ctx.config_hash, &rejects)?;
-    forja_core::fsutil::atomic_write(&out.path(&outputs::REPORT), clean_report_md(&report, &rejects).as_bytes())?;
-    tracing::info!(
-        read = report.counts.read + unreadable,
-        kept = report.counts.kept,
-        rejected = report.rejected,
-        train = report.train,
-        val = report.val,
-        "clean done"
+    let c = &report.counts;
+    anyhow::ensure!(
+        c.read == c.kept + c.rejected_total(),
+        "clean: count invariant broken: {} records read, {} kept + {} rejected",
+        c.read,
+        c.kept,
+        c.rejected_total()
     );
+    write_clean_report(&report, out, name, hash)?;
+    tracing::info!(read = c.read, kept = c.kept, rejected = c.rejected_total(), train = report.train, val = report.val, "clean done");
     Ok(report)
 }
 
-fn clean_report_md(r: &CleanReport, rejects: &[Reject]) -> String {
+/// What a shard wrote besides its documents, rejects and signatures
+/// (`shard.json`): enough for the later steps to check that the shards belong
+/// together and to finish exactly as one process would.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub index: usize,
+    pub count: usize,
+    /// Stage name and chain hash recorded in the outputs.
+    pub stage: String,
+    pub chain_hash: String,
+    pub config: CleanStageConfig,
+    pub seed: u64,
+    pub files: Vec<String>,
+    pub tally: Tally,
+}
+
+/// Outputs of `clean_shard`.
+pub const SHARD_PART: OutputSpec = OutputSpec { name: "part", path: "part.arrow" };
+pub const SHARD_REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
+pub const SHARD_SIGNATURES: OutputSpec = OutputSpec { name: "signatures", path: "signatures.bin" };
+pub const SHARD_INFO: OutputSpec = OutputSpec { name: "shard", path: "shard.json" };
+/// Output of `dedup_clusters`.
+pub const DUPLICATES: OutputSpec = OutputSpec { name: "duplicates", path: "duplicates.jsonl" };
+
+/// Pass 1 of shard I/N (a contiguous range of the input files): candidates,
+/// rejects, signatures and `shard.json`.
+pub fn run_clean_shard(cfg: &CleanStageConfig, files: &[PathBuf], out: &OutDir, ctx: &StageCtx) -> anyhow::Result<ShardInfo> {
+    let (index, count) = corpus::resolve_shard(cfg.shard.as_deref())?;
+    let (rules, on) = check_clean(cfg, files)?;
+    let mine = corpus::shard_files(files, index, count);
+    let hash = chain_hash(cfg);
+    let mut staging = Batched::create(&out.path(&SHARD_PART), &ctx.name, &hash)?;
+    let mut rejects = Batched::create(&out.path(&SHARD_REJECTS), &ctx.name, &hash)?;
+    let mut tally = Tally::default();
+    let pass = PassOne { read: &cfg.read, min_chars: cfg.clean.min_chars, rules: &rules, on: &on };
+    let cand = corpus::first_pass(&pass, mine, &mut staging, &mut rejects, &mut tally)?;
+    staging.finish()?;
+    rejects.finish()?;
+    cand.write(&out.path(&SHARD_SIGNATURES))?;
+    let info = ShardInfo {
+        index,
+        count,
+        stage: ctx.name.clone(),
+        chain_hash: hash,
+        config: CleanStageConfig { shard: None, ..cfg.clone() },
+        seed: cfg.seed.unwrap_or(ctx.seed),
+        files: mine.iter().map(|f| f.display().to_string()).collect(),
+        tally,
+    };
+    forja_core::fsutil::atomic_write(&out.path(&SHARD_INFO), serde_json::to_string_pretty(&info)?.as_bytes())?;
+    tracing::info!(shard = index, of = count, files = mine.len(), candidates = cand.len(), "clean_shard done");
+    Ok(info)
+}
+
+/// The shards' folders in shard order, with their `shard.json`, checked to be
+/// every shard 0..N of one configuration.
+pub fn load_shards(dirs: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, ShardInfo)>> {
+    let mut shards = Vec::new();
+    for d in dirs {
+        let path = d.join(SHARD_INFO.path);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {} (is {} a clean_shard output?)", path.display(), d.display()))?;
+        let info: ShardInfo = serde_json::from_str(&text).with_context(|| format!("{}: not a shard description", path.display()))?;
+        shards.push((d.clone(), info));
+    }
+    shards.sort_by_key(|(_, s)| s.index);
+    let count = shards.first().map(|(_, s)| s.count).context("no shard folders given")?;
+    for (i, (d, s)) in shards.iter().enumerate() {
+        anyhow::ensure!(s.count == count, "{}: shard {}/{} mixed with shards of {count}", d.display(), s.index, s.count);
+        anyhow::ensure!(
+            s.index == i,
+            "shard {i}/{count} is missing (found shards {:?})",
+            shards.iter().map(|(_, s)| s.index).collect::<Vec<_>>()
+        );
+        anyhow::ensure!(
+            s.chain_hash == shards[0].1.chain_hash,
+            "{}: shard {i} was run with another configuration than shard 0 (chain hash {} vs {})",
+            d.display(),
+            s.chain_hash,
+            shards[0].1.chain_hash
+        );
+    }
+    anyhow::ensure!(shards.len() == count, "{} of {count} shards given", shards.len());
+    Ok(shards)
+}
+
+/// All shards' candidates, in shard order.
+fn load_candidates(shards: &[(PathBuf, ShardInfo)]) -> anyhow::Result<Candidates> {
+    let mut all = Candidates::default();
+    for (d, _) in shards {
+        all.extend(Candidates::read(&d.join(SHARD_SIGNATURES.path))?);
+    }
+    Ok(all)
+}
+
+/// Exact and near duplicates across all shards (buckets of band keys, union of
+/// clusters), as JSON lines `{"doc": I, "kind": "exact"|"near", "of": J}` over
+/// the candidates numbered in shard order.
+pub fn run_dedup_clusters(dirs: &[PathBuf], out: &OutDir) -> anyhow::Result<usize> {
+    let shards = load_shards(dirs)?;
+    let cfg = &shards[0].1.config;
+    let on = cfg.rules().enabled(cfg.preset);
+    let cand = load_candidates(&shards)?;
+    let dups = corpus::duplicates(&cand, cfg.clean.dedup, on.near_dedup);
+    let mut text = String::new();
+    for (i, d) in dups.iter().enumerate() {
+        if let Some(d) = d {
+            let line = serde_json::json!({ "doc": i, "dup": d });
+            text += &line.to_string();
+            text.push('\n');
+        }
+    }
+    forja_core::fsutil::atomic_write(&out.path(&DUPLICATES), text.as_bytes())?;
+    let n = dups.iter().flatten().count();
+    tracing::info!(candidates = cand.len(), duplicates = n, "dedup_clusters done");
+    Ok(n)
+}
+
+/// The shards' candidates filtered by `duplicates.jsonl` and split: the same
+/// outputs, byte for byte, as one `clean` run over all the files (the stage
+/// name recorded in them is this stage's; run it under the name the single run
+/// would have, e.g. `forja-data merge_shards --name clean`).
+pub fn run_merge_shards(dirs: &[PathBuf], duplicates: &Path, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<CleanReport> {
+    let shards = load_shards(dirs)?;
+    let cfg = shards[0].1.config.clone();
+    let on = cfg.rules().enabled(cfg.preset);
+    let hash = shards[0].1.chain_hash.clone();
+    let cand = load_candidates(&shards)?;
+    let mut dups = vec![None; cand.len()];
+    let text = std::fs::read_to_string(duplicates).with_context(|| format!("reading {}", duplicates.display()))?;
+    for (no, line) in text.lines().enumerate() {
+        #[derive(Deserialize)]
+        struct Line {
+            doc: usize,
+            dup: Dup,
+        }
+        let l: Line =
+            serde_json::from_str(line).with_context(|| format!("{}: line {}: not a duplicate record", duplicates.display(), no + 1))?;
+        anyhow::ensure!(l.doc < cand.len(), "{}: line {}: document {} of {} candidates", duplicates.display(), no + 1, l.doc, cand.len());
+        dups[l.doc] = Some(l.dup);
+    }
+    let mut sinks = open_sinks(out, &ctx.name, &hash)?;
+    let mut tally = Tally::default();
+    let mut files = Vec::new();
+    for (d, s) in &shards {
+        tally.add(&s.tally);
+        files.extend(s.files.iter().cloned());
+        for batch in forja_core::ipc::read_artifact_batches(&d.join(SHARD_REJECTS.path), Reject::KIND)? {
+            for r in Reject::from_batch(&d.join(SHARD_REJECTS.path), &batch?)? {
+                sinks.rejects.push(r)?;
+            }
+        }
+    }
+    let parts: Vec<PathBuf> = shards.iter().map(|(d, _)| d.join(SHARD_PART.path)).collect();
+    let split = corpus::second_pass(&parts, &cand, &dups, &cfg.split, shards[0].1.seed, &mut sinks, &mut tally)?;
+    finish_clean(&cfg, &on, files, split, sinks, tally, out, &ctx.name, &hash)
+}
+
+fn write_clean_report(report: &CleanReport, out: &OutDir, name: &str, hash: &str) -> anyhow::Result<()> {
+    let c = &report.counts;
+    let mut rows = vec![
+        MetricRow::new(name, 0, metric::DOCS_READ, c.read as f64, metric::split::NONE),
+        MetricRow::new(name, 0, metric::DOCS_KEPT, c.kept as f64, metric::split::NONE),
+        MetricRow::new(name, 0, metric::DOCS_REJECTED, c.rejected_total() as f64, metric::split::NONE),
+    ];
+    for (split, n) in SPLITS.iter().zip([report.train, report.val, report.test]) {
+        rows.push(MetricRow::new(name, 0, metric::DOCS_KEPT, n as f64, split));
+    }
+    let named = |prefix: &str, m: &BTreeMap<String, u64>| -> Vec<MetricRow> {
+        m.iter().map(|(k, v)| MetricRow::new(name, 0, &format!("{prefix}{k}"), *v as f64, metric::split::NONE)).collect()
+    };
+    rows.extend(named("rejected:", &c.rejected));
+    rows.extend(named("lines_removed:", &c.line_edits));
+    rows.extend(named("pii:", &c.pii));
+    rows.extend(named("lang:", &c.langs));
+    MetricRow::write(&out.path(&outputs::METRICS), name, hash, &rows)?;
+    let svg = lengths_svg(c).unwrap_or_default();
+    forja_core::fsutil::atomic_write(&out.path(&LENGTHS), svg.as_bytes())?;
+    forja_core::fsutil::atomic_write(&out.path(&outputs::REPORT), clean_report_md(report).as_bytes())?;
+    Ok(())
+}
+
+fn lengths_svg(c: &ChainCounts) -> Option<String> {
+    let points = |m: &BTreeMap<u32, u64>| m.iter().map(|(b, n)| (f64::from(*b), *n as f64)).collect();
+    forja_core::plot::line_chart(
+        "Document length (characters), before and after",
+        "log2(characters)",
+        "documents",
+        &[
+            Series { label: "read", color: "#888", points: points(&c.length_before) },
+            Series { label: "kept", color: "#1f77b4", points: points(&c.length_after) },
+        ],
+    )
+}
+
+fn clean_report_md(r: &CleanReport) -> String {
     let c = &r.counts;
+    let pct = |n: u64| if c.read == 0 { 0.0 } else { 100.0 * n as f64 / c.read as f64 };
     let mut s = String::from("# Data report\n\n");
-    s += &format!("Files: {}\n\n", r.files.join(", "));
-    s += "| rule | records |\n|---|---|\n";
-    s += &format!("| records read | {} |\n", c.read + r.unreadable_records);
-    s += &format!("| unreadable (bad JSON, invalid UTF-8, missing text) | {} |\n", r.unreadable_records);
-    s += &format!("| changed by normalization | {} |\n", c.changed_by_normalization);
-    s += &format!("| empty after normalization | {} |\n", c.empty);
-    s += &format!("| shorter than min_chars | {} |\n", c.too_short);
-    s += &format!("| exact duplicates | {} |\n", c.duplicates);
-    s += &format!("| kept | {} (train {}, val {}, test {}) |\n\n", c.kept, r.train, r.val, r.test);
-    if !rejects.is_empty() {
-        s += "First rejects:\n\n| source | position | reason |\n|---|---|---|\n";
-        for rj in rejects.iter().take(20) {
-            s += &format!("| {} | {} | {} |\n", rj.source, rj.position, rj.reason.replace('|', "\\|"));
+    s += &format!("Files: {}\n\nPreset: `{:?}`. Rules on: {}.\n\n", r.files.join(", "), r.preset, enabled_list(&r.enabled));
+    s += &format!(
+        "Records read: {}; kept: {} ({:.1}%: train {}, val {}, test {}); rejected: {} ({:.1}%). Read = kept + rejected: checked.\n\n",
+        c.read,
+        c.kept,
+        pct(c.kept),
+        r.train,
+        r.val,
+        r.test,
+        c.rejected_total(),
+        pct(c.rejected_total())
+    );
+    s += &format!("Changed by normalization: {}.\n\n", c.changed_by_normalization);
+    s += "## Rejected, by rule\n\n| rule | records | share of read |\n|---|---|---|\n";
+    let mut by_count: Vec<_> = c.rejected.iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (rule, n) in &by_count {
+        s += &format!("| {rule} | {n} | {:.2}% |\n", pct(**n));
+    }
+    s += "\n## Per source\n\n| source | read | kept | rejected |\n|---|---|---|---|\n";
+    for (src, (read, kept)) in &c.sources {
+        s += &format!("| {src} | {read} | {kept} | {} |\n", read - kept);
+    }
+    if !c.line_edits.is_empty() {
+        s += "\n## Lines removed from kept documents\n\n| kind | lines |\n|---|---|\n";
+        for (k, n) in &c.line_edits {
+            s += &format!("| {k} | {n} |\n");
+        }
+    }
+    if r.enabled.pii {
+        s += "\n## PII redacted\n\n| kind | replaced |\n|---|---|\n";
+        for (k, n) in &c.pii {
+            s += &format!("| {k} | {n} |\n");
+        }
+        if c.pii.is_empty() {
+            s += "| (none found) | 0 |\n";
+        }
+    }
+    if r.enabled.lang {
+        s += "\n## Language mix of kept documents\n\n| language | documents | share |\n|---|---|---|\n";
+        let mut langs: Vec<_> = c.langs.iter().collect();
+        langs.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (l, n) in langs {
+            s += &format!("| {l} | {n} | {:.1}% |\n", 100.0 * *n as f64 / c.kept.max(1) as f64);
+        }
+    }
+    s += "\n## Lengths\n\n![document lengths before and after](lengths.svg)\n\n| characters | read | kept |\n|---|---|---|\n";
+    let bins: std::collections::BTreeSet<u32> = c.length_before.keys().chain(c.length_after.keys()).copied().collect();
+    for b in bins {
+        let get = |m: &BTreeMap<u32, u64>| m.get(&b).copied().unwrap_or(0);
+        s += &format!("| {}–{} | {} | {} |\n", 1u64 << b, (1u64 << (b + 1)) - 1, get(&c.length_before), get(&c.length_after));
+    }
+    if !by_count.is_empty() {
+        s += "\n## Top rejection reasons, with examples\n\n";
+        for (rule, n) in by_count.iter().take(10) {
+            s += &format!("### {rule} ({n})\n\n");
+            for (src, reason, start) in r.examples.get(rule.as_str()).into_iter().flatten() {
+                s += &format!("- `{src}`: {reason}\n  > {}\n", start.replace('\n', " ⏎ ").replace('|', "\\|"));
+            }
+            s += "\n";
         }
     }
     s
+}
+
+fn enabled_list(e: &Enabled) -> String {
+    let all = [
+        ("lang", e.lang),
+        ("boilerplate", e.boilerplate),
+        ("repetition", e.repetition),
+        ("quality", e.quality),
+        ("c4", e.c4),
+        ("doc_quality", e.doc_quality),
+        ("pii", e.pii),
+        ("near_dedup", e.near_dedup),
+    ];
+    let on: Vec<&str> = all.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect();
+    if on.is_empty() {
+        "none beyond normalization and exact de-duplication".into()
+    } else {
+        on.join(", ")
+    }
 }
 
 /// Trains a tokenizer on the documents of `corpus`; writes `tokenizer.json`.
@@ -138,6 +504,8 @@ pub const CLEAN_SPLITS: [OutputSpec; 3] = [
     OutputSpec { name: "test", path: "test.arrow" },
 ];
 pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
+/// Document lengths before and after cleaning (SVG).
+pub const LENGTHS: OutputSpec = OutputSpec { name: "lengths", path: "lengths.svg" };
 /// Output of `train_tokenizer`.
 pub const TOKENIZER: OutputSpec = OutputSpec { name: "tokenizer", path: "tokenizer.json" };
 /// Outputs of `tokenize`: one tokens artifact per split, in [`SPLITS`] order.
@@ -170,15 +538,91 @@ pub struct Clean;
 
 impl Stage for Clean {
     const KIND: &'static str = "clean";
-    const ABOUT: &'static str = "read text/JSONL/CSV, normalise, drop empty and duplicate records, split";
+    const ABOUT: &'static str =
+        "read text/JSONL/CSV/Parquet (.gz/.zst), normalise, filter web text (preset=web), redact PII, drop exact and near duplicates, split";
     const INPUTS: &'static [InputSpec] = &[InputSpec { name: "files", required: true, many: true }];
-    const OUTPUTS: &'static [OutputSpec] = &[CLEAN_SPLITS[0], CLEAN_SPLITS[1], CLEAN_SPLITS[2], REJECTS, outputs::REPORT];
+    const OUTPUTS: &'static [OutputSpec] =
+        &[CLEAN_SPLITS[0], CLEAN_SPLITS[1], CLEAN_SPLITS[2], REJECTS, outputs::METRICS, outputs::REPORT, LENGTHS];
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = CleanStageConfig;
     type Inputs = Files;
 
     fn run(&self, cfg: &CleanStageConfig, files: &Files, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
         run_clean(cfg, &files.0, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+/// `clean_shard`: pass 1 of the sharded path.
+pub struct CleanShard;
+
+impl Stage for CleanShard {
+    const KIND: &'static str = "clean_shard";
+    const ABOUT: &'static str =
+        "the clean chain on shard I/N of the files (--shard I/N, or Slurm / Kubernetes Indexed Job variables): candidates, rejects, MinHash signatures";
+    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "files", required: true, many: true }];
+    const OUTPUTS: &'static [OutputSpec] = &[SHARD_PART, SHARD_REJECTS, SHARD_SIGNATURES, SHARD_INFO];
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = CleanStageConfig;
+    type Inputs = Files;
+
+    fn run(&self, cfg: &CleanStageConfig, files: &Files, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        run_clean_shard(cfg, &files.0, out, ctx)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+/// Shard output folders (the `shards` input), in any order.
+pub struct ShardDirs {
+    pub shards: Vec<PathBuf>,
+    pub duplicates: Option<PathBuf>,
+}
+
+impl FromInputs for ShardDirs {
+    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
+        Ok(Self { shards: inputs.many("shards").to_vec(), duplicates: inputs.optional("duplicates")?.map(Path::to_path_buf) })
+    }
+}
+
+/// No parameters: everything comes from the shards' `shard.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NoParams {}
+
+/// `dedup_clusters`: exact and near duplicates across all shards.
+pub struct DedupClusters;
+
+impl Stage for DedupClusters {
+    const KIND: &'static str = "dedup_clusters";
+    const ABOUT: &'static str = "exact and MinHash near duplicates across every clean_shard output (buckets of band keys, clusters)";
+    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "shards", required: true, many: true }];
+    const OUTPUTS: &'static [OutputSpec] = &[DUPLICATES];
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = NoParams;
+    type Inputs = ShardDirs;
+
+    fn run(&self, _cfg: &NoParams, inputs: &ShardDirs, out: &OutDir, _ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        run_dedup_clusters(&inputs.shards, out)?;
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
+/// `merge_shards`: the duplicates filtered out, the splits, the report.
+pub struct MergeShards;
+
+impl Stage for MergeShards {
+    const KIND: &'static str = "merge_shards";
+    const ABOUT: &'static str = "filter the shards' candidates by dedup_clusters and split: the outputs of one clean run, byte for byte";
+    const INPUTS: &'static [InputSpec] =
+        &[InputSpec { name: "shards", required: true, many: true }, InputSpec { name: "duplicates", required: true, many: false }];
+    const OUTPUTS: &'static [OutputSpec] = Clean::OUTPUTS;
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = NoParams;
+    type Inputs = ShardDirs;
+
+    fn run(&self, _cfg: &NoParams, inputs: &ShardDirs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        let dups = inputs.duplicates.as_deref().context("merge_shards needs input `duplicates`")?;
+        run_merge_shards(&inputs.shards, dups, out, ctx)?;
         Ok(Self::OUTPUTS.to_vec())
     }
 }
@@ -261,4 +705,4 @@ fn run_tokenize(cfg: &TokenizeConfig, inputs: &TokenizeInputs, out: &OutDir, ctx
 }
 
 /// All data stages.
-pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&Clean, &TrainTokenizer, &Tokenize];
+pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&Clean, &CleanShard, &DedupClusters, &MergeShards, &TrainTokenizer, &Tokenize];
