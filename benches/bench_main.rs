@@ -11,21 +11,21 @@ fn shakespeare() -> String {
 
 mod data {
     use super::*;
-    use forja_data::clean::{clean, CleanConfig};
+    use forja_data::clean::normalize;
     use forja_data::read::{read_text, ReadOutput, TextUnit};
     use forja_data::tokenizer::{self, TokenizerConfig};
+    use forja_data::web::{process, Outcome, Preset, Rules};
 
     pub fn benches(c: &mut Criterion) {
         let text = shakespeare();
         let mut g = c.benchmark_group("data");
         g.sample_size(10);
         g.throughput(Throughput::Bytes(text.len() as u64));
-        g.bench_function("read+clean tinyshakespeare (paragraphs)", |b| {
+        g.bench_function("read+normalize tinyshakespeare (paragraphs)", |b| {
             b.iter(|| {
                 let mut out = ReadOutput::default();
                 read_text("input.txt", text.as_bytes(), TextUnit::Paragraph, &mut out);
-                let mut rejects = out.rejects;
-                clean(out.records, &CleanConfig::default(), &mut rejects).0.len()
+                out.records.iter().map(|r| normalize(&r.text).len()).sum::<usize>()
             })
         });
         let chars = tokenizer::char_tokenizer(std::iter::once(text.as_str()), &[]).expect("char tokenizer");
@@ -33,6 +33,25 @@ mod data {
         let cfg = TokenizerConfig { vocab_size: 512, ..Default::default() };
         let bpe = tokenizer::train(text.split("\n\n"), &cfg).expect("bpe");
         g.bench_function("bpe-512 tokenize tinyshakespeare", |b| b.iter(|| bpe.encode(&text).map(|v| v.len())));
+        g.finish();
+
+        // The per-document web chain (preset=web: language ID, Gopher, C4,
+        // the DCLM-tuned verdict, PII) on the 1,000 C4 documents, one thread.
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/c4-sample/c4_sample.jsonl");
+        let c4: Vec<String> = std::fs::read_to_string(p)
+            .expect("fixtures/c4-sample/c4_sample.jsonl")
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["text"].as_str().map(str::to_string))
+            .collect();
+        let rules = Rules::default();
+        let on = rules.enabled(Preset::Web);
+        let none = std::collections::HashSet::new();
+        let mut g = c.benchmark_group("data");
+        g.sample_size(10);
+        g.throughput(Throughput::Bytes(c4.iter().map(String::len).sum::<usize>() as u64));
+        g.bench_function("web chain per document, C4 sample", |b| {
+            b.iter(|| c4.iter().filter(|d| matches!(process(d, 1, &rules, &on, &none), Outcome::Kept(_))).count())
+        });
         g.finish();
     }
 }

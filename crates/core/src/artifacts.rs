@@ -159,6 +159,35 @@ impl Artifact for Document {
     }
 }
 
+/// A document with its class label (the `labeled` artifact).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabeledDocument {
+    pub doc: Document,
+    pub label: String,
+}
+
+impl Artifact for LabeledDocument {
+    const KIND: ArtifactKind = ArtifactKind::Labeled;
+    fn to_batch(rows: &[Self]) -> RecordBatch {
+        batch(
+            Self::KIND,
+            vec![
+                strings(rows.iter().map(|r| r.doc.id.as_str())),
+                strings(rows.iter().map(|r| r.doc.text.as_str())),
+                strings(rows.iter().map(|r| r.doc.source.as_str())),
+                strings(rows.iter().map(|r| r.doc.lang.as_str())),
+                strings(rows.iter().map(|r| r.doc.meta.as_str())),
+                strings(rows.iter().map(|r| r.label.as_str())),
+            ],
+        )
+    }
+    fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<Self>, ArtifactError> {
+        let docs = Document::from_batch(path, b)?;
+        let labels = str_col(path, b, col::LABEL)?;
+        Ok(docs.into_iter().zip(labels).map(|(doc, label)| LabeledDocument { doc, label }).collect())
+    }
+}
+
 /// Longest `raw` kept in a reject; `raw_len` keeps the original length.
 pub const REJECT_RAW_MAX: usize = 2000;
 
@@ -166,7 +195,7 @@ pub const REJECT_RAW_MAX: usize = 2000;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reject {
     pub source: String,
-    /// 1-based line (text, JSONL) or record (CSV) number.
+    /// 1-based line (text, JSONL; for CSV the line where the record starts) or row (Parquet).
     pub position: u64,
     pub reason: String,
     /// The record, truncated to [`REJECT_RAW_MAX`] bytes.

@@ -72,7 +72,9 @@ pub fn read_artifact_batches(
 /// every expected column is there with the expected type.
 pub fn check_schema(path: &Path, kind: ArtifactKind, found: &Schema) -> Result<(), ArtifactError> {
     if let Some(name) = found.metadata().get(meta::SCHEMA) {
-        if name != kind.name() {
+        // A labeled file is a documents file with one more column.
+        let superset = kind == ArtifactKind::Documents && name == ArtifactKind::Labeled.name();
+        if name != kind.name() && !superset {
             return Err(ArtifactError::WrongKind { path: path.into(), expected: kind.name(), found: name.clone() });
         }
     }

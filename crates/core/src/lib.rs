@@ -27,7 +27,8 @@ pub mod stage;
 pub mod token_counts;
 
 pub use artifacts::{
-    Artifact, Document, EmbeddingRow, Generation, Message, MetricRow, PairLogps, Preference, Rating, Reject, SftExample, TokenRow,
+    Artifact, Document, EmbeddingRow, Generation, LabeledDocument, Message, MetricRow, PairLogps, Preference, Rating, Reject, SftExample,
+    TokenRow,
 };
 pub use ipc::{read_artifact, write_artifact, ArtifactError};
 pub use schema::ArtifactKind;

@@ -24,6 +24,8 @@ pub mod col {
     pub const SOURCE: &str = "source";
     pub const LANG: &str = "lang";
     pub const META: &str = "meta";
+    /// The class of a labeled document.
+    pub const LABEL: &str = "label";
     pub const POSITION: &str = "position";
     pub const REASON: &str = "reason";
     pub const RAW: &str = "raw";
@@ -63,6 +65,9 @@ pub fn message_fields() -> arrow_schema::Fields {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ArtifactKind {
     Documents,
+    /// Documents with a class label: the documents columns plus `label`; read
+    /// wherever documents are.
+    Labeled,
     Rejects,
     Tokens,
     Metrics,
@@ -78,6 +83,7 @@ impl ArtifactKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::Documents => "documents",
+            Self::Labeled => "labeled",
             Self::Rejects => "rejects",
             Self::Tokens => "tokens",
             Self::Metrics => "metrics",
@@ -96,6 +102,7 @@ impl ArtifactKind {
         let utf8 = |n: &str| Field::new(n, DataType::Utf8, false);
         match self {
             Self::Documents => vec![utf8(ID), utf8(TEXT), utf8(SOURCE), utf8(LANG), utf8(META)],
+            Self::Labeled => vec![utf8(ID), utf8(TEXT), utf8(SOURCE), utf8(LANG), utf8(META), utf8(LABEL)],
             Self::Rejects => vec![
                 utf8(SOURCE),
                 Field::new(POSITION, DataType::UInt64, false),

@@ -1,10 +1,8 @@
-//! Cleaning: format consistency (Unicode NFC, whitespace, control characters),
-//! empty and short records, exact de-duplication.
+//! Cleaning settings and normalisation for format consistency (Unicode NFC,
+//! whitespace, control characters); the rules themselves run in [`crate::web`]
+//! and [`crate::corpus`].
 
-use crate::read::RawRecord;
-use forja_core::{Document, Reject};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use unicode_normalization::UnicodeNormalization;
 
 /// Cleaning settings.
@@ -55,54 +53,4 @@ pub fn normalize(text: &str) -> String {
         out.push('\n');
     }
     out.trim_matches(|c: char| c.is_whitespace()).to_string()
-}
-
-/// Counts of what each rule did.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct CleanCounts {
-    pub read: usize,
-    pub changed_by_normalization: usize,
-    pub empty: usize,
-    pub too_short: usize,
-    pub duplicates: usize,
-    pub kept: usize,
-}
-
-/// Turns raw records into documents; every dropped record becomes a reject.
-pub fn clean(records: Vec<RawRecord>, cfg: &CleanConfig, rejects: &mut Vec<Reject>) -> (Vec<Document>, CleanCounts) {
-    let mut counts = CleanCounts { read: records.len(), ..Default::default() };
-    let mut seen: HashMap<String, String> = HashMap::new();
-    let mut docs = Vec::with_capacity(records.len());
-    for rec in records {
-        let text = normalize(&rec.text);
-        if text != rec.text {
-            counts.changed_by_normalization += 1;
-        }
-        let chars = text.chars().count();
-        if chars == 0 {
-            counts.empty += 1;
-            rejects.push(Reject::new(&rec.file, rec.position, "empty after normalization", &rec.text));
-            continue;
-        }
-        if chars < cfg.min_chars {
-            counts.too_short += 1;
-            let reason = format!("shorter than min_chars={} ({chars} chars)", cfg.min_chars);
-            rejects.push(Reject::new(&rec.file, rec.position, reason, &rec.text));
-            continue;
-        }
-        let id = forja_core::hash::hash_bytes(text.as_bytes());
-        let source = format!("{}:{}", rec.file, rec.position);
-        if cfg.dedup {
-            if let Some(first) = seen.get(&id) {
-                counts.duplicates += 1;
-                rejects.push(Reject::new(&rec.file, rec.position, format!("exact duplicate of {first}"), &rec.text));
-                continue;
-            }
-            seen.insert(id.clone(), source.clone());
-        }
-        let meta = serde_json::Value::Object(rec.meta).to_string();
-        docs.push(Document { id, text, source, lang: "und".into(), meta });
-    }
-    counts.kept = docs.len();
-    (docs, counts)
 }

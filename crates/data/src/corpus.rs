@@ -13,13 +13,13 @@
 //! 3. **pass 2** streams the staged candidates again, rejects the duplicates
 //!    (naming what they duplicate) and writes the rest to their splits.
 
-use crate::minhash::clusters;
+use crate::minhash::clusters_flat;
 use crate::read::{read_file_chunked, ReadConfig, ReadOutput, CHUNK_RECORDS};
-use crate::split::{SplitConfig, Splitter};
+use crate::split::{unit_hash, SplitConfig, Splitter};
 use crate::web::{process, ChainCounts, Enabled, LineStats, Outcome, Rules};
 use anyhow::Context;
 use forja_core::artifacts::{Artifact, RowWriter};
-use forja_core::{Document, Reject};
+use forja_core::{Document, LabeledDocument, Reject};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 pub const EXAMPLES_PER_RULE: usize = 2;
 /// Rows per written batch (bounded memory; fixed, so outputs are byte-identical
 /// however the work was divided).
-pub const WRITE_BATCH: usize = 8192;
+pub const WRITE_BATCH: usize = 2048;
 
 /// Counts of a run with a few rejected examples per rule: (source, reason, text start).
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
@@ -86,20 +86,37 @@ impl<A: Artifact> Batched<A> {
     }
 }
 
-/// What the later passes need of each staged candidate, in input order.
+/// What the later passes need of each staged candidate, in input order, packed
+/// in a few large buffers (no allocation per document: millions of small
+/// strings interleaved with the texts would pin the allocator's pages).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Candidates {
-    /// Content hashes of the candidates' final text.
-    pub ids: Vec<String>,
-    /// `file:position`.
-    pub sources: Vec<String>,
+    /// Content hashes (blake3) of the candidates' final text.
+    ids: Vec<[u8; 32]>,
+    /// Sources (`file:position`) and labels, concatenated; `spans[i]` is the
+    /// end of candidate `i`'s source and of its label in `text`.
+    text: String,
+    spans: Vec<(usize, usize)>,
     /// Text length in bytes.
-    pub lens: Vec<u64>,
-    /// MinHash band keys (empty when near-duplicate removal is off).
-    pub band_keys: Vec<Vec<u64>>,
+    lens: Vec<u64>,
+    /// MinHash band keys, `bands` per candidate (none when near-duplicate
+    /// removal is off).
+    bands: usize,
+    keys: Vec<u64>,
 }
 
-const SIGNATURES_MAGIC: &[u8; 10] = b"FORJASIG1\n";
+const SIGNATURES_MAGIC: &[u8; 10] = b"FORJASIG2\n";
+
+/// A 64-hex-digit content hash as bytes (zeros where it is not one: ids are
+/// made by `forja_core::hash::hash_bytes`, so that never happens here).
+fn id_bytes(id: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, pair) in id.as_bytes().chunks(2).take(32).enumerate() {
+        let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+        out[i] = hex(pair[0]) << 4 | pair.get(1).map_or(0, |&b| hex(b));
+    }
+    out
+}
 
 impl Candidates {
     pub fn len(&self) -> usize {
@@ -109,29 +126,78 @@ impl Candidates {
         self.ids.is_empty()
     }
 
+    /// Appends one candidate; `keys` must have the same length for every
+    /// candidate (or be empty for all).
+    pub fn push(&mut self, id: &str, source: &str, label: &str, len: u64, keys: &[u64]) {
+        self.ids.push(id_bytes(id));
+        self.text.push_str(source);
+        let source_end = self.text.len();
+        self.text.push_str(label);
+        self.spans.push((source_end, self.text.len()));
+        self.lens.push(len);
+        if !keys.is_empty() {
+            self.bands = keys.len();
+            self.keys.extend_from_slice(keys);
+        }
+    }
+
+    /// Candidate `i`'s id as its 64 hex digits.
+    pub fn id(&self, i: usize) -> String {
+        self.ids[i].iter().map(|b| format!("{b:02x}")).collect()
+    }
+    fn raw_id(&self, i: usize) -> &[u8; 32] {
+        &self.ids[i]
+    }
+    fn start(&self, i: usize) -> usize {
+        if i == 0 {
+            0
+        } else {
+            self.spans[i - 1].1
+        }
+    }
+    pub fn source(&self, i: usize) -> &str {
+        &self.text[self.start(i)..self.spans[i].0]
+    }
+    pub fn label(&self, i: usize) -> &str {
+        &self.text[self.spans[i].0..self.spans[i].1]
+    }
+    pub fn text_len(&self, i: usize) -> u64 {
+        self.lens[i]
+    }
+    /// Whether every candidate has band keys.
+    pub fn has_keys(&self) -> bool {
+        self.bands > 0 && self.keys.len() == self.bands * self.len()
+    }
+    pub fn keys(&self, i: usize) -> &[u64] {
+        if self.has_keys() {
+            &self.keys[i * self.bands..(i + 1) * self.bands]
+        } else {
+            &[]
+        }
+    }
+
     /// Appends a later shard's candidates.
-    pub fn extend(&mut self, other: Candidates) {
-        self.ids.extend(other.ids);
-        self.sources.extend(other.sources);
-        self.lens.extend(other.lens);
-        self.band_keys.extend(other.band_keys);
+    pub fn extend(&mut self, other: &Candidates) {
+        for i in 0..other.len() {
+            self.push(&other.id(i), other.source(i), other.label(i), other.lens[i], other.keys(i));
+        }
     }
 
     /// Writes `signatures.bin` (atomically): the magic line, then per candidate
-    /// its id, source, length and band keys, little-endian, strings as u32
-    /// length + UTF-8.
+    /// its id, source, label, length and band keys, little-endian, strings as
+    /// u32 length + UTF-8.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let has_keys = self.band_keys.len() == self.ids.len();
         forja_core::fsutil::atomic_write_with(path, |w| {
             w.write_all(SIGNATURES_MAGIC)?;
-            w.write_all(&(self.ids.len() as u64).to_le_bytes())?;
-            for i in 0..self.ids.len() {
-                for s in [&self.ids[i], &self.sources[i]] {
+            w.write_all(&(self.len() as u64).to_le_bytes())?;
+            for i in 0..self.len() {
+                let id = self.id(i);
+                for s in [id.as_str(), self.source(i), self.label(i)] {
                     w.write_all(&(s.len() as u32).to_le_bytes())?;
                     w.write_all(s.as_bytes())?;
                 }
                 w.write_all(&self.lens[i].to_le_bytes())?;
-                let keys: &[u64] = if has_keys { &self.band_keys[i] } else { &[] };
+                let keys = self.keys(i);
                 w.write_all(&(keys.len() as u32).to_le_bytes())?;
                 for k in keys {
                     w.write_all(&k.to_le_bytes())?;
@@ -157,16 +223,12 @@ impl Candidates {
             let rec = (|| -> std::io::Result<()> {
                 let id = read_string(&mut r)?;
                 let source = read_string(&mut r)?;
+                let label = read_string(&mut r)?;
                 let len = read_u64(&mut r)?;
                 let mut k = [0u8; 4];
                 r.read_exact(&mut k)?;
                 let keys = (0..u32::from_le_bytes(k)).map(|_| read_u64(&mut r)).collect::<std::io::Result<Vec<u64>>>()?;
-                c.ids.push(id);
-                c.sources.push(source);
-                c.lens.push(len);
-                if !keys.is_empty() {
-                    c.band_keys.push(keys);
-                }
+                c.push(&id, &source, &label, len, &keys);
                 Ok(())
             })();
             rec.with_context(|| format!("{}: record {} of {n} unreadable", path.display(), i + 1))?;
@@ -195,6 +257,8 @@ pub struct PassOne<'a> {
     pub min_chars: usize,
     pub rules: &'a Rules,
     pub on: &'a Enabled,
+    /// The meta field holding each document's class; empty: not labeled.
+    pub label_field: &'a str,
 }
 
 /// Pass 1 over `files`: the chain in parallel (order kept), rejects written as
@@ -234,6 +298,15 @@ pub fn first_pass(
                 .collect();
             for (rec, (outcome, keys)) in chunk.records.into_iter().zip(results) {
                 tally.counts.read_one(&file_name, rec.text.chars().count());
+                let label = match label_of(&rec.meta, p.label_field) {
+                    Ok(label) => label,
+                    Err(reason) => {
+                        let r = Reject::new(&rec.file, rec.position, reason, &rec.text);
+                        tally.reject("missing_label", &r);
+                        rejects.push(r)?;
+                        continue;
+                    }
+                };
                 let kept = match outcome {
                     Outcome::Dropped { rule, reason } => {
                         let r = Reject::new(&rec.file, rec.position, reason, &rec.text);
@@ -246,10 +319,7 @@ pub fn first_pass(
                 tally.counts.candidate(&kept);
                 let id = forja_core::hash::hash_bytes(kept.text.as_bytes());
                 let source = format!("{}:{}", rec.file, rec.position);
-                cand.ids.push(id.clone());
-                cand.sources.push(source.clone());
-                cand.lens.push(kept.text.len() as u64);
-                cand.band_keys.extend(keys);
+                cand.push(&id, &source, &label, kept.text.len() as u64, keys.as_deref().unwrap_or(&[]));
                 let meta = serde_json::Value::Object(rec.meta).to_string();
                 staging.push(Document { id, text: kept.text, source, lang: kept.lang.into(), meta })?;
             }
@@ -259,6 +329,20 @@ pub fn first_pass(
     }
     progress.finish_and_clear();
     Ok(cand)
+}
+
+/// The class of a record (`Ok("")` when not labeled), or why it has none.
+fn label_of(meta: &serde_json::Map<String, serde_json::Value>, field: &str) -> Result<String, String> {
+    if field.is_empty() {
+        return Ok(String::new());
+    }
+    match meta.get(field) {
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+        Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
+        Some(other) => Err(format!("label field `{field}` is empty or not a string/number: {other}")),
+        None => Err(format!("missing label field `{field}`")),
+    }
 }
 
 fn progress_bar(files: u64) -> indicatif::ProgressBar {
@@ -298,18 +382,18 @@ pub enum Dup {
 pub fn duplicates(c: &Candidates, exact: bool, near: bool) -> Vec<Option<Dup>> {
     let mut out = vec![None; c.len()];
     if exact {
-        let mut first: HashMap<&str, usize> = HashMap::with_capacity(c.len());
-        for (i, id) in c.ids.iter().enumerate() {
-            match first.get(id.as_str()) {
-                Some(&j) => out[i] = Some(Dup::Exact(j)),
+        let mut first: HashMap<&[u8; 32], usize> = HashMap::with_capacity(c.len());
+        for (i, slot) in out.iter_mut().enumerate() {
+            match first.get(c.raw_id(i)) {
+                Some(&j) => *slot = Some(Dup::Exact(j)),
                 None => {
-                    first.insert(id, i);
+                    first.insert(c.raw_id(i), i);
                 }
             }
         }
     }
-    if near && c.band_keys.len() == c.len() {
-        for (i, rep) in clusters(&c.band_keys).into_iter().enumerate() {
+    if near && c.has_keys() {
+        for (i, rep) in clusters_flat(&c.keys, c.bands).into_iter().enumerate() {
             if rep != i && out[i].is_none() {
                 out[i] = Some(Dup::Near(rep));
             }
@@ -318,55 +402,210 @@ pub fn duplicates(c: &Candidates, exact: bool, near: bool) -> Vec<Option<Dup>> {
     out
 }
 
+/// How the train split of labeled documents is rebalanced.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    #[default]
+    None,
+    /// Every class's train documents repeated up to the largest class's count
+    /// (each document `target / n` times, the first `target % n` by seeded hash
+    /// once more); the copies are extra rows, not extra documents.
+    Oversample,
+    /// Every class cut to the smallest class's count in train (the first by
+    /// seeded hash kept); the rest are rejected as `undersampled`.
+    Undersample,
+}
+
+/// Labeled-data settings of `clean`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LabelConfig {
+    /// Field (JSONL, Parquet) or column (CSV) holding each document's class;
+    /// empty: the documents are not labeled. Labeled output splits are
+    /// `labeled` artifacts (documents + `label`), split stratified by class.
+    pub field: String,
+    pub balance: Balance,
+}
+
+/// One split's writer: documents, or labeled documents.
+pub enum SplitSink {
+    Plain(Batched<Document>),
+    Labeled(Batched<LabeledDocument>),
+}
+
+impl SplitSink {
+    pub fn create(path: &Path, labeled: bool, stage: &str, hash: &str) -> anyhow::Result<Self> {
+        Ok(if labeled { Self::Labeled(Batched::create(path, stage, hash)?) } else { Self::Plain(Batched::create(path, stage, hash)?) })
+    }
+    fn push(&mut self, doc: Document, label: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Plain(w) => w.push(doc),
+            Self::Labeled(w) => w.push(LabeledDocument { doc, label: label.to_string() }),
+        }
+    }
+    pub fn finish(self) -> anyhow::Result<()> {
+        match self {
+            Self::Plain(w) => w.finish(),
+            Self::Labeled(w) => w.finish(),
+        }
+    }
+}
+
 /// Where pass 2 writes: the three splits (in [`crate::stages::SPLITS`] order)
 /// and the rejects.
 pub struct Sinks {
-    pub splits: [Batched<Document>; 3],
+    pub splits: [SplitSink; 3],
     pub rejects: Batched<Reject>,
 }
 
+/// Documents per class and split, before and after rebalancing.
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct ClassBalance {
+    /// class → documents in train, val, test (before rebalancing).
+    pub per_split: BTreeMap<String, [u64; 3]>,
+    /// class → train rows written (after rebalancing).
+    pub train_rows: BTreeMap<String, u64>,
+    /// class → loss weight `n / (k · n_class)` over the train rows.
+    pub weights: BTreeMap<String, f64>,
+}
+
+/// What pass 2 wrote.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Documents per split.
+    pub per_split: [u64; 3],
+    /// Extra train rows from over-sampling.
+    pub oversampled_rows: u64,
+    pub balance: Option<ClassBalance>,
+}
+
+/// Split (and, for labeled data, train copies: 0 = rejected as under-sampled)
+/// of every candidate that is not a duplicate.
+fn plan(c: &Candidates, dups: &[Option<Dup>], split: &SplitConfig, label: &LabelConfig, seed: u64) -> anyhow::Result<Vec<(usize, u64)>> {
+    let mut plan = vec![(0usize, 1u64); c.len()];
+    if label.field.is_empty() {
+        let total: u64 = (0..c.len()).filter(|&i| dups[i].is_none()).map(|i| c.text_len(i)).sum();
+        let mut splitter = Splitter::new(split, seed, total as usize);
+        for i in (0..c.len()).filter(|&i| dups[i].is_none()) {
+            plan[i].0 = splitter.assign(&c.id(i), c.text_len(i) as usize);
+        }
+        return Ok(plan);
+    }
+    anyhow::ensure!(
+        split.mode == crate::split::SplitMode::Random,
+        "labeled data is split stratified by class: split.mode must be `random`"
+    );
+    // Per class, candidates in seeded-hash order: the first val_fraction to
+    // val, the next test_fraction to test, the rest to train.
+    let mut by_class: BTreeMap<&str, Vec<(f64, usize)>> = BTreeMap::new();
+    for i in (0..c.len()).filter(|&i| dups[i].is_none()) {
+        by_class.entry(c.label(i)).or_default().push((unit_hash(seed, &c.id(i)), i));
+    }
+    let mut train: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (class, mut members) in by_class {
+        members.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let n = members.len() as f64;
+        let n_val = (n * split.val_fraction).round() as usize;
+        let n_test = ((n * split.test_fraction).round() as usize).min(members.len() - n_val.min(members.len()));
+        for (rank, &(_, i)) in members.iter().enumerate() {
+            plan[i].0 = if rank < n_val {
+                1
+            } else if rank < n_val + n_test {
+                2
+            } else {
+                train.entry(class).or_default().push(i);
+                0
+            };
+        }
+    }
+    let counts: Vec<usize> = train.values().map(Vec::len).collect();
+    let target = match label.balance {
+        Balance::None => return Ok(plan),
+        Balance::Oversample => counts.iter().copied().max().unwrap_or(0),
+        Balance::Undersample => counts.iter().copied().min().unwrap_or(0),
+    };
+    for members in train.values() {
+        let n = members.len();
+        for (rank, &i) in members.iter().enumerate() {
+            plan[i].1 = match label.balance {
+                Balance::Oversample => (target / n + usize::from(rank < target % n)) as u64,
+                _ => u64::from(rank < target),
+            };
+        }
+    }
+    Ok(plan)
+}
+
 /// Pass 2: the staged candidates (`parts` in order, together the candidates of
-/// `c`) to their splits, duplicates to the rejects. Returns documents per split.
+/// `c`) to their splits, duplicates (and under-sampled documents) to the rejects.
+#[allow(clippy::too_many_arguments)]
 pub fn second_pass(
     parts: &[PathBuf],
     c: &Candidates,
     dups: &[Option<Dup>],
     split: &SplitConfig,
+    label: &LabelConfig,
     seed: u64,
     sinks: &mut Sinks,
     tally: &mut Tally,
-) -> anyhow::Result<[u64; 3]> {
-    let total: u64 = (0..c.len()).filter(|&i| dups[i].is_none()).map(|i| c.lens[i]).sum();
-    let mut splitter = Splitter::new(split, seed, total as usize);
-    let mut per_split = [0u64; 3];
+) -> anyhow::Result<Written> {
+    let plan = plan(c, dups, split, label, seed)?;
+    let labeled = !label.field.is_empty();
+    let mut written = Written { balance: labeled.then(ClassBalance::default), ..Written::default() };
     let mut i = 0usize;
     for part in parts {
         for batch in forja_core::ipc::read_artifact_batches(part, Document::KIND)? {
             for d in Document::from_batch(part, &batch?)? {
                 anyhow::ensure!(i < c.len(), "{}: more staged documents than signatures ({})", part.display(), c.len());
-                anyhow::ensure!(d.id == c.ids[i], "{}: document {} does not match its signature record", part.display(), i + 1);
-                let dup = dups[i];
+                anyhow::ensure!(
+                    id_bytes(&d.id) == *c.raw_id(i),
+                    "{}: document {} does not match its signature record",
+                    part.display(),
+                    i + 1
+                );
+                let (dup, (s, copies), label) = (dups[i], plan[i], c.label(i));
                 i += 1;
                 let (file, position) = split_source(&d.source);
-                if let Some(dup) = dup {
-                    let (rule, reason) = match dup {
-                        Dup::Exact(j) => ("exact_duplicate", format!("exact duplicate of {}", c.sources[j])),
-                        Dup::Near(j) => ("near_duplicate", format!("near duplicate of {} (id {})", c.sources[j], c.ids[j])),
-                    };
+                let rejected = match dup {
+                    Some(Dup::Exact(j)) => Some(("exact_duplicate", format!("exact duplicate of {}", c.source(j)))),
+                    Some(Dup::Near(j)) => Some(("near_duplicate", format!("near duplicate of {} (id {})", c.source(j), c.id(j)))),
+                    None if copies == 0 => Some((
+                        "undersampled",
+                        format!("class `{label}` under-sampled in train: cut to the smallest class's train count (the first by seeded hash kept)"),
+                    )),
+                    None => None,
+                };
+                if let Some((rule, reason)) = rejected {
                     let reject = Reject::new(file, position, reason, &d.text);
                     tally.reject(rule, &reject);
                     sinks.rejects.push(reject)?;
                     continue;
                 }
                 tally.counts.keep(file, &d.lang, d.text.chars().count());
-                let s = splitter.assign(&d.id, d.text.len());
-                per_split[s] += 1;
-                sinks.splits[s].push(d)?;
+                written.per_split[s] += 1;
+                if let Some(b) = written.balance.as_mut() {
+                    b.per_split.entry(label.to_string()).or_default()[s] += 1;
+                    if s == 0 {
+                        *b.train_rows.entry(label.to_string()).or_default() += copies;
+                    }
+                }
+                let copies = if s == 0 { copies } else { 1 };
+                written.oversampled_rows += copies - 1;
+                for _ in 1..copies {
+                    sinks.splits[s].push(d.clone(), label)?;
+                }
+                sinks.splits[s].push(d, label)?;
             }
         }
     }
     anyhow::ensure!(i == c.len(), "staged documents ({i}) and signatures ({}) differ in number", c.len());
-    Ok(per_split)
+    if let Some(b) = written.balance.as_mut() {
+        let rows: u64 = b.train_rows.values().sum();
+        let k = b.train_rows.len() as f64;
+        b.weights = b.train_rows.iter().map(|(l, &n)| (l.clone(), rows as f64 / (k * n as f64))).collect();
+    }
+    Ok(written)
 }
 
 /// `file:position` back into its parts.

@@ -14,7 +14,7 @@ pub mod read;
 pub mod split;
 pub mod stages;
 pub mod web;
-/// Tokenizers live in their own crate (no polars), re-exported here.
+/// Tokenizers live in their own crate, re-exported here.
 pub use forja_tokenizer as tokenizer;
 
 pub use stages::STAGES;

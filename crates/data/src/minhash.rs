@@ -165,6 +165,25 @@ pub fn clusters(keys: &[Vec<u64>]) -> Vec<usize> {
     uf.representatives()
 }
 
+/// [`clusters`] over band keys stored flat: document `i`'s keys are
+/// `keys[i * bands..(i + 1) * bands]`.
+pub fn clusters_flat(keys: &[u64], bands: usize) -> Vec<usize> {
+    let n = keys.len().checked_div(bands).unwrap_or(0);
+    let mut uf = UnionFind::new(n);
+    let mut column: Vec<(u64, usize)> = Vec::with_capacity(n);
+    for band in 0..bands {
+        column.clear();
+        column.extend((0..n).map(|i| (keys[i * bands + band], i)));
+        column.par_sort_unstable();
+        for w in column.windows(2) {
+            if w[0].0 == w[1].0 {
+                uf.union(w[0].1, w[1].1);
+            }
+        }
+    }
+    uf.representatives()
+}
+
 /// [`clusters`] from a flat list of `(band, key, doc)` triples in any order (e.g.
 /// per-shard signature files concatenated), for documents `0..n`. Sorts `triples`.
 ///
@@ -521,6 +540,14 @@ fn min_hashes(a: &[u64], b: &[u64], shingles: &[u64]) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clusters_flat_equals_clusters() {
+        let keys = vec![vec![1, 2], vec![3, 2], vec![5, 6], vec![5, 7], vec![8, 9]];
+        let flat: Vec<u64> = keys.iter().flatten().copied().collect();
+        assert_eq!(clusters_flat(&flat, 2), clusters(&keys));
+        assert_eq!(clusters_flat(&flat, 2), vec![0, 0, 2, 2, 4]);
+    }
     use std::collections::{HashMap, HashSet};
 
     const TEXT_A: &str = "The quick brown fox jumps over the lazy dog while the children watch from the window \

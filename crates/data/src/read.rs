@@ -81,7 +81,7 @@ impl ReadOutput {
 }
 
 /// Records handed to the caller at a time by [`read_file_chunked`].
-pub const CHUNK_RECORDS: usize = 8192;
+pub const CHUNK_RECORDS: usize = 2048;
 
 /// Compression of an input file, from its last extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The data stages: `clean`, `train_tokenizer`, `tokenize`.
 
 use crate::clean::CleanConfig;
-use crate::corpus::{self, Batched, Candidates, Dup, PassOne, Sinks, Tally};
+use crate::corpus::{self, Batched, Candidates, ClassBalance, Dup, LabelConfig, PassOne, Sinks, SplitSink, Tally, Written};
 use crate::lang::LangConfig;
 use crate::minhash::MinHashConfig;
 use crate::pii::PiiConfig;
@@ -40,6 +40,8 @@ pub struct CleanStageConfig {
     pub doc_quality: DocQualityConfig,
     pub pii: PiiConfig,
     pub near_dedup: MinHashConfig,
+    /// Labeled data: the class field, stratified splits, rebalancing.
+    pub label: LabelConfig,
     pub split: SplitConfig,
     /// Overrides the run's seed for the split.
     pub seed: Option<u64>,
@@ -76,6 +78,10 @@ pub struct CleanReport {
     pub test: u64,
     /// Up to [`corpus::EXAMPLES_PER_RULE`] rejected records per rule: (source, reason, text start).
     pub examples: BTreeMap<String, Vec<(String, String, String)>>,
+    /// Extra train rows written by over-sampling.
+    pub oversampled_rows: u64,
+    /// Classes per split, train rows after rebalancing, loss weights (labeled data).
+    pub balance: Option<ClassBalance>,
 }
 
 /// The hash recorded in the chain's outputs: the configuration without `shard`,
@@ -97,9 +103,9 @@ pub fn run_clean(cfg: &CleanStageConfig, files: &[PathBuf], out: &OutDir, ctx: &
     let hash = chain_hash(cfg);
     let staging_path = out.dir().join(".staging.arrow");
     let mut staging = Batched::create(&staging_path, &ctx.name, &hash)?;
-    let mut sinks = open_sinks(out, &ctx.name, &hash)?;
+    let mut sinks = open_sinks(out, !cfg.label.field.is_empty(), &ctx.name, &hash)?;
     let mut tally = Tally::default();
-    let pass = PassOne { read: &cfg.read, min_chars: cfg.clean.min_chars, rules: &rules, on: &on };
+    let pass = PassOne { read: &cfg.read, min_chars: cfg.clean.min_chars, rules: &rules, on: &on, label_field: &cfg.label.field };
     let cand = corpus::first_pass(&pass, files, &mut staging, &mut sinks.rejects, &mut tally)?;
     staging.finish()?;
     let dups = corpus::duplicates(&cand, cfg.clean.dedup, on.near_dedup);
@@ -108,6 +114,7 @@ pub fn run_clean(cfg: &CleanStageConfig, files: &[PathBuf], out: &OutDir, ctx: &
         &cand,
         &dups,
         &cfg.split,
+        &cfg.label,
         cfg.seed.unwrap_or(ctx.seed),
         &mut sinks,
         &mut tally,
@@ -129,12 +136,12 @@ fn check_clean(cfg: &CleanStageConfig, files: &[PathBuf]) -> anyhow::Result<(Rul
     Ok((rules, on))
 }
 
-fn open_sinks(out: &OutDir, name: &str, hash: &str) -> anyhow::Result<Sinks> {
+fn open_sinks(out: &OutDir, labeled: bool, name: &str, hash: &str) -> anyhow::Result<Sinks> {
     Ok(Sinks {
         splits: [
-            Batched::create(&out.path(&CLEAN_SPLITS[0]), name, hash)?,
-            Batched::create(&out.path(&CLEAN_SPLITS[1]), name, hash)?,
-            Batched::create(&out.path(&CLEAN_SPLITS[2]), name, hash)?,
+            SplitSink::create(&out.path(&CLEAN_SPLITS[0]), labeled, name, hash)?,
+            SplitSink::create(&out.path(&CLEAN_SPLITS[1]), labeled, name, hash)?,
+            SplitSink::create(&out.path(&CLEAN_SPLITS[2]), labeled, name, hash)?,
         ],
         rejects: Batched::create(&out.path(&REJECTS), name, hash)?,
     })
@@ -146,7 +153,7 @@ fn finish_clean(
     cfg: &CleanStageConfig,
     on: &Enabled,
     files: Vec<String>,
-    split: [u64; 3],
+    written: Written,
     sinks: Sinks,
     tally: Tally,
     out: &OutDir,
@@ -163,10 +170,12 @@ fn finish_clean(
         preset: cfg.preset,
         enabled: *on,
         counts: tally.counts,
-        train: split[0],
-        val: split[1],
-        test: split[2],
+        train: written.per_split[0],
+        val: written.per_split[1],
+        test: written.per_split[2],
         examples: tally.examples,
+        oversampled_rows: written.oversampled_rows,
+        balance: written.balance,
     };
     let c = &report.counts;
     anyhow::ensure!(
@@ -215,7 +224,7 @@ pub fn run_clean_shard(cfg: &CleanStageConfig, files: &[PathBuf], out: &OutDir, 
     let mut staging = Batched::create(&out.path(&SHARD_PART), &ctx.name, &hash)?;
     let mut rejects = Batched::create(&out.path(&SHARD_REJECTS), &ctx.name, &hash)?;
     let mut tally = Tally::default();
-    let pass = PassOne { read: &cfg.read, min_chars: cfg.clean.min_chars, rules: &rules, on: &on };
+    let pass = PassOne { read: &cfg.read, min_chars: cfg.clean.min_chars, rules: &rules, on: &on, label_field: &cfg.label.field };
     let cand = corpus::first_pass(&pass, mine, &mut staging, &mut rejects, &mut tally)?;
     staging.finish()?;
     rejects.finish()?;
@@ -271,7 +280,7 @@ pub fn load_shards(dirs: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, ShardInfo)>
 fn load_candidates(shards: &[(PathBuf, ShardInfo)]) -> anyhow::Result<Candidates> {
     let mut all = Candidates::default();
     for (d, _) in shards {
-        all.extend(Candidates::read(&d.join(SHARD_SIGNATURES.path))?);
+        all.extend(&Candidates::read(&d.join(SHARD_SIGNATURES.path))?);
     }
     Ok(all)
 }
@@ -322,7 +331,7 @@ pub fn run_merge_shards(dirs: &[PathBuf], duplicates: &Path, out: &OutDir, ctx: 
         anyhow::ensure!(l.doc < cand.len(), "{}: line {}: document {} of {} candidates", duplicates.display(), no + 1, l.doc, cand.len());
         dups[l.doc] = Some(l.dup);
     }
-    let mut sinks = open_sinks(out, &ctx.name, &hash)?;
+    let mut sinks = open_sinks(out, !cfg.label.field.is_empty(), &ctx.name, &hash)?;
     let mut tally = Tally::default();
     let mut files = Vec::new();
     for (d, s) in &shards {
@@ -335,7 +344,7 @@ pub fn run_merge_shards(dirs: &[PathBuf], duplicates: &Path, out: &OutDir, ctx: 
         }
     }
     let parts: Vec<PathBuf> = shards.iter().map(|(d, _)| d.join(SHARD_PART.path)).collect();
-    let split = corpus::second_pass(&parts, &cand, &dups, &cfg.split, shards[0].1.seed, &mut sinks, &mut tally)?;
+    let split = corpus::second_pass(&parts, &cand, &dups, &cfg.split, &cfg.label, shards[0].1.seed, &mut sinks, &mut tally)?;
     finish_clean(&cfg, &on, files, split, sinks, tally, out, &ctx.name, &hash)
 }
 
@@ -357,6 +366,15 @@ fn write_clean_report(report: &CleanReport, out: &OutDir, name: &str, hash: &str
     rows.extend(named("pii:", &c.pii));
     rows.extend(named("lang:", &c.langs));
     MetricRow::write(&out.path(&outputs::METRICS), name, hash, &rows)?;
+    let weights = report.balance.as_ref().map(|b| b.weights.clone()).unwrap_or_default();
+    forja_core::fsutil::atomic_write(&out.path(&CLASS_WEIGHTS), serde_json::to_string_pretty(&weights)?.as_bytes())?;
+    if let Some(b) = &report.balance {
+        for (class, counts) in &b.per_split {
+            for (split, n) in SPLITS.iter().zip(counts) {
+                rows.push(MetricRow::new(name, 0, &format!("class:{class}"), *n as f64, split));
+            }
+        }
+    }
     let svg = lengths_svg(c).unwrap_or_default();
     forja_core::fsutil::atomic_write(&out.path(&LENGTHS), svg.as_bytes())?;
     forja_core::fsutil::atomic_write(&out.path(&outputs::REPORT), clean_report_md(report).as_bytes())?;
@@ -393,6 +411,9 @@ fn clean_report_md(r: &CleanReport) -> String {
         pct(c.rejected_total())
     );
     s += &format!("Changed by normalization: {}.\n\n", c.changed_by_normalization);
+    if let Some(b) = &r.balance {
+        s += &class_balance_md(b, r.oversampled_rows);
+    }
     s += "## Rejected, by rule\n\n| rule | records | share of read |\n|---|---|---|\n";
     let mut by_count: Vec<_> = c.rejected.iter().collect();
     by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -442,6 +463,22 @@ fn clean_report_md(r: &CleanReport) -> String {
             s += "\n";
         }
     }
+    s
+}
+
+fn class_balance_md(b: &ClassBalance, oversampled: u64) -> String {
+    let mut s = String::from("## Class balance\n\nSplit stratified by class; train rows after rebalancing; loss weight `n / (k · n_class)` over the train rows (`class_weights.json`).\n\n| class | train | val | test | train rows | weight |\n|---|---|---|---|---|---|\n");
+    for (class, [tr, va, te]) in &b.per_split {
+        let rows = b.train_rows.get(class).copied().unwrap_or(0);
+        let w = b.weights.get(class).copied().unwrap_or(0.0);
+        s += &format!("| {} | {tr} | {va} | {te} | {rows} | {w:.3} |\n", class.replace('|', "\\|"));
+    }
+    let (min, max) = (b.per_split.values().map(|c| c[0]).min().unwrap_or(0), b.per_split.values().map(|c| c[0]).max().unwrap_or(0));
+    s += &format!(
+        "\n{} classes; train documents per class from {min} to {max} (imbalance ×{:.1}); over-sampling added {oversampled} rows.\n\n",
+        b.per_split.len(),
+        max as f64 / min.max(1) as f64
+    );
     s
 }
 
@@ -504,6 +541,9 @@ pub const CLEAN_SPLITS: [OutputSpec; 3] = [
     OutputSpec { name: "test", path: "test.arrow" },
 ];
 pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
+/// Loss weight per class over the train rows, `{"label": weight}` (`{}` when
+/// the documents are not labeled): `finetune_classifier`'s `class_weights` input.
+pub const CLASS_WEIGHTS: OutputSpec = OutputSpec { name: "class_weights", path: "class_weights.json" };
 /// Document lengths before and after cleaning (SVG).
 pub const LENGTHS: OutputSpec = OutputSpec { name: "lengths", path: "lengths.svg" };
 /// Output of `train_tokenizer`.
@@ -542,7 +582,7 @@ impl Stage for Clean {
         "read text/JSONL/CSV/Parquet (.gz/.zst), normalise, filter web text (preset=web), redact PII, drop exact and near duplicates, split";
     const INPUTS: &'static [InputSpec] = &[InputSpec { name: "files", required: true, many: true }];
     const OUTPUTS: &'static [OutputSpec] =
-        &[CLEAN_SPLITS[0], CLEAN_SPLITS[1], CLEAN_SPLITS[2], REJECTS, outputs::METRICS, outputs::REPORT, LENGTHS];
+        &[CLEAN_SPLITS[0], CLEAN_SPLITS[1], CLEAN_SPLITS[2], REJECTS, outputs::METRICS, outputs::REPORT, LENGTHS, CLASS_WEIGHTS];
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = CleanStageConfig;
     type Inputs = Files;

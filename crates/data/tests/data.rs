@@ -2,7 +2,7 @@
 use forja_core::artifacts::Artifact;
 use forja_core::stage::StageCtx;
 use forja_core::{Document, Reject};
-use forja_data::clean::{clean, normalize, CleanConfig};
+use forja_data::clean::{normalize, CleanConfig};
 use forja_data::read::{read_file, read_jsonl, read_text, ReadConfig, ReadOutput, TextUnit};
 use forja_data::split::{split, SplitConfig, SplitMode};
 use forja_data::stages::{run_clean, tokenize_docs, CleanStageConfig, TokenizeConfig};
@@ -125,12 +125,18 @@ fn clean_drops_empty_short_and_duplicate_records_into_rejects() {
         r#"not json"#,
     ];
     std::fs::write(&path, lines.join("\n")).unwrap();
-    let mut out = ReadOutput::default();
-    read_file(&path, &ReadConfig::default(), &mut out).unwrap();
-    let mut rejects = out.rejects;
-    let (docs, counts) = clean(out.records, &CleanConfig { min_chars: 3, dedup: true }, &mut rejects);
+    let out = dir.path().join("out");
+    let cfg = CleanStageConfig {
+        clean: CleanConfig { min_chars: 3, dedup: true },
+        split: SplitConfig { val_fraction: 0.0, ..Default::default() },
+        ..Default::default()
+    };
+    let report = run_clean(&cfg, std::slice::from_ref(&path), &forja_core::stage::OutDir::new(&out), &ctx()).unwrap();
+    let docs = Document::read(&out.join("train.arrow")).unwrap();
+    let rejects = Reject::read(&out.join("rejects.arrow")).unwrap();
     assert_eq!(docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>(), vec!["alpha beta", "gamma delta"]);
-    assert_eq!((counts.duplicates, counts.empty, counts.too_short), (1, 1, 1));
+    let rule = |r: &str| report.counts.rejected.get(r).copied().unwrap_or(0);
+    assert_eq!((rule("exact_duplicate"), rule("empty"), rule("too_short"), rule("unreadable")), (1, 1, 1, 1));
     let reasons: Vec<(u64, String)> = rejects.iter().map(|r| (r.position, r.reason.clone())).collect();
     assert!(reasons.iter().any(|(p, r)| *p == 2 && r.starts_with("exact duplicate of") && r.contains("c.jsonl:1")), "{reasons:?}");
     assert!(reasons.iter().any(|(p, r)| *p == 3 && r == "empty after normalization"));
@@ -335,11 +341,6 @@ fn banking77_csv_reads_every_record_including_quoted_newlines() {
     assert_eq!(out.records[0].text, "I am still waiting on my card?");
     assert_eq!(out.records[0].meta["category"], "card_arrival");
     assert!(out.records.iter().any(|r| r.text.contains('\n')), "multi-line quoted fields survive");
-
-    let mut rejects = out.rejects;
-    let (docs, counts) = clean(out.records, &CleanConfig::default(), &mut rejects);
-    assert_eq!(docs.len() + rejects.len(), 10_003);
-    assert_eq!(counts.duplicates, rejects.len());
 }
 
 #[test]
@@ -349,10 +350,6 @@ fn c4_jsonl_keeps_text_and_moves_other_fields_to_meta() {
     assert_eq!(out.records.len(), 1_000);
     assert!(out.rejects.is_empty());
     assert!(out.records.iter().all(|r| r.meta.contains_key("url") && r.meta.contains_key("timestamp")));
-    let mut rejects = Vec::new();
-    let (docs, _) = clean(out.records, &CleanConfig::default(), &mut rejects);
-    assert_eq!(docs.len() + rejects.len(), 1_000);
-    assert!(docs[0].text.starts_with("Beginners BBQ Class Taking Place in Missoula!"));
-    let meta: serde_json::Value = serde_json::from_str(&docs[0].meta).unwrap();
-    assert!(meta["url"].as_str().unwrap().starts_with("http"));
+    assert!(out.records[0].text.starts_with("Beginners BBQ Class Taking Place in Missoula!"));
+    assert!(out.records[0].meta["url"].as_str().unwrap().starts_with("http"));
 }

@@ -194,3 +194,48 @@ fn shards_in_separate_processes_merge_to_the_bytes_of_one_run() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("2 of 3 shards given"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+/// Banking77 as labeled data: every class in every split in proportion,
+/// over-sampling evens the train classes, under-sampling cuts them, weights
+/// are written for a weighted loss.
+#[test]
+fn banking77_labeled_splits_are_stratified_and_rebalanced() {
+    use forja_core::LabeledDocument;
+    use forja_data::corpus::Balance;
+    let dir = tempfile::tempdir().unwrap();
+    let files = [fixture("banking77/train.csv")];
+    let mut cfg = CleanStageConfig::default();
+    cfg.label.field = "category".into();
+    cfg.split.val_fraction = 0.1;
+    cfg.split.test_fraction = 0.1;
+    let plain = run(&cfg, &files, &dir.path().join("plain"));
+    let b = plain.balance.as_ref().unwrap();
+    assert_eq!(b.per_split.len(), 77);
+    for (class, [tr, va, te]) in &b.per_split {
+        let n = (tr + va + te) as f64;
+        assert!(((*va as f64) - 0.1 * n).abs() <= 0.5 && ((*te as f64) - 0.1 * n).abs() <= 0.5, "{class}: {tr}/{va}/{te}");
+    }
+    let train = LabeledDocument::read(&dir.path().join("plain/train.arrow")).unwrap();
+    assert_eq!(train.len() as u64, plain.train);
+    assert!(train.iter().all(|d| d.doc.meta.contains(&format!("\"category\":\"{}\"", d.label))), "the label column is the category field");
+    assert!(Document::read(&dir.path().join("plain/train.arrow")).is_ok(), "a labeled file reads as documents too");
+    let weights: std::collections::BTreeMap<String, f64> =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("plain/class_weights.json")).unwrap()).unwrap();
+    assert_eq!(weights.len(), 77);
+    let (lo, hi) = (weights.values().copied().fold(f64::MAX, f64::min), weights.values().copied().fold(0.0, f64::max));
+    assert!(lo < 1.0 && hi > 1.0, "rare classes weigh more: {lo}..{hi}");
+
+    cfg.label.balance = Balance::Oversample;
+    let over = run(&cfg, &files, &dir.path().join("over"));
+    let rows = over.balance.as_ref().unwrap().train_rows.values().copied().collect::<Vec<_>>();
+    assert!(rows.iter().all(|&r| r == rows[0]), "over-sampled train classes are even: {rows:?}");
+    assert_eq!(LabeledDocument::read(&dir.path().join("over/train.arrow")).unwrap().len() as u64, over.train + over.oversampled_rows);
+    assert_eq!(over.counts.read, over.counts.kept + over.counts.rejected_total());
+
+    cfg.label.balance = Balance::Undersample;
+    let under = run(&cfg, &files, &dir.path().join("under"));
+    let rows = under.balance.as_ref().unwrap().train_rows.values().copied().collect::<Vec<_>>();
+    assert!(rows.iter().all(|&r| r == rows[0]), "under-sampled train classes are even: {rows:?}");
+    assert!(under.counts.rejected.get("undersampled").copied().unwrap_or(0) > 0);
+    assert_eq!(under.counts.read, under.counts.kept + under.counts.rejected_total(), "under-sampled documents are rejects, not lost");
+}

@@ -142,6 +142,9 @@ pub struct ClassifierInputs {
     pub train: PathBuf,
     /// Labeled documents to score the final model on.
     pub test: Option<PathBuf>,
+    /// Loss weight per label, `{"label": weight}` (the `clean` stage's
+    /// `class_weights.json` for labeled data); overrides `class_weights`.
+    pub class_weights: Option<PathBuf>,
 }
 
 pub const MODEL: OutputSpec = OutputSpec { name: "model", path: "model" };
@@ -205,6 +208,22 @@ pub fn balanced_weights(examples: &[Example], n_classes: usize) -> Vec<f64> {
     }
     let n = examples.len() as f64;
     counts.iter().map(|&c| if c == 0 { 1.0 } else { n / (n_classes as f64 * c as f64) }).collect()
+}
+
+/// Loss weights per label index from a `{"label": weight}` file; every label
+/// of the training set must have a positive, finite weight.
+pub fn weights_from_file(path: &Path, labels: &[String]) -> anyhow::Result<Vec<f64>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let map: BTreeMap<String, f64> =
+        serde_json::from_str(&text).with_context(|| format!("{}: expected an object of label → weight", path.display()))?;
+    labels
+        .iter()
+        .map(|l| match map.get(l) {
+            Some(&w) if w.is_finite() && w > 0.0 => Ok(w),
+            Some(w) => anyhow::bail!("{}: weight of `{l}` is {w}, not a positive number", path.display()),
+            None => anyhow::bail!("{}: no weight for label `{l}` of the training set", path.display()),
+        })
+        .collect()
 }
 
 /// Writes a classifier folder: weights (adapters merged), `config.json`, `tokenizer.json`.
@@ -446,9 +465,10 @@ pub fn run_with_hook(
     let write: forja_pretrain::objectives::ModelWriter =
         Box::new(|vs, dir| write_classifier(dir, vs, &clf_cfg, cfg.lora.as_ref(), &tokenizer));
     let pad = bert_cfg.pad_token_id;
-    let weights = match cfg.class_weights {
-        ClassWeights::None => None,
-        ClassWeights::Balanced => Some(balanced_weights(&train, labels.len())),
+    let weights = match (&inputs.class_weights, cfg.class_weights) {
+        (Some(path), _) => Some(weights_from_file(path, &labels)?),
+        (None, ClassWeights::None) => None,
+        (None, ClassWeights::Balanced) => Some(balanced_weights(&train, labels.len())),
     };
     let mut obj = Classify {
         model: &model,

@@ -29,6 +29,7 @@ impl FromInputs for ClassifierInputs {
             model: inputs.one("model")?.to_path_buf(),
             train: inputs.one("train")?.to_path_buf(),
             test: inputs.optional("test")?.map(Into::into),
+            class_weights: inputs.optional("class_weights")?.map(Into::into),
         })
     }
 }
@@ -43,6 +44,7 @@ impl Stage for FinetuneClassifier {
         InputSpec { name: "model", required: true, many: false },
         InputSpec { name: "train", required: true, many: false },
         InputSpec { name: "test", required: false, many: false },
+        InputSpec { name: "class_weights", required: false, many: false },
     ];
     const OUTPUTS: &'static [OutputSpec] = &classify::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");

@@ -62,7 +62,7 @@ fn minilm_with_a_head_overfits_a_tiny_fixture_and_loads_in_transformers_as_a_seq
         optim: forja_train::OptimConfig { lr: 3e-4, min_lr: 3e-5, warmup_steps: 3, weight_decay: 0.0, ..Default::default() },
         ..Default::default()
     };
-    let inputs = ClassifierInputs { model: minilm, train: docs_path.clone(), test: Some(docs_path) };
+    let inputs = ClassifierInputs { model: minilm, train: docs_path.clone(), test: Some(docs_path), class_weights: None };
     let ctx = StageCtx { name: "classify".into(), seed: 3, device: "cpu".into(), config_hash: "t".into(), code_hash: "t" };
     let summary = run(&cfg, &inputs, &OutDir::new(&out), &ctx).unwrap();
     let test = summary.test.unwrap();
@@ -265,4 +265,17 @@ fn evaluate_the_trained_classifier(model: &std::path::Path, test: &std::path::Pa
     for part in ["## Per-class metrics", "## Slices", "## Robustness", "## Attributions", "class=\"attr\""] {
         assert!(report.contains(part), "{part}");
     }
+}
+
+#[test]
+fn class_weights_from_the_clean_stage_file_cover_every_label_or_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("class_weights.json");
+    std::fs::write(&path, r#"{"card_arrival": 0.5, "cash": 2.0}"#).unwrap();
+    let labels = vec!["card_arrival".to_string(), "cash".to_string()];
+    assert_eq!(forja_sft::classify::weights_from_file(&path, &labels).unwrap(), vec![0.5, 2.0]);
+    let err = forja_sft::classify::weights_from_file(&path, &["refund".to_string()]).unwrap_err().to_string();
+    assert!(err.contains("no weight for label `refund`") && err.contains("class_weights.json"), "{err}");
+    std::fs::write(&path, r#"{"card_arrival": -1, "cash": 2.0}"#).unwrap();
+    assert!(forja_sft::classify::weights_from_file(&path, &labels).unwrap_err().to_string().contains("not a positive number"));
 }

@@ -220,7 +220,7 @@ fn sft_data_reads_the_usual_formats_and_rejects_bad_examples_with_file_line_and_
     let train = SftExample::read(&out.join("train.arrow")).unwrap();
     assert_eq!(report.train, train.len());
     assert_eq!(train.len(), 2 + 1 + 175);
-    let csv_ex = train.iter().find(|e| e.source.ends_with("pairs.csv:1")).unwrap();
+    let csv_ex = train.iter().find(|e| e.source.ends_with("pairs.csv:2")).unwrap();
     assert_eq!(csv_ex.messages, vec![msg("user", "Say hi, politely"), msg("assistant", "Hello there")]);
     let first = train.iter().find(|e| e.source.ends_with("chat.jsonl:1")).unwrap();
     assert_eq!(first.messages[1].content, "Hello!");

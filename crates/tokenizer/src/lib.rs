@@ -5,7 +5,7 @@
 //!
 //! Any other `tokenizer.json` loads too (e.g. the WordPiece of an imported BERT).
 //! A crate of its own so that models, trainers and the server read tokenizers
-//! without compiling the data stack (polars).
+//! without compiling the data stack.
 
 use anyhow::{anyhow, Context};
 use serde::{Deserialize, Serialize};
