@@ -103,6 +103,8 @@ pub struct ArtifactWriter {
     schema: Arc<Schema>,
     writer: Option<FileWriter<std::io::BufWriter<File>>>,
     rows: usize,
+    /// Renamed into place: nothing to clean up.
+    committed: bool,
 }
 
 impl ArtifactWriter {
@@ -114,8 +116,11 @@ impl ArtifactWriter {
         let tmp = crate::fsutil::temp_sibling(path);
         let schema = Arc::new(kind.schema(stage, config_hash));
         let file = std::io::BufWriter::new(File::create(&tmp).map_err(io_err)?);
-        let writer = FileWriter::try_new(file, &schema).map_err(|source| ArtifactError::Arrow { path: path.into(), source })?;
-        Ok(Self { path: path.to_path_buf(), tmp, schema, writer: Some(writer), rows: 0 })
+        let writer = FileWriter::try_new(file, &schema).map_err(|source| {
+            let _cleanup = std::fs::remove_file(&tmp);
+            ArtifactError::Arrow { path: path.into(), source }
+        })?;
+        Ok(Self { path: path.to_path_buf(), tmp, schema, writer: Some(writer), rows: 0, committed: false })
     }
 
     /// Appends one batch (its columns must be the kind's).
@@ -142,13 +147,16 @@ impl ArtifactWriter {
         let mut file = w.into_inner().map_err(|source| ArtifactError::Arrow { path: self.path.clone(), source })?;
         std::io::Write::flush(&mut file).map_err(io_err)?;
         file.get_ref().sync_all().map_err(io_err)?;
-        std::fs::rename(&self.tmp, &self.path).map_err(io_err)
+        std::fs::rename(&self.tmp, &self.path).map_err(io_err)?;
+        self.committed = true;
+        Ok(())
     }
 }
 
 impl Drop for ArtifactWriter {
+    /// Not finished, or finishing failed: the temporary file goes.
     fn drop(&mut self) {
-        if self.writer.is_some() {
+        if !self.committed {
             let _cleanup = std::fs::remove_file(&self.tmp);
         }
     }

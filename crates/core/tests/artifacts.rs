@@ -183,3 +183,21 @@ fn set_param_nests_dotted_keys_and_reads_json_values() {
     assert_eq!(p, serde_json::json!({"model": {"n_layer": 2}, "optim": {"lr": 0.001}, "name": "hello", "prompts": ["a", "b"]}));
     assert!(set_param(&mut p, "no_equals_sign").is_err());
 }
+
+#[test]
+fn a_streamed_artifact_appears_only_when_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("docs.arrow");
+    let mut w = Document::writer(&path, "clean", "h").unwrap();
+    w.write(&[doc(1), doc(2)]).unwrap();
+    w.write(&[doc(3)]).unwrap();
+    drop(w); // a crash before finish
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "neither the artifact nor its temporary file");
+    let mut w = Document::writer(&path, "clean", "h").unwrap();
+    w.write(&[doc(1), doc(2)]).unwrap();
+    w.write(&[doc(3)]).unwrap();
+    assert_eq!(w.rows(), 3);
+    w.finish().unwrap();
+    assert_eq!(Document::read(&path).unwrap(), vec![doc(1), doc(2), doc(3)]);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}

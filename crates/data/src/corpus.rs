@@ -246,7 +246,11 @@ fn read_u64(r: &mut &[u8]) -> std::io::Result<u64> {
 fn read_string(r: &mut &[u8]) -> std::io::Result<String> {
     let mut b = [0u8; 4];
     r.read_exact(&mut b)?;
-    let mut s = vec![0u8; u32::from_le_bytes(b) as usize];
+    let len = u32::from_le_bytes(b) as usize;
+    if len > r.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("a string of {len} bytes runs past the end")));
+    }
+    let mut s = vec![0u8; len];
     r.read_exact(&mut s)?;
     String::from_utf8(s).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
@@ -505,9 +509,11 @@ fn plan(c: &Candidates, dups: &[Option<Dup>], split: &SplitConfig, label: &Label
     let mut train: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (class, mut members) in by_class {
         members.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        // Every class keeps at least one train document.
         let n = members.len() as f64;
-        let n_val = (n * split.val_fraction).round() as usize;
-        let n_test = ((n * split.test_fraction).round() as usize).min(members.len() - n_val.min(members.len()));
+        let cap = members.len().saturating_sub(1);
+        let n_val = ((n * split.val_fraction).round() as usize).min(cap);
+        let n_test = ((n * split.test_fraction).round() as usize).min(cap - n_val);
         for (rank, &(_, i)) in members.iter().enumerate() {
             plan[i].0 = if rank < n_val {
                 1

@@ -176,13 +176,17 @@ pub struct Chunker<'a> {
 impl Chunker<'_> {
     fn record(&mut self, r: RawRecord) -> anyhow::Result<()> {
         self.out.records.push(r);
-        if self.out.records.len() >= self.chunk_records {
-            self.flush()?;
-        }
-        Ok(())
+        self.maybe_flush()
     }
     fn reject(&mut self, file: &str, position: u64, reason: impl Into<String>, raw: &str) {
         self.out.reject(file, position, reason, raw);
+    }
+    /// Hands the chunk on once it holds `chunk_records` records and rejects.
+    fn maybe_flush(&mut self) -> anyhow::Result<()> {
+        if self.out.records.len() + self.out.rejects.len() >= self.chunk_records {
+            self.flush()?;
+        }
+        Ok(())
     }
     fn flush(&mut self) -> anyhow::Result<()> {
         if self.out.records.is_empty() && self.out.rejects.is_empty() {
@@ -215,6 +219,7 @@ fn read_lines(file: &str, mut reader: Box<dyn BufRead + Send>, chunker: &mut Chu
                     line = line.strip_prefix(BOM).unwrap_or(line);
                 }
                 each(no, line, chunker)?;
+                chunker.maybe_flush()?;
             }
             Err(e) => {
                 let reason =
@@ -366,11 +371,28 @@ pub fn csv_fields(record: &str, separator: char) -> Vec<String> {
     fields
 }
 
-/// Whether the quotes of `s` leave a quoted field open.
-fn opens_quote(s: &str, mut open: bool) -> bool {
-    for b in s.bytes() {
-        if b == b'"' {
-            open = !open;
+/// Whether a quoted field is still open after `s`, read as [`csv_fields`]
+/// reads it (a quote opens a field only as its first character; `""` inside
+/// quotes is a quote), `open` being the state at the start of `s`.
+fn opens_quote(s: &str, mut open: bool, separator: char) -> bool {
+    let mut field_empty = !open;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if open {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                } else {
+                    open = false;
+                    field_empty = false;
+                }
+            }
+        } else if c == separator {
+            field_empty = true;
+        } else if c == '"' && field_empty {
+            open = true;
+        } else {
+            field_empty = false;
         }
     }
     open
@@ -389,31 +411,26 @@ fn read_csv_stream(file: &str, reader: Box<dyn BufRead + Send>, cfg: &ReadConfig
     // bad multi-line record can give its later lines back.
     let mut pending: std::collections::VecDeque<(u64, Result<String, String>)> = Default::default();
     let mut header: Option<(Vec<String>, usize)> = None;
-    let mut done = false;
-    let mut lines = LineSource { reader, no: 0, file };
+    let mut lines = LineSource { reader, no: 0, file, finished: false };
     loop {
+        chunker.maybe_flush()?;
         if pending.is_empty() && !fill(&mut lines, &mut pending, chunker)? {
             return Ok(());
         }
         let Some((start, first)) = pending.pop_front() else { return Ok(()) };
-        let first = match first {
-            Ok(l) => l,
-            Err(raw) => {
-                chunker.reject(file, start, "invalid UTF-8 in record", &raw);
-                continue;
-            }
-        };
-        if header.is_none() && first.trim().is_empty() {
+        // Invalid UTF-8 is decoded lossily to find the record's end, then the
+        // whole record is rejected.
+        let mut bad_utf8 = first.is_err();
+        let first = first.unwrap_or_else(|raw| raw);
+        if first.trim().is_empty() {
             continue;
         }
         // Gather the record's lines while a quote is open.
         let mut record = first.clone();
-        let mut open = opens_quote(&record, false);
+        let mut open = opens_quote(&record, false, separator);
         let mut used = Vec::new();
-        let mut bad_utf8 = false;
-        while open && used.len() < CSV_MAX_RECORD_LINES && !done {
+        while open && used.len() < CSV_MAX_RECORD_LINES && !lines.finished {
             if used.len() == pending.len() && !fill(&mut lines, &mut pending, chunker)? {
-                done = true;
                 break;
             }
             let (no, line) = pending[used.len()].clone();
@@ -424,12 +441,14 @@ fn read_csv_stream(file: &str, reader: Box<dyn BufRead + Send>, cfg: &ReadConfig
             });
             record.push('\n');
             record.push_str(&line);
-            open = opens_quote(&line, open);
+            open = opens_quote(&line, open, separator);
         }
         if open {
             chunker.reject(file, start, "unclosed quote: the quoted field never ends; reading resumes on the next line", &first);
             continue; // the lines looked at stay in `pending`
         }
+        // The record is complete: its lines are consumed whatever happens next.
+        pending.drain(..used.len());
         let fields = csv_fields(&record, separator);
         let Some((names, text_col)) = &header else {
             let names: Vec<String> = fields.iter().map(|f| f.trim().to_string()).collect();
@@ -437,17 +456,15 @@ fn read_csv_stream(file: &str, reader: Box<dyn BufRead + Send>, cfg: &ReadConfig
                 .iter()
                 .position(|n| n == &cfg.text_field)
                 .with_context(|| format!("{file}: no text column `{}` (found columns: {})", cfg.text_field, names.join(", ")))?;
-            pending.drain(..used.len());
             header = Some((names, text_col));
             continue;
         };
         if fields.len() != names.len() {
             let spans = if used.is_empty() { String::new() } else { format!(" (a record spanning {} lines)", used.len() + 1) };
             let reason = format!("line {start}{spans} has {} fields where the header has {}", fields.len(), names.len());
-            chunker.reject(file, start, reason, &first);
-            continue; // resume on the line after `start`: its later lines stay in `pending`
+            chunker.reject(file, start, reason, &record);
+            continue;
         }
-        pending.drain(..used.len());
         if bad_utf8 {
             chunker.reject(file, start, "invalid UTF-8 in record", &record);
             continue;
@@ -473,6 +490,9 @@ struct LineSource<'a> {
     reader: Box<dyn BufRead + Send>,
     no: u64,
     file: &'a str,
+    /// The stream ended or broke off: it is not read again (a broken decoder
+    /// would report the same error twice).
+    finished: bool,
 }
 
 /// Pulls the next line into `pending`; `false` at the end of the stream (or
@@ -482,9 +502,15 @@ fn fill(
     pending: &mut std::collections::VecDeque<(u64, Result<String, String>)>,
     chunker: &mut Chunker,
 ) -> anyhow::Result<bool> {
+    if src.finished {
+        return Ok(false);
+    }
     let mut buf = Vec::new();
     match src.reader.read_until(b'\n', &mut buf) {
-        Ok(0) => Ok(false),
+        Ok(0) => {
+            src.finished = true;
+            Ok(false)
+        }
         Ok(_) => {
             src.no += 1;
             let mut line = buf.strip_suffix(b"\n").unwrap_or(&buf);
@@ -500,6 +526,7 @@ fn fill(
             let reason =
                 format!("the stream breaks off here (truncated or corrupt compressed data: {e}); the rest of the file is unreadable");
             chunker.reject(src.file, src.no + 1, reason, &String::from_utf8_lossy(&buf));
+            src.finished = true;
             Ok(false)
         }
     }

@@ -328,7 +328,18 @@ pub fn run_merge_shards(dirs: &[PathBuf], duplicates: &Path, out: &OutDir, ctx: 
         }
         let l: Line =
             serde_json::from_str(line).with_context(|| format!("{}: line {}: not a duplicate record", duplicates.display(), no + 1))?;
-        anyhow::ensure!(l.doc < cand.len(), "{}: line {}: document {} of {} candidates", duplicates.display(), no + 1, l.doc, cand.len());
+        let of = match l.dup {
+            Dup::Exact(j) | Dup::Near(j) => j,
+        };
+        anyhow::ensure!(
+            l.doc < cand.len() && of < l.doc,
+            "{}: line {}: document {} duplicating {} does not fit these {} candidates (a duplicates file of other shards?)",
+            duplicates.display(),
+            no + 1,
+            l.doc,
+            of,
+            cand.len()
+        );
         dups[l.doc] = Some(l.dup);
     }
     let mut sinks = open_sinks(out, !cfg.label.field.is_empty(), &ctx.name, &hash)?;
@@ -365,9 +376,6 @@ fn write_clean_report(report: &CleanReport, out: &OutDir, name: &str, hash: &str
     rows.extend(named("lines_removed:", &c.line_edits));
     rows.extend(named("pii:", &c.pii));
     rows.extend(named("lang:", &c.langs));
-    MetricRow::write(&out.path(&outputs::METRICS), name, hash, &rows)?;
-    let weights = report.balance.as_ref().map(|b| b.weights.clone()).unwrap_or_default();
-    forja_core::fsutil::atomic_write(&out.path(&CLASS_WEIGHTS), serde_json::to_string_pretty(&weights)?.as_bytes())?;
     if let Some(b) = &report.balance {
         for (class, counts) in &b.per_split {
             for (split, n) in SPLITS.iter().zip(counts) {
@@ -375,6 +383,9 @@ fn write_clean_report(report: &CleanReport, out: &OutDir, name: &str, hash: &str
             }
         }
     }
+    MetricRow::write(&out.path(&outputs::METRICS), name, hash, &rows)?;
+    let weights = report.balance.as_ref().map(|b| b.weights.clone()).unwrap_or_default();
+    forja_core::fsutil::atomic_write(&out.path(&CLASS_WEIGHTS), serde_json::to_string_pretty(&weights)?.as_bytes())?;
     let svg = lengths_svg(c).unwrap_or_default();
     forja_core::fsutil::atomic_write(&out.path(&LENGTHS), svg.as_bytes())?;
     forja_core::fsutil::atomic_write(&out.path(&outputs::REPORT), clean_report_md(report).as_bytes())?;
@@ -382,7 +393,9 @@ fn write_clean_report(report: &CleanReport, out: &OutDir, name: &str, hash: &str
 }
 
 fn lengths_svg(c: &ChainCounts) -> Option<String> {
-    let points = |m: &BTreeMap<u32, u64>| m.iter().map(|(b, n)| (f64::from(*b), *n as f64)).collect();
+    // Every bin of either distribution, 0 where one has none.
+    let bins: std::collections::BTreeSet<u32> = c.length_before.keys().chain(c.length_after.keys()).copied().collect();
+    let points = |m: &BTreeMap<u32, u64>| bins.iter().map(|b| (f64::from(*b), m.get(b).copied().unwrap_or(0) as f64)).collect();
     forja_core::plot::line_chart(
         "Document length (characters), before and after",
         "log2(characters)",

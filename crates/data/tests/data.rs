@@ -353,3 +353,34 @@ fn c4_jsonl_keeps_text_and_moves_other_fields_to_meta() {
     assert!(out.records[0].text.starts_with("Beginners BBQ Class Taking Place in Missoula!"));
     assert!(out.records[0].meta["url"].as_str().unwrap().starts_with("http"));
 }
+
+#[test]
+fn csv_quotes_inside_a_field_blank_lines_and_bad_multiline_records_cost_only_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let read = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let mut out = ReadOutput::default();
+        read_file(&path, &ReadConfig::default(), &mut out).unwrap();
+        let kept: Vec<(u64, String)> = out.records.iter().map(|r| (r.position, r.text.clone())).collect();
+        let rejects: Vec<u64> = out.rejects.iter().map(|r| r.position).collect();
+        (kept, rejects)
+    };
+    // A quote inside an unquoted field is a character, as in Python's csv.
+    let (kept, rejects) = read("inch.csv", b"text,label\na 12\" pizza,food\na 6\" sub,food\n");
+    assert_eq!(kept, vec![(2, "a 12\" pizza".into()), (3, "a 6\" sub".into())]);
+    assert!(rejects.is_empty());
+    // Blank lines between records are skipped, not rejected.
+    let (kept, rejects) = read("blank.csv", b"text,label\none,a\n\ntwo,b\n");
+    assert_eq!(kept.iter().map(|k| k.0).collect::<Vec<_>>(), vec![2, 4]);
+    assert!(rejects.is_empty());
+    // A closed multi-line record with the wrong field count is rejected whole:
+    // its inner lines are not read as records.
+    let (kept, rejects) = read("multi.csv", b"id,text\n1,\"first para\nsecond, para\nend\",extra\n2,next\n");
+    assert_eq!(kept, vec![(5, "next".into())]);
+    assert_eq!(rejects, vec![2]);
+    // Invalid UTF-8 on the first line of a multi-line record rejects the record.
+    let (kept, rejects) = read("utf8.csv", b"id,text\n1,\"caf\xE9\n3,looks like a record\"\n4,real\n");
+    assert_eq!(kept, vec![(4, "real".into())]);
+    assert_eq!(rejects, vec![2]);
+}

@@ -224,6 +224,8 @@ fn banking77_labeled_splits_are_stratified_and_rebalanced() {
     assert_eq!(weights.len(), 77);
     let (lo, hi) = (weights.values().copied().fold(f64::MAX, f64::min), weights.values().copied().fold(0.0, f64::max));
     assert!(lo < 1.0 && hi > 1.0, "rare classes weigh more: {lo}..{hi}");
+    let metrics = MetricRow::read(&dir.path().join("plain/metrics.arrow")).unwrap();
+    assert_eq!(metrics.iter().filter(|m| m.name.starts_with("class:")).count(), 77 * 3, "class counts per split in the metrics");
 
     cfg.label.balance = Balance::Oversample;
     let over = run(&cfg, &files, &dir.path().join("over"));
