@@ -34,18 +34,11 @@ pub fn write_artifact(
     config_hash: &str,
     batches: &[RecordBatch],
 ) -> Result<(), ArtifactError> {
-    let schema = Arc::new(kind.schema(stage, config_hash));
-    let io_err = |source| ArtifactError::Io { path: path.to_path_buf(), source };
-    crate::fsutil::atomic_write_with(path, |w| {
-        let to_io = |e: ArrowError| std::io::Error::other(e.to_string());
-        let mut writer = FileWriter::try_new(w, &schema).map_err(to_io)?;
-        for batch in batches {
-            let batch = batch.clone().with_schema(schema.clone()).map_err(to_io)?;
-            writer.write(&batch).map_err(to_io)?;
-        }
-        writer.finish().map_err(to_io)
-    })
-    .map_err(io_err)
+    let mut writer = ArtifactWriter::create(path, kind, stage, config_hash)?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.finish()
 }
 
 /// Reads an artifact, checking first that it is of `kind` and has its columns.
