@@ -14,9 +14,10 @@
 //!    (naming what they duplicate) and writes the rest to their splits.
 
 use crate::minhash::clusters_flat;
+use crate::quality::LineStats;
 use crate::read::{read_file_chunked, ReadConfig, ReadOutput, CHUNK_RECORDS};
 use crate::split::{unit_hash, SplitConfig, Splitter};
-use crate::web::{process, ChainCounts, Enabled, LineStats, Outcome, Rules};
+use crate::web::{process, ChainCounts, Enabled, Outcome, Rules};
 use anyhow::Context;
 use forja_core::artifacts::{Artifact, RowWriter};
 use forja_core::{Document, LabeledDocument, Reject};

@@ -1003,18 +1003,11 @@ impl BoilerplateConfig {
     /// Keys of the lines that occur in at least `min_docs` documents and in at
     /// least `min_fraction` of `docs` (each line counted once per document).
     pub fn find(&self, docs: &[&str]) -> HashSet<u64> {
-        let mut counts: HashMap<u64, usize> = HashMap::new();
-        let mut seen = HashSet::new();
+        let mut stats = LineStats::default();
         for doc in docs {
-            seen.clear();
-            for key in doc.lines().filter_map(|l| self.line_key(l)) {
-                if seen.insert(key) {
-                    *counts.entry(key).or_default() += 1;
-                }
-            }
+            stats.add(self, doc);
         }
-        let need = (self.min_docs as f64).max(self.min_fraction * docs.len() as f64);
-        counts.into_iter().filter(|&(_, n)| n as f64 >= need).map(|(k, _)| k).collect()
+        stats.boilerplate(self)
     }
 
     /// `text` without the lines whose key is in `lines`; the other lines are kept
@@ -1033,6 +1026,32 @@ impl BoilerplateConfig {
             }
         }
         (out, removed)
+    }
+}
+
+/// Line counts of one source's documents, fed one document at a time (the
+/// `clean` stage streams them): each line counted once per document.
+#[derive(Debug, Default)]
+pub struct LineStats {
+    pub docs: u64,
+    pub counts: HashMap<u64, u32>,
+}
+
+impl LineStats {
+    pub fn add(&mut self, cfg: &BoilerplateConfig, text: &str) {
+        self.docs += 1;
+        let mut seen = HashSet::new();
+        for key in text.lines().filter_map(|l| cfg.line_key(l)) {
+            if seen.insert(key) {
+                *self.counts.entry(key).or_default() += 1;
+            }
+        }
+    }
+
+    /// The lines frequent enough to be boilerplate under `cfg`.
+    pub fn boilerplate(&self, cfg: &BoilerplateConfig) -> HashSet<u64> {
+        let need = (cfg.min_docs as f64).max(cfg.min_fraction * self.docs as f64);
+        self.counts.iter().filter(|&(_, &n)| f64::from(n) >= need).map(|(&k, _)| k).collect()
     }
 }
 

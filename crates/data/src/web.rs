@@ -176,6 +176,15 @@ pub struct ChainCounts {
     pub length_after: BTreeMap<u32, u64>,
 }
 
+/// The entry of `key`, allocating its `String` only the first time (these
+/// counts are updated once per record).
+fn bump<'m, V: Default>(map: &'m mut BTreeMap<String, V>, key: &str) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
 /// The power-of-two bin of a length.
 pub fn length_bin(chars: usize) -> u32 {
     usize::BITS - chars.max(1).leading_zeros() - 1
@@ -215,13 +224,13 @@ impl ChainCounts {
     /// Records a document read from `source`.
     pub fn read_one(&mut self, source: &str, raw_chars: usize) {
         self.read += 1;
-        self.sources.entry(source.to_string()).or_default().0 += 1;
+        bump(&mut self.sources, source).0 += 1;
         *self.length_before.entry(length_bin(raw_chars)).or_default() += 1;
     }
 
     /// Records a rejection by `rule`.
     pub fn reject(&mut self, rule: &str) {
-        *self.rejected.entry(rule.to_string()).or_default() += 1;
+        *bump(&mut self.rejected, rule) += 1;
     }
 
     /// Records what the chain did to a kept candidate (before de-duplication).
@@ -243,37 +252,9 @@ impl ChainCounts {
     /// Records a document finally kept.
     pub fn keep(&mut self, source_file: &str, lang: &str, chars: usize) {
         self.kept += 1;
-        self.sources.entry(source_file.to_string()).or_default().1 += 1;
-        *self.langs.entry(lang.to_string()).or_default() += 1;
+        bump(&mut self.sources, source_file).1 += 1;
+        *bump(&mut self.langs, lang) += 1;
         *self.length_after.entry(length_bin(chars)).or_default() += 1;
-    }
-}
-
-/// Line hashes that are boilerplate in one source, from streamed documents:
-/// each line counted once per document.
-#[derive(Debug, Default)]
-pub struct LineStats {
-    pub docs: u64,
-    pub counts: std::collections::HashMap<u64, u32>,
-}
-
-impl LineStats {
-    pub fn add(&mut self, cfg: &BoilerplateConfig, text: &str) {
-        self.docs += 1;
-        let mut seen = HashSet::new();
-        for line in text.lines() {
-            if let Some(h) = cfg.line_key(line) {
-                if seen.insert(h) {
-                    *self.counts.entry(h).or_default() += 1;
-                }
-            }
-        }
-    }
-
-    /// The lines frequent enough to be boilerplate under `cfg`.
-    pub fn boilerplate(&self, cfg: &BoilerplateConfig) -> HashSet<u64> {
-        let need = (cfg.min_docs as f64).max(cfg.min_fraction * self.docs as f64);
-        self.counts.iter().filter(|(_, &n)| n as f64 >= need).map(|(&h, _)| h).collect()
     }
 }
 
@@ -321,34 +302,20 @@ impl DocQualityConfig {
     }
 }
 
-/// Characters of the lines C4's line rules keep: at least 3 words, none over
-/// 1000 characters, ending in terminal punctuation (not an ellipsis), without
-/// `javascript`, `lorem ipsum`, `{` or a policy phrase; citations removed.
+/// Characters of the lines C4's line rules keep (at least 3 words, none over
+/// 1000 characters, terminal punctuation and no ellipsis, no `javascript` or
+/// policy notice; citations removed) — C4's own line filter with its
+/// document-level drops (too few sentences, lorem ipsum, curly braces) off.
 pub fn clean_sentence_chars(text: &str) -> usize {
-    const POLICY: [&str; 6] = ["terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies"];
-    static CITATION: std::sync::LazyLock<Option<regex::Regex>> =
-        std::sync::LazyLock::new(|| regex::Regex::new(r"\[\d*\]|\[edit\]|\[citation needed\]").ok());
-    let mut total = 0;
-    for line in text.split('\n') {
-        let line = line.trim();
-        let words = line.split_whitespace().count();
-        if words < 3 || line.split_whitespace().any(|w| w.chars().count() > 1000) {
-            continue;
-        }
-        let line = match CITATION.as_ref() {
-            Some(re) => re.replace_all(line, ""),
-            None => line.into(),
-        };
-        let ends = [".", "?", "!", "\"", "'"].iter().any(|p| line.ends_with(p)) && !line.ends_with("...");
-        if !ends {
-            continue;
-        }
-        let lower = line.to_lowercase();
-        if lower.contains("lorem ipsum") || lower.contains("javascript") || lower.contains('{') || POLICY.iter().any(|p| lower.contains(p))
-        {
-            continue;
-        }
-        total += line.chars().count();
+    static LINES_ONLY: std::sync::LazyLock<C4Config> = std::sync::LazyLock::new(|| C4Config {
+        enabled: Some(true),
+        min_num_sentences: None,
+        filter_lorem_ipsum: false,
+        filter_curly_bracket: false,
+        ..C4Config::default()
+    });
+    match LINES_ONLY.apply(text, &mut LineEdits::default()) {
+        Ok(kept) => kept.split('\n').map(|l| l.chars().count()).sum(),
+        Err(_) => 0,
     }
-    total
 }
