@@ -686,7 +686,7 @@ mod tests {
         assert_eq!(one.0[3], cfg.signature(&texts[3]));
     }
 
-    /// Planted near-duplicates (fixtures/near-dups, made by scripts/make-near-dups.py).
+    /// Planted near-duplicates (fixtures/near-dups, made by scripts/fixtures/make-near-dups.py).
     ///
     /// - recall: among planted (original, edited copy) pairs whose exact word-5-gram
     ///   Jaccard is ≥ 0.8, the share whose two documents end in the same cluster;
@@ -718,7 +718,7 @@ mod tests {
             target: f64,
         }
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/near-dups");
-        let read = |name: &str| std::fs::read_to_string(format!("{dir}/{name}")).expect("fixture (scripts/make-near-dups.py)");
+        let read = |name: &str| std::fs::read_to_string(format!("{dir}/{name}")).expect("fixture (scripts/fixtures/make-near-dups.py)");
         let docs: Vec<Doc> = read("docs.jsonl").lines().map(|l| serde_json::from_str(l).expect("doc line")).collect();
         let pairs: Vec<Pair> = read("pairs.jsonl").lines().map(|l| serde_json::from_str(l).expect("pair line")).collect();
         let index: HashMap<&str, usize> = docs.iter().enumerate().map(|(i, d)| (d.id.as_str(), i)).collect();

@@ -1,5 +1,5 @@
 //! Metrics as pure functions over predictions, checked against scikit-learn
-//! through `fixtures/eval/golden.json` (written by `scripts/eval-golden.py`).
+//! through `fixtures/eval/golden.json` (written by `scripts/fixtures/eval-golden.py`).
 //!
 //! Classification follows scikit-learn's conventions: the classes averaged
 //! over are the sorted union of the true and the predicted labels

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 //! forja's metrics against scikit-learn's on the same predictions
-//! (`fixtures/eval/golden.json`, written by `scripts/eval-golden.py`).
+//! (`fixtures/eval/golden.json`, written by `scripts/fixtures/eval-golden.py`).
 
 use forja_eval::metrics::{classification, expected_calibration_error, log_loss, regression};
 use serde_json::Value;

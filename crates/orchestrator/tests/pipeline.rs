@@ -110,10 +110,10 @@ fn a_pipeline_runs_end_to_end_then_skips_every_stage() {
     );
     assert!(!card.contains("<script") && !card.contains("<img"), "no script, no external picture");
     // The card in headless Chromium: no console error, no script, no external
-    // resource, every artifact link resolves (scripts/card-page-check.py).
+    // resource, every artifact link resolves (scripts/checks/card-page-check.py).
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let check = Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("scripts/card-page-check.py"))
+        .arg(root.join("scripts/checks/card-page-check.py"))
         .arg(out.join("report.html"))
         .args(["--expect", "Footprint", "--expect", "Overfitting", "--attributions"])
         .output()

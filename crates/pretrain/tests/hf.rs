@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 //! Parity with the Python ecosystem: forja's GPT and BERT against Hugging Face
-//! `transformers` (through `scripts/hf-check.py` in the project's venv), and
+//! `transformers` (through `scripts/checks/hf-check.py` in the project's venv), and
 //! sentence embeddings of the imported all-MiniLM-L6-v2 against the golden file
-//! written by `sentence-transformers` (`scripts/minilm-golden.py`).
+//! written by `sentence-transformers` (`scripts/fixtures/minilm-golden.py`).
 //! `scripts/setup` installs the venv packages and links `models/all-MiniLM-L6-v2`.
 
 use forja_core::artifacts::Artifact;
@@ -26,14 +26,14 @@ fn minilm() -> PathBuf {
     dir
 }
 
-/// Runs `scripts/hf-check.py KIND DIR` on `ids`; returns its JSON.
+/// Runs `scripts/checks/hf-check.py KIND DIR` on `ids`; returns its JSON.
 fn hf_check(kind: &str, dir: &Path, ids: &[Vec<i64>]) -> Value {
     let tmp = tempfile::tempdir().unwrap();
     let (ids_path, out_path) = (tmp.path().join("ids.json"), tmp.path().join("out.json"));
     std::fs::write(&ids_path, serde_json::to_string(ids).unwrap()).unwrap();
     let python = root().join(".venv/bin/python");
     let out = std::process::Command::new(&python)
-        .arg(root().join("scripts/hf-check.py"))
+        .arg(root().join("scripts/checks/hf-check.py"))
         .args([kind, dir.to_str().unwrap(), ids_path.to_str().unwrap(), out_path.to_str().unwrap()])
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup)", python.display()));

@@ -3,7 +3,7 @@
 //! whitening, PPO's clipped policy and value losses, group-relative
 //! advantages, and the adaptive KL coefficient. Each follows TRL's
 //! implementation; `fixtures/rlhf/golden.json` (written by
-//! `scripts/rlhf-golden.py` with TRL) pins them to 1e-5.
+//! `scripts/fixtures/rlhf-golden.py` with TRL) pins them to 1e-5.
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};

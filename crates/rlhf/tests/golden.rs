@@ -1,5 +1,5 @@
 //! forja's RLHF formulas against TRL's on fixed inputs: `fixtures/rlhf/golden.json`,
-//! written by `scripts/rlhf-golden.py` (tolerance 1e-5).
+//! written by `scripts/fixtures/rlhf-golden.py` (tolerance 1e-5).
 
 use forja_rlhf::losses::{self, DpoLoss, PairLogps};
 use serde_json::Value;

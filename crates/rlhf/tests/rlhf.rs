@@ -119,7 +119,7 @@ fn reward_on_separable_pairs(dir: &Path, base: &Path) {
     let spec = dir.join("cases.json");
     std::fs::write(&spec, serde_json::json!({ "model": out.join("model"), "cases": cases }).to_string()).unwrap();
     let run = std::process::Command::new(root().join(".venv/bin/python"))
-        .arg(root().join("scripts/reward-hf-check.py"))
+        .arg(root().join("scripts/checks/reward-hf-check.py"))
         .arg(&spec)
         .output()
         .unwrap();
@@ -402,7 +402,7 @@ fn the_labelling_page_round_trip_in_chromium_survives_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("label");
     let run = std::process::Command::new(root().join(".venv/bin/python"))
-        .arg(root().join("scripts/label-page-check.py"))
+        .arg(root().join("scripts/checks/label-page-check.py"))
         .args(["--bin", env!("CARGO_BIN_EXE_forja-rlhf"), "--out"])
         .arg(&out)
         .output()

@@ -98,7 +98,7 @@ fn the_openai_package_schemathesis_and_a_browser_all_work_against_the_server() {
     let encoder = Served::start(&minilm, &dir.path().join("fb-enc"));
 
     let out = run(
-        Command::new(python()).arg(root().join("scripts/openai-check.py")).args([
+        Command::new(python()).arg(root().join("scripts/checks/openai-check.py")).args([
             "--base-url",
             &format!("{}/v1", generator.url),
             "--api-key",
@@ -106,14 +106,14 @@ fn the_openai_package_schemathesis_and_a_browser_all_work_against_the_server() {
             "--embeddings-base-url",
             &format!("{}/v1", encoder.url),
         ]),
-        "scripts/openai-check.py",
+        "scripts/checks/openai-check.py",
     );
     assert!(out.lines().last().unwrap().contains("\"ok\": true"), "{out}");
     assert!(out.contains("ok: embeddings"), "the embeddings checks ran: {out}");
 
     for (server, name) in [(&generator, "generator"), (&encoder, "encoder")] {
         run(
-            Command::new(root().join("scripts/schema-check")).args([
+            Command::new(root().join("scripts/checks/schema-check")).args([
                 "--url",
                 &server.url,
                 "--api-key",
@@ -123,7 +123,7 @@ fn the_openai_package_schemathesis_and_a_browser_all_work_against_the_server() {
                 "--time-limit",
                 "240",
             ]),
-            &format!("scripts/schema-check on the {name}"),
+            &format!("scripts/checks/schema-check on the {name}"),
         );
     }
 
@@ -139,7 +139,7 @@ fn the_openai_package_schemathesis_and_a_browser_all_work_against_the_server() {
     assert!(reloaded, "SIGHUP reloaded the model");
 
     let out = run(
-        Command::new(python()).arg(root().join("scripts/serve-page-check.py")).args([
+        Command::new(python()).arg(root().join("scripts/checks/serve-page-check.py")).args([
             "--url",
             &generator.url,
             "--api-key",
@@ -149,7 +149,7 @@ fn the_openai_package_schemathesis_and_a_browser_all_work_against_the_server() {
             "--timeout",
             "60",
         ]),
-        "scripts/serve-page-check.py",
+        "scripts/checks/serve-page-check.py",
     );
     let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(last["model_id"], "gpt");

@@ -88,7 +88,7 @@ fn minilm_with_a_head_overfits_a_tiny_fixture_and_loads_in_transformers_as_a_seq
     std::fs::write(&tmp_ids, serde_json::to_string(&vec![ids]).unwrap()).unwrap();
     let python = root().join(".venv/bin/python");
     let run = std::process::Command::new(&python)
-        .arg(root().join("scripts/hf-check.py"))
+        .arg(root().join("scripts/checks/hf-check.py"))
         .args(["bert-cls", model_dir.to_str().unwrap(), tmp_ids.to_str().unwrap(), hf_out.to_str().unwrap()])
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup)", python.display()));

@@ -309,7 +309,7 @@ fn a_lora_run_exports_peft_adapters_and_a_merged_model_that_stops_at_the_end_of_
     std::fs::write(&messages_path, serde_json::to_string(&conv).unwrap()).unwrap();
     let python = root().join(".venv/bin/python");
     let run = std::process::Command::new(&python)
-        .arg(root().join("scripts/chat-template-check.py"))
+        .arg(root().join("scripts/checks/chat-template-check.py"))
         .args([model_dir.to_str().unwrap(), messages_path.to_str().unwrap(), rendered_path.to_str().unwrap()])
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup)", python.display()));
@@ -323,7 +323,7 @@ fn a_lora_run_exports_peft_adapters_and_a_merged_model_that_stops_at_the_end_of_
     // peft loads the adapters onto the base to the merged model's logits.
     let ids: Vec<String> = tok.encode("How many apples? It is 12.").unwrap().iter().map(u32::to_string).collect();
     let run = std::process::Command::new(&python)
-        .arg(root().join("scripts/peft-check.py"))
+        .arg(root().join("scripts/checks/peft-check.py"))
         .args(["--base", base.to_str().unwrap(), "--adapter", model_dir.join(ADAPTER_DIR).to_str().unwrap()])
         .args(["--merged", model_dir.to_str().unwrap(), "--ids", &ids.join(",")])
         .output()

@@ -2,7 +2,7 @@
 """Cross-check forja's energy / CO2e estimate of a stage against codecarbon on the
 same workload, so that both figures can go side by side in docs/BENCHMARKS.md.
 
-  scripts/footprint-check.py [--forja target/release/forja] [--steps 1000]
+  scripts/checks/footprint-check.py [--forja target/release/forja] [--steps 1000]
                              [--out /tmp/footprint-check] [--country USA] [--dry-run]
 
 The workload is a real pre-training stage on the bundled Tiny Shakespeare, with
@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-footprint"
 VENV_PY = VENV / "bin" / "python"
 CODECARBON = "codecarbon==3.3.2"

@@ -2,7 +2,7 @@
 """Checks that a forja reward model folder loads in Hugging Face transformers as a
 one-label sequence classifier and scores as forja does.
 
-    .venv/bin/python scripts/reward-hf-check.py CASES.json
+    .venv/bin/python scripts/checks/reward-hf-check.py CASES.json
 
 CASES.json: {"model": DIR, "cases": [{"ids": [token ids], "score": forja's reward}, ...]}
 (written by crates/rlhf/tests/rlhf.rs). Loads DIR with AutoModelForSequenceClassification

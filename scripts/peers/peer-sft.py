@@ -9,7 +9,7 @@ float32 on CPU, AdamW, no eval/saving/logging. Prints diagnostics on stderr and 
     trl steps/s: N.NNN      (steady state: steps after the first --warmup, timed at on_step_end)
 
 Usage:
-    .venv/bin/python scripts/peer-sft.py --model DIR --data FILE.jsonl --batch 8 --max-length 256 \
+    .venv/bin/python scripts/peers/peer-sft.py --model DIR --data FILE.jsonl --batch 8 --max-length 256 \
         --steps 30 --warmup 5 [--threads N] [--lr 1e-4] [--dump-mask OUT.json]
 
 --dump-mask writes, before training, the first 4 prepared examples as TRL tokenized them (input_ids, labels

@@ -8,7 +8,7 @@ name) with peft.PeftModel.from_pretrained, and compares its logits on one sequen
 tensor in the file was not loaded as is, or if every lora_B is zero after loading.
 
 Usage:
-    .venv/bin/python scripts/peft-check.py --base DIR --adapter DIR --merged DIR --ids 1,2,3 [--out FILE.json]
+    .venv/bin/python scripts/checks/peft-check.py --base DIR --adapter DIR --merged DIR --ids 1,2,3 [--out FILE.json]
 
 Prints `max |peft - merged|: X` as its last stdout line; --out writes
 {"ids", "peft_logits", "merged_logits", "max_abs_diff"} (logits as [T][vocab] lists).

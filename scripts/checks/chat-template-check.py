@@ -3,7 +3,7 @@
 Hugging Face ecosystem does, so the Rust tests can compare forja's rendering and
 token ids with it.
 
-  python scripts/chat-template-check.py MODEL_DIR MESSAGES_JSON OUT_JSON
+  python scripts/checks/chat-template-check.py MODEL_DIR MESSAGES_JSON OUT_JSON
 
 MODEL_DIR      folder with tokenizer.json and tokenizer_config.json (chat_template)
 MESSAGES_JSON  a JSON list of {"role", "content"}

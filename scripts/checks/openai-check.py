@@ -2,7 +2,7 @@
 """Checks an OpenAI-compatible server (forja-serve) with the official `openai`
 Python package, used unchanged (openai==3.51.0).
 
-  .venv/bin/python scripts/openai-check.py --base-url http://127.0.0.1:PORT/v1 \
+  .venv/bin/python scripts/checks/openai-check.py --base-url http://127.0.0.1:PORT/v1 \
       --api-key KEY [--embeddings-base-url http://127.0.0.1:PORT2/v1] [--prompt TEXT]
 
 Prints `ok: <what>` for each check that passes and ends with a one-line JSON

@@ -9,7 +9,7 @@ min_new_tokens = max_new_tokens = N, so the end-of-text token cannot stop it
 early): one untimed warm-up run, then R timed runs. Prints each run; the last
 line is `transformers tokens/s: X` for the best run (N / seconds).
 
-  .venv/bin/python scripts/peer-generate.py --model DIR [--prompt TEXT] \
+  .venv/bin/python scripts/peers/peer-generate.py --model DIR [--prompt TEXT] \
       [--max-new-tokens 256] [--runs 3] [--threads 0]
 """
 import argparse

@@ -9,7 +9,7 @@ completion tokens come from the final usage chunk. Prints requests/s, tokens/s
 (completion tokens / wall time), p50/p99 request latency, p50/p99 time to first
 token and the error count; with --json the last stdout line is one JSON object.
 
-  scripts/serve-load.py --url http://127.0.0.1:PORT --api-key KEY --clients 8 \
+  scripts/peers/serve-load.py --url http://127.0.0.1:PORT --api-key KEY --clients 8 \
       [--requests-per-client 4] [--max-tokens 64] [--prompt TEXT] [--json]
 
 Exit status 0 when at least one request succeeded (errors, 429 included, are

@@ -2,7 +2,7 @@
 """Runs a forja (or Hugging Face) model folder through Hugging Face transformers so
 the Rust tests can compare forja's forward pass with the reference one.
 
-  python scripts/hf-check.py KIND MODEL_DIR IDS_JSON OUT_JSON
+  python scripts/checks/hf-check.py KIND MODEL_DIR IDS_JSON OUT_JSON
 
 KIND       gpt2      GPT2LMHeadModel         -> {"logits": [batch][seq][vocab]}
            bert      BertModel (no pooler)   -> {"last_hidden_state": [batch][seq][hidden]}

@@ -28,7 +28,7 @@ Prints a few lines, the last one a JSON object:
 (MB = 10^6 bytes; docs/s = documents read / wall_s; MB/s = input bytes / wall_s).
 
 Usage:
-    .venv-bench/bin/python scripts/peer-data.py --input CORPUS.jsonl --tasks N --workdir DIR
+    .venv-bench/bin/python scripts/peers/peer-data.py --input CORPUS.jsonl --tasks N --workdir DIR
 (DIR must not exist or be empty.)
 """
 import argparse

@@ -5,7 +5,7 @@ windows of the context length), so the two losses can be compared.
 
 Needs `transformers` and `pyarrow` in the venv (not installed by scripts/setup):
   .venv/bin/pip install transformers pyarrow
-  .venv/bin/python scripts/hf-parity.py runs/shakespeare-char/pretrain/model \
+  .venv/bin/python scripts/checks/hf-parity.py runs/shakespeare-char/pretrain/model \
       runs/shakespeare-char/tokenize/val.tokens.arrow
 Prints one JSON line with the loss.
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end check of `forja label` (the preference-labelling stage) in headless Chromium.
 
-  python scripts/label-page-check.py --bin target/release/forja --out /tmp/label-out [--port N]
+  python scripts/checks/label-page-check.py --bin target/release/forja --out /tmp/label-out [--port N]
 
 Writes 4 prompt/answer pairs to a PAIRS.jsonl in a temporary directory (one answer is an
 HTML/script injection attempt) and runs the real server,

@@ -18,7 +18,7 @@ stderr). Prints diagnostics on stderr and one final stdout line:
     trl steps/s: N.NNN      (steady state: steps after the first --warmup, timed at on_step_end)
 
 Usage:
-    .venv/bin/python scripts/peer-dpo.py --model DIR --data FILE.jsonl --batch 8 --max-length 256 \\
+    .venv/bin/python scripts/peers/peer-dpo.py --model DIR --data FILE.jsonl --batch 8 --max-length 256 \\
         --steps 20 --warmup 5 [--threads N] [--lr 1e-4] [--beta 0.1] [--keep-dropout] [--dump-tokens OUT.json]
 
 How TRL 1.16.0 turns a pair into tokens (trl/trainer/dpo_trainer.py, DPOTrainer._prepare_dataset and

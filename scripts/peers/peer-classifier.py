@@ -9,7 +9,7 @@ clip_grad_norm_(1.0), AdamW (weight_decay 0.01) step. Prints one final stdout li
     pytorch steps/s: N.NNN      (steps after the first --warmup untimed ones)
 
 Usage:
-    .venv/bin/python scripts/peer-classifier.py --model DIR --train CSV --batch 32 --max-length 64 \
+    .venv/bin/python scripts/peers/peer-classifier.py --model DIR --train CSV --batch 32 --max-length 64 \
         --steps 30 --warmup 5 [--threads N] [--lr 1e-4]
 """
 import argparse, csv, os, random, sys, time

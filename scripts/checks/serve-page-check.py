@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end check of forja-serve's chat page in headless Chromium.
 
-  python scripts/serve-page-check.py --url http://127.0.0.1:PORT --api-key KEY \
+  python scripts/checks/serve-page-check.py --url http://127.0.0.1:PORT --api-key KEY \
       [--message TEXT] [--timeout 60]
 
 Opens the page at --url, types the API key into #api-key, waits for #model-id

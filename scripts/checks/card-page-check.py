@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check of a pipeline run's report card (runs/NAME/report.html) in headless Chromium.
 
-  python scripts/card-page-check.py runs/NAME/report.html [--expect TEXT]... \
+  python scripts/checks/card-page-check.py runs/NAME/report.html [--expect TEXT]... \
       [--attributions] [--timeout 30]
 
 Opens the file as a file:// URL and checks that the card is self-contained and complete:

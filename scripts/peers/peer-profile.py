@@ -4,7 +4,7 @@ nanoGPT's CPU configuration: which libtorch kernels a training step spends its
 time in. forja calls the same kernels (same shapes), so the table also says where
 forja's milliseconds go, apart from the optimizer.
 
-  .venv/bin/python scripts/peer-profile.py [PEER_DIR]
+  .venv/bin/python scripts/peers/peer-profile.py [PEER_DIR]
 """
 import os
 import sys

@@ -4,7 +4,7 @@ imported as is) into forward / backward / clip+optimizer, as
 `forja-bench-pretrain --phases` does for forja. Same configurations as
 `scripts/bench pretrain`: nanogpt (default) or gpt6x384.
 
-  .venv/bin/python scripts/peer-phases.py [--config nanogpt|gpt6x384] [PEER_DIR]
+  .venv/bin/python scripts/peers/peer-phases.py [--config nanogpt|gpt6x384] [PEER_DIR]
 """
 import os
 import statistics
