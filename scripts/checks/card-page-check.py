@@ -35,26 +35,13 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+from browser import make_driver, quit_driver  # scripts/checks/browser.py
+
 CSP = {"default-src 'none'", "img-src data:", "style-src 'unsafe-inline'"}
 
 
 class CheckFailed(Exception):
     pass
-
-
-def make_driver():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1200,900"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
 # Collects everything the checks need in one pass over the DOM.
@@ -230,11 +217,7 @@ def main():
                   file=sys.stderr)
         return 1
     finally:
-        if driver is not None:
-            try:
-                driver.quit()
-            except Exception:
-                pass
+        quit_driver(driver)
     print(line)
     return 0
 

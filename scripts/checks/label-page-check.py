@@ -40,8 +40,8 @@ import tempfile
 import time
 import urllib.request
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+from browser import make_driver, quit_driver  # scripts/checks/browser.py
+
 STEP_TIMEOUT = 15.0  # seconds for one page step
 SERVER_TIMEOUT = 30.0  # seconds for the server to answer / to exit when done
 
@@ -137,19 +137,6 @@ class Server:
                 return f.read().decode("utf-8", "replace")[-chars:]
         except OSError:
             return ""
-
-
-def make_driver():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1200,900"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
 class Check:
@@ -495,11 +482,7 @@ def main():
         print(f"  (pairs and server log kept in {work})", file=sys.stderr)
     finally:
         server.kill()
-        if driver is not None:
-            try:
-                driver.quit()
-            except Exception:
-                pass
+        quit_driver(driver)
     if not ok:
         return 1
     shutil.rmtree(work, ignore_errors=True)

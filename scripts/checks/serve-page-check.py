@@ -22,25 +22,11 @@ import json
 import sys
 import time
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+from browser import make_driver, quit_driver  # scripts/checks/browser.py
 
 
 class CheckFailed(Exception):
     pass
-
-
-def make_driver():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1200,900"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
 def wait_for(what, predicate, timeout, driver):
@@ -138,11 +124,7 @@ def main():
                 print(f"  (no console log: {log_error})", file=sys.stderr)
         return 1
     finally:
-        if driver is not None:
-            try:
-                driver.quit()
-            except Exception:
-                pass
+        quit_driver(driver)
     print(json.dumps(result, ensure_ascii=False))
     return 0
 
