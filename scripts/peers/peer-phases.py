@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Splits a training step of the PyTorch eager peer (../shared/bench/torch_gpt_ref.py,
+"""Splits a training step of the PyTorch eager peer (scripts/peers/torch_gpt.py,
 imported as is) into forward / backward / clip+optimizer, as
 `forja-bench-pretrain --phases` does for forja. Same configurations as
 `scripts/bench pretrain`: nanogpt (default) or gpt6x384.
 
-  .venv/bin/python scripts/peers/peer-phases.py [--config nanogpt|gpt6x384] [PEER_DIR]
+  .venv/bin/python scripts/peers/peer-phases.py [--config nanogpt|gpt6x384]
 """
 import os
 import statistics
@@ -13,13 +13,14 @@ import time
 
 import torch
 
-root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 args = sys.argv[1:]
 config = "nanogpt"
 if args[:1] == ["--config"]:
     config, args = args[1], args[2:]
-sys.path.insert(0, args[0] if args else os.path.join(root, "..", "shared", "bench"))
-import torch_gpt_ref as peer  # noqa: E402
+if args:
+    sys.exit(f"peer-phases: unexpected arguments {args} (usage: peer-phases.py [--config nanogpt|gpt6x384])")
+import torch_gpt as peer  # noqa: E402  (scripts/peers/torch_gpt.py, beside this file)
 
 torch.manual_seed(0)
 if config == "nanogpt":

@@ -1,19 +1,17 @@
 #!/usr/bin/env python3
-"""Op-level profile of the PyTorch eager peer (../shared/bench/torch_gpt_ref.py) on
+"""Op-level profile of the PyTorch eager peer (scripts/peers/torch_gpt.py) on
 nanoGPT's CPU configuration: which libtorch kernels a training step spends its
 time in. forja calls the same kernels (same shapes), so the table also says where
 forja's milliseconds go, apart from the optimizer.
 
-  .venv/bin/python scripts/peers/peer-profile.py [PEER_DIR]
+  .venv/bin/python scripts/peers/peer-profile.py
 """
 import os
-import sys
 
 import torch
 
-root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "..", "shared", "bench"))
-import torch_gpt_ref as peer  # noqa: E402
+root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch_gpt as peer  # noqa: E402  (scripts/peers/torch_gpt.py, beside this file)
 torch.manual_seed(0)
 text = open(os.path.join(root, 'fixtures', 'tinyshakespeare', 'input.txt'), 'rb').read()
 data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
