@@ -3,8 +3,7 @@
 scores a forja `tokens` artifact the way forja's eval stage does (non-overlapping
 windows of the context length), so the two losses can be compared.
 
-Needs `transformers` and `pyarrow` in the venv (not installed by scripts/setup):
-  .venv/bin/pip install transformers pyarrow
+Needs `transformers` and `pyarrow` in the venv (installed by scripts/setup --test):
   .venv/bin/python scripts/checks/hf-parity.py runs/shakespeare-char/pretrain/model \
       runs/shakespeare-char/tokenize/val.tokens.arrow
 Prints one JSON line with the loss.
