@@ -3,7 +3,7 @@
 //! `transformers` (through `scripts/checks/hf-check.py` in the project's venv), and
 //! sentence embeddings of the imported all-MiniLM-L6-v2 against the golden file
 //! written by `sentence-transformers` (`scripts/fixtures/minilm-golden.py`).
-//! `scripts/setup` installs the venv packages and links `models/all-MiniLM-L6-v2`.
+//! `scripts/setup --test` installs the venv packages and links `models/all-MiniLM-L6-v2`.
 
 use forja_core::artifacts::Artifact;
 use forja_core::stage::{OutDir, StageCtx};
@@ -22,7 +22,7 @@ fn root() -> PathBuf {
 
 fn minilm() -> PathBuf {
     let dir = root().join("models/all-MiniLM-L6-v2");
-    assert!(dir.join("model.safetensors").exists(), "{} is missing: run scripts/setup", dir.display());
+    assert!(dir.join("model.safetensors").exists(), "{} is missing: run scripts/setup --test", dir.display());
     dir
 }
 
@@ -36,7 +36,7 @@ fn hf_check(kind: &str, dir: &Path, ids: &[Vec<i64>]) -> Value {
         .arg(root().join("scripts/checks/hf-check.py"))
         .args([kind, dir.to_str().unwrap(), ids_path.to_str().unwrap(), out_path.to_str().unwrap()])
         .output()
-        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup)", python.display()));
+        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup --test)", python.display()));
     assert!(out.status.success(), "hf-check {kind} failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_str(&std::fs::read_to_string(out_path).unwrap()).unwrap()
 }

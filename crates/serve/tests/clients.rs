@@ -17,7 +17,7 @@ fn root() -> PathBuf {
 
 fn python() -> PathBuf {
     let p = root().join(".venv/bin/python");
-    assert!(p.exists(), "{} is missing: run scripts/setup", p.display());
+    assert!(p.exists(), "{} is missing: run scripts/setup --test", p.display());
     p
 }
 
@@ -82,7 +82,7 @@ impl Drop for Served {
 }
 
 fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {what}: {e} (run scripts/setup)"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {what}: {e} (run scripts/setup --test)"));
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
     stdout.to_string()

@@ -444,7 +444,7 @@ async fn feedback_lands_in_the_ratings_and_preferences_artifacts() {
 
 fn minilm() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
-    assert!(dir.join("model.safetensors").exists(), "{} is missing: run scripts/setup", dir.display());
+    assert!(dir.join("model.safetensors").exists(), "{} is missing: run scripts/setup --test", dir.display());
     dir
 }
 

@@ -42,7 +42,7 @@ fn fixture() -> Vec<Document> {
 #[test]
 fn minilm_with_a_head_overfits_a_tiny_fixture_and_loads_in_transformers_as_a_sequence_classifier() {
     let minilm = root().join("models/all-MiniLM-L6-v2");
-    assert!(minilm.join("model.safetensors").exists(), "{} is missing: run scripts/setup", minilm.display());
+    assert!(minilm.join("model.safetensors").exists(), "{} is missing: run scripts/setup --test", minilm.display());
     let tmp = tempfile::tempdir().unwrap();
     let docs_path = tmp.path().join("docs.arrow");
     let mut docs = fixture();
@@ -91,7 +91,7 @@ fn minilm_with_a_head_overfits_a_tiny_fixture_and_loads_in_transformers_as_a_seq
         .arg(root().join("scripts/checks/hf-check.py"))
         .args(["bert-cls", model_dir.to_str().unwrap(), tmp_ids.to_str().unwrap(), hf_out.to_str().unwrap()])
         .output()
-        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup)", python.display()));
+        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup --test)", python.display()));
     assert!(run.status.success(), "hf-check failed: {}", String::from_utf8_lossy(&run.stderr));
     let hf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(hf_out).unwrap()).unwrap();
     assert_eq!(hf["labels"], serde_json::json!(summary.labels));

@@ -312,7 +312,7 @@ fn a_lora_run_exports_peft_adapters_and_a_merged_model_that_stops_at_the_end_of_
         .arg(root().join("scripts/checks/chat-template-check.py"))
         .args([model_dir.to_str().unwrap(), messages_path.to_str().unwrap(), rendered_path.to_str().unwrap()])
         .output()
-        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup)", python.display()));
+        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup --test)", python.display()));
     assert!(run.status.success(), "chat-template-check failed: {}", String::from_utf8_lossy(&run.stderr));
     let hf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(rendered_path).unwrap()).unwrap();
     assert_eq!(hf["text"], serde_json::json!(template.render(&conv, false).unwrap()));
@@ -327,7 +327,7 @@ fn a_lora_run_exports_peft_adapters_and_a_merged_model_that_stops_at_the_end_of_
         .args(["--base", base.to_str().unwrap(), "--adapter", model_dir.join(ADAPTER_DIR).to_str().unwrap()])
         .args(["--merged", model_dir.to_str().unwrap(), "--ids", &ids.join(",")])
         .output()
-        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup)", python.display()));
+        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup --test)", python.display()));
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "peft-check failed: {}{}", stdout, String::from_utf8_lossy(&run.stderr));
     let diff: f64 = stdout.lines().last().unwrap().rsplit(' ').next().unwrap().parse().unwrap();

@@ -1,5 +1,5 @@
 //! Pre-training throughput of forja's GPT step, shaped like the PyTorch peer
-//! (`../shared/bench/torch_gpt_ref.py`): same model, data (bytes of a text file,
+//! (`scripts/peers/torch_gpt.py`): same model, data (bytes of a text file,
 //! vocab 256, or random tokens of `--vocab`), AdamW (lr 1e-3, weight decay 0.1),
 //! clipping at 1.0. Each step is the training engine's own
 //! [`forja_train::Engine::train_step`], the one the `pretrain` stage runs.

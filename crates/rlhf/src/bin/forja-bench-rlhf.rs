@@ -1,4 +1,4 @@
-//! Alignment throughput, shaped like the peers (`scripts/peer-dpo.py`: TRL's
+//! Alignment throughput, shaped like the peers (`scripts/peers/peer-dpo.py`: TRL's
 //! `DPOTrainer`). Each step is the training engine's own
 //! [`forja_train::Engine::train_step`] on the `dpo` stage's objective.
 //!

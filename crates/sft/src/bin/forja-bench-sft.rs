@@ -1,5 +1,5 @@
 //! Fine-tuning throughput of forja's objectives, shaped like their peers
-//! (`scripts/peer-sft.py`: TRL's `SFTTrainer`; `scripts/peer-classifier.py`: a
+//! (`scripts/peers/peer-sft.py`: TRL's `SFTTrainer`; `scripts/peers/peer-classifier.py`: a
 //! plain PyTorch/transformers loop). Each step is the training engine's own
 //! [`forja_train::Engine::train_step`], the one the stages run.
 //!
