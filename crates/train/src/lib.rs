@@ -16,6 +16,7 @@ pub mod bench;
 pub mod diagnose;
 pub mod engine;
 pub mod optim;
+mod report;
 
 pub use diagnose::{DiagnosisConfig, Incident, IncidentKind, Policy};
 pub use engine::{
