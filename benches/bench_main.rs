@@ -61,8 +61,9 @@ mod pretrain {
     use forja_core::stage::StageCtx;
     use forja_model::checkpoint::write_model_files;
     use forja_model::{Gpt, GptConfig};
-    use forja_pretrain::objectives::{CausalLm, ModelWriter, Streams};
+    use forja_pretrain::objectives::{CausalLm, Streams};
     use forja_train::batches::TokenStream;
+    use forja_train::ModelWriter;
     use forja_train::{Engine, EngineConfig, OptimConfig, ParamGroup, RunSpec};
     use tch::{nn, Device};
 

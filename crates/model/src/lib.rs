@@ -10,16 +10,28 @@
 //!   and sampling;
 //! - [`slots`]: a KV cache of fixed slots for continuous batching (serving);
 //! - [`checkpoint`]: model folders (safetensors + config.json + tokenizer.json),
-//!   loading by `model_type`.
+//!   loading by `model_type`;
+//! - [`chat`]: chat templates (Jinja, as HF stores them in
+//!   `tokenizer_config.json`), assistant-token masks, chat generation with
+//!   end-of-turn and stop strings;
+//! - [`peft`]: LoRA adapters in the `peft` package's layout;
+//! - [`export`]: trained models written as folders (chat model, GPT policy,
+//!   classifier, reward model), adapters merged.
+//!
+//! `checkpoint`, `chat`, `peft` and `export` are the only code that knows a
+//! model folder's files; stages read and write folders through them.
 
 pub mod bert;
+pub mod chat;
 pub mod checkpoint;
 pub mod classifier;
+pub mod export;
 pub mod generate;
 pub mod gpt;
 pub mod layers;
 pub mod lm;
 pub mod lstm;
+pub mod peft;
 pub mod slots;
 
 pub use bert::{mean_pool, Bert, BertConfig, BertMlmHead};

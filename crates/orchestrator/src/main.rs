@@ -144,9 +144,9 @@ fn real_main() -> Result<()> {
                 messages.push(Message { role: if i % 2 == 0 { "user" } else { "assistant" }.into(), content });
             }
             let sampling = SamplingConfig { temperature, top_k, top_p, max_new_tokens, seed };
-            let cfg = forja_sft::chat::ChatConfig { sampling, stop };
+            let cfg = forja_model::chat::ChatConfig { sampling, stop };
             let device = forja_model::parse_device(&device)?;
-            println!("{}", forja_sft::chat::chat_with_folder(&model, &messages, &cfg, device)?);
+            println!("{}", forja_model::chat::chat_with_folder(&model, &messages, &cfg, device)?);
         }
         Cmd::Stages => {
             for s in &registry {

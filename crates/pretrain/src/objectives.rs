@@ -7,14 +7,11 @@ use forja_core::TokenRow;
 use forja_model::bert::{Bert, BertMlmHead};
 use forja_model::lm::{cross_entropy, LanguageModel};
 use forja_train::batches::TokenStream;
-use forja_train::{EvalScore, EvalSplit, Objective};
+use forja_train::{EvalScore, EvalSplit, ModelWriter, Objective};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 use tch::{nn, Kind, Tensor};
-
-/// Writes a model folder from the variables (the trainer knows config and tokenizer).
-pub type ModelWriter<'a> = Box<dyn Fn(&nn::VarStore, &Path) -> anyhow::Result<()> + 'a>;
 
 /// Data streams of an objective and how batches are cut from them.
 pub struct Streams {

@@ -3,7 +3,7 @@
 //! forja or an imported HF checkpoint), and trains it with the engine on its
 //! objective (next-token prediction, or masked-LM for BERT).
 
-use crate::objectives::{CausalLm, MaskedLm, MlmConfig, MlmTokens, ModelWriter, Streams};
+use crate::objectives::{CausalLm, MaskedLm, MlmConfig, MlmTokens, Streams};
 use anyhow::{bail, Context};
 use forja_core::artifacts::Artifact;
 use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
@@ -17,7 +17,8 @@ use forja_tokenizer::Tokenizer;
 use forja_train::batches::TokenStream;
 use forja_train::engine::StepHook;
 use forja_train::{
-    run_key, DiagnosisConfig, Engine, EngineConfig, EngineOutputs, Objective, OptimConfig, ParamGroup, RunSpec, ThreadsGuard, TrainSummary,
+    run_key, DiagnosisConfig, Engine, EngineConfig, EngineOutputs, ModelWriter, Objective, OptimConfig, ParamGroup, RunSpec, ThreadsGuard,
+    TrainSummary,
 };
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;

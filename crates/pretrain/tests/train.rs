@@ -389,7 +389,8 @@ fn lora_only_training_moves_the_adapters_and_leaves_the_base_untouched() {
     use forja_core::stage::OutDir;
     use forja_model::checkpoint::write_model_files;
     use forja_model::{Gpt, LoraConfig};
-    use forja_pretrain::objectives::{CausalLm, ModelWriter, Streams};
+    use forja_pretrain::objectives::{CausalLm, Streams};
+    use forja_train::ModelWriter;
     use forja_train::{Engine, EngineConfig, ParamGroup, RunSpec};
     let _serial = serial();
     let data = tempfile::tempdir().unwrap();

@@ -1,15 +1,15 @@
 //! What the trainers of this crate share: the loop settings every stage
-//! exposes, loading a GPT policy (full or LoRA) from a model folder, writing
-//! it back as a model folder, encoding preference pairs, and the engine's
-//! output files.
+//! exposes, loading a GPT policy (full or LoRA) from a model folder (written
+//! back by `forja_model::export::write_policy`), encoding preference pairs,
+//! and the engine's output files.
 
 use crate::logps::Seq;
 use crate::text::{fit, Formatter};
 use forja_core::stage::{outputs, OutDir, OutputSpec};
 use forja_core::{Preference, Reject};
-use forja_model::checkpoint::{self, Weights, CONFIG, TOKENIZER, WEIGHTS};
+use forja_model::checkpoint::{self, Weights, WEIGHTS};
 use forja_model::generate::{generate_batch, SamplingConfig};
-use forja_model::{merge_lora, Gpt, GptConfig, Layout, LoraConfig, Precision};
+use forja_model::{Gpt, GptConfig, LoraConfig, Precision};
 use forja_train::{DiagnosisConfig, EngineConfig, EngineOutputs, OptimConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -178,44 +178,6 @@ pub fn load_policy(
     model.precision = precision;
     Weights::read(&dir.join(WEIGHTS))?.load_into(&mut vs, &|n| n.contains(".lora_"))?;
     Ok(Policy { vs, model, cfg, fmt: Formatter::for_model(dir)? })
-}
-
-/// Files of a GPT folder that a trained copy keeps as they are.
-const KEPT: [&str; 4] = [CONFIG, TOKENIZER, forja_sft::chat::TOKENIZER_CONFIG, forja_core::token_counts::FILE];
-
-/// Writes the trained policy as a model folder like `base` (config,
-/// tokenizer, chat template kept): LoRA adapters merged, and also written
-/// alone in the PEFT layout under `adapter/`. Variables of heads outside the
-/// GPT (a value head) are left out.
-pub fn write_policy(dir: &Path, vs: &nn::VarStore, base: &Path, lora: Option<&LoraConfig>) -> anyhow::Result<()> {
-    let mut named: Vec<(String, tch::Tensor)> = vs.variables().into_iter().filter(|(n, _)| n.starts_with("transformer.")).collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    if let Some(l) = lora {
-        forja_sft::peft::write_adapter(&dir.join(forja_sft::instruct::ADAPTER_DIR), &named, l, base)?;
-    }
-    write_merged(dir, named, lora)?;
-    copy_kept(base, dir)
-}
-
-/// Writes GPT variables as `model.safetensors`, LoRA adapters merged into
-/// their (`[in, out]`) base weights.
-pub fn write_merged(dir: &Path, mut named: Vec<(String, tch::Tensor)>, lora: Option<&LoraConfig>) -> anyhow::Result<()> {
-    if let Some(l) = lora {
-        named = merge_lora(named, l.alpha / l.rank as f64, Layout::InOut)?;
-    }
-    tch::Tensor::write_safetensors(&named, dir.join(WEIGHTS))?;
-    Ok(())
-}
-
-/// Copies the config, tokenizer and template files of `base` that exist.
-pub fn copy_kept(base: &Path, dir: &Path) -> anyhow::Result<()> {
-    for f in KEPT {
-        let from = base.join(f);
-        if from.exists() {
-            std::fs::copy(&from, dir.join(f)).map_err(|e| anyhow::anyhow!("copying {}: {e}", from.display()))?;
-        }
-    }
-    Ok(())
 }
 
 /// Answers of `model` to prompts given as ids, in one batched generation

@@ -100,7 +100,7 @@ pub struct Dpo<'a> {
     pub train: Vec<RefPair>,
     pub val: Vec<RefPair>,
     pub batches: EpochBatches,
-    pub write: forja_pretrain::objectives::ModelWriter<'a>,
+    pub write: forja_train::ModelWriter<'a>,
     last: Vec<(&'static str, f64)>,
 }
 
@@ -111,7 +111,7 @@ impl<'a> Dpo<'a> {
         train: Vec<RefPair>,
         val: Vec<RefPair>,
         seed: u64,
-        write: forja_pretrain::objectives::ModelWriter<'a>,
+        write: forja_train::ModelWriter<'a>,
     ) -> Self {
         let batches = EpochBatches::new(train.len(), cfg.batch_size, cfg.train.grad_accum, seed);
         Self { model, beta: cfg.beta, loss: cfg.loss, train, val, batches, write, last: Vec::new() }
@@ -301,7 +301,7 @@ pub fn run(cfg: &DpoConfig, inputs: &DpoInputs, out: &OutDir, ctx: &StageCtx) ->
     };
     let base = inputs.model.clone();
     let lora = cfg.lora.clone();
-    let write: forja_pretrain::objectives::ModelWriter = Box::new(move |vs, dir| common::write_policy(dir, vs, &base, lora.as_ref()));
+    let write: forja_train::ModelWriter = Box::new(move |vs, dir| forja_model::export::write_policy(dir, vs, &base, lora.as_ref()));
     let mut obj = Dpo::new(&model, cfg, train, val, seed, write);
     let engine_cfg = cfg.train.engine(n_train, cfg.batch_size, obj.batches.covering(n_val));
     println!(

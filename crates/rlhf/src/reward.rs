@@ -17,7 +17,8 @@ use forja_core::metric;
 use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
 use forja_core::{Preference, Reject, TokenRow};
 use forja_model::checkpoint::{self, Weights, WEIGHTS};
-use forja_model::classifier::{BertClassifier, ClassifierConfig, SEQUENCE_CLASSIFIER};
+use forja_model::classifier::BertClassifier;
+use forja_model::export::{reward_classifier_config, reward_head, write_reward, RewardExport, RewardHead};
 use forja_model::{BertConfig, Gpt, LoraConfig, Precision};
 use forja_train::batches::EpochBatches;
 use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, TrainSummary};
@@ -25,12 +26,9 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
-/// Name of the GPT head's weight, as Hugging Face names it.
-pub const SCORE: &str = "score.weight";
-/// The architecture written into a GPT reward model's `config.json`.
-pub const ARCHITECTURE: &str = "GPT2ForSequenceClassification";
-/// The label of the one output.
-const LABEL: &str = "LABEL_0";
+// The GPT head's weight name and the architecture a GPT reward model's
+// `config.json` names (the folder's layout is `forja_model::export`'s).
+pub use forja_model::export::{REWARD_ARCHITECTURE as ARCHITECTURE, REWARD_SCORE as SCORE};
 
 /// What computes the scalar.
 pub enum Backbone {
@@ -162,30 +160,23 @@ impl LoadedReward {
 
 /// Loads a folder written by `reward_model` (GPT or BERT backbone).
 pub fn load(dir: &Path, device: Device) -> anyhow::Result<LoadedReward> {
-    let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(checkpoint::CONFIG))?)?;
-    let arch = raw["architectures"].get(0).and_then(|a| a.as_str()).unwrap_or("");
-    let labels = raw["id2label"].as_object().map_or(0, |m| m.len());
+    let head = reward_head(dir)?;
     let fmt = Formatter::for_model(dir)?;
-    match arch {
-        ARCHITECTURE => {
+    match head {
+        RewardHead::Gpt { pad } => {
             let cfg = checkpoint::read_config(dir)?;
             let mut vs = nn::VarStore::new(device);
             let gpt = Gpt::new(&vs.root(), &cfg)?;
-            let pad = raw["pad_token_id"].as_u64().map(|p| p as u32);
             let model = RewardModel::gpt(&vs.root(), gpt, pad);
             Weights::read(&dir.join(WEIGHTS))?.load_into(&mut vs, &|_| false)?;
             Ok(LoadedReward { vs, model, fmt })
         }
-        SEQUENCE_CLASSIFIER if labels == 1 => {
+        RewardHead::Bert => {
             let loaded = forja_model::classifier::load_classifier(dir, device)?;
             let cfg = checkpoint::read_bert_config(dir)?;
             let model = RewardModel::bert(loaded.model, &cfg, &loaded.tokenizer)?;
             Ok(LoadedReward { vs: loaded.vs, model, fmt })
         }
-        _ => anyhow::bail!(
-            "{}: not a reward model (architecture `{arch}` with {labels} label(s); expected `{ARCHITECTURE}` or `{SEQUENCE_CLASSIFIER}` with one label)",
-            dir.display()
-        ),
     }
 }
 
@@ -240,7 +231,7 @@ pub struct BradleyTerry<'a> {
     pub train: Vec<EncodedPair>,
     pub val: Vec<EncodedPair>,
     pub batches: EpochBatches,
-    pub write: forja_pretrain::objectives::ModelWriter<'a>,
+    pub write: forja_train::ModelWriter<'a>,
 }
 
 impl BradleyTerry<'_> {
@@ -299,37 +290,6 @@ impl Objective for BradleyTerry<'_> {
     }
 }
 
-/// How a reward model folder is written.
-enum Export {
-    /// The GPT's folder with a config Hugging Face reads as a one-label
-    /// `GPT2ForSequenceClassification`.
-    Gpt { base: PathBuf, pad: Option<u32> },
-    /// `BertForSequenceClassification` with one label.
-    Bert { cfg: Box<ClassifierConfig>, tok: Box<forja_tokenizer::Tokenizer> },
-}
-
-/// Writes the reward model folder: weights (LoRA merged), config, tokenizer
-/// (and for a GPT its chat template).
-fn write_reward(dir: &Path, vs: &nn::VarStore, export: &Export, lora: Option<&LoraConfig>) -> anyhow::Result<()> {
-    let (base, pad) = match export {
-        Export::Bert { cfg, tok } => return forja_sft::classify::write_classifier(dir, vs, cfg, lora, tok),
-        Export::Gpt { base, pad } => (base, pad),
-    };
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    common::write_merged(dir, named, lora)?;
-    common::copy_kept(base, dir)?;
-    let path = dir.join(checkpoint::CONFIG);
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-    cfg["architectures"] = serde_json::json!([ARCHITECTURE]);
-    cfg["id2label"] = serde_json::json!({"0": LABEL});
-    cfg["label2id"] = serde_json::json!({LABEL: 0});
-    cfg["pad_token_id"] = serde_json::json!(pad);
-    cfg["problem_type"] = serde_json::json!("regression");
-    std::fs::write(&path, serde_json::to_string_pretty(&cfg)?)?;
-    Ok(())
-}
-
 /// A reward model to train, built over the folder `base`: a GPT, or a BERT
 /// encoder (an imported one such as all-MiniLM-L6-v2).
 struct Built {
@@ -338,7 +298,7 @@ struct Built {
     fmt: Formatter,
     /// Longest prompt + answer (special tokens left out).
     max_len: usize,
-    export: Export,
+    export: RewardExport,
     /// Variables of the head (trained in full under LoRA).
     head: fn(&str) -> bool,
 }
@@ -352,7 +312,7 @@ fn build(cfg: &RewardConfig, base: &Path, device: Device) -> anyhow::Result<Buil
                 common::load_policy(base, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
             let pad = pad_token(&fmt);
             let model = RewardModel::gpt(&vs.root(), gpt, pad);
-            let export = Export::Gpt { base: base.to_path_buf(), pad };
+            let export = RewardExport::Gpt { base: base.to_path_buf(), pad };
             Ok(Built { vs, model, fmt, max_len: limit(gpt_cfg.block_size as usize), export, head: |n| n == SCORE })
         }
         forja_model::bert::BERT_MODEL_TYPE => {
@@ -360,8 +320,7 @@ fn build(cfg: &RewardConfig, base: &Path, device: Device) -> anyhow::Result<Buil
             if let Some(p) = cfg.dropout {
                 (bert_cfg.hidden_dropout_prob, bert_cfg.attention_probs_dropout_prob) = (p, p);
             }
-            let clf_cfg =
-                ClassifierConfig { problem_type: Some("regression".into()), ..ClassifierConfig::new(&bert_cfg, &[LABEL.to_string()]) };
+            let clf_cfg = reward_classifier_config(&bert_cfg);
             let mut vs = nn::VarStore::new(device);
             let mut clf = BertClassifier::new(&vs.root(), &clf_cfg, cfg.lora.as_ref())?;
             clf.bert.precision = cfg.precision;
@@ -370,7 +329,7 @@ fn build(cfg: &RewardConfig, base: &Path, device: Device) -> anyhow::Result<Buil
             let tok = forja_tokenizer::Tokenizer::load(&base.join(checkpoint::TOKENIZER))?;
             let model = RewardModel::bert(clf, &bert_cfg, &tok)?;
             let max_len = limit(bert_cfg.max_position_embeddings as usize).saturating_sub(3);
-            let export = Export::Bert { cfg: Box::new(clf_cfg), tok: Box::new(tok) };
+            let export = RewardExport::Bert { cfg: Box::new(clf_cfg), tok: Box::new(tok) };
             let head = |n: &str| n.starts_with("classifier.") || n.starts_with("bert.pooler.");
             Ok(Built { vs, model, fmt: Formatter::for_model(base)?, max_len, export, head })
         }
@@ -422,7 +381,7 @@ pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageC
     };
     let (n_train, n_val) = (train.len(), val.len());
     let lora = cfg.lora.clone();
-    let write: forja_pretrain::objectives::ModelWriter = Box::new(move |vs, dir| write_reward(dir, vs, &export, lora.as_ref()));
+    let write: forja_train::ModelWriter = Box::new(move |vs, dir| write_reward(dir, vs, &export, lora.as_ref()));
     let mut obj =
         BradleyTerry { model: &model, batches: EpochBatches::new(n_train, cfg.batch_size, cfg.train.grad_accum, seed), train, val, write };
     let engine_cfg = cfg.train.engine(n_train, cfg.batch_size, obj.batches.covering(n_val));

@@ -350,7 +350,7 @@ pub struct Rl<'a> {
     pub val: Vec<Prompt>,
     pub seed: u64,
     pub kl: KlController,
-    pub write: forja_pretrain::objectives::ModelWriter<'a>,
+    pub write: forja_train::ModelWriter<'a>,
     max_prompt: usize,
     /// Which prompts each rollout answers.
     order: EpochBatches,
@@ -373,7 +373,7 @@ impl<'a> Rl<'a> {
         prompts: Vec<Prompt>,
         val: Vec<Prompt>,
         seed: u64,
-        write: forja_pretrain::objectives::ModelWriter<'a>,
+        write: forja_train::ModelWriter<'a>,
     ) -> Self {
         let block = model.cfg.block_size as usize;
         let max_prompt = if cfg.max_prompt_length == 0 { block / 2 } else { cfg.max_prompt_length.min(block - 1) };
@@ -739,7 +739,7 @@ pub fn run_with_hook(
     };
     let base = inputs.model.clone();
     let lora = cfg.lora.clone();
-    let write: forja_pretrain::objectives::ModelWriter = Box::new(move |vs, dir| common::write_policy(dir, vs, &base, lora.as_ref()));
+    let write: forja_train::ModelWriter = Box::new(move |vs, dir| forja_model::export::write_policy(dir, vs, &base, lora.as_ref()));
     let n_prompts = prompts.len();
     let mut obj = Rl::new(algo, cfg, &model, value_head, &reference, &fmt, &scorer, prompts, val, seed, write);
     let per = cfg.updates_per_rollout();

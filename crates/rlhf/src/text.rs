@@ -12,7 +12,7 @@
 
 use anyhow::Context;
 use forja_core::Message;
-use forja_sft::chat::{read_template, ChatTemplate, IM_END, IM_START};
+use forja_model::chat::{read_template, ChatTemplate, IM_END, IM_START};
 use forja_tokenizer::Tokenizer;
 use std::path::Path;
 

@@ -4,8 +4,8 @@
 
 use crate::drift::Reference;
 use anyhow::Context;
+use forja_model::chat::{self, ChatTemplate};
 use forja_model::{checkpoint, AnyModel, Bert, Gpt};
-use forja_sft::chat::{self, ChatTemplate};
 use forja_tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 use tch::nn;
@@ -56,7 +56,7 @@ pub enum Weights {
 }
 
 /// Files whose bytes make a model's hash.
-const HASHED: [&str; 4] = ["model.safetensors", "config.json", "tokenizer.json", chat::TOKENIZER_CONFIG];
+const HASHED: [&str; 4] = [checkpoint::WEIGHTS, checkpoint::CONFIG, checkpoint::TOKENIZER, chat::TOKENIZER_CONFIG];
 
 fn hash_folder(dir: &Path) -> anyhow::Result<String> {
     let mut h = blake3::Hasher::new();
@@ -84,7 +84,7 @@ pub fn default_id(dir: &Path) -> String {
 /// Loads a model folder: weights from `model.safetensors` only (a pickle such as
 /// `pytorch_model.bin` would run code on load, so it is never read).
 pub fn load(dir: &Path, id: Option<&str>, device: tch::Device) -> anyhow::Result<(Frontend, Weights)> {
-    let weights = dir.join("model.safetensors");
+    let weights = dir.join(checkpoint::WEIGHTS);
     if !weights.exists() {
         let pickle = ["pytorch_model.bin", "model.bin", "model.pt"].iter().find(|n| dir.join(n).exists());
         match pickle {
@@ -122,7 +122,7 @@ pub fn load(dir: &Path, id: Option<&str>, device: tch::Device) -> anyhow::Result
     }
     stop_ids.dedup();
     let reference = Reference::read(dir, tokenizer.vocab_size())?;
-    let created = std::fs::metadata(dir.join("model.safetensors"))
+    let created = std::fs::metadata(dir.join(checkpoint::WEIGHTS))
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())

@@ -39,7 +39,7 @@ fn model(dir: &Path) {
     let vs = nn::VarStore::new(Device::Cpu);
     let _m = Gpt::new(&vs.root(), &cfg).unwrap();
     save_model(dir, &vs, &cfg, &tok).unwrap();
-    forja_sft::chat::write_tokenizer_config(dir, &forja_sft::chat::ChatTemplate::chatml(), cfg.block_size).unwrap();
+    forja_model::chat::write_tokenizer_config(dir, &forja_model::chat::ChatTemplate::chatml(), cfg.block_size).unwrap();
 }
 
 /// The binary serving `model` on a free port; killed when dropped.

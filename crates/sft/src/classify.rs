@@ -10,11 +10,12 @@ use forja_core::artifacts::Artifact;
 use forja_core::metric::{self, split};
 use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
 use forja_core::{Document, MetricRow, Reject, TokenRow};
+use forja_model::bert::encode_for_bert;
 use forja_model::bert::BertConfig;
-use forja_model::checkpoint::{self, load_weights, CONFIG, TOKENIZER, WEIGHTS};
+use forja_model::checkpoint::{self, load_weights, TOKENIZER, WEIGHTS};
 use forja_model::classifier::{load_classifier, BertClassifier, ClassifierConfig};
-use forja_model::{merge_lora, parse_device, Layout, LoraConfig, Precision};
-use forja_pretrain::models::encode_for_bert;
+use forja_model::export::write_classifier;
+use forja_model::{parse_device, LoraConfig, Precision};
 use forja_tokenizer::Tokenizer;
 use forja_train::batches::EpochBatches;
 use forja_train::engine::StepHook;
@@ -226,25 +227,6 @@ pub fn weights_from_file(path: &Path, labels: &[String]) -> anyhow::Result<Vec<f
         .collect()
 }
 
-/// Writes a classifier folder: weights (adapters merged), `config.json`, `tokenizer.json`.
-pub fn write_classifier(
-    dir: &Path,
-    vs: &nn::VarStore,
-    cfg: &ClassifierConfig,
-    lora: Option<&LoraConfig>,
-    tok: &Tokenizer,
-) -> anyhow::Result<()> {
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    if let Some(l) = lora {
-        named = merge_lora(named, l.alpha / l.rank as f64, Layout::OutIn)?;
-    }
-    let weights = dir.join(WEIGHTS);
-    Tensor::write_safetensors(&named, &weights).with_context(|| format!("writing {}", weights.display()))?;
-    std::fs::write(dir.join(CONFIG), serde_json::to_string_pretty(cfg)?)?;
-    tok.save(&dir.join(TOKENIZER))
-}
-
 /// Padded `[b, t]` ids and mask and `[b]` labels of `rows`.
 fn collate(rows: &[&Example], pad: i64, device: Device) -> (Tensor, Tensor, Tensor) {
     let ids: Vec<&[i64]> = rows.iter().map(|e| e.ids.as_slice()).collect();
@@ -266,7 +248,7 @@ pub struct Classify<'a> {
     pub seed: u64,
     /// Needed when `augment.char_noise` > 0.
     pub noise: Option<TextNoise<'a>>,
-    pub write: forja_pretrain::objectives::ModelWriter<'a>,
+    pub write: forja_train::ModelWriter<'a>,
 }
 
 impl Classify<'_> {
@@ -462,8 +444,7 @@ pub fn run_with_hook(
 
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size * cfg.grad_accum.max(1) as usize) as u64;
     let max_steps = if cfg.max_steps > 0 { cfg.max_steps } else { ((cfg.epochs * steps_per_epoch as f64).ceil() as u64).max(1) };
-    let write: forja_pretrain::objectives::ModelWriter =
-        Box::new(|vs, dir| write_classifier(dir, vs, &clf_cfg, cfg.lora.as_ref(), &tokenizer));
+    let write: forja_train::ModelWriter = Box::new(|vs, dir| write_classifier(dir, vs, &clf_cfg, cfg.lora.as_ref(), &tokenizer));
     let pad = bert_cfg.pad_token_id;
     let weights = match (&inputs.class_weights, cfg.class_weights) {
         (Some(path), _) => Some(weights_from_file(path, &labels)?),

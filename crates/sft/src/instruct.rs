@@ -17,16 +17,16 @@
 //! The exported folder keeps the template (`tokenizer_config.json`) and names
 //! the end-of-turn token as `eos_token_id`, so generation stops after a turn.
 
-use crate::chat::{self, respond, ChatConfig, ChatTemplate, Encoded, IM_END, IM_START};
-use crate::peft;
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
 use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
 use forja_core::token_counts::TokenCounts;
 use forja_core::{Generation, Message, Reject, SftExample, TokenRow};
-use forja_model::checkpoint::{self, HfGpt2Config, Weights, CONFIG, TOKENIZER, WEIGHTS};
+use forja_model::chat::{self, respond, ChatConfig, ChatTemplate, Encoded, IM_END, IM_START};
+use forja_model::checkpoint::{self, Weights, TOKENIZER, WEIGHTS};
+use forja_model::export::{write_chat_model, ChatExport};
 use forja_model::lm::cross_entropy;
-use forja_model::{load_gpt, merge_lora, parse_device, Gpt, GptConfig, Layout, LoraConfig, Precision};
+use forja_model::{load_gpt, parse_device, Gpt, GptConfig, LoraConfig, Precision};
 use forja_tokenizer::Tokenizer;
 use forja_train::batches::EpochBatches;
 use forja_train::engine::StepHook;
@@ -129,8 +129,6 @@ pub const GRAD_PLOT: OutputSpec = OutputSpec { name: "grad_plot", path: "grad_no
 pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
 pub const SAMPLES: OutputSpec = OutputSpec { name: "samples", path: "samples.arrow" };
 pub const OUTPUTS: [OutputSpec; 7] = [MODEL, outputs::METRICS, outputs::PLOT, GRAD_PLOT, outputs::REPORT, REJECTS, SAMPLES];
-/// The PEFT adapter folder inside the model folder (LoRA runs).
-pub const ADAPTER_DIR: &str = "adapter";
 
 /// One training row: inputs, next-token targets (-100 where not learned),
 /// positions and the segment (example) of each token.
@@ -228,7 +226,7 @@ pub struct Instruct<'a> {
     pub train: Vec<Row>,
     pub val: Vec<Row>,
     pub batches: EpochBatches,
-    pub write: forja_pretrain::objectives::ModelWriter<'a>,
+    pub write: forja_train::ModelWriter<'a>,
 }
 
 impl Instruct<'_> {
@@ -334,41 +332,6 @@ pub fn base_weights(model_dir: &Path, added: &[u32], vocab: i64) -> anyhow::Resu
     Ok(w)
 }
 
-/// Everything the model folder is written from.
-struct Export<'a> {
-    cfg: &'a GptConfig,
-    /// The training prompts' tokens (the server's drift reference).
-    counts: &'a TokenCounts,
-    tokenizer: &'a Tokenizer,
-    template: &'a ChatTemplate,
-    lora: Option<&'a LoraConfig>,
-    base: &'a Path,
-}
-
-/// Writes the model folder: weights (adapters merged), config with the
-/// end-of-turn token as `eos_token_id`, tokenizer, template; with LoRA also
-/// the adapters alone in the PEFT layout under `adapter/`.
-fn write_export(dir: &Path, vs: &nn::VarStore, e: &Export) -> anyhow::Result<()> {
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    if let Some(l) = e.lora {
-        peft::write_adapter(&dir.join(ADAPTER_DIR), &named, l, e.base)?;
-        named = merge_lora(named, l.alpha / l.rank as f64, Layout::InOut)?;
-    }
-    let weights = dir.join(WEIGHTS);
-    Tensor::write_safetensors(&named, &weights).with_context(|| format!("writing {}", weights.display()))?;
-    let eot = e.tokenizer.token_to_id(&e.template.end_of_turn);
-    let hf = HfGpt2Config {
-        bos_token_id: e.tokenizer.token_to_id(forja_tokenizer::EOT).or(eot),
-        eos_token_id: eot,
-        ..HfGpt2Config::from(e.cfg)
-    };
-    std::fs::write(dir.join(CONFIG), serde_json::to_string_pretty(&hf)?)?;
-    e.tokenizer.save(&dir.join(TOKENIZER))?;
-    e.counts.write(dir)?;
-    chat::write_tokenizer_config(dir, e.template, e.cfg.block_size)
-}
-
 /// Encodes conversations; over-long or target-less ones become rejects.
 fn encode_all(
     examples: &[SftExample],
@@ -466,7 +429,7 @@ pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &St
     let prompts: Vec<Vec<u32>> =
         train_enc.iter().map(|e| e.ids.iter().zip(&e.assistant).filter(|(_, a)| !**a).map(|(t, _)| *t).collect()).collect();
     let counts = TokenCounts::of(prompts.iter().map(Vec::as_slice), p.cfg.vocab_size as usize, "sft train prompts");
-    let export = Export {
+    let export = ChatExport {
         cfg: &p.cfg,
         counts: &counts,
         tokenizer: &p.tokenizer,
@@ -474,7 +437,7 @@ pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &St
         lora: cfg.lora.as_ref(),
         base: &inputs.model,
     };
-    let write: forja_pretrain::objectives::ModelWriter = Box::new(|vs, dir| write_export(dir, vs, &export));
+    let write: forja_train::ModelWriter = Box::new(|vs, dir| write_chat_model(dir, vs, &export));
     let n_rows = train_rows.len();
     let mut obj = Instruct {
         model: &model,

@@ -3,19 +3,17 @@
 //! - [`data`]: the `sft_data` stage — instruction data (chat `messages`,
 //!   prompt/response fields, Self-Instruct tasks) from JSONL / CSV / Arrow into
 //!   the `sft_examples` artifact, with rejects;
-//! - [`chat`]: chat templates (Jinja, as HF stores them), assistant-token masks,
-//!   chat generation with end-of-turn and stop strings;
 //! - [`instruct`]: the `sft` stage — instruction tuning of a GPT, assistant-only
 //!   loss, packing with block-diagonal attention, full or LoRA;
-//! - [`peft`]: LoRA adapters in the `peft` package's layout;
 //! - [`classify`]: the `finetune_classifier` stage — a pretrained BERT encoder
 //!   plus a classification head, full or LoRA, scored on the test split.
+//!
+//! Chat templates, PEFT adapters and the exported folders' layout live in
+//! `forja-model` (`chat`, `peft`, `export`).
 
-pub mod chat;
 pub mod classify;
 pub mod data;
 pub mod instruct;
-pub mod peft;
 
 pub use classify::{ClassifierInputs, ClassifierStageConfig};
 pub use data::SftDataConfig;

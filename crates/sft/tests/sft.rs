@@ -7,12 +7,13 @@
 use forja_core::artifacts::Artifact;
 use forja_core::stage::{OutDir, StageCtx};
 use forja_core::{Message, Reject, SftExample};
+use forja_model::chat::{respond, ChatConfig, ChatTemplate, IM_END, IM_START};
 use forja_model::checkpoint::write_model_files;
 use forja_model::layers::Layout;
+use forja_model::peft::ADAPTER_DIR;
 use forja_model::{load_gpt, merge_lora, Gpt, GptConfig, LoraConfig};
-use forja_sft::chat::{respond, ChatConfig, ChatTemplate, IM_END, IM_START};
 use forja_sft::data::{run_sft_data, SftDataConfig};
-use forja_sft::instruct::{build_rows, collate, run as run_sft, SftConfig, SftInputs, ADAPTER_DIR};
+use forja_sft::instruct::{build_rows, collate, run as run_sft, SftConfig, SftInputs};
 use forja_tokenizer::{Tokenizer, TokenizerConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -104,11 +105,11 @@ fn packed_examples_never_see_each_other() {
     tch::manual_seed(11);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = tiny_gpt(&vs, 50, None);
-    let ex = |ids: Vec<u32>| forja_sft::chat::Encoded { assistant: vec![true; ids.len()], ids };
+    let ex = |ids: Vec<u32>| forja_model::chat::Encoded { assistant: vec![true; ids.len()], ids };
     let a = ex(vec![1, 2, 3, 4, 5, 6, 7, 8]);
     let b = ex(vec![9, 10, 11, 12, 13, 14]);
     let a2 = ex(vec![40, 41, 42, 43, 44, 45, 46, 47]);
-    let logits = |examples: &[forja_sft::chat::Encoded]| {
+    let logits = |examples: &[forja_model::chat::Encoded]| {
         let rows = build_rows(examples, 32, true);
         assert_eq!(rows.len(), 1, "both examples fit one row");
         let (ids, _, pos, seg) = collate(&[&rows[0]], Device::Cpu);
@@ -287,7 +288,7 @@ fn a_lora_run_exports_peft_adapters_and_a_merged_model_that_stops_at_the_end_of_
     // The merged model answers and stops at <|im_end|>.
     let model_dir = out.join("model");
     let (_vs, model, tok) = load_gpt(&model_dir, Device::Cpu).unwrap();
-    let template = forja_sft::chat::read_template(&model_dir).unwrap().expect("the export keeps its template");
+    let template = forja_model::chat::read_template(&model_dir).unwrap().expect("the export keeps its template");
     assert_eq!(template.end_of_turn, IM_END);
     let conv = vec![msg("user", "How many apples?")];
     let prompt = tok.encode(&template.render(&conv, true).unwrap()).unwrap();

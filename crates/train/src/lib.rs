@@ -4,7 +4,8 @@
 //! - [`optim`]: AdamW over parameter groups with owned state, the LR schedule,
 //!   gradient clipping;
 //! - [`diagnose`]: detection of divergent steps and the recovery policies;
-//! - [`batches`]: token streams and deterministic batches.
+//! - [`batches`]: token streams and deterministic batches;
+//! - [`trainer`]: what every trainer shares ([`ModelWriter`]).
 //!
 //! A new objective (SFT, a reward model, DPO) implements [`Objective`] —
 //! `train_loss(step, micro)`, `eval_batch(split, i)`, `write_model(vs, dir)`,
@@ -17,6 +18,7 @@ pub mod diagnose;
 pub mod engine;
 pub mod optim;
 mod report;
+pub mod trainer;
 
 pub use diagnose::{DiagnosisConfig, Incident, IncidentKind, Policy};
 pub use engine::{
@@ -24,3 +26,4 @@ pub use engine::{
     TrainSummary,
 };
 pub use optim::{AdamW, OptimConfig, ParamGroup};
+pub use trainer::ModelWriter;

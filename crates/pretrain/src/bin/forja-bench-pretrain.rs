@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
         seed: 0,
     };
     let tokenizer = forja_tokenizer::char_tokenizer(std::iter::once("ab"), &[])?;
-    let write: forja_pretrain::objectives::ModelWriter = Box::new(|vs, dir| write_model_files(dir, vs, &cfg, &tokenizer));
+    let write: forja_train::ModelWriter = Box::new(|vs, dir| write_model_files(dir, vs, &cfg, &tokenizer));
     let mut obj = CausalLm { model: &model, data, write };
     let ecfg = EngineConfig {
         optim: OptimConfig { lr: 1e-3, weight_decay: 0.1, beta1: 0.9, beta2: 0.999, grad_clip: 1.0, warmup_steps: 0, ..Default::default() },

@@ -154,7 +154,7 @@ fn bench_dpo(dir: &Path, batch: usize, t: Timing) -> anyhow::Result<()> {
     let n = train.len();
     let optim = OptimConfig { lr: 1e-4, weight_decay: 0.0, grad_clip: 1.0, warmup_steps: 0, ..Default::default() };
     let groups = ParamGroup::decay_split(&vs, 0.0);
-    let write: forja_pretrain::objectives::ModelWriter = Box::new(|_, _| Ok(()));
+    let write: forja_train::ModelWriter = Box::new(|_, _| Ok(()));
     let mut obj = Dpo::new(&policy.model, &cfg, train, Vec::new(), 0, write);
     let ecfg = engine_cfg(optim, t);
     let ctx = ctx();

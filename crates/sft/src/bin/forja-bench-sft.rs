@@ -16,10 +16,10 @@
 use clap::{Parser, Subcommand};
 use forja_core::artifacts::Artifact;
 use forja_core::{Message, SftExample};
+use forja_model::bert::encode_for_bert;
+use forja_model::chat::{self, ChatTemplate, IM_END, IM_START};
 use forja_model::classifier::{BertClassifier, ClassifierConfig};
 use forja_model::{checkpoint, Gpt, GptConfig, LoraConfig};
-use forja_pretrain::models::encode_for_bert;
-use forja_sft::chat::{self, ChatTemplate, IM_END, IM_START};
 use forja_sft::classify::{Classify, Example};
 use forja_sft::instruct::{build_rows, prepare, Instruct, SftConfig};
 use forja_train::batches::EpochBatches;
@@ -182,7 +182,7 @@ fn bench_sft(dir: &Path, batch: usize, t: Timing, packing: bool, lora_rank: i64)
         Some(_) => ParamGroup::train_only(&vs, |n| n.contains(".lora_"), 0.0),
         None => ParamGroup::decay_split(&vs, 0.0),
     };
-    let write: forja_pretrain::objectives::ModelWriter = Box::new(|_, _| Ok(()));
+    let write: forja_train::ModelWriter = Box::new(|_, _| Ok(()));
     let mut obj = Instruct { model: &model, batches: EpochBatches::new(rows.len(), batch, 1, 0), train: rows, val: Vec::new(), write };
     let ecfg = engine_cfg(optim, t);
     let ctx = bench_ctx();
@@ -224,7 +224,7 @@ fn bench_classifier(model_dir: &Path, train: &Path, batch: usize, max_length: us
     checkpoint::load_weights(&mut vs, &model_dir.join(checkpoint::WEIGHTS), &|n| n.starts_with("classifier."))?;
     let optim = OptimConfig { lr: 1e-4, weight_decay: 0.01, grad_clip: 1.0, warmup_steps: 0, ..Default::default() };
     let groups = ParamGroup::decay_split(&vs, optim.weight_decay);
-    let write: forja_pretrain::objectives::ModelWriter = Box::new(|_, _| Ok(()));
+    let write: forja_train::ModelWriter = Box::new(|_, _| Ok(()));
     let mut obj = Classify {
         model: &model,
         batches: EpochBatches::new(examples.len(), batch, 1, 0),

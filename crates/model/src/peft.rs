@@ -3,11 +3,13 @@
 //! `base_model.model.<module>.lora_A.weight` / `lora_B.weight`, so
 //! `PeftModel.from_pretrained(base, dir)` puts them on the exported base.
 
+use crate::LoraConfig;
 use anyhow::Context;
-use forja_model::LoraConfig;
 use std::path::Path;
 use tch::Tensor;
 
+/// The PEFT adapter folder inside a model folder (LoRA runs).
+pub const ADAPTER_DIR: &str = "adapter";
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 

@@ -1,4 +1,4 @@
-//! Chat templates and chat generation.
+//! Chat templates, `tokenizer_config.json`, and chat generation.
 //!
 //! A template is Jinja source, as the Hugging Face ecosystem stores it in
 //! `tokenizer_config.json`'s `chat_template`, rendered by `minijinja` with
@@ -8,10 +8,10 @@
 //! belong to assistant turns, by rendering prefixes of the conversation: the
 //! text an assistant turn adds after the generation prompt is its target.
 
+use crate::generate::{generate_batch, SamplingConfig};
+use crate::Gpt;
 use anyhow::{bail, Context};
 use forja_core::Message;
-use forja_model::generate::{generate_batch, SamplingConfig};
-use forja_model::Gpt;
 use forja_tokenizer::Tokenizer;
 use std::path::Path;
 
@@ -180,7 +180,7 @@ pub fn respond(
 /// The next assistant turn of `messages` from the GPT model folder `dir`, with
 /// the folder's own chat template (ChatML when it has none).
 pub fn chat_with_folder(dir: &Path, messages: &[Message], cfg: &ChatConfig, device: tch::Device) -> anyhow::Result<String> {
-    let (_vs, model, tok) = forja_model::load_gpt(dir, device)?;
+    let (_vs, model, tok) = crate::load_gpt(dir, device)?;
     let template = read_template(dir)?.unwrap_or_else(ChatTemplate::chatml);
     let mut answers = respond(&model, &tok, &template, &[messages.to_vec()], cfg)?;
     answers.pop().context("no answer generated")
