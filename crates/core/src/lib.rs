@@ -20,6 +20,7 @@ pub mod hash;
 pub mod ipc;
 pub mod manifest;
 pub mod metric;
+pub mod params;
 pub mod plot;
 pub mod resources;
 pub mod schema;

@@ -9,6 +9,86 @@ use anyhow::{bail, Context};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// What flows through a port: an Arrow artifact of one kind, or one of the
+/// file and folder kinds stages hand each other. Every input and output
+/// declares its kind, and `forja check` refuses an `@stage.output` reference
+/// whose kind the input does not accept, before anything runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    /// An Arrow IPC artifact of one kind.
+    Artifact(crate::schema::ArtifactKind),
+    /// Files a reader parses as the user gives them (text, JSONL, CSV, Parquet, `.gz`/`.zst`).
+    Files,
+    /// JSON lines written by a stage (judgements, pairs, duplicate clusters).
+    Jsonl,
+    /// One JSON document (class weights, shard information).
+    Json,
+    /// A `tokenizer.json`.
+    Tokenizer,
+    /// A model folder (`config.json`, safetensors weights, tokenizer).
+    Model,
+    /// A Markdown report.
+    Markdown,
+    /// An SVG picture.
+    Svg,
+    /// The output folder of a `clean_shard` run.
+    ShardDir,
+    /// A shard's MinHash signatures (binary).
+    Signatures,
+}
+
+impl PortKind {
+    /// The kind's name in messages and the stage reference.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Artifact(a) => a.name(),
+            Self::Files => "files",
+            Self::Jsonl => "jsonl",
+            Self::Json => "json",
+            Self::Tokenizer => "tokenizer",
+            Self::Model => "model folder",
+            Self::Markdown => "markdown",
+            Self::Svg => "svg",
+            Self::ShardDir => "shard folder",
+            Self::Signatures => "signatures",
+        }
+    }
+
+    /// Whether an input of kind `self` can read an output of kind `output`:
+    /// the same kind, labeled documents where documents are read, and JSON
+    /// lines where user files are read.
+    pub fn accepts(self, output: PortKind) -> bool {
+        use crate::schema::ArtifactKind as A;
+        self == output || matches!((self, output), (Self::Artifact(A::Documents), Self::Artifact(A::Labeled)) | (Self::Files, Self::Jsonl))
+    }
+}
+
+/// Short names of the port kinds, for declarations (`train: one[TOKENS]`).
+pub mod port {
+    use super::PortKind;
+    use crate::schema::ArtifactKind as A;
+    pub const DOCUMENTS: PortKind = PortKind::Artifact(A::Documents);
+    pub const LABELED: PortKind = PortKind::Artifact(A::Labeled);
+    pub const REJECTS: PortKind = PortKind::Artifact(A::Rejects);
+    pub const TOKENS: PortKind = PortKind::Artifact(A::Tokens);
+    pub const METRICS: PortKind = PortKind::Artifact(A::Metrics);
+    pub const GENERATIONS: PortKind = PortKind::Artifact(A::Generations);
+    pub const EMBEDDINGS: PortKind = PortKind::Artifact(A::Embeddings);
+    pub const SFT_EXAMPLES: PortKind = PortKind::Artifact(A::SftExamples);
+    pub const PREFERENCES: PortKind = PortKind::Artifact(A::Preferences);
+    pub const RATINGS: PortKind = PortKind::Artifact(A::Ratings);
+    pub const PAIR_LOGPS: PortKind = PortKind::Artifact(A::PairLogps);
+    pub const FILES: PortKind = PortKind::Files;
+    pub const JSONL: PortKind = PortKind::Jsonl;
+    pub const JSON: PortKind = PortKind::Json;
+    pub const TOKENIZER: PortKind = PortKind::Tokenizer;
+    pub const MODEL: PortKind = PortKind::Model;
+    pub const MARKDOWN: PortKind = PortKind::Markdown;
+    pub const SVG: PortKind = PortKind::Svg;
+    pub const SHARD_DIR: PortKind = PortKind::ShardDir;
+    pub const SIGNATURES: PortKind = PortKind::Signatures;
+}
+
 /// One declared input of a stage.
 #[derive(Debug, Clone, Copy)]
 pub struct InputSpec {
@@ -16,6 +96,20 @@ pub struct InputSpec {
     pub required: bool,
     /// Whether the input takes several files (globs allowed).
     pub many: bool,
+    /// The kinds of output it reads.
+    pub kinds: &'static [PortKind],
+}
+
+impl InputSpec {
+    /// Whether this input reads outputs of `kind`.
+    pub fn accepts(&self, kind: PortKind) -> bool {
+        self.kinds.iter().any(|k| k.accepts(kind))
+    }
+
+    /// The accepted kinds, for messages: `tokens` or `documents | labeled`.
+    pub fn kinds_text(&self) -> String {
+        self.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(" | ")
+    }
 }
 
 /// One declared output: a file or folder inside the stage's output folder.
@@ -25,17 +119,18 @@ pub struct InputSpec {
 pub struct OutputSpec {
     pub name: &'static str,
     pub path: &'static str,
+    pub kind: PortKind,
 }
 
 /// Outputs that the orchestrator reads across stages (run metrics, report links).
 pub mod outputs {
     use super::OutputSpec;
     /// A `metrics` artifact; the run concatenates every stage's.
-    pub const METRICS: OutputSpec = OutputSpec { name: "metrics", path: "metrics.arrow" };
+    pub const METRICS: OutputSpec = OutputSpec { name: "metrics", path: "metrics.arrow", kind: super::port::METRICS };
     /// A Markdown report, linked from the run report.
-    pub const REPORT: OutputSpec = OutputSpec { name: "report", path: "report.md" };
+    pub const REPORT: OutputSpec = OutputSpec { name: "report", path: "report.md", kind: super::port::MARKDOWN };
     /// Loss curves as SVG, linked from the run report.
-    pub const PLOT: OutputSpec = OutputSpec { name: "plot", path: "loss.svg" };
+    pub const PLOT: OutputSpec = OutputSpec { name: "plot", path: "loss.svg", kind: super::port::SVG };
 }
 
 /// What a run tells a stage.
@@ -80,10 +175,87 @@ impl StageInputs {
     }
 }
 
-/// A stage's typed inputs, built from the resolved paths.
+/// A stage's typed inputs, built from the resolved paths. Declared with
+/// [`stage_inputs!`](crate::stage_inputs), which writes each input's name once
+/// and generates the declarations, the struct, this impl and the named paths.
 pub trait FromInputs: Sized {
+    /// The declared inputs, in order.
+    const SPECS: &'static [InputSpec];
     fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self>;
+    /// Every input's name and path(s) (`None` for an absent optional input), in
+    /// declaration order: what a trainer's resume key hashes.
+    fn named_paths(&self) -> Vec<(&'static str, Option<&Path>)>;
 }
+
+/// Declares a stage's inputs once: the struct of typed paths, its
+/// [`FromInputs::SPECS`], `from_inputs` and `named_paths`. Each field is
+/// `NAME: ARITY[KIND, ...]` with ARITY `one` (a required path), `optional`
+/// (`Option<PathBuf>`) or `many` (a required list, globs allowed), and the
+/// accepted kinds named from [`port`](crate::stage::port):
+///
+/// ```
+/// forja_core::stage_inputs! {
+///     /// Inputs of a trainer.
+///     pub struct TrainInputs {
+///         /// The tokenizer.
+///         tokenizer: one[TOKENIZER],
+///         train: one[TOKENS],
+///         init: optional[MODEL],
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! stage_inputs {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$fmeta:meta])* $field:ident : $arity:ident [ $($kind:ident),+ $(,)? ] ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone)]
+        $vis struct $name {
+            $( $(#[$fmeta])* pub $field: $crate::stage_inputs!(@ty $arity), )+
+        }
+
+        impl $crate::stage::FromInputs for $name {
+            const SPECS: &'static [$crate::stage::InputSpec] = &[
+                $( $crate::stage::InputSpec {
+                    name: stringify!($field),
+                    required: $crate::stage_inputs!(@required $arity),
+                    many: $crate::stage_inputs!(@many $arity),
+                    kinds: &[$($crate::stage::port::$kind),+],
+                }, )+
+            ];
+
+            fn from_inputs(inputs: &$crate::stage::StageInputs) -> $crate::stage::InputResult<Self> {
+                Ok(Self { $( $field: $crate::stage_inputs!(@get $arity, inputs, stringify!($field)), )+ })
+            }
+
+            fn named_paths(&self) -> Vec<(&'static str, Option<&std::path::Path>)> {
+                let mut paths = Vec::new();
+                $( $crate::stage_inputs!(@push $arity, paths, stringify!($field), self.$field); )+
+                paths
+            }
+        }
+    };
+    (@ty one) => { std::path::PathBuf };
+    (@ty optional) => { Option<std::path::PathBuf> };
+    (@ty many) => { Vec<std::path::PathBuf> };
+    (@required optional) => { false };
+    (@required $other:ident) => { true };
+    (@many many) => { true };
+    (@many $other:ident) => { false };
+    (@get one, $inputs:ident, $n:expr) => { $inputs.one($n)?.to_path_buf() };
+    (@get optional, $inputs:ident, $n:expr) => { $inputs.optional($n)?.map(std::path::Path::to_path_buf) };
+    (@get many, $inputs:ident, $n:expr) => { $inputs.many($n).to_vec() };
+    (@push one, $v:ident, $n:expr, $f:expr) => { $v.push(($n, Some($f.as_path()))) };
+    (@push optional, $v:ident, $n:expr, $f:expr) => { $v.push(($n, $f.as_deref())) };
+    (@push many, $v:ident, $n:expr, $f:expr) => { $v.extend($f.iter().map(|p| ($n, Some(p.as_path())))) };
+}
+
+/// The result type of generated `from_inputs` (so stage crates need not name anyhow).
+pub type InputResult<T> = anyhow::Result<T>;
 
 /// The output folder of a running stage.
 #[derive(Debug, Clone)]
@@ -112,13 +284,16 @@ impl OutDir {
 pub trait Stage: Send + Sync + 'static {
     const KIND: &'static str;
     const ABOUT: &'static str;
-    const INPUTS: &'static [InputSpec];
     const OUTPUTS: &'static [OutputSpec];
     /// Hash of the code this stage runs: its crate and the workspace crates it
     /// depends on, computed at build time (`forja-buildhash`). Keys the cache, so
     /// a rebuild that does not touch this code keeps the stage's results.
     const CODE_HASH: &'static str;
-    type Params: serde::de::DeserializeOwned + serde::Serialize;
+    /// The parameters. A stage's file or command line gives some of them; the
+    /// rest keep the stage's own defaults, nested tables merged key by key
+    /// ([`params::over`](crate::params::over)), so `train = { max_steps = 5 }`
+    /// keeps the trainer's other `train` defaults.
+    type Params: serde::de::DeserializeOwned + serde::Serialize + Default;
     type Inputs: FromInputs;
 
     /// Runs the stage; returns the outputs it wrote (every declared one).
@@ -133,12 +308,22 @@ pub trait DynStage: Send + Sync {
     fn inputs(&self) -> &'static [InputSpec];
     fn outputs(&self) -> &'static [OutputSpec];
     fn code_hash(&self) -> &'static str;
-    /// Checks parameters without running (unknown keys, bad values).
-    fn check(&self, params: &serde_json::Value) -> anyhow::Result<()>;
+    /// The parameters' defaults (what an empty table means), for the stage reference.
+    fn defaults(&self) -> Option<serde_json::Value>;
+    /// Checks parameters without running (unknown keys, bad values), naming
+    /// the key path of the problem.
+    fn check(&self, params: &serde_json::Value) -> Result<(), crate::params::ParamError>;
     /// Runs the stage. A panic inside it (libtorch raises through panics) becomes
     /// an error, and every declared output must exist afterwards.
-    fn run_json(&self, params: &serde_json::Value, inputs: &StageInputs, out_dir: &Path, ctx: &StageCtx)
-        -> anyhow::Result<Vec<OutputSpec>>;
+    /// `footprint` says how the stage's measured energy becomes CO2e.
+    fn run_json(
+        &self,
+        params: &serde_json::Value,
+        inputs: &StageInputs,
+        out_dir: &Path,
+        ctx: &StageCtx,
+        footprint: &crate::resources::FootprintConfig,
+    ) -> anyhow::Result<Vec<OutputSpec>>;
 }
 
 impl dyn DynStage {
@@ -155,7 +340,7 @@ impl<S: Stage> DynStage for S {
         S::ABOUT
     }
     fn inputs(&self) -> &'static [InputSpec] {
-        S::INPUTS
+        <S::Inputs as FromInputs>::SPECS
     }
     fn outputs(&self) -> &'static [OutputSpec] {
         S::OUTPUTS
@@ -163,8 +348,11 @@ impl<S: Stage> DynStage for S {
     fn code_hash(&self) -> &'static str {
         S::CODE_HASH
     }
-    fn check(&self, params: &serde_json::Value) -> anyhow::Result<()> {
-        parse_params::<S::Params>(S::KIND, params).map(drop)
+    fn defaults(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(S::Params::default()).ok()
+    }
+    fn check(&self, params: &serde_json::Value) -> Result<(), crate::params::ParamError> {
+        crate::params::over(&S::Params::default(), params.clone()).map(drop)
     }
     fn run_json(
         &self,
@@ -172,8 +360,10 @@ impl<S: Stage> DynStage for S {
         inputs: &StageInputs,
         out_dir: &Path,
         ctx: &StageCtx,
+        footprint: &crate::resources::FootprintConfig,
     ) -> anyhow::Result<Vec<OutputSpec>> {
-        let params: S::Params = parse_params(S::KIND, params)?;
+        let params: S::Params =
+            crate::params::over(&S::Params::default(), params.clone()).with_context(|| format!("parameters of stage `{}`", S::KIND))?;
         let inputs = S::Inputs::from_inputs(inputs).with_context(|| format!("inputs of stage `{}`", S::KIND))?;
         let out = OutDir::new(out_dir);
         let ctx = StageCtx { code_hash: S::CODE_HASH, ..ctx.clone() };
@@ -196,7 +386,7 @@ impl<S: Stage> DynStage for S {
                 bail!("stage `{}` did not write its output `{}` ({})", S::KIND, spec.name, path.display());
             }
         }
-        let footprint = meter.finish(&ctx.name, S::KIND, &crate::resources::FootprintConfig::from_env());
+        let footprint = meter.finish(&ctx.name, S::KIND, footprint);
         record_footprint(&footprint, &out, &ctx, &written)?;
         Ok(written)
     }
@@ -246,11 +436,6 @@ pub fn footprint_markdown(f: &crate::resources::Footprint) -> String {
         f.pue,
         f.grid_g_per_kwh
     )
-}
-
-/// Deserialises stage parameters, naming the stage kind in errors.
-pub fn parse_params<T: serde::de::DeserializeOwned>(kind: &str, params: &serde_json::Value) -> anyhow::Result<T> {
-    serde_json::from_value(params.clone()).with_context(|| format!("parameters of stage `{kind}`"))
 }
 
 /// Parses `key=value` into a JSON value; `value` is read as JSON when it parses
@@ -314,7 +499,7 @@ pub fn run_from_args(stages: &[&dyn DynStage], args: &StageArgs) -> anyhow::Resu
     if let Some(shard) = &args.shard {
         params["shard"] = serde_json::Value::String(shard.clone());
     }
-    stage.check(&params)?;
+    stage.check(&params).with_context(|| format!("parameters of stage `{}`", stage.kind()))?;
     let mut inputs = StageInputs::default();
     for i in &args.inputs {
         let (name, path) = i.split_once('=').with_context(|| format!("--input `{i}`: expected NAME=PATH"))?;
@@ -336,7 +521,10 @@ pub fn run_from_args(stages: &[&dyn DynStage], args: &StageArgs) -> anyhow::Resu
         code_hash: stage.code_hash(),
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    stage.run_json(&params, &inputs, &args.out, &ctx).map(drop)
+    // A stage binary run by hand reads the footprint settings from the
+    // environment (`FORJA_GRID_G_PER_KWH`, `FORJA_PUE`, `FORJA_WATTS_PER_CORE`).
+    let footprint = crate::resources::FootprintConfig::from_env();
+    stage.run_json(&params, &inputs, &args.out, &ctx, &footprint).map(drop)
 }
 
 /// Expands a glob into the sorted paths it matches; a plain path is returned as is.

@@ -14,7 +14,7 @@ use anyhow::Context;
 use forja_core::artifacts::Artifact;
 use forja_core::metric;
 use forja_core::plot::Series;
-use forja_core::stage::{outputs, FromInputs, InputSpec, OutDir, OutputSpec, Stage, StageCtx, StageInputs};
+use forja_core::stage::{outputs, port, OutDir, OutputSpec, Stage, StageCtx};
 use forja_core::{Document, MetricRow, Reject, TokenRow};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -207,12 +207,12 @@ pub struct ShardInfo {
 }
 
 /// Outputs of `clean_shard`.
-pub const SHARD_PART: OutputSpec = OutputSpec { name: "part", path: "part.arrow" };
-pub const SHARD_REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
-pub const SHARD_SIGNATURES: OutputSpec = OutputSpec { name: "signatures", path: "signatures.bin" };
-pub const SHARD_INFO: OutputSpec = OutputSpec { name: "shard", path: "shard.json" };
+pub const SHARD_PART: OutputSpec = OutputSpec { name: "part", path: "part.arrow", kind: port::DOCUMENTS };
+pub const SHARD_REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow", kind: port::REJECTS };
+pub const SHARD_SIGNATURES: OutputSpec = OutputSpec { name: "signatures", path: "signatures.bin", kind: port::SIGNATURES };
+pub const SHARD_INFO: OutputSpec = OutputSpec { name: "shard", path: "shard.json", kind: port::JSON };
 /// Output of `dedup_clusters`.
-pub const DUPLICATES: OutputSpec = OutputSpec { name: "duplicates", path: "duplicates.jsonl" };
+pub const DUPLICATES: OutputSpec = OutputSpec { name: "duplicates", path: "duplicates.jsonl", kind: port::JSONL };
 
 /// Pass 1 of shard I/N (a contiguous range of the input files): candidates,
 /// rejects, signatures and `shard.json`.
@@ -549,40 +549,37 @@ pub fn tokenize_docs(tok: &Tokenizer, docs: &[Document], cfg: &TokenizeConfig) -
 
 /// Outputs of `clean`: one documents artifact per split, in [`SPLITS`] order.
 pub const CLEAN_SPLITS: [OutputSpec; 3] = [
-    OutputSpec { name: "train", path: "train.arrow" },
-    OutputSpec { name: "val", path: "val.arrow" },
-    OutputSpec { name: "test", path: "test.arrow" },
+    OutputSpec { name: "train", path: "train.arrow", kind: port::DOCUMENTS },
+    OutputSpec { name: "val", path: "val.arrow", kind: port::DOCUMENTS },
+    OutputSpec { name: "test", path: "test.arrow", kind: port::DOCUMENTS },
 ];
-pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
+pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow", kind: port::REJECTS };
 /// Loss weight per class over the train rows, `{"label": weight}` (`{}` when
 /// the documents are not labeled): `finetune_classifier`'s `class_weights` input.
-pub const CLASS_WEIGHTS: OutputSpec = OutputSpec { name: "class_weights", path: "class_weights.json" };
+pub const CLASS_WEIGHTS: OutputSpec = OutputSpec { name: "class_weights", path: "class_weights.json", kind: port::JSON };
 /// Document lengths before and after cleaning (SVG).
-pub const LENGTHS: OutputSpec = OutputSpec { name: "lengths", path: "lengths.svg" };
+pub const LENGTHS: OutputSpec = OutputSpec { name: "lengths", path: "lengths.svg", kind: port::SVG };
 /// Output of `train_tokenizer`.
-pub const TOKENIZER: OutputSpec = OutputSpec { name: "tokenizer", path: "tokenizer.json" };
+pub const TOKENIZER: OutputSpec = OutputSpec { name: "tokenizer", path: "tokenizer.json", kind: port::TOKENIZER };
 /// Outputs of `tokenize`: one tokens artifact per split, in [`SPLITS`] order.
 pub const TOKEN_SPLITS: [OutputSpec; 3] = [
-    OutputSpec { name: "train", path: "train.tokens.arrow" },
-    OutputSpec { name: "val", path: "val.tokens.arrow" },
-    OutputSpec { name: "test", path: "test.tokens.arrow" },
+    OutputSpec { name: "train", path: "train.tokens.arrow", kind: port::TOKENS },
+    OutputSpec { name: "val", path: "val.tokens.arrow", kind: port::TOKENS },
+    OutputSpec { name: "test", path: "test.tokens.arrow", kind: port::TOKENS },
 ];
 
-/// Input files of `clean` (the `files` input).
-pub struct Files(pub Vec<PathBuf>);
-
-impl FromInputs for Files {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self(inputs.many("files").to_vec()))
+forja_core::stage_inputs! {
+    /// Input files of `clean` and `clean_shard`.
+    pub struct Files {
+        /// Text, JSONL, CSV or Parquet files (`.gz` / `.zst` too); globs allowed.
+        files: many[FILES],
     }
 }
 
-/// Documents of `train_tokenizer` (the `corpus` input).
-pub struct Corpus(pub Vec<PathBuf>);
-
-impl FromInputs for Corpus {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self(inputs.many("corpus").to_vec()))
+forja_core::stage_inputs! {
+    /// Documents of `train_tokenizer`.
+    pub struct Corpus {
+        corpus: many[DOCUMENTS],
     }
 }
 
@@ -593,7 +590,6 @@ impl Stage for Clean {
     const KIND: &'static str = "clean";
     const ABOUT: &'static str =
         "read text/JSONL/CSV/Parquet (.gz/.zst), normalise, filter web text (preset=web), redact PII, drop exact and near duplicates, split";
-    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "files", required: true, many: true }];
     const OUTPUTS: &'static [OutputSpec] =
         &[CLEAN_SPLITS[0], CLEAN_SPLITS[1], CLEAN_SPLITS[2], REJECTS, outputs::METRICS, outputs::REPORT, LENGTHS, CLASS_WEIGHTS];
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
@@ -601,7 +597,7 @@ impl Stage for Clean {
     type Inputs = Files;
 
     fn run(&self, cfg: &CleanStageConfig, files: &Files, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
-        run_clean(cfg, &files.0, out, ctx)?;
+        run_clean(cfg, &files.files, out, ctx)?;
         Ok(Self::OUTPUTS.to_vec())
     }
 }
@@ -613,27 +609,32 @@ impl Stage for CleanShard {
     const KIND: &'static str = "clean_shard";
     const ABOUT: &'static str =
         "the clean chain on shard I/N of the files (--shard I/N, or Slurm / Kubernetes Indexed Job variables): candidates, rejects, MinHash signatures";
-    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "files", required: true, many: true }];
     const OUTPUTS: &'static [OutputSpec] = &[SHARD_PART, SHARD_REJECTS, SHARD_SIGNATURES, SHARD_INFO];
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = CleanStageConfig;
     type Inputs = Files;
 
     fn run(&self, cfg: &CleanStageConfig, files: &Files, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
-        run_clean_shard(cfg, &files.0, out, ctx)?;
+        run_clean_shard(cfg, &files.files, out, ctx)?;
         Ok(Self::OUTPUTS.to_vec())
     }
 }
 
-/// Shard output folders (the `shards` input), in any order.
-pub struct ShardDirs {
-    pub shards: Vec<PathBuf>,
-    pub duplicates: Option<PathBuf>,
+forja_core::stage_inputs! {
+    /// Inputs of `dedup_clusters`.
+    pub struct ShardDirs {
+        /// `clean_shard` output folders, in any order.
+        shards: many[SHARD_DIR],
+    }
 }
 
-impl FromInputs for ShardDirs {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self { shards: inputs.many("shards").to_vec(), duplicates: inputs.optional("duplicates")?.map(Path::to_path_buf) })
+forja_core::stage_inputs! {
+    /// Inputs of `merge_shards`.
+    pub struct MergeInputs {
+        /// `clean_shard` output folders, in any order.
+        shards: many[SHARD_DIR],
+        /// `dedup_clusters`' clusters.
+        duplicates: one[JSONL],
     }
 }
 
@@ -648,7 +649,6 @@ pub struct DedupClusters;
 impl Stage for DedupClusters {
     const KIND: &'static str = "dedup_clusters";
     const ABOUT: &'static str = "exact and MinHash near duplicates across every clean_shard output (buckets of band keys, clusters)";
-    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "shards", required: true, many: true }];
     const OUTPUTS: &'static [OutputSpec] = &[DUPLICATES];
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = NoParams;
@@ -666,16 +666,13 @@ pub struct MergeShards;
 impl Stage for MergeShards {
     const KIND: &'static str = "merge_shards";
     const ABOUT: &'static str = "filter the shards' candidates by dedup_clusters and split: the outputs of one clean run, byte for byte";
-    const INPUTS: &'static [InputSpec] =
-        &[InputSpec { name: "shards", required: true, many: true }, InputSpec { name: "duplicates", required: true, many: false }];
     const OUTPUTS: &'static [OutputSpec] = Clean::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = NoParams;
-    type Inputs = ShardDirs;
+    type Inputs = MergeInputs;
 
-    fn run(&self, _cfg: &NoParams, inputs: &ShardDirs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
-        let dups = inputs.duplicates.as_deref().context("merge_shards needs input `duplicates`")?;
-        run_merge_shards(&inputs.shards, dups, out, ctx)?;
+    fn run(&self, _cfg: &NoParams, inputs: &MergeInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        run_merge_shards(&inputs.shards, &inputs.duplicates, out, ctx)?;
         Ok(Self::OUTPUTS.to_vec())
     }
 }
@@ -686,29 +683,25 @@ pub struct TrainTokenizer;
 impl Stage for TrainTokenizer {
     const KIND: &'static str = "train_tokenizer";
     const ABOUT: &'static str = "train a byte-level BPE or character tokenizer, saved as tokenizer.json";
-    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "corpus", required: true, many: true }];
     const OUTPUTS: &'static [OutputSpec] = &[TOKENIZER];
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = TokenizerConfig;
     type Inputs = Corpus;
 
     fn run(&self, cfg: &TokenizerConfig, corpus: &Corpus, out: &OutDir, _ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
-        run_train_tokenizer(cfg, &corpus.0, out)?;
+        run_train_tokenizer(cfg, &corpus.corpus, out)?;
         Ok(Self::OUTPUTS.to_vec())
     }
 }
 
-/// Inputs of `tokenize`.
-pub struct TokenizeInputs {
-    pub tokenizer: PathBuf,
-    /// Document splits in [`SPLITS`] order; a missing one is written empty.
-    pub splits: [Option<PathBuf>; 3],
-}
-
-impl FromInputs for TokenizeInputs {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        let split = |name| inputs.optional(name).map(|p| p.map(Path::to_path_buf));
-        Ok(Self { tokenizer: inputs.one("tokenizer")?.to_path_buf(), splits: [split("train")?, split("val")?, split("test")?] })
+forja_core::stage_inputs! {
+    /// Inputs of `tokenize`: the tokenizer and document splits (a split not
+    /// given is written empty).
+    pub struct TokenizeInputs {
+        tokenizer: one[TOKENIZER],
+        train: one[DOCUMENTS],
+        val: optional[DOCUMENTS],
+        test: optional[DOCUMENTS],
     }
 }
 
@@ -718,12 +711,6 @@ pub struct Tokenize;
 impl Stage for Tokenize {
     const KIND: &'static str = "tokenize";
     const ABOUT: &'static str = "tokenise document splits in parallel into token files";
-    const INPUTS: &'static [InputSpec] = &[
-        InputSpec { name: "tokenizer", required: true, many: false },
-        InputSpec { name: "train", required: true, many: false },
-        InputSpec { name: "val", required: false, many: false },
-        InputSpec { name: "test", required: false, many: false },
-    ];
     const OUTPUTS: &'static [OutputSpec] = &TOKEN_SPLITS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = TokenizeConfig;
@@ -737,7 +724,8 @@ impl Stage for Tokenize {
 
 fn run_tokenize(cfg: &TokenizeConfig, inputs: &TokenizeInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<()> {
     let tok = Tokenizer::load(&inputs.tokenizer)?;
-    for ((split, spec), path) in SPLITS.into_iter().zip(&TOKEN_SPLITS).zip(&inputs.splits) {
+    let splits = [Some(&inputs.train), inputs.val.as_ref(), inputs.test.as_ref()];
+    for ((split, spec), path) in SPLITS.into_iter().zip(&TOKEN_SPLITS).zip(splits) {
         // A split that is not given is written empty, so outputs are always complete.
         let docs = match path {
             Some(p) => Document::read(p)?,

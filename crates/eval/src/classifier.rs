@@ -11,14 +11,14 @@ use crate::perturb::Perturbation;
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
 use forja_core::metric::{self as m, split};
-use forja_core::stage::{outputs, FromInputs, InputSpec, OutDir, OutputSpec, Stage, StageCtx, StageInputs};
+use forja_core::stage::{outputs, port, OutDir, OutputSpec, Stage, StageCtx};
 use forja_core::{Document, MetricRow, Reject};
 use forja_model::bert::encode_for_bert;
 use forja_model::classifier::{load_classifier, BertClassifier};
 use forja_model::parse_device;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Groups of documents to compare.
@@ -187,8 +187,8 @@ pub struct ExplainedExample {
 }
 
 /// Outputs of `eval_classifier`.
-pub const CONFUSION: OutputSpec = OutputSpec { name: "confusion", path: "confusion.svg" };
-pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
+pub const CONFUSION: OutputSpec = OutputSpec { name: "confusion", path: "confusion.svg", kind: port::SVG };
+pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow", kind: port::REJECTS };
 
 /// Ids and attention mask `[b, longest]` of token rows padded with `pad`.
 pub fn pad_batch(rows: &[&[i64]], pad: i64, device: Device) -> (Tensor, Tensor) {
@@ -677,17 +677,13 @@ fn attributions_md(r: &ClassifierEval, attr: &AttributionConfig) -> String {
     md
 }
 
-/// Inputs of `eval_classifier`.
-pub struct ClassifierEvalInputs {
-    /// A sequence-classifier folder.
-    pub model: PathBuf,
-    /// Labeled documents (`documents` artifact, label in `meta`).
-    pub test: PathBuf,
-}
-
-impl FromInputs for ClassifierEvalInputs {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self { model: inputs.one("model")?.to_path_buf(), test: inputs.one("test")?.to_path_buf() })
+forja_core::stage_inputs! {
+    /// Inputs of `eval_classifier`.
+    pub struct ClassifierEvalInputs {
+        /// A sequence-classifier folder.
+        model: one[MODEL],
+        /// Labeled documents (`labeled`, or `documents` with the label in `meta`).
+        test: one[DOCUMENTS],
     }
 }
 
@@ -698,8 +694,6 @@ impl Stage for EvalClassifier {
     const KIND: &'static str = "eval_classifier";
     const ABOUT: &'static str =
         "a sequence classifier on labeled documents: all metrics with calibration, slices and disparity, robustness (perturbations, HotFlip), integrated-gradient attributions";
-    const INPUTS: &'static [InputSpec] =
-        &[InputSpec { name: "model", required: true, many: false }, InputSpec { name: "test", required: true, many: false }];
     const OUTPUTS: &'static [OutputSpec] = &[outputs::METRICS, outputs::REPORT, CONFUSION, REJECTS];
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = ClassifierEvalConfig;

@@ -15,12 +15,12 @@ pub mod perturb;
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
 use forja_core::metric::{self, split};
-use forja_core::stage::{outputs, FromInputs, InputSpec, OutDir, OutputSpec, Stage, StageCtx, StageInputs};
+use forja_core::stage::{outputs, port, OutDir, OutputSpec, Stage, StageCtx};
 use forja_core::{Generation, MetricRow, Reject, TokenRow};
 use forja_model::generate::generate_uncached;
 use forja_model::{generate, load_model, parse_device, AnyModel, LanguageModel, SamplingConfig};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::Tensor;
 
 /// Parameters of the `eval` stage.
@@ -193,25 +193,19 @@ fn report_md(model_dir: &Path, split: &Path, split_name: &str, s: &LmScore, gens
 }
 
 /// Output of `eval`: sample completions.
-pub const GENERATIONS: OutputSpec = OutputSpec { name: "generations", path: "generations.arrow" };
+pub const GENERATIONS: OutputSpec = OutputSpec { name: "generations", path: "generations.arrow", kind: port::GENERATIONS };
 /// Output of `eval`: lines of the `questions` file left out, with their reasons.
-pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
+pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow", kind: port::REJECTS };
 
-/// Inputs of `eval`.
-pub struct EvalInputs {
-    pub model: PathBuf,
-    pub split: PathBuf,
-    /// Questions with reference answers (JSONL) for exact match.
-    pub questions: Option<PathBuf>,
-}
-
-impl FromInputs for EvalInputs {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self {
-            model: inputs.one("model")?.to_path_buf(),
-            split: inputs.one("split")?.to_path_buf(),
-            questions: inputs.optional("questions")?.map(Path::to_path_buf),
-        })
+forja_core::stage_inputs! {
+    /// Inputs of `eval`.
+    pub struct EvalInputs {
+        /// A causal language model folder (GPT or LSTM).
+        model: one[MODEL],
+        /// The token split scored.
+        split: one[TOKENS],
+        /// Questions with reference answers (JSONL) for exact match.
+        questions: optional[FILES],
     }
 }
 
@@ -221,11 +215,6 @@ pub struct Eval;
 impl Stage for Eval {
     const KIND: &'static str = "eval";
     const ABOUT: &'static str = "loss and perplexity of a language model (GPT or LSTM) on a token split, and sample generations";
-    const INPUTS: &'static [InputSpec] = &[
-        InputSpec { name: "model", required: true, many: false },
-        InputSpec { name: "split", required: true, many: false },
-        InputSpec { name: "questions", required: false, many: false },
-    ];
     const OUTPUTS: &'static [OutputSpec] = &[outputs::METRICS, GENERATIONS, outputs::REPORT, REJECTS];
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = EvalConfig;

@@ -3,6 +3,7 @@
 
 pub mod card;
 pub mod pipeline;
+pub mod reference;
 pub mod run;
 pub mod sweep;
 

@@ -52,8 +52,12 @@ enum Cmd {
     },
     /// Run one stage alone: forja stage KIND --input NAME=PATH --set KEY=VALUE --out DIR
     Stage(StageArgs),
-    /// List the stage kinds with their inputs and outputs.
-    Stages,
+    /// List the stage kinds with their inputs and outputs (`--markdown`: the
+    /// stage reference of docs/stages.md, with every parameter's default).
+    Stages {
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Serve a model folder over an OpenAI-compatible HTTP API (see forja-serve --help).
     Serve(forja_serve::ServeArgs),
     /// Answer a conversation with a fine-tuned GPT folder: its own chat template,
@@ -132,6 +136,7 @@ fn real_main() -> Result<()> {
             }
         }
         Cmd::Check { file, set } => {
+            // Every error of the file at once, one per line.
             let plan = load(&file, &registry, &set)?;
             let names: Vec<_> = plan.stages.iter().map(|s| s.name.as_str()).collect();
             println!("{}: ok ({} stages: {})", file.display(), names.len(), names.join(" -> "));
@@ -148,10 +153,12 @@ fn real_main() -> Result<()> {
             let device = forja_model::parse_device(&device)?;
             println!("{}", forja_model::chat::chat_with_folder(&model, &messages, &cfg, device)?);
         }
-        Cmd::Stages => {
+        Cmd::Stages { markdown: true } => print!("{}", forja::reference::stages_markdown(&registry)),
+        Cmd::Stages { markdown: false } => {
             for s in &registry {
-                let ins: Vec<_> = s.inputs().iter().map(|i| format!("{}{}", i.name, if i.required { "" } else { "?" })).collect();
-                let outs: Vec<_> = s.outputs().iter().map(|o| o.name).collect();
+                let ins: Vec<_> =
+                    s.inputs().iter().map(|i| format!("{}{} ({})", i.name, if i.required { "" } else { "?" }, i.kinds_text())).collect();
+                let outs: Vec<_> = s.outputs().iter().map(|o| format!("{} ({})", o.name, o.kind.name())).collect();
                 println!("{:16} {}\n{:16} inputs: {}; outputs: {}", s.kind(), s.about(), "", ins.join(", "), outs.join(", "));
             }
         }

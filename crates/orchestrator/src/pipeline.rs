@@ -3,7 +3,7 @@
 //! file and line.
 
 use anyhow::{anyhow, bail, Result};
-use forja_core::stage::{expand_glob, DynStage};
+use forja_core::stage::{expand_glob, DynStage, InputSpec};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -174,6 +174,28 @@ impl Ctx<'_> {
     }
 }
 
+/// Every problem `forja check` found in a pipeline file, each naming the file
+/// and line; shown one per line.
+#[derive(Debug)]
+pub struct CheckErrors(pub Vec<String>);
+
+impl std::fmt::Display for CheckErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "{one}"),
+            many => {
+                write!(f, "{} errors:", many.len())?;
+                for e in many {
+                    write!(f, "\n  {e}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for CheckErrors {}
+
 /// Reads and checks a pipeline file against the known `stages`, applying `overrides`.
 pub fn load(file: &Path, registry: &[&'static dyn DynStage], overrides: &[Override]) -> Result<Plan> {
     let text = std::fs::read_to_string(file).map_err(|e| anyhow!("{}: {e}", file.display()))?;
@@ -181,6 +203,8 @@ pub fn load(file: &Path, registry: &[&'static dyn DynStage], overrides: &[Overri
 }
 
 /// Checks a pipeline given as text (`file` is for messages and relative paths).
+/// Every error of the file is reported at once ([`CheckErrors`]), except that
+/// a file that is not valid TOML (or not a pipeline's shape) stops at that.
 pub fn parse(file: &Path, text: &str, registry: &[&'static dyn DynStage], overrides: &[Override]) -> Result<Plan> {
     let raw: RawPipeline = toml::from_str(text).map_err(|e| match e.span() {
         Some(span) => anyhow!("{}:{}: {}", file.display(), line_of(text, span.start), e.message()),
@@ -192,86 +216,132 @@ pub fn parse(file: &Path, text: &str, registry: &[&'static dyn DynStage], overri
     let footprint = raw.pipeline.footprint.unwrap_or_else(forja_core::resources::FootprintConfig::from_env);
 
     let mut cx = Ctx { file, text, all: &raw.stages, names: HashMap::new(), registry, base, overrides };
+    let mut errors = Vec::new();
     for (i, s) in raw.stages.iter().enumerate() {
         let name = s.get_ref().name.get_ref();
         if cx.names.insert(name.clone(), i).is_some() {
-            bail!(cx.err(s.get_ref().name.span(), format!("duplicate stage name `{name}`")));
+            errors.push(cx.err(s.get_ref().name.span(), format!("duplicate stage name `{name}`")).to_string());
         }
     }
     for o in overrides {
         if !cx.names.contains_key(&o.stage) {
-            bail!("--set: no stage named `{}` in {}", o.stage, file.display());
+            errors.push(format!("--set: no stage named `{}` in {}", o.stage, file.display()));
         }
     }
-
-    let planned = raw.stages.iter().map(|s| cx.check_stage(s)).collect::<Result<Vec<_>>>()?;
     if raw.stages.is_empty() {
-        bail!("{}: the pipeline has no [[stage]]", file.display());
+        errors.push(format!("{}: the pipeline has no [[stage]]", file.display()));
     }
-    let order = topo_order(&planned, &raw.stages, &cx)?;
+
+    let mut planned = Vec::new();
+    for s in &raw.stages {
+        match cx.check_stage(s) {
+            Ok(p) => planned.push(p),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(CheckErrors(errors).into());
+    }
+    let order = topo_order(&planned, &raw.stages, &cx).map_err(|e| CheckErrors(vec![e.to_string()]))?;
     let stages = order.into_iter().map(|i| planned[i].clone()).collect();
     Ok(Plan { name, file: file.to_path_buf(), out_dir, seed, device, footprint, stages })
 }
 
 impl Ctx<'_> {
-    fn check_stage(&self, s: &Spanned<RawStage>) -> Result<PlannedStage> {
+    /// Checks one stage, returning every problem found in it.
+    fn check_stage(&self, s: &Spanned<RawStage>) -> std::result::Result<PlannedStage, Vec<String>> {
         let registry = self.registry;
         let raw = s.get_ref();
         let name = raw.name.get_ref().clone();
         let kind = raw.kind.get_ref();
-        let stage = *registry.iter().find(|r| r.kind() == kind).ok_or_else(|| {
+        let Some(stage) = registry.iter().find(|r| r.kind() == kind).copied() else {
             let known: Vec<_> = registry.iter().map(|r| r.kind()).collect();
-            self.err(raw.kind.span(), format!("unknown stage kind `{kind}` (known: {})", known.join(", ")))
-        })?;
+            return Err(vec![self.err(raw.kind.span(), format!("unknown stage kind `{kind}` (known: {})", known.join(", "))).to_string()]);
+        };
+        let mut errors = Vec::new();
 
         // Parameters: the file's table, then command-line overrides, then the stage's own check.
         let mut table = raw.params.clone().unwrap_or_default();
         for o in self.overrides.iter().filter(|o| o.stage == name) {
             set_path(&mut table, &o.path, o.value.clone());
         }
-        let params = serde_json::to_value(&table)?;
+        let params = match serde_json::to_value(&table) {
+            Ok(p) => p,
+            Err(e) => return Err(vec![self.err(s.span(), format!("stage `{name}`: {e}")).to_string()]),
+        };
         if let Err(e) = stage.check(&params) {
-            let msg = format!("{e:#}");
             // The stage's text: from its header to the next `[[stage]]` (or the end).
             let start = s.span().start;
             let end = self.text[start + 1..].find("\n[[stage]]").map_or(self.text.len(), |i| start + 1 + i);
-            let span = start..end;
-            let span = match unknown_field(&msg) {
-                Some(key) => self.key_span(&span, &key),
-                None => self.params_span(&span),
-            };
-            bail!(self.err(span, format!("stage `{name}`: {msg}")));
+            let span = self.param_span(&(start..end), &e.path);
+            errors.push(self.err(span, format!("stage `{name}`: {e}")).to_string());
         }
 
         let mut inputs = BTreeMap::new();
         for (input, value) in &raw.inputs {
-            let spec = stage.inputs().iter().find(|i| i.name == input).ok_or_else(|| {
+            let Some(spec) = stage.inputs().iter().find(|i| i.name == input) else {
                 let known: Vec<_> = stage.inputs().iter().map(|i| i.name).collect();
-                self.err(value.span(), format!("stage `{name}` ({kind}) has no input `{input}` (inputs: {})", known.join(", ")))
-            })?;
+                errors.push(
+                    self.err(value.span(), format!("stage `{name}` ({kind}) has no input `{input}` (inputs: {})", known.join(", ")))
+                        .to_string(),
+                );
+                continue;
+            };
             let items = match value.get_ref() {
                 RawInput::One(v) => vec![v.clone()],
                 RawInput::Many(v) => v.clone(),
             };
             if items.len() != 1 && !spec.many {
-                bail!(self.err(value.span(), format!("input `{input}` of stage `{name}` takes one path")));
+                errors.push(self.err(value.span(), format!("input `{input}` of stage `{name}` takes one path")).to_string());
+                continue;
             }
             let mut sources = Vec::new();
             for item in items {
-                sources.push(self.resolve_input(value.span(), &name, &item, spec.many)?);
+                match self.resolve_input(value.span(), &name, &item, spec) {
+                    Ok(src) => sources.push(src),
+                    Err(e) => errors.push(e.to_string()),
+                }
             }
             inputs.insert(input.clone(), sources);
         }
         for spec in stage.inputs().iter().filter(|i| i.required) {
-            if !inputs.contains_key(spec.name) {
-                bail!(self.err(s.span(), format!("stage `{name}` ({kind}) needs input `{}`", spec.name)));
+            if !raw.inputs.contains_key(spec.name) {
+                errors.push(self.err(s.span(), format!("stage `{name}` ({kind}) needs input `{}`", spec.name)).to_string());
             }
         }
-        Ok(PlannedStage { name, stage, inputs, params })
+        if errors.is_empty() {
+            Ok(PlannedStage { name, stage, inputs, params })
+        } else {
+            Err(errors)
+        }
     }
 
-    /// Resolves one input item: `@stage.output`, or files (globs expanded, checked to exist).
-    fn resolve_input(&self, span: Range<usize>, stage_name: &str, item: &str, many: bool) -> Result<InputSource> {
+    /// The line of the parameter at `path` inside a stage's text: the deepest
+    /// key of the path found there (as `key =`, `key.sub =` or a `[stage.params.key]`
+    /// header), else where the parameters begin.
+    fn param_span(&self, stage: &Range<usize>, path: &[String]) -> Range<usize> {
+        let mut span = self.params_span(stage);
+        let mut within = span.start..stage.end;
+        for key in path.iter().filter(|k| k.parse::<usize>().is_err()) {
+            let header = format!(".{key}]");
+            let found = self.key_span(&within, key);
+            let found = if found != within {
+                found
+            } else {
+                match self.text[within.clone()].find(&header) {
+                    Some(i) => within.start + i..within.start + i + 1,
+                    None => break,
+                }
+            };
+            span = found.clone();
+            within = found.start..stage.end;
+        }
+        span
+    }
+
+    /// Resolves one input item: `@stage.output` (whose kind the input must
+    /// accept), or files (globs expanded, checked to exist).
+    fn resolve_input(&self, span: Range<usize>, stage_name: &str, item: &str, spec: &InputSpec) -> Result<InputSource> {
         if let Some(reference) = item.strip_prefix('@') {
             let (from, output) =
                 reference.split_once('.').ok_or_else(|| self.err(span.clone(), format!("`{item}`: a reference is `@STAGE.OUTPUT`")))?;
@@ -281,11 +351,22 @@ impl Ctx<'_> {
             }
             let from_kind = self.all[idx].get_ref().kind.get_ref();
             if let Some(st) = self.registry.iter().find(|r| r.kind() == from_kind) {
-                if !st.outputs().iter().any(|o| o.name == output) {
+                let Some(out) = st.outputs().iter().find(|o| o.name == output) else {
                     let outs: Vec<_> = st.outputs().iter().map(|o| o.name).collect();
                     bail!(self.err(
                         span,
                         format!("`{item}`: stage `{from}` ({from_kind}) has no output `{output}` (outputs: {})", outs.join(", "))
+                    ));
+                };
+                if !spec.accepts(out.kind) {
+                    bail!(self.err(
+                        span,
+                        format!(
+                            "input `{}` of stage `{stage_name}` reads {}, but `{item}` is {} (output `{output}` of {from_kind})",
+                            spec.name,
+                            spec.kinds_text(),
+                            out.kind.name()
+                        )
                     ));
                 }
             }
@@ -293,7 +374,7 @@ impl Ctx<'_> {
         }
         let pattern = self.base.join(item);
         let pattern = pattern.to_string_lossy();
-        let paths = if many { expand_glob(&pattern) } else { Ok(vec![PathBuf::from(pattern.as_ref())]) }
+        let paths = if spec.many { expand_glob(&pattern) } else { Ok(vec![PathBuf::from(pattern.as_ref())]) }
             .map_err(|e| self.err(span.clone(), format!("stage `{stage_name}`: {e:#}")))?;
         for p in &paths {
             if !p.exists() {
@@ -321,11 +402,6 @@ pub(crate) fn lexical_clean(path: &Path) -> PathBuf {
         out.push(".");
     }
     out
-}
-
-fn unknown_field(msg: &str) -> Option<String> {
-    let rest = &msg[msg.find("unknown field `")? + "unknown field `".len()..];
-    Some(rest[..rest.find('`')?].to_string())
 }
 
 pub(crate) fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {

@@ -40,8 +40,6 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunManifest> {
         }
     }
     std::fs::create_dir_all(&plan.out_dir).with_context(|| format!("creating {}", plan.out_dir.display()))?;
-    // Every stage's footprint (measured by the stage adapter) uses the pipeline's settings.
-    plan.footprint.export();
     let version = program_version();
     let mut manifest = RunManifest {
         pipeline: plan.name.clone(),
@@ -161,7 +159,8 @@ fn run_one(plan: &Plan, stage: &PlannedStage, opts: &RunOptions) -> Result<Stage
         code_hash: stage.stage.code_hash(),
     };
     let started = Instant::now();
-    let written = stage.stage.run_json(&stage.params, &inputs, &dir, &ctx)?;
+    // Every stage's footprint (measured by the stage adapter) uses the pipeline's settings.
+    let written = stage.stage.run_json(&stage.params, &inputs, &dir, &ctx, &plan.footprint)?;
     record.wall_s = started.elapsed().as_secs_f64();
     for out in written {
         record.outputs.insert(out.name.to_string(), HashedPath::of(&dir.join(out.path))?);

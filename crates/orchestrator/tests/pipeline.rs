@@ -49,13 +49,14 @@ name = "lm"
 kind = "pretrain"
 inputs = { tokenizer = "@tok.tokenizer", train = "@ids.train", val = "@ids.val" }
 [stage.params]
+model = { block_size = 16, n_layer = 1, n_head = 2, n_embd = 16 }
+[stage.params.train]
 batch_size = 4
 max_steps = 6
 eval_interval = 3
 eval_iters = 2
 checkpoint_interval = 3
 threads = 1
-model = { block_size = 16, n_layer = 1, n_head = 2, n_embd = 16 }
 
 [[stage]]
 name = "eval"
@@ -125,7 +126,7 @@ fn a_pipeline_runs_end_to_end_then_skips_every_stage() {
     assert!(second.stages.iter().all(|s| s.status == StageStatus::Skipped), "{:?}", statuses(&second));
 
     // A changed parameter reruns its stage and what depends on it, nothing upstream.
-    let set: Override = "lm.max_steps=7".parse().unwrap();
+    let set: Override = "lm.train.max_steps=7".parse().unwrap();
     let third = run_plan(&load(&file, &reg, &[set]).unwrap(), &RunOptions::default()).unwrap();
     let ran: Vec<_> = third.stages.iter().filter(|s| s.status == StageStatus::Ran).map(|s| s.name.as_str()).collect();
     assert_eq!(ran, vec!["lm", "eval"]);
@@ -163,7 +164,7 @@ const HEAD: &str = "[pipeline]\nname = \"x\"\n";
 fn invalid_pipelines_are_refused_with_the_line() {
     let unknown_param = format!("{HEAD}\n[[stage]]\nname = \"c\"\nkind = \"clean\"\ninputs = {{ files = [\"a.txt\"] }}\n[stage.params]\nsplit = {{ val_fraction = 0.1 }}\nmin_charz = 3\n");
     let e = check_err(&unknown_param);
-    assert!(e.contains("p.toml:10:") && e.contains("unknown field `min_charz`"), "{e}");
+    assert!(e.contains("p.toml:10:") && e.contains("unknown key `min_charz`"), "{e}");
 
     let unknown_kind = format!("{HEAD}\n[[stage]]\nname = \"c\"\nkind = \"cleen\"\n");
     let e = check_err(&unknown_kind);
@@ -190,7 +191,7 @@ fn invalid_pipelines_are_refused_with_the_line() {
     assert!(e.contains("p.toml:12:") && e.contains("has no output `trian`"), "{e}");
 
     let cycle = format!(
-        "{HEAD}\n[[stage]]\nname = \"a\"\nkind = \"tokenize\"\ninputs = {{ tokenizer = \"@b.tokenizer\", train = \"@b.tokenizer\" }}\n\n[[stage]]\nname = \"b\"\nkind = \"train_tokenizer\"\ninputs = {{ corpus = [\"@a.train\"] }}\n"
+        "{HEAD}\n[[stage]]\nname = \"a\"\nkind = \"sft_data\"\ninputs = {{ files = [\"@b.train\"] }}\n\n[[stage]]\nname = \"b\"\nkind = \"sft_data\"\ninputs = {{ files = [\"@a.train\"] }}\n"
     );
     let e = check_err(&cycle);
     assert!(e.contains("cycle among stages: a -> b"), "{e}");
@@ -198,6 +199,65 @@ fn invalid_pipelines_are_refused_with_the_line() {
     let bad_value = format!("{HEAD}\n[[stage]]\nname = \"c\"\nkind = \"clean\"\ninputs = {{ files = [\"a.txt\"] }}\nparams = {{ read = {{ format = \"xml\" }} }}\n");
     let e = check_err(&bad_value);
     assert!(e.contains("p.toml:8:") && e.contains("unknown variant `xml`"), "{e}");
+}
+
+#[test]
+fn check_reports_every_error_of_a_file_with_its_line() {
+    let toml = format!(
+        "{HEAD}\n[[stage]]\nname = \"c\"\nkind = \"clean\"\ninputs = {{ files = [\"nope.txt\"] }}\n\n\
+         [[stage]]\nname = \"k\"\nkind = \"cleen\"\n\n\
+         [[stage]]\nname = \"t\"\nkind = \"train_tokenizer\"\ninputs = {{ corpus = [\"@c.trian\"] }}\n[stage.params]\nvocab_sise = 3\n"
+    );
+    let e = check_err(&toml);
+    assert!(e.starts_with("4 errors:"), "{e}");
+    for (line, what) in [
+        ("p.toml:7:", "nope.txt does not exist"),
+        ("p.toml:11:", "unknown stage kind `cleen`"),
+        ("p.toml:16:", "has no output `trian`"),
+        ("p.toml:18:", "unknown key `vocab_sise`"),
+    ] {
+        assert!(e.lines().any(|l| l.contains(line) && l.contains(what)), "missing `{line} … {what}` in:\n{e}");
+    }
+}
+
+#[test]
+fn an_input_of_the_wrong_kind_is_refused_naming_both_kinds() {
+    let toml = format!(
+        "{HEAD}\n[[stage]]\nname = \"c\"\nkind = \"clean\"\ninputs = {{ files = [\"a.txt\"] }}\n\n\
+         [[stage]]\nname = \"t\"\nkind = \"train_tokenizer\"\ninputs = {{ corpus = [\"@c.train\"] }}\n\n\
+         [[stage]]\nname = \"lm\"\nkind = \"pretrain\"\ninputs = {{ tokenizer = \"@t.tokenizer\", train = \"@c.train\", val = \"@c.val\" }}\n"
+    );
+    let e = check_err(&toml);
+    assert!(e.contains("p.toml:17:") && e.contains("input `train` of stage `lm` reads tokens, but `@c.train` is documents"), "{e}");
+    assert!(e.contains("input `val` of stage `lm` reads tokens, but `@c.val` is documents"), "{e}");
+    // Labeled documents are documents; a model folder is not a tokenizer.
+    let toml = format!(
+        "{HEAD}\n[[stage]]\nname = \"c\"\nkind = \"clean\"\ninputs = {{ files = [\"a.txt\"] }}\n\n\
+         [[stage]]\nname = \"i\"\nkind = \"import_model\"\ninputs = {{ model = \"a.txt\" }}\n\n\
+         [[stage]]\nname = \"ids\"\nkind = \"tokenize\"\ninputs = {{ tokenizer = \"@i.model\", train = \"@c.train\" }}\n"
+    );
+    let e = check_err(&toml);
+    assert!(e.contains("input `tokenizer` of stage `ids` reads tokenizer, but `@i.model` is model folder"), "{e}");
+    assert!(!e.contains("`@c.train`"), "documents feed tokenize: {e}");
+}
+
+#[test]
+fn a_trainer_setting_under_its_old_key_names_the_new_one() {
+    let toml = format!(
+        "{HEAD}\n[[stage]]\nname = \"lm\"\nkind = \"pretrain\"\ninputs = {{ tokenizer = \"a.txt\", train = \"a.txt\", val = \"a.txt\" }}\n[stage.params]\nmax_steps = 5\n"
+    );
+    let e = check_err(&toml);
+    assert!(e.contains("p.toml:9:") && e.contains("unknown key `max_steps` (it is now `train.max_steps`)"), "{e}");
+    let toml = format!(
+        "{HEAD}\n[[stage]]\nname = \"d\"\nkind = \"dpo\"\ninputs = {{ model = \"a.txt\", train = \"a.txt\" }}\n[stage.params]\nbeta = 0.2\nloop = {{ max_steps = 5 }}\n"
+    );
+    let e = check_err(&toml);
+    assert!(e.contains("p.toml:10:") && e.contains("unknown key `loop` (it is now `train`)"), "{e}");
+    let toml = format!(
+        "{HEAD}\n[[stage]]\nname = \"d\"\nkind = \"sft\"\ninputs = {{ model = \"a.txt\", train = \"a.txt\" }}\n[stage.params.train]\nmax_step = 5\n"
+    );
+    let e = check_err(&toml);
+    assert!(e.contains("p.toml:9:") && e.contains("max_step"), "{e}");
 }
 
 #[test]
@@ -276,15 +336,18 @@ fn a_failing_stage_is_recorded_and_its_successors_do_not_run() {
 struct Panics;
 
 impl forja_core::stage::FromInputs for Panics {
+    const SPECS: &'static [forja_core::stage::InputSpec] = &[];
     fn from_inputs(_: &forja_core::stage::StageInputs) -> anyhow::Result<Self> {
         Ok(Panics)
+    }
+    fn named_paths(&self) -> Vec<(&'static str, Option<&std::path::Path>)> {
+        Vec::new()
     }
 }
 
 impl forja_core::stage::Stage for Panics {
     const KIND: &'static str = "panics";
     const ABOUT: &'static str = "panics when run";
-    const INPUTS: &'static [forja_core::stage::InputSpec] = &[];
     const OUTPUTS: &'static [forja_core::stage::OutputSpec] = &[forja_core::stage::outputs::REPORT];
     const CODE_HASH: &'static str = "test";
     type Params = serde_json::Value;
@@ -314,4 +377,18 @@ fn a_stage_that_panics_is_recorded_as_failed() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/x/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["stages"][0]["status"], "failed");
     assert!(manifest["stages"][0]["error"].as_str().unwrap().contains("shape '[2, 3]'"));
+}
+
+#[test]
+fn every_trainer_takes_its_settings_under_train() {
+    let trainers = ["pretrain", "sft", "finetune_classifier", "reward_model", "dpo", "ppo", "grpo"];
+    for kind in trainers {
+        let stage = *registry().iter().find(|s| s.kind() == kind).unwrap();
+        let given = serde_json::json!({ "train": { "max_steps": 3, "optim": { "lr": 0.01 }, "threads": 1 } });
+        stage.check(&given).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let defaults = stage.defaults().unwrap();
+        assert!(defaults["train"]["max_steps"].is_u64() && defaults["train"]["optim"]["lr"].is_f64(), "{kind}: {defaults}");
+        let old = stage.check(&serde_json::json!({ "max_steps": 3 })).expect_err(kind);
+        assert_eq!(old.suggestion().as_deref(), Some("train.max_steps"), "{kind}: {old}");
+    }
 }

@@ -167,13 +167,14 @@ name = "lm"
 kind = "pretrain"
 inputs = { tokenizer = "@tok.tokenizer", train = "@ids.train", val = "@ids.val" }
 [stage.params]
+model = { block_size = 16, n_layer = 1, n_head = 2, n_embd = 16 }
+[stage.params.train]
 batch_size = 4
 max_steps = 8
 eval_interval = 4
 eval_iters = 2
 checkpoint_interval = 4
 threads = 1
-model = { block_size = 16, n_layer = 1, n_head = 2, n_embd = 16 }
 
 [[stage]]
 name = "eval"
@@ -185,7 +186,7 @@ method = "grid"
 metric = "lm.loss"
 parallel = 2
 [search.params]
-"lm.optim.lr" = { values = [1e-5, 3e-3] }
+"lm.train.optim.lr" = { values = [1e-5, 3e-3] }
 "#;
     let path = dir.join("sweep.toml");
     std::fs::write(&path, toml).unwrap();
@@ -202,7 +203,7 @@ fn forja_sweep_runs_trials_as_processes_and_resumes() {
     assert_eq!(out.results.len(), 2);
     assert!(out.results.iter().all(|r| r.status == Status::Completed && r.steps == 8 && r.value.is_finite()), "{:?}", out.results);
     let best = &out.results[out.best.unwrap()];
-    assert_eq!(best.trial.params["lm.optim.lr"].as_float(), Some(3e-3), "8 steps at lr 1e-5 barely move");
+    assert_eq!(best.trial.params["lm.train.optim.lr"].as_float(), Some(3e-3), "8 steps at lr 1e-5 barely move");
     for name in ["trials.arrow", "report.md", "best.toml", "lm_optim_lr.svg", "trial-0000/pipeline.toml", "trial-0001/result.json"] {
         assert!(out.dir.join(name).exists(), "{name}");
     }

@@ -11,20 +11,8 @@ pub mod models;
 pub mod objectives;
 pub mod pretrain;
 
-use forja_core::stage::{FromInputs, InputSpec, OutDir, OutputSpec, Stage, StageCtx, StageInputs};
+use forja_core::stage::{port, OutDir, OutputSpec, Stage, StageCtx};
 pub use pretrain::{run, run_with_hook, Architecture, PretrainConfig, PretrainInputs};
-use std::path::PathBuf;
-
-impl FromInputs for PretrainInputs {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self {
-            tokenizer: inputs.one("tokenizer")?.to_path_buf(),
-            train: inputs.one("train")?.to_path_buf(),
-            val: inputs.one("val")?.to_path_buf(),
-            init: inputs.optional("init")?.map(Into::into),
-        })
-    }
-}
 
 /// The `pretrain` stage.
 pub struct Pretrain;
@@ -32,12 +20,6 @@ pub struct Pretrain;
 impl Stage for Pretrain {
     const KIND: &'static str = "pretrain";
     const ABOUT: &'static str = "pre-train a GPT or LSTM (next token) or a BERT (masked LM), with validation, best weights, diagnosis, checkpoints and exact resume";
-    const INPUTS: &'static [InputSpec] = &[
-        InputSpec { name: "tokenizer", required: true, many: false },
-        InputSpec { name: "train", required: true, many: false },
-        InputSpec { name: "val", required: true, many: false },
-        InputSpec { name: "init", required: false, many: false },
-    ];
     const OUTPUTS: &'static [OutputSpec] = &pretrain::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = PretrainConfig;
@@ -49,12 +31,11 @@ impl Stage for Pretrain {
     }
 }
 
-/// A model folder (the `model` input).
-pub struct ModelDir(pub PathBuf);
-
-impl FromInputs for ModelDir {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self(inputs.one("model")?.to_path_buf()))
+forja_core::stage_inputs! {
+    /// Input of `import_model`.
+    pub struct ModelDir {
+        /// A Hugging Face (or forja) model folder.
+        model: one[MODEL],
     }
 }
 
@@ -64,32 +45,28 @@ pub struct ImportModel;
 impl Stage for ImportModel {
     const KIND: &'static str = "import_model";
     const ABOUT: &'static str = "check and import a Hugging Face BERT or GPT-2 model folder (safetensors, config.json, tokenizer.json)";
-    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "model", required: true, many: false }];
     const OUTPUTS: &'static [OutputSpec] = &[pretrain::MODEL];
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = models::ImportConfig;
     type Inputs = ModelDir;
 
     fn run(&self, _cfg: &models::ImportConfig, input: &ModelDir, out: &OutDir, _ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
-        models::import_model(&input.0, &out.path(&pretrain::MODEL))?;
+        models::import_model(&input.model, &out.path(&pretrain::MODEL))?;
         Ok(Self::OUTPUTS.to_vec())
     }
 }
 
-/// Inputs of `embed`.
-pub struct EmbedInputs {
-    pub model: PathBuf,
-    pub documents: PathBuf,
-}
-
-impl FromInputs for EmbedInputs {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self { model: inputs.one("model")?.to_path_buf(), documents: inputs.one("documents")?.to_path_buf() })
+forja_core::stage_inputs! {
+    /// Inputs of `embed`.
+    pub struct EmbedInputs {
+        /// A BERT encoder folder.
+        model: one[MODEL],
+        documents: one[DOCUMENTS],
     }
 }
 
 /// Output of `embed`.
-pub const EMBEDDINGS: OutputSpec = OutputSpec { name: "embeddings", path: "embeddings.arrow" };
+pub const EMBEDDINGS: OutputSpec = OutputSpec { name: "embeddings", path: "embeddings.arrow", kind: port::EMBEDDINGS };
 
 /// The `embed` stage.
 pub struct Embed;
@@ -97,8 +74,6 @@ pub struct Embed;
 impl Stage for Embed {
     const KIND: &'static str = "embed";
     const ABOUT: &'static str = "mean-pooled, L2-normalised sentence embeddings of documents with a BERT encoder";
-    const INPUTS: &'static [InputSpec] =
-        &[InputSpec { name: "model", required: true, many: false }, InputSpec { name: "documents", required: true, many: false }];
     const OUTPUTS: &'static [OutputSpec] = &[EMBEDDINGS];
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = models::EmbedConfig;

@@ -6,23 +6,19 @@
 use crate::objectives::{CausalLm, MaskedLm, MlmConfig, MlmTokens, Streams};
 use anyhow::{bail, Context};
 use forja_core::artifacts::Artifact;
-use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::stage::{FromInputs, OutDir, StageCtx};
 use forja_core::token_counts::TokenCounts;
 use forja_core::TokenRow;
 use forja_model::bert::{Bert, BertConfig, BertMlmHead};
 use forja_model::checkpoint::{self, load_weights, write_folder, write_model_files, WEIGHTS};
 use forja_model::lstm::{LstmConfig, LstmLm, LSTM_MODEL_TYPE};
-use forja_model::{parse_device, Gpt, GptConfig, Precision};
+use forja_model::{Gpt, GptConfig};
 use forja_tokenizer::Tokenizer;
 use forja_train::batches::TokenStream;
 use forja_train::engine::StepHook;
-use forja_train::{
-    run_key, DiagnosisConfig, Engine, EngineConfig, EngineOutputs, ModelWriter, Objective, OptimConfig, ParamGroup, RunSpec, ThreadsGuard,
-    TrainSummary,
-};
+use forja_train::{run_key, Engine, EngineConfig, ModelWriter, Objective, ParamGroup, RunSpec, TrainSummary, TrainerConfig, TrainerSetup};
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 use tch::{nn, Device};
 
 /// The model trained.
@@ -38,10 +34,9 @@ pub enum Architecture {
     Lstm,
 }
 
-/// Parameters of the `pretrain` stage. The engine's settings sit here flat, as
-/// pipeline files have always named them (`pretrain.max_steps`, `optim.lr`):
-/// serde's `flatten` cannot be combined with `deny_unknown_fields`, so
-/// [`PretrainConfig::engine`] maps them onto [`EngineConfig`].
+/// Parameters of the `pretrain` stage: the model and its objective here, the
+/// trainer settings (steps, batch, optimizer, validation, precision, seed,
+/// device, threads) under `train`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PretrainConfig {
@@ -52,106 +47,37 @@ pub struct PretrainConfig {
     pub model: GptConfig,
     /// Masked-LM settings (BERT).
     pub mlm: MlmConfig,
-    pub optim: OptimConfig,
-    /// Sequences per micro-batch.
-    pub batch_size: i64,
-    /// Micro-batches per optimiser step (effective batch = batch_size × grad_accum).
-    pub grad_accum: u64,
-    pub max_steps: u64,
-    /// Validate every this many steps (and at the end).
-    pub eval_interval: u64,
-    /// Batches per validation estimate.
-    pub eval_iters: u64,
-    /// Write a resumable checkpoint every this many steps (0: only at the end).
-    pub checkpoint_interval: u64,
-    /// Stop after this many validations without a new best (0: never).
-    pub early_stopping_patience: u64,
-    /// Log a line (and per-layer gradient norms) every this many steps.
-    pub log_interval: u64,
-    /// Detection of divergent steps and the recovery policy.
-    pub diagnosis: DiagnosisConfig,
-    /// `f32`, or `bf16` matrix products (float32 weights, loss and optimizer).
-    pub precision: Precision,
-    /// Export the best-validation weights (true) or the last step's.
-    pub keep_best: bool,
-    /// Overrides the run's seed.
-    pub seed: Option<u64>,
-    /// Overrides the run's device (`cpu`, `cuda`, `cuda:N`).
-    pub device: Option<String>,
-    /// libtorch intra-op threads for this stage (0: libtorch's default).
-    pub threads: i32,
+    /// The trainer settings; `batch_size` is sequences per micro-batch
+    /// (`epochs` does not apply: windows are sampled from the token stream).
+    pub train: TrainerConfig,
 }
 
 impl Default for PretrainConfig {
     fn default() -> Self {
-        let e = EngineConfig::default();
-        Self {
-            architecture: Architecture::Gpt,
-            model: GptConfig::default(),
-            mlm: MlmConfig::default(),
-            optim: e.optim,
-            batch_size: 12,
-            grad_accum: e.grad_accum,
-            max_steps: e.max_steps,
-            eval_interval: e.eval_interval,
-            eval_iters: e.eval_iters,
-            checkpoint_interval: e.checkpoint_interval,
-            early_stopping_patience: e.early_stopping_patience,
-            log_interval: e.log_interval,
-            diagnosis: e.diagnosis,
-            precision: Precision::F32,
-            keep_best: e.keep_best,
-            seed: None,
-            device: None,
-            threads: 0,
-        }
+        Self { architecture: Architecture::Gpt, model: GptConfig::default(), mlm: MlmConfig::default(), train: TrainerConfig::default() }
     }
 }
 
 impl PretrainConfig {
     /// The engine's part of the configuration.
     pub fn engine(&self) -> EngineConfig {
-        EngineConfig {
-            optim: self.optim.clone(),
-            grad_accum: self.grad_accum,
-            max_steps: self.max_steps,
-            eval_interval: self.eval_interval,
-            eval_iters: self.eval_iters,
-            checkpoint_interval: self.checkpoint_interval,
-            early_stopping_patience: self.early_stopping_patience,
-            log_interval: self.log_interval,
-            diagnosis: self.diagnosis.clone(),
-            keep_best: self.keep_best,
-        }
+        self.train.engine(self.train.max_steps, self.train.eval_iters)
     }
 }
 
-/// Inputs of the `pretrain` stage.
-#[derive(Debug, Clone)]
-pub struct PretrainInputs {
-    pub tokenizer: PathBuf,
-    pub train: PathBuf,
-    pub val: PathBuf,
-    /// A model folder to continue pre-training from (forja's or imported).
-    pub init: Option<PathBuf>,
-}
-
-/// Outputs of `pretrain`.
-pub const MODEL: OutputSpec = OutputSpec { name: "model", path: "model" };
-/// Per-layer gradient norms over the steps.
-pub const GRAD_PLOT: OutputSpec = OutputSpec { name: "grad_plot", path: "grad_norms.svg" };
-pub const OUTPUTS: [OutputSpec; 5] = [MODEL, outputs::METRICS, outputs::PLOT, GRAD_PLOT, outputs::REPORT];
-
-/// Where the engine writes this stage's outputs.
-pub fn engine_outputs(out: &OutDir) -> EngineOutputs {
-    EngineOutputs {
-        model: out.path(&MODEL),
-        metrics: out.path(&outputs::METRICS),
-        plot: out.path(&outputs::PLOT),
-        grad_plot: out.path(&GRAD_PLOT),
-        report: out.path(&outputs::REPORT),
+forja_core::stage_inputs! {
+    /// Inputs of the `pretrain` stage.
+    pub struct PretrainInputs {
+        tokenizer: one[TOKENIZER],
+        train: one[TOKENS],
+        val: one[TOKENS],
+        /// A model folder to continue pre-training from (forja's or imported).
+        init: optional[MODEL],
     }
 }
+
+/// Outputs of `pretrain`: every trainer's standard ones.
+pub use forja_train::trainer::{engine_outputs, GRAD_PLOT, MODEL, STANDARD_OUTPUTS as OUTPUTS};
 
 /// Trains; writes `model/` (best or last weights), `metrics.arrow`, `loss.svg`,
 /// `grad_norms.svg`, `report.md` and `checkpoint/` under `out`. Resumes from `out/checkpoint`
@@ -181,20 +107,10 @@ pub fn run_with_hook(
     ctx: &StageCtx,
     hook: StepHook,
 ) -> anyhow::Result<TrainSummary> {
-    let seed = cfg.seed.unwrap_or(ctx.seed);
-    let device_name = cfg.device.clone().unwrap_or_else(|| ctx.device.clone());
-    let device = parse_device(&device_name)?;
-    let _threads = ThreadsGuard::set(cfg.threads);
-    anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
-    check_precision(cfg.precision, device)?;
+    let TrainerSetup { seed, device_name, device, .. } = &cfg.train.setup(ctx)?;
+    let (seed, device) = (*seed, *device);
     let tokenizer = Tokenizer::load(&inputs.tokenizer)?;
-    let ins = [
-        ("train", Some(inputs.train.as_path())),
-        ("val", Some(inputs.val.as_path())),
-        ("tokenizer", Some(inputs.tokenizer.as_path())),
-        ("init", inputs.init.as_deref()),
-    ];
-    let run_key = run_key(cfg, seed, &device_name, &ins, ctx)?;
+    let run_key = run_key(cfg, seed, device_name, &inputs.named_paths(), ctx)?;
     let setup = Setup { cfg, inputs, tokenizer, device, seed, run_key, out, ctx };
     let summary = match cfg.architecture {
         Architecture::Gpt => train_gpt(&setup, hook)?,
@@ -214,15 +130,6 @@ pub fn run_with_hook(
     Ok(summary)
 }
 
-/// bfloat16 needs a device whose libtorch can multiply in it.
-fn check_precision(precision: Precision, device: Device) -> anyhow::Result<()> {
-    if precision == Precision::Bf16 {
-        let ok = tch::Tensor::f_ones([2, 2], (tch::Kind::BFloat16, device)).and_then(|probe| probe.f_matmul(&probe)).is_ok();
-        anyhow::ensure!(ok, "precision = \"bf16\": libtorch cannot multiply bfloat16 matrices on {device:?}");
-    }
-    Ok(())
-}
-
 fn streams(s: &Setup, vocab_size: i64, block: i64) -> anyhow::Result<Streams> {
     let train = TokenStream::load(&s.inputs.train, vocab_size, s.device)?;
     let val = TokenStream::load(&s.inputs.val, vocab_size, s.device)?;
@@ -231,13 +138,13 @@ fn streams(s: &Setup, vocab_size: i64, block: i64) -> anyhow::Result<Streams> {
             bail!("{name} split has {} tokens, fewer than block_size + 1 = {}", stream.len(), block + 1);
         }
     }
-    Ok(Streams { train, val, batch_size: s.cfg.batch_size, block, grad_accum: s.cfg.grad_accum, seed: s.seed })
+    Ok(Streams { train, val, batch_size: s.cfg.train.batch_size as i64, block, grad_accum: s.cfg.train.grad_accum, seed: s.seed })
 }
 
 /// Runs the engine over `obj` with the usual parameter groups of `vs`.
 fn train(s: &Setup, vs: &mut nn::VarStore, obj: &mut dyn Objective, hook: StepHook) -> anyhow::Result<TrainSummary> {
     let engine_cfg = s.cfg.engine();
-    let groups = ParamGroup::decay_split(vs, s.cfg.optim.weight_decay);
+    let groups = ParamGroup::decay_split(vs, s.cfg.train.optim.weight_decay);
     let spec = RunSpec { seed: s.seed, run_key: s.run_key.clone(), ctx: s.ctx, out_dir: s.out.dir() };
     let mut engine = Engine::new(&engine_cfg, vs, groups, spec)?;
     engine.run(obj, &engine_outputs(s.out), hook)
@@ -303,7 +210,7 @@ fn train_gpt(s: &Setup, hook: StepHook) -> anyhow::Result<TrainSummary> {
     tch::manual_seed(s.seed as i64);
     let mut vs = nn::VarStore::new(s.device);
     let mut model = Gpt::new(&vs.root(), &model_cfg)?;
-    model.precision = s.cfg.precision;
+    model.precision = s.cfg.train.precision;
     load_init(s, &mut vs, &|_| false)?;
     let counts = training_counts(s, model_cfg.vocab_size)?;
     let write: ModelWriter = Box::new(|vs, dir| {
@@ -338,7 +245,7 @@ fn train_lstm(s: &Setup, hook: StepHook) -> anyhow::Result<TrainSummary> {
     tch::manual_seed(s.seed as i64);
     let mut vs = nn::VarStore::new(s.device);
     let mut model = LstmLm::new(&vs.root(), &lstm_cfg)?;
-    model.precision = s.cfg.precision;
+    model.precision = s.cfg.train.precision;
     load_init(s, &mut vs, &|_| false)?;
     let write: ModelWriter = Box::new(|vs, dir| write_folder(dir, vs, &lstm_cfg, &s.tokenizer));
     let mut obj = CausalLm { model: &model, data, write };
@@ -378,7 +285,7 @@ fn train_bert(s: &Setup, hook: StepHook) -> anyhow::Result<TrainSummary> {
     let mut vs = nn::VarStore::new(s.device);
     let root = vs.root();
     let mut bert = Bert::new(&(&root / "bert"), &bert_cfg, None)?;
-    bert.precision = s.cfg.precision;
+    bert.precision = s.cfg.train.precision;
     let head = BertMlmHead::new(&(&root / "cls" / "predictions"), &bert_cfg);
     // An imported encoder (e.g. MiniLM) has no masked-LM head: it starts fresh.
     load_init(s, &mut vs, &|name| name.starts_with("cls."))?;

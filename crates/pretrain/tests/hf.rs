@@ -12,6 +12,7 @@ use forja_model::bert::{Bert, BertConfig, BertMlmHead};
 use forja_model::checkpoint::{write_folder, AnyModel};
 use forja_model::{load_model, save_model, Gpt, GptConfig};
 use forja_pretrain::models::{embed_texts, import_model, run_embed, EmbedConfig};
+use forja_train::TrainerConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
@@ -236,13 +237,16 @@ fn masked_lm_continues_from_the_imported_minilm() {
     let cfg = PretrainConfig {
         architecture: Architecture::Bert,
         model: forja_model::GptConfig { block_size: 32, ..Default::default() },
-        optim: forja_train::OptimConfig { lr: 1e-3, warmup_steps: 0, ..Default::default() },
-        batch_size: 4,
-        max_steps: 12,
-        eval_interval: 6,
-        eval_iters: 2,
-        checkpoint_interval: 0,
-        threads: 2,
+        train: TrainerConfig {
+            optim: forja_train::OptimConfig { lr: 1e-3, warmup_steps: 0, ..Default::default() },
+            batch_size: 4,
+            max_steps: 12,
+            eval_interval: 6,
+            eval_iters: 2,
+            checkpoint_interval: 0,
+            threads: 2,
+            ..PretrainConfig::default().train
+        },
         ..Default::default()
     };
     let out = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@ use forja_model::GptConfig;
 use forja_pretrain::{Architecture, PretrainConfig, PretrainInputs};
 use forja_tokenizer::char_tokenizer;
 use forja_train::batches::TokenStream;
+use forja_train::TrainerConfig;
 use forja_train::{OptimConfig, TrainSummary};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -40,15 +41,18 @@ fn fixture(dir: &Path) -> PretrainInputs {
 fn tiny_cfg() -> PretrainConfig {
     PretrainConfig {
         model: GptConfig { block_size: 16, n_layer: 1, n_head: 2, n_embd: 16, ..Default::default() },
-        optim: OptimConfig { lr: 3e-3, warmup_steps: 2, ..Default::default() },
-        batch_size: 4,
-        grad_accum: 2,
-        max_steps: 9,
-        eval_interval: 4,
-        eval_iters: 2,
-        checkpoint_interval: 3,
-        log_interval: 2,
-        threads: 1,
+        train: TrainerConfig {
+            optim: OptimConfig { lr: 3e-3, warmup_steps: 2, ..Default::default() },
+            batch_size: 4,
+            grad_accum: 2,
+            max_steps: 9,
+            eval_interval: 4,
+            eval_iters: 2,
+            checkpoint_interval: 3,
+            log_interval: 2,
+            threads: 1,
+            ..PretrainConfig::default().train
+        },
         ..Default::default()
     }
 }
@@ -119,7 +123,10 @@ fn a_checkpoint_of_another_configuration_is_not_resumed() {
     let inputs = fixture(data.path());
     let out = tempfile::tempdir().unwrap();
     run(&tiny_cfg(), &inputs, out.path(), &ctx()).unwrap();
-    let other = PretrainConfig { optim: OptimConfig { lr: 1e-3, ..tiny_cfg().optim }, ..tiny_cfg() };
+    let other = PretrainConfig {
+        train: TrainerConfig { optim: OptimConfig { lr: 1e-3, ..tiny_cfg().train.optim }, ..tiny_cfg().train },
+        ..tiny_cfg()
+    };
     let s = run(&other, &inputs, out.path(), &ctx()).unwrap();
     assert_eq!(s.resumed_from, None);
 }
@@ -133,7 +140,7 @@ fn continued_pretraining_starts_from_the_init_model() {
     let a = run(&tiny_cfg(), &inputs, first.path(), &ctx()).unwrap();
     let second = tempfile::tempdir().unwrap();
     let cont = PretrainInputs { init: Some(first.path().join("model")), ..inputs.clone() };
-    let cfg = PretrainConfig { max_steps: 4, ..tiny_cfg() };
+    let cfg = PretrainConfig { train: TrainerConfig { max_steps: 4, ..tiny_cfg().train }, ..tiny_cfg() };
     let b = run(&cfg, &cont, second.path(), &ctx()).unwrap();
     let fresh = tempfile::tempdir().unwrap();
     let c = run(&cfg, &inputs, fresh.path(), &ctx()).unwrap();
@@ -171,8 +178,8 @@ fn a_killed_process_resumes_to_the_same_weights() {
             .arg("--input")
             .arg(format!("val={}", inputs.val.display()))
             .args(["--set", "model={\"block_size\":16,\"n_layer\":1,\"n_head\":2,\"n_embd\":16}"])
-            .args(["--set", "max_steps=60", "--set", "checkpoint_interval=5", "--set", "eval_interval=20"])
-            .args(["--set", "eval_iters=2", "--set", "batch_size=4", "--set", "threads=1", "--seed", "11"])
+            .args(["--set", "train.max_steps=60", "--set", "train.checkpoint_interval=5", "--set", "train.eval_interval=20"])
+            .args(["--set", "train.eval_iters=2", "--set", "train.batch_size=4", "--set", "train.threads=1", "--seed", "11"])
             .arg("--out")
             .arg(out)
             .stdout(std::process::Stdio::null())
@@ -206,10 +213,13 @@ fn early_stopping_ends_the_run_when_validation_stops_improving() {
     let inputs = fixture(data.path());
     // lr = 0: the weights never change, so validation never improves on its first value.
     let cfg = PretrainConfig {
-        optim: OptimConfig { lr: 0.0, min_lr: 0.0, ..tiny_cfg().optim },
-        max_steps: 20,
-        eval_interval: 4,
-        early_stopping_patience: 2,
+        train: TrainerConfig {
+            optim: OptimConfig { lr: 0.0, min_lr: 0.0, ..tiny_cfg().train.optim },
+            max_steps: 20,
+            eval_interval: 4,
+            early_stopping_patience: 2,
+            ..tiny_cfg().train
+        },
         ..tiny_cfg()
     };
     let out = tempfile::tempdir().unwrap();
@@ -253,13 +263,16 @@ fn a_resumed_masked_lm_run_with_dropout_ends_with_the_weights_of_an_uninterrupte
     let cfg = PretrainConfig {
         architecture: Architecture::Bert,
         model: GptConfig { block_size: 16, n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.1, ..Default::default() },
-        batch_size: 4,
-        grad_accum: 2,
-        max_steps: 8,
-        eval_interval: 4,
-        eval_iters: 2,
-        checkpoint_interval: 3,
-        threads: 1,
+        train: TrainerConfig {
+            batch_size: 4,
+            grad_accum: 2,
+            max_steps: 8,
+            eval_interval: 4,
+            eval_iters: 2,
+            checkpoint_interval: 3,
+            threads: 1,
+            ..PretrainConfig::default().train
+        },
         ..Default::default()
     };
     let straight = tempfile::tempdir().unwrap();
@@ -286,12 +299,15 @@ fn masked_lm_trains_a_bert_that_loads_by_its_model_type() {
     let cfg = PretrainConfig {
         architecture: Architecture::Bert,
         model: GptConfig { block_size: 24, n_layer: 2, n_head: 2, n_embd: 32, ..Default::default() },
-        optim: OptimConfig { lr: 3e-3, warmup_steps: 10, ..Default::default() },
-        batch_size: 16,
-        max_steps: 500,
-        eval_interval: 250,
-        eval_iters: 4,
-        threads: 1,
+        train: TrainerConfig {
+            optim: OptimConfig { lr: 3e-3, warmup_steps: 10, ..Default::default() },
+            batch_size: 16,
+            max_steps: 500,
+            eval_interval: 250,
+            eval_iters: 4,
+            threads: 1,
+            ..PretrainConfig::default().train
+        },
         ..Default::default()
     };
     let out = tempfile::tempdir().unwrap();
@@ -349,10 +365,13 @@ fn an_lstm_trains_through_the_same_engine_and_evaluates() {
     let cfg = PretrainConfig {
         architecture: Architecture::Lstm,
         model: GptConfig { block_size: 32, n_layer: 1, n_embd: 48, ..Default::default() },
-        optim: OptimConfig { lr: 2e-2, warmup_steps: 5, ..Default::default() },
-        batch_size: 16,
-        max_steps: 90,
-        eval_interval: 30,
+        train: TrainerConfig {
+            optim: OptimConfig { lr: 2e-2, warmup_steps: 5, ..Default::default() },
+            batch_size: 16,
+            max_steps: 90,
+            eval_interval: 30,
+            ..tiny_cfg().train
+        },
         ..tiny_cfg()
     };
     let out = tempfile::tempdir().unwrap();
@@ -376,7 +395,10 @@ fn bf16_training_lowers_the_loss_with_float32_weights() {
     let _serial = serial();
     let data = tempfile::tempdir().unwrap();
     let inputs = fixture(data.path());
-    let cfg = PretrainConfig { precision: forja_model::Precision::Bf16, max_steps: 30, eval_interval: 15, ..tiny_cfg() };
+    let cfg = PretrainConfig {
+        train: TrainerConfig { precision: forja_model::Precision::Bf16, max_steps: 30, eval_interval: 15, ..tiny_cfg().train },
+        ..tiny_cfg()
+    };
     let out = tempfile::tempdir().unwrap();
     run(&cfg, &inputs, out.path(), &ctx()).unwrap();
     let v = val_losses(out.path());

@@ -9,19 +9,19 @@
 //! policy in one batch, and only answer positions through its vocabulary
 //! projection ([`crate::logps`]).
 
-use crate::common::{self, encode_pairs, EncodedPair, LoopConfig, Policy};
+use crate::common::{self, encode_pairs, EncodedPair, Policy};
 use crate::logps::{self, Seq};
 use crate::losses::{self, DpoLoss};
 use forja_core::artifacts::Artifact;
 use forja_core::metric;
-use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::stage::{outputs, port, FromInputs, OutDir, OutputSpec, StageCtx};
 use forja_core::{PairLogps, Preference, Reject, TokenRow};
-use forja_model::{Gpt, LoraConfig, Precision};
+use forja_model::{Gpt, LoraConfig};
 use forja_train::batches::EpochBatches;
-use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, TrainSummary};
+use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, TrainSummary, TrainerConfig, TrainerSetup};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{nn, Kind, Tensor};
 
 /// Parameters of `dpo`.
@@ -31,52 +31,35 @@ pub struct DpoConfig {
     /// Strength of the pull towards the reference (the KL weight).
     pub beta: f64,
     pub loss: DpoLoss,
-    /// Pairs per micro-batch.
-    pub batch_size: usize,
     /// Longest prompt + answer in tokens (0: the model's context).
     pub max_length: usize,
-    #[serde(rename = "loop")]
-    pub train: LoopConfig,
+    /// The trainer settings (`batch_size`: pairs per micro-batch).
+    pub train: TrainerConfig,
     pub lora: Option<LoraConfig>,
     /// Dropout while training (the model's own when absent; 0 keeps the
     /// policy's log-probabilities comparable to the reference's).
     pub dropout: Option<f64>,
-    pub precision: Precision,
-    pub seed: Option<u64>,
-    pub device: Option<String>,
-    pub threads: i32,
 }
 
 impl Default for DpoConfig {
     fn default() -> Self {
-        Self {
-            beta: 0.1,
-            loss: DpoLoss::Sigmoid,
-            batch_size: 8,
-            max_length: 0,
-            train: LoopConfig::default(),
-            lora: None,
-            dropout: Some(0.0),
-            precision: Precision::F32,
-            seed: None,
-            device: None,
-            threads: 0,
-        }
+        Self { beta: 0.1, loss: DpoLoss::Sigmoid, max_length: 0, train: common::train_defaults(), lora: None, dropout: Some(0.0) }
     }
 }
 
-/// Inputs of `dpo`.
-#[derive(Debug, Clone)]
-pub struct DpoInputs {
-    /// The GPT folder to align (the reference too).
-    pub model: PathBuf,
-    pub train: PathBuf,
-    pub val: Option<PathBuf>,
-    /// A `pair_logps` artifact of the same model (an earlier run's `reference`).
-    pub reference: Option<PathBuf>,
+forja_core::stage_inputs! {
+    /// Inputs of `dpo`.
+    pub struct DpoInputs {
+        /// The GPT folder to align (the reference too).
+        model: one[MODEL],
+        train: one[PREFERENCES],
+        val: optional[PREFERENCES],
+        /// A `pair_logps` artifact of the same model (an earlier run's `reference`).
+        reference: optional[PAIR_LOGPS],
+    }
 }
 
-pub const REFERENCE: OutputSpec = OutputSpec { name: "reference", path: "reference.arrow" };
+pub const REFERENCE: OutputSpec = OutputSpec { name: "reference", path: "reference.arrow", kind: port::PAIR_LOGPS };
 pub const OUTPUTS: [OutputSpec; 7] =
     [common::MODEL, outputs::METRICS, outputs::PLOT, common::GRAD_PLOT, outputs::REPORT, common::REJECTS, REFERENCE];
 
@@ -113,7 +96,7 @@ impl<'a> Dpo<'a> {
         seed: u64,
         write: forja_train::ModelWriter<'a>,
     ) -> Self {
-        let batches = EpochBatches::new(train.len(), cfg.batch_size, cfg.train.grad_accum, seed);
+        let batches = EpochBatches::new(train.len(), cfg.train.batch_size, cfg.train.grad_accum, seed);
         Self { model, beta: cfg.beta, loss: cfg.loss, train, val, batches, write, last: Vec::new() }
     }
 
@@ -258,12 +241,11 @@ pub struct DpoSummary {
 }
 
 pub fn run(cfg: &DpoConfig, inputs: &DpoInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<DpoSummary> {
-    anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
     anyhow::ensure!(cfg.beta > 0.0, "beta must be > 0, got {}", cfg.beta);
-    let common::Setup { seed, device_name, device, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
+    let TrainerSetup { seed, device_name, device, .. } = &cfg.train.setup(ctx)?;
     let (seed, device) = (*seed, *device);
     let Policy { mut vs, model, fmt, cfg: gpt_cfg } =
-        common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
+        common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.train.precision)?;
     let max_len = match cfg.max_length {
         0 => gpt_cfg.block_size as usize,
         n => n.min(gpt_cfg.block_size as usize),
@@ -283,7 +265,7 @@ pub fn run(cfg: &DpoConfig, inputs: &DpoInputs, out: &OutDir, ctx: &StageCtx) ->
         None => {
             let started = std::time::Instant::now();
             let all: Vec<EncodedPair> = train.iter().chain(&val).cloned().collect();
-            let rows = pair_logps(&model, &all, cfg.batch_size)?;
+            let rows = pair_logps(&model, &all, cfg.train.batch_size)?;
             println!("{}: reference log-probabilities of {} pairs in {:.1} s", ctx.name, rows.len(), started.elapsed().as_secs_f64());
             (rows, false)
         }
@@ -303,7 +285,7 @@ pub fn run(cfg: &DpoConfig, inputs: &DpoInputs, out: &OutDir, ctx: &StageCtx) ->
     let lora = cfg.lora.clone();
     let write: forja_train::ModelWriter = Box::new(move |vs, dir| forja_model::export::write_policy(dir, vs, &base, lora.as_ref()));
     let mut obj = Dpo::new(&model, cfg, train, val, seed, write);
-    let engine_cfg = cfg.train.engine(n_train, cfg.batch_size, obj.batches.covering(n_val));
+    let engine_cfg = cfg.train.engine_for_examples(n_train, obj.batches.covering(n_val));
     println!(
         "{}: {n_train} pairs, {n_val} held out, {} rejected, {} cut to {max_len} tokens; {} steps, beta {}, {:?} loss",
         ctx.name,
@@ -313,21 +295,15 @@ pub fn run(cfg: &DpoConfig, inputs: &DpoInputs, out: &OutDir, ctx: &StageCtx) ->
         cfg.beta,
         cfg.loss
     );
-    let ins = [
-        ("model", Some(inputs.model.as_path())),
-        ("train", Some(inputs.train.as_path())),
-        ("val", inputs.val.as_deref()),
-        ("reference", inputs.reference.as_deref()),
-    ];
-    let spec = RunSpec { seed, run_key: run_key(cfg, seed, device_name, &ins, ctx)?, ctx, out_dir: out.dir() };
+    let spec = RunSpec { seed, run_key: run_key(cfg, seed, device_name, &inputs.named_paths(), ctx)?, ctx, out_dir: out.dir() };
     let outs = common::engine_outputs(out);
     let summary = Engine::new(&engine_cfg, &mut vs, groups, spec)?.run(&mut obj, &outs, &mut |_| std::ops::ControlFlow::Continue(()))?;
 
     // The exported weights' margin over every training pair.
     let (margin, accuracy) = {
-        let trained = common::load_policy(&outs.model, device, None, Some(0.0), cfg.precision)?;
+        let trained = common::load_policy(&outs.model, device, None, Some(0.0), cfg.train.precision)?;
         let pairs: Vec<EncodedPair> = obj.train.iter().map(|p| p.pair.clone()).collect();
-        let now = pair_logps(&trained.model, &pairs, cfg.batch_size)?;
+        let now = pair_logps(&trained.model, &pairs, cfg.train.batch_size)?;
         let margins: Vec<f64> = now
             .iter()
             .zip(&obj.train)

@@ -14,7 +14,7 @@
 
 use crate::text::ASSISTANT;
 use forja_core::artifacts::Artifact;
-use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::stage::{outputs, port, OutDir, OutputSpec, StageCtx};
 use forja_core::{Preference, Reject};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -41,10 +41,10 @@ impl Default for ImportConfig {
     }
 }
 
-pub const TRAIN: OutputSpec = OutputSpec { name: "train", path: "train.arrow" };
-pub const VAL: OutputSpec = OutputSpec { name: "val", path: "val.arrow" };
-pub const TEST: OutputSpec = OutputSpec { name: "test", path: "test.arrow" };
-pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
+pub const TRAIN: OutputSpec = OutputSpec { name: "train", path: "train.arrow", kind: port::PREFERENCES };
+pub const VAL: OutputSpec = OutputSpec { name: "val", path: "val.arrow", kind: port::PREFERENCES };
+pub const TEST: OutputSpec = OutputSpec { name: "test", path: "test.arrow", kind: port::PREFERENCES };
+pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow", kind: port::REJECTS };
 pub const OUTPUTS: [OutputSpec; 5] = [TRAIN, VAL, TEST, REJECTS, outputs::REPORT];
 
 /// One JSONL record: either form.

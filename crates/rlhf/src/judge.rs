@@ -16,12 +16,12 @@ use crate::reward;
 use crate::rl::{one_line, read_prompts, Prompt};
 use crate::text::{last_tokens, Formatter};
 use forja_core::artifacts::Artifact;
-use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::stage::{outputs, port, OutDir, OutputSpec, StageCtx};
 use forja_core::{Generation, MetricRow};
 use forja_model::generate::SamplingConfig;
 use forja_model::Gpt;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Parameters of `align_eval`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,19 +51,21 @@ impl Default for AlignEvalConfig {
     }
 }
 
-/// Inputs of `align_eval`.
-#[derive(Debug, Clone)]
-pub struct AlignEvalInputs {
-    /// The model the others started from (the SFT model).
-    pub reference: PathBuf,
-    /// Aligned models.
-    pub models: Vec<PathBuf>,
-    /// A reward model trained on held-out pairs.
-    pub judge: PathBuf,
-    pub prompts: PathBuf,
+forja_core::stage_inputs! {
+    /// Inputs of `align_eval`.
+    pub struct AlignEvalInputs {
+        /// The model the others started from (the SFT model).
+        reference: one[MODEL],
+        /// Aligned models.
+        models: many[MODEL],
+        /// A reward model trained on held-out pairs.
+        judge: one[MODEL],
+        /// Prompts: `preferences` or `sft_examples`.
+        prompts: one[PREFERENCES, SFT_EXAMPLES],
+    }
 }
 
-pub const SAMPLES: OutputSpec = OutputSpec { name: "samples", path: "samples.arrow" };
+pub const SAMPLES: OutputSpec = OutputSpec { name: "samples", path: "samples.arrow", kind: port::GENERATIONS };
 pub const OUTPUTS: [OutputSpec; 3] = [outputs::METRICS, outputs::REPORT, SAMPLES];
 
 /// Metric names (the split names the model).

@@ -25,13 +25,13 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use forja_core::artifacts::Artifact;
-use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::stage::{outputs, port, OutDir, OutputSpec, StageCtx};
 use forja_core::{Preference, Reject};
 use forja_model::generate::SamplingConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 const PAGE: &str = include_str!("../static/label.html");
@@ -68,19 +68,22 @@ impl Default for LabelConfig {
     }
 }
 
-/// Inputs of `label`: a pairs file, or models and prompts.
-#[derive(Debug, Clone)]
-pub struct LabelInputs {
-    pub pairs: Option<PathBuf>,
-    pub model: Option<PathBuf>,
-    pub model_b: Option<PathBuf>,
-    pub prompts: Option<PathBuf>,
+forja_core::stage_inputs! {
+    /// Inputs of `label`: a pairs file, or models and prompts.
+    pub struct LabelInputs {
+        /// Prompt/answer pairs to judge (JSONL).
+        pairs: optional[FILES],
+        model: optional[MODEL],
+        model_b: optional[MODEL],
+        /// Prompts: `preferences` or `sft_examples`.
+        prompts: optional[PREFERENCES, SFT_EXAMPLES],
+    }
 }
 
-pub const PREFERENCES: OutputSpec = OutputSpec { name: "preferences", path: "preferences.arrow" };
-pub const JUDGEMENTS: OutputSpec = OutputSpec { name: "judgements", path: "judgements.jsonl" };
-pub const PAIRS: OutputSpec = OutputSpec { name: "pairs", path: "pairs.jsonl" };
-pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
+pub const PREFERENCES: OutputSpec = OutputSpec { name: "preferences", path: "preferences.arrow", kind: port::PREFERENCES };
+pub const JUDGEMENTS: OutputSpec = OutputSpec { name: "judgements", path: "judgements.jsonl", kind: port::JSONL };
+pub const PAIRS: OutputSpec = OutputSpec { name: "pairs", path: "pairs.jsonl", kind: port::JSONL };
+pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow", kind: port::REJECTS };
 pub const OUTPUTS: [OutputSpec; 5] = [PREFERENCES, JUDGEMENTS, PAIRS, REJECTS, outputs::REPORT];
 
 /// Two answers to a prompt.

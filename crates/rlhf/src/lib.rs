@@ -28,15 +28,13 @@ pub mod reward;
 pub mod rl;
 pub mod text;
 
-use forja_core::stage::{FromInputs, InputSpec, OutDir, OutputSpec, Stage, StageCtx, StageInputs};
-use std::path::PathBuf;
+use forja_core::stage::{OutDir, OutputSpec, Stage, StageCtx};
 
-/// Input files of `preferences`.
-pub struct PreferenceFiles(pub Vec<PathBuf>);
-
-impl FromInputs for PreferenceFiles {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self(inputs.many("files").to_vec()))
+forja_core::stage_inputs! {
+    /// Input files of `preferences`.
+    pub struct PreferenceFiles {
+        /// HH-RLHF or prompt/chosen/rejected JSONL, or `preferences` artifacts; globs allowed.
+        files: many[FILES, PREFERENCES],
     }
 }
 
@@ -46,25 +44,14 @@ pub struct Preferences;
 impl Stage for Preferences {
     const KIND: &'static str = "preferences";
     const ABOUT: &'static str = "read preference pairs (HH-RLHF chosen/rejected dialogues, prompt/chosen/rejected JSONL, preferences artifacts) into preferences train/val, with rejects";
-    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "files", required: true, many: true }];
     const OUTPUTS: &'static [OutputSpec] = &import::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = import::ImportConfig;
     type Inputs = PreferenceFiles;
 
     fn run(&self, cfg: &import::ImportConfig, inputs: &PreferenceFiles, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
-        import::run(cfg, &inputs.0, out, ctx)?;
+        import::run(cfg, &inputs.files, out, ctx)?;
         Ok(Self::OUTPUTS.to_vec())
-    }
-}
-
-impl FromInputs for reward::RewardInputs {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self {
-            model: inputs.one("model")?.to_path_buf(),
-            train: inputs.one("train")?.to_path_buf(),
-            val: inputs.optional("val")?.map(Into::into),
-        })
     }
 }
 
@@ -74,11 +61,6 @@ pub struct RewardModelStage;
 impl Stage for RewardModelStage {
     const KIND: &'static str = "reward_model";
     const ABOUT: &'static str = "train a reward model (GPT backbone + scalar head, Bradley-Terry loss) on preference pairs; held-out accuracy; loads in transformers as a one-label sequence classifier";
-    const INPUTS: &'static [InputSpec] = &[
-        InputSpec { name: "model", required: true, many: false },
-        InputSpec { name: "train", required: true, many: false },
-        InputSpec { name: "val", required: false, many: false },
-    ];
     const OUTPUTS: &'static [OutputSpec] = &reward::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = reward::RewardConfig;
@@ -96,29 +78,12 @@ impl Stage for RewardModelStage {
     }
 }
 
-impl FromInputs for dpo::DpoInputs {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self {
-            model: inputs.one("model")?.to_path_buf(),
-            train: inputs.one("train")?.to_path_buf(),
-            val: inputs.optional("val")?.map(Into::into),
-            reference: inputs.optional("reference")?.map(Into::into),
-        })
-    }
-}
-
 /// The `dpo` stage.
 pub struct DpoStage;
 
 impl Stage for DpoStage {
     const KIND: &'static str = "dpo";
     const ABOUT: &'static str = "align a GPT to preference pairs with DPO (sigmoid, ipo or length_normalized loss), full or LoRA; reference log-probabilities computed once as an artifact";
-    const INPUTS: &'static [InputSpec] = &[
-        InputSpec { name: "model", required: true, many: false },
-        InputSpec { name: "train", required: true, many: false },
-        InputSpec { name: "val", required: false, many: false },
-        InputSpec { name: "reference", required: false, many: false },
-    ];
     const OUTPUTS: &'static [OutputSpec] = &dpo::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = dpo::DpoConfig;
@@ -129,24 +94,6 @@ impl Stage for DpoStage {
         Ok(Self::OUTPUTS.to_vec())
     }
 }
-
-impl FromInputs for rl::RlInputs {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self {
-            model: inputs.one("model")?.to_path_buf(),
-            prompts: inputs.one("prompts")?.to_path_buf(),
-            val: inputs.optional("val")?.map(Into::into),
-            reward_model: inputs.optional("reward_model")?.map(Into::into),
-        })
-    }
-}
-
-const RL_INPUTS: &[InputSpec] = &[
-    InputSpec { name: "model", required: true, many: false },
-    InputSpec { name: "prompts", required: true, many: false },
-    InputSpec { name: "val", required: false, many: false },
-    InputSpec { name: "reward_model", required: false, many: false },
-];
 
 common::params_over_defaults!(
     /// `ppo`'s parameters: [`rl::RlConfig`] over PPO's defaults.
@@ -171,7 +118,6 @@ pub struct PpoStage;
 impl Stage for PpoStage {
     const KIND: &'static str = "ppo";
     const ABOUT: &'static str = "PPO on prompts against a reward model (or a rule): batched rollouts, KL penalty to the frozen reference (fixed or adaptive), value head with GAE, clipped policy and value losses; full or LoRA (reference = adapters off)";
-    const INPUTS: &'static [InputSpec] = RL_INPUTS;
     const OUTPUTS: &'static [OutputSpec] = &rl::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = PpoParams;
@@ -189,7 +135,6 @@ pub struct GrpoStage;
 impl Stage for GrpoStage {
     const KIND: &'static str = "grpo";
     const ABOUT: &'static str = "group-relative RL (GRPO) on verifiable answers: several samples per prompt, advantages relative to the group, no value model; reward from the final number of the answer (or another rule, or a reward model)";
-    const INPUTS: &'static [InputSpec] = RL_INPUTS;
     const OUTPUTS: &'static [OutputSpec] = &rl::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = GrpoParams;
@@ -201,29 +146,12 @@ impl Stage for GrpoStage {
     }
 }
 
-impl FromInputs for label::LabelInputs {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self {
-            pairs: inputs.optional("pairs")?.map(Into::into),
-            model: inputs.optional("model")?.map(Into::into),
-            model_b: inputs.optional("model_b")?.map(Into::into),
-            prompts: inputs.optional("prompts")?.map(Into::into),
-        })
-    }
-}
-
 /// The `label` stage.
 pub struct LabelStage;
 
 impl Stage for LabelStage {
     const KIND: &'static str = "label";
     const ABOUT: &'static str = "serve a page on localhost where people pick the better of two answers (from a pairs file or generated by models); waits until every pair is judged; preferences + Cohen's kappa";
-    const INPUTS: &'static [InputSpec] = &[
-        InputSpec { name: "pairs", required: false, many: false },
-        InputSpec { name: "model", required: false, many: false },
-        InputSpec { name: "model_b", required: false, many: false },
-        InputSpec { name: "prompts", required: false, many: false },
-    ];
     const OUTPUTS: &'static [OutputSpec] = &label::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = LabelParams;
@@ -235,29 +163,12 @@ impl Stage for LabelStage {
     }
 }
 
-impl FromInputs for judge::AlignEvalInputs {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self {
-            reference: inputs.one("reference")?.to_path_buf(),
-            models: inputs.many("models").to_vec(),
-            judge: inputs.one("judge")?.to_path_buf(),
-            prompts: inputs.one("prompts")?.to_path_buf(),
-        })
-    }
-}
-
 /// The `align_eval` stage.
 pub struct AlignEvalStage;
 
 impl Stage for AlignEvalStage {
     const KIND: &'static str = "align_eval";
     const ABOUT: &'static str = "compare aligned models with their SFT reference: win rate judged by a held-out reward model, KL from the reference, side-by-side answers";
-    const INPUTS: &'static [InputSpec] = &[
-        InputSpec { name: "reference", required: true, many: false },
-        InputSpec { name: "models", required: true, many: true },
-        InputSpec { name: "judge", required: true, many: false },
-        InputSpec { name: "prompts", required: true, many: false },
-    ];
     const OUTPUTS: &'static [OutputSpec] = &judge::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = AlignEvalParams;
@@ -279,12 +190,14 @@ mod tests {
 
     #[test]
     fn partial_tables_keep_the_stages_own_defaults() {
-        let p: AlignEvalParams = serde_json::from_value(serde_json::json!({ "sampling": { "max_new_tokens": 8 } })).expect("parses");
+        use forja_core::params::over;
+        let p: AlignEvalParams =
+            over(&AlignEvalParams::default(), serde_json::json!({ "sampling": { "max_new_tokens": 8 } })).expect("parses");
         assert_eq!((p.0.sampling.temperature, p.0.sampling.top_k, p.0.sampling.max_new_tokens), (1.0, 0, 8));
         let g: GrpoParams =
-            serde_json::from_value(serde_json::json!({ "rollouts": 3, "loop": { "optim": { "lr": 0.5 } } })).expect("parses");
+            over(&GrpoParams::default(), serde_json::json!({ "rollouts": 3, "train": { "optim": { "lr": 0.5 } } })).expect("parses");
         assert_eq!((g.0.rollouts, g.0.group_size, g.0.train.optim.lr, g.0.train.optim.grad_clip), (3, 8, 0.5, 1.0));
-        let err = serde_json::from_value::<PpoParams>(serde_json::json!({ "sampling": { "temprature": 1.0 } })).expect_err("a typo");
+        let err = over(&PpoParams::default(), serde_json::json!({ "sampling": { "temprature": 1.0 } })).expect_err("a typo");
         assert!(err.to_string().contains("temprature"), "{err}");
     }
 }

@@ -9,21 +9,21 @@
 //! `[1, n_embd]`, no bias; `pad_token_id` set so batches work there too:
 //! inputs never end in it, so its "last non-padding token" is the last token).
 
-use crate::common::{self, encode_pairs, EncodedPair, LoopConfig, Policy};
+use crate::common::{self, encode_pairs, EncodedPair, Policy};
 use crate::logps::Seq;
 use crate::text::Formatter;
 use forja_core::artifacts::Artifact;
 use forja_core::metric;
-use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::stage::{outputs, FromInputs, OutDir, OutputSpec, StageCtx};
 use forja_core::{Preference, Reject, TokenRow};
 use forja_model::checkpoint::{self, Weights, WEIGHTS};
 use forja_model::classifier::BertClassifier;
 use forja_model::export::{reward_classifier_config, reward_head, write_reward, RewardExport, RewardHead};
-use forja_model::{BertConfig, Gpt, LoraConfig, Precision};
+use forja_model::{BertConfig, Gpt, LoraConfig};
 use forja_train::batches::EpochBatches;
-use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, TrainSummary};
+use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, TrainSummary, TrainerConfig, TrainerSetup};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 // The GPT head's weight name and the architecture a GPT reward model's
@@ -184,43 +184,28 @@ pub fn load(dir: &Path, device: Device) -> anyhow::Result<LoadedReward> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RewardConfig {
-    /// Pairs per micro-batch.
-    pub batch_size: usize,
     /// Longest prompt + answer in tokens (0: the model's context).
     pub max_length: usize,
-    #[serde(rename = "loop")]
-    pub train: LoopConfig,
+    /// The trainer settings (`batch_size`: pairs per micro-batch).
+    pub train: TrainerConfig,
     pub lora: Option<LoraConfig>,
     pub dropout: Option<f64>,
-    pub precision: Precision,
-    pub seed: Option<u64>,
-    pub device: Option<String>,
-    pub threads: i32,
 }
 
 impl Default for RewardConfig {
     fn default() -> Self {
-        Self {
-            batch_size: 8,
-            max_length: 0,
-            train: LoopConfig::default(),
-            lora: None,
-            dropout: None,
-            precision: Precision::F32,
-            seed: None,
-            device: None,
-            threads: 0,
-        }
+        Self { max_length: 0, train: common::train_defaults(), lora: None, dropout: None }
     }
 }
 
-/// Inputs of `reward_model`.
-#[derive(Debug, Clone)]
-pub struct RewardInputs {
-    /// The GPT folder the backbone starts from.
-    pub model: PathBuf,
-    pub train: PathBuf,
-    pub val: Option<PathBuf>,
+forja_core::stage_inputs! {
+    /// Inputs of `reward_model`.
+    pub struct RewardInputs {
+        /// The GPT (or BERT) folder the backbone starts from.
+        model: one[MODEL],
+        train: one[PREFERENCES],
+        val: optional[PREFERENCES],
+    }
 }
 
 pub const OUTPUTS: [OutputSpec; 6] = [common::MODEL, outputs::METRICS, outputs::PLOT, common::GRAD_PLOT, outputs::REPORT, common::REJECTS];
@@ -309,7 +294,7 @@ fn build(cfg: &RewardConfig, base: &Path, device: Device) -> anyhow::Result<Buil
     match kind.as_str() {
         "gpt2" => {
             let Policy { vs, model: gpt, cfg: gpt_cfg, fmt } =
-                common::load_policy(base, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
+                common::load_policy(base, device, cfg.lora.as_ref(), cfg.dropout, cfg.train.precision)?;
             let pad = pad_token(&fmt);
             let model = RewardModel::gpt(&vs.root(), gpt, pad);
             let export = RewardExport::Gpt { base: base.to_path_buf(), pad };
@@ -323,7 +308,7 @@ fn build(cfg: &RewardConfig, base: &Path, device: Device) -> anyhow::Result<Buil
             let clf_cfg = reward_classifier_config(&bert_cfg);
             let mut vs = nn::VarStore::new(device);
             let mut clf = BertClassifier::new(&vs.root(), &clf_cfg, cfg.lora.as_ref())?;
-            clf.bert.precision = cfg.precision;
+            clf.bert.precision = cfg.train.precision;
             let fresh = |n: &str| n.starts_with("classifier.") || n.starts_with("bert.pooler.") || n.contains(".lora_");
             checkpoint::load_weights(&mut vs, &base.join(WEIGHTS), &fresh)?;
             let tok = forja_tokenizer::Tokenizer::load(&base.join(checkpoint::TOKENIZER))?;
@@ -362,8 +347,7 @@ pub struct RewardSummary {
 }
 
 pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<RewardSummary> {
-    anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
-    let common::Setup { seed, device_name, device, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
+    let TrainerSetup { seed, device_name, device, .. } = &cfg.train.setup(ctx)?;
     let (seed, device) = (*seed, *device);
     let Built { mut vs, model, fmt, max_len, export, head } = build(cfg, &inputs.model, device)?;
     let mut rejects = Vec::new();
@@ -382,9 +366,14 @@ pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageC
     let (n_train, n_val) = (train.len(), val.len());
     let lora = cfg.lora.clone();
     let write: forja_train::ModelWriter = Box::new(move |vs, dir| write_reward(dir, vs, &export, lora.as_ref()));
-    let mut obj =
-        BradleyTerry { model: &model, batches: EpochBatches::new(n_train, cfg.batch_size, cfg.train.grad_accum, seed), train, val, write };
-    let engine_cfg = cfg.train.engine(n_train, cfg.batch_size, obj.batches.covering(n_val));
+    let mut obj = BradleyTerry {
+        model: &model,
+        batches: EpochBatches::new(n_train, cfg.train.batch_size, cfg.train.grad_accum, seed),
+        train,
+        val,
+        write,
+    };
+    let engine_cfg = cfg.train.engine_for_examples(n_train, obj.batches.covering(n_val));
     println!(
         "{}: {n_train} training pairs, {n_val} held out, {} rejected, {} cut to {max_len} tokens; {} steps",
         ctx.name,
@@ -392,8 +381,7 @@ pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageC
         cut_t + cut_v,
         engine_cfg.max_steps
     );
-    let ins = [("model", Some(inputs.model.as_path())), ("train", Some(inputs.train.as_path())), ("val", inputs.val.as_deref())];
-    let spec = RunSpec { seed, run_key: run_key(cfg, seed, device_name, &ins, ctx)?, ctx, out_dir: out.dir() };
+    let spec = RunSpec { seed, run_key: run_key(cfg, seed, device_name, &inputs.named_paths(), ctx)?, ctx, out_dir: out.dir() };
     let outs = common::engine_outputs(out);
     let summary = Engine::new(&engine_cfg, &mut vs, groups, spec)?.run(&mut obj, &outs, &mut |_| std::ops::ControlFlow::Continue(()))?;
     drop(obj);

@@ -21,23 +21,23 @@
 //! With LoRA the reference is the policy with its adapters switched off
 //! ([`Gpt::set_adapters`]): no second copy of the weights in memory.
 
-use crate::common::{self, LoopConfig, Policy};
+use crate::common::{self, Policy};
 use crate::logps::{self, Batch, Seq};
 use crate::losses::{self, KlController};
 use crate::reward::{self, LoadedReward};
 use crate::text::{last_tokens, Formatter};
 use forja_core::artifacts::Artifact;
-use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::stage::{outputs, port, FromInputs, OutDir, OutputSpec, StageCtx};
 use forja_core::{Generation, Message, Preference, SftExample, TokenRow};
 use forja_model::generate::SamplingConfig;
-use forja_model::{Gpt, LoraConfig, Precision};
+use forja_model::{Gpt, LoraConfig};
 use forja_train::batches::EpochBatches;
-use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, TrainSummary};
+use forja_train::{run_key, Engine, EvalScore, EvalSplit, Objective, ParamGroup, RunSpec, TrainSummary, TrainerConfig, TrainerSetup};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::nn::Module;
 use tch::{nn, Kind, Tensor};
 
@@ -199,21 +199,18 @@ pub struct RlConfig {
     pub eval_prompts: usize,
     /// Held-out answers written beside the model (`samples.arrow`, report).
     pub samples: usize,
-    /// Optimiser and loop (`max_steps` and `epochs` are set from the above).
-    #[serde(rename = "loop")]
-    pub train: LoopConfig,
+    /// The trainer settings. `max_steps` 0 runs `rollouts × epochs ×
+    /// minibatches` steps (set: that many); `batch_size` and `epochs` do not
+    /// apply (each rollout is split into `minibatches`, passed over `epochs` times).
+    pub train: TrainerConfig,
     pub lora: Option<LoraConfig>,
     pub dropout: Option<f64>,
-    pub precision: Precision,
-    pub seed: Option<u64>,
-    pub device: Option<String>,
-    pub threads: i32,
 }
 
 impl RlConfig {
     /// PPO's defaults.
     pub fn ppo() -> Self {
-        let mut train = LoopConfig::default();
+        let mut train = common::train_defaults();
         train.optim.lr = 1e-5;
         train.optim.warmup_steps = 0;
         train.optim.min_lr = 1e-5;
@@ -226,7 +223,7 @@ impl RlConfig {
         train.eval_interval = 20;
         train.checkpoint_interval = 20;
         // The policy exported is the last one (an evaluation's reward is a
-        // noisy sample; `loop.keep_best = true` picks the best evaluation).
+        // noisy sample; `train.keep_best = true` picks the best evaluation).
         train.keep_best = false;
         Self {
             rollouts: 20,
@@ -251,10 +248,6 @@ impl RlConfig {
             train,
             lora: None,
             dropout: Some(0.0),
-            precision: Precision::F32,
-            seed: None,
-            device: None,
-            threads: 0,
         }
     }
 
@@ -268,6 +261,11 @@ impl RlConfig {
     }
 
     fn validate(&self, algo: Algorithm) -> anyhow::Result<()> {
+        let d = common::train_defaults();
+        anyhow::ensure!(
+            self.train.batch_size == d.batch_size && self.train.epochs == d.epochs,
+            "`train.batch_size` and `train.epochs` do not apply to PPO and GRPO: a rollout is split into `minibatches` and passed over `epochs` times"
+        );
         anyhow::ensure!(self.rollouts > 0 && self.prompts_per_rollout > 0, "rollouts and prompts_per_rollout must be > 0");
         anyhow::ensure!(self.sampling.max_new_tokens > 0, "sampling.max_new_tokens must be > 0");
         anyhow::ensure!(self.sampling.temperature > 0.0, "sampling.temperature must be > 0 (on-policy RL samples)");
@@ -280,21 +278,22 @@ impl RlConfig {
     }
 }
 
-/// Inputs of `ppo` / `grpo`.
-#[derive(Debug, Clone)]
-pub struct RlInputs {
-    /// The GPT folder to train (the reference too).
-    pub model: PathBuf,
-    /// Prompts: `preferences` or `sft_examples`.
-    pub prompts: PathBuf,
-    pub val: Option<PathBuf>,
-    /// A folder written by `reward_model` (else `rule`).
-    pub reward_model: Option<PathBuf>,
+forja_core::stage_inputs! {
+    /// Inputs of `ppo` / `grpo`.
+    pub struct RlInputs {
+        /// The GPT folder to train (the reference too).
+        model: one[MODEL],
+        /// Prompts: `preferences` or `sft_examples`.
+        prompts: one[PREFERENCES, SFT_EXAMPLES],
+        val: optional[PREFERENCES, SFT_EXAMPLES],
+        /// A folder written by `reward_model` (else `rule`).
+        reward_model: optional[MODEL],
+    }
 }
 
-pub const SAMPLES: OutputSpec = OutputSpec { name: "samples", path: "samples.arrow" };
+pub const SAMPLES: OutputSpec = OutputSpec { name: "samples", path: "samples.arrow", kind: port::GENERATIONS };
 /// Reward, KL, entropy and clip fraction per step.
-pub const RL_PLOT: OutputSpec = OutputSpec { name: "rl_plot", path: "rl.svg" };
+pub const RL_PLOT: OutputSpec = OutputSpec { name: "rl_plot", path: "rl.svg", kind: port::SVG };
 pub const OUTPUTS: [OutputSpec; 7] = [common::MODEL, outputs::METRICS, outputs::PLOT, common::GRAD_PLOT, outputs::REPORT, SAMPLES, RL_PLOT];
 
 /// Metric names logged per step.
@@ -684,10 +683,10 @@ pub fn run_with_hook(
     hook: forja_train::engine::StepHook,
 ) -> anyhow::Result<RlSummary> {
     cfg.validate(algo)?;
-    let common::Setup { seed, device_name, device, .. } = &common::setup(cfg.seed, cfg.device.as_deref(), cfg.threads, ctx)?;
+    let TrainerSetup { seed, device_name, device, .. } = &cfg.train.setup(ctx)?;
     let (seed, device) = (*seed, *device);
     let Policy { mut vs, model, fmt, cfg: gpt_cfg } =
-        common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.precision)?;
+        common::load_policy(&inputs.model, device, cfg.lora.as_ref(), cfg.dropout, cfg.train.precision)?;
     anyhow::ensure!(
         fmt.end.is_some(),
         "{}: the tokenizer has no end-of-turn or <|endoftext|> token, so answers could never end",
@@ -719,7 +718,7 @@ pub fn run_with_hook(
     } else if cfg.lora.is_some() {
         Reference::AdaptersOff
     } else {
-        Reference::Copy(Box::new(common::load_policy(&inputs.model, device, None, Some(0.0), cfg.precision)?))
+        Reference::Copy(Box::new(common::load_policy(&inputs.model, device, None, Some(0.0), cfg.train.precision)?))
     };
     let saved = if matches!(reference, Reference::AdaptersOff) { param_bytes } else { 0 };
     let reference_text = match &reference {
@@ -743,8 +742,10 @@ pub fn run_with_hook(
     let n_prompts = prompts.len();
     let mut obj = Rl::new(algo, cfg, &model, value_head, &reference, &fmt, &scorer, prompts, val, seed, write);
     let per = cfg.updates_per_rollout();
-    let mut engine_cfg = cfg.train.engine(1, 1, obj.eval_batches());
-    engine_cfg.max_steps = cfg.rollouts * per;
+    let eval_batches = obj.eval_batches();
+    let eval_iters = if cfg.train.eval_iters == 0 { eval_batches } else { cfg.train.eval_iters.min(eval_batches) };
+    let max_steps = if cfg.train.max_steps > 0 { cfg.train.max_steps } else { cfg.rollouts * per };
+    let mut engine_cfg = cfg.train.engine(max_steps, eval_iters);
     engine_cfg.grad_accum = cfg.train.grad_accum.max(1);
     // Checkpoints on rollout boundaries (a rollout is rebuilt from its start weights).
     engine_cfg.checkpoint_interval = engine_cfg.checkpoint_interval.div_ceil(per) * per;
@@ -758,13 +759,7 @@ pub fn run_with_hook(
         per,
         reference_text
     );
-    let ins = [
-        ("model", Some(inputs.model.as_path())),
-        ("prompts", Some(inputs.prompts.as_path())),
-        ("val", inputs.val.as_deref()),
-        ("reward_model", inputs.reward_model.as_deref()),
-    ];
-    let spec = RunSpec { seed, run_key: run_key(&(algo, cfg), seed, device_name, &ins, ctx)?, ctx, out_dir: out.dir() };
+    let spec = RunSpec { seed, run_key: run_key(&(algo, cfg), seed, device_name, &inputs.named_paths(), ctx)?, ctx, out_dir: out.dir() };
     let outs = common::engine_outputs(out);
     let summary = Engine::new(&engine_cfg, &mut vs, groups, spec)?.run(&mut obj, &outs, hook)?;
     let samples = write_samples(&obj, cfg.samples, out, ctx, &outs.model)?;

@@ -8,27 +8,25 @@
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
 use forja_core::metric::{self, split};
-use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::stage::{outputs, port, FromInputs, OutDir, OutputSpec, StageCtx};
 use forja_core::{Document, MetricRow, Reject, TokenRow};
 use forja_model::bert::encode_for_bert;
 use forja_model::bert::BertConfig;
 use forja_model::checkpoint::{self, load_weights, TOKENIZER, WEIGHTS};
 use forja_model::classifier::{load_classifier, BertClassifier, ClassifierConfig};
 use forja_model::export::write_classifier;
-use forja_model::{parse_device, LoraConfig, Precision};
+use forja_model::LoraConfig;
 use forja_tokenizer::Tokenizer;
 use forja_train::batches::EpochBatches;
 use forja_train::engine::StepHook;
-use forja_train::{run_key, ThreadsGuard, TrainSummary};
-use forja_train::{
-    DiagnosisConfig, Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, Objective, OptimConfig, ParamGroup, RunSpec,
-};
+use forja_train::{run_key, TrainSummary, TrainerConfig, TrainerSetup};
+use forja_train::{Engine, EngineOutputs, EvalScore, EvalSplit, Objective, OptimConfig, ParamGroup, RunSpec};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 /// How classes are weighted in the loss.
@@ -73,19 +71,6 @@ pub struct ClassifierStageConfig {
     pub val_fraction: f64,
     /// Tokens per example, `[CLS]` and `[SEP]` included (longer ones are cut).
     pub max_length: usize,
-    pub batch_size: usize,
-    /// Passes over the training examples (sets `max_steps` when that is 0).
-    pub epochs: f64,
-    pub max_steps: u64,
-    pub grad_accum: u64,
-    pub optim: OptimConfig,
-    /// Validate every this many steps (and at the end).
-    pub eval_interval: u64,
-    pub checkpoint_interval: u64,
-    pub early_stopping_patience: u64,
-    pub log_interval: u64,
-    pub diagnosis: DiagnosisConfig,
-    pub keep_best: bool,
     /// Dropout of the encoder and the head (the model's own when absent).
     pub dropout: Option<f64>,
     /// LoRA adapters on these encoder projections; the head is trained fully.
@@ -96,62 +81,63 @@ pub struct ClassifierStageConfig {
     /// Cross-entropy label smoothing.
     pub label_smoothing: f64,
     pub augment: Augment,
-    pub precision: Precision,
-    pub seed: Option<u64>,
-    pub device: Option<String>,
-    pub threads: i32,
+    /// The trainer settings (`batch_size`: examples per micro-batch; `epochs`
+    /// sets `max_steps` when that is 0; validation covers every held-out example).
+    pub train: TrainerConfig,
+}
+
+/// `finetune_classifier`'s trainer defaults: three epochs of batches of 32,
+/// AdamW at 5e-5 with weight decay 0.01, every validation batch.
+pub fn train_defaults() -> TrainerConfig {
+    let d = TrainerConfig::default();
+    TrainerConfig {
+        max_steps: 0,
+        epochs: 3.0,
+        batch_size: 32,
+        optim: OptimConfig { lr: 5e-5, min_lr: 0.0, warmup_steps: 0, weight_decay: 0.01, ..d.optim },
+        eval_interval: 100,
+        eval_iters: 0,
+        checkpoint_interval: 100,
+        log_interval: 10,
+        ..d
+    }
 }
 
 impl Default for ClassifierStageConfig {
     fn default() -> Self {
-        let e = EngineConfig::default();
         Self {
             label_field: "label".into(),
             val_fraction: 0.1,
             max_length: 64,
-            batch_size: 32,
-            epochs: 3.0,
-            max_steps: 0,
-            grad_accum: 1,
-            optim: OptimConfig { lr: 5e-5, min_lr: 0.0, warmup_steps: 0, weight_decay: 0.01, ..e.optim },
-            eval_interval: 100,
-            checkpoint_interval: 100,
-            early_stopping_patience: 0,
-            log_interval: 10,
-            diagnosis: e.diagnosis,
-            keep_best: true,
             dropout: None,
             lora: None,
             freeze_embeddings: false,
             class_weights: ClassWeights::None,
             label_smoothing: 0.0,
             augment: Augment::default(),
-            precision: Precision::F32,
-            seed: None,
-            device: None,
-            threads: 0,
+            train: train_defaults(),
         }
     }
 }
 
-/// Inputs of `finetune_classifier`.
-#[derive(Debug, Clone)]
-pub struct ClassifierInputs {
-    /// A BERT model folder (imported or forja's).
-    pub model: PathBuf,
-    /// Labeled documents to train on (`documents` artifact, label in `meta`).
-    pub train: PathBuf,
-    /// Labeled documents to score the final model on.
-    pub test: Option<PathBuf>,
-    /// Loss weight per label, `{"label": weight}` (the `clean` stage's
-    /// `class_weights.json` for labeled data); overrides `class_weights`.
-    pub class_weights: Option<PathBuf>,
+forja_core::stage_inputs! {
+    /// Inputs of `finetune_classifier`.
+    pub struct ClassifierInputs {
+        /// A BERT model folder (imported or forja's).
+        model: one[MODEL],
+        /// Labeled documents to train on (`labeled`, or `documents` with the label in `meta`).
+        train: one[DOCUMENTS],
+        /// Labeled documents to score the final model on.
+        test: optional[DOCUMENTS],
+        /// Loss weight per label, `{"label": weight}` (the `clean` stage's
+        /// `class_weights.json` for labeled data); overrides `class_weights`.
+        class_weights: optional[JSON],
+    }
 }
 
-pub const MODEL: OutputSpec = OutputSpec { name: "model", path: "model" };
-pub const GRAD_PLOT: OutputSpec = OutputSpec { name: "grad_plot", path: "grad_norms.svg" };
-pub const CONFUSION: OutputSpec = OutputSpec { name: "confusion", path: "confusion.svg" };
-pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
+pub use forja_train::trainer::{engine_outputs, GRAD_PLOT, MODEL};
+pub const CONFUSION: OutputSpec = OutputSpec { name: "confusion", path: "confusion.svg", kind: port::SVG };
+pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow", kind: port::REJECTS };
 pub const OUTPUTS: [OutputSpec; 7] = [MODEL, outputs::METRICS, outputs::PLOT, GRAD_PLOT, outputs::REPORT, CONFUSION, REJECTS];
 
 /// One tokenised, labeled example.
@@ -374,13 +360,10 @@ pub fn run_with_hook(
     ctx: &StageCtx,
     hook: StepHook,
 ) -> anyhow::Result<ClassifierSummary> {
-    anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
     anyhow::ensure!((0.0..1.0).contains(&cfg.val_fraction), "val_fraction must be in [0, 1), got {}", cfg.val_fraction);
     anyhow::ensure!(cfg.max_length >= 2, "max_length must be at least 2 ([CLS] and [SEP])");
-    let seed = cfg.seed.unwrap_or(ctx.seed);
-    let device_name = cfg.device.clone().unwrap_or_else(|| ctx.device.clone());
-    let device = parse_device(&device_name)?;
-    let _threads = ThreadsGuard::set(cfg.threads);
+    let TrainerSetup { seed, device_name, device, .. } = &cfg.train.setup(ctx)?;
+    let (seed, device) = (*seed, *device);
     let found = checkpoint::model_type(&inputs.model)?;
     anyhow::ensure!(found == "bert", "finetune_classifier needs a BERT encoder; {} is `{found}`", inputs.model.display());
     let mut bert_cfg: BertConfig = checkpoint::read_bert_config(&inputs.model)?;
@@ -435,15 +418,14 @@ pub fn run_with_hook(
     tch::manual_seed(seed as i64);
     let mut vs = nn::VarStore::new(device);
     let mut model = BertClassifier::new(&vs.root(), &clf_cfg, cfg.lora.as_ref())?;
-    model.bert.precision = cfg.precision;
+    model.bert.precision = cfg.train.precision;
     load_weights(&mut vs, &inputs.model.join(WEIGHTS), &|n| {
         n.starts_with("classifier.") || n.starts_with("bert.pooler.") || n.contains(".lora_")
     })
     .with_context(|| format!("initialising from {}", inputs.model.display()))?;
     let groups = param_groups(cfg, &vs);
 
-    let steps_per_epoch = train.len().div_ceil(cfg.batch_size * cfg.grad_accum.max(1) as usize) as u64;
-    let max_steps = if cfg.max_steps > 0 { cfg.max_steps } else { ((cfg.epochs * steps_per_epoch as f64).ceil() as u64).max(1) };
+    let steps_per_epoch = train.len().div_ceil(cfg.train.batch_size * cfg.train.grad_accum.max(1) as usize) as u64;
     let write: forja_train::ModelWriter = Box::new(|vs, dir| write_classifier(dir, vs, &clf_cfg, cfg.lora.as_ref(), &tokenizer));
     let pad = bert_cfg.pad_token_id;
     let weights = match (&inputs.class_weights, cfg.class_weights) {
@@ -453,7 +435,7 @@ pub fn run_with_hook(
     };
     let mut obj = Classify {
         model: &model,
-        batches: EpochBatches::new(train.len(), cfg.batch_size, cfg.grad_accum, seed),
+        batches: EpochBatches::new(train.len(), cfg.train.batch_size, cfg.train.grad_accum, seed),
         train,
         val,
         pad,
@@ -468,28 +450,12 @@ pub fn run_with_hook(
         }),
         write,
     };
-    let engine_cfg = EngineConfig {
-        optim: cfg.optim.clone(),
-        grad_accum: cfg.grad_accum,
-        max_steps,
-        eval_interval: cfg.eval_interval,
-        eval_iters: obj.batches.covering(obj.val.len()),
-        checkpoint_interval: cfg.checkpoint_interval,
-        early_stopping_patience: cfg.early_stopping_patience,
-        log_interval: cfg.log_interval,
-        diagnosis: cfg.diagnosis.clone(),
-        keep_best: cfg.keep_best,
-    };
-    let ins = [("model", Some(inputs.model.as_path())), ("train", Some(inputs.train.as_path())), ("test", inputs.test.as_deref())];
-    let run_key = run_key(cfg, seed, &device_name, &ins, ctx)?;
+    // Validation covers every held-out example.
+    let engine_cfg = cfg.train.engine(cfg.train.steps_for(obj.train.len()), obj.batches.covering(obj.val.len()));
+    let max_steps = engine_cfg.max_steps;
+    let run_key = run_key(cfg, seed, device_name, &inputs.named_paths(), ctx)?;
     let spec = RunSpec { seed, run_key, ctx, out_dir: out.dir() };
-    let outputs = EngineOutputs {
-        model: out.path(&MODEL),
-        metrics: out.path(&outputs::METRICS),
-        plot: out.path(&outputs::PLOT),
-        grad_plot: out.path(&GRAD_PLOT),
-        report: out.path(&outputs::REPORT),
-    };
+    let outputs = engine_outputs(out);
     println!(
         "{}: {} labels, {} train / {} val / {} test examples, {max_steps} steps ({steps_per_epoch} per epoch)",
         ctx.name,
@@ -505,7 +471,7 @@ pub fn run_with_hook(
     let test_scores = match &test {
         Some(test) if !test.is_empty() => {
             let loaded = load_classifier(&outputs.model, device)?;
-            let pred = predict(&loaded.model, test, cfg.batch_size.max(64), pad)?;
+            let pred = predict(&loaded.model, test, cfg.train.batch_size.max(64), pad)?;
             let pairs: Vec<(usize, usize)> = test.iter().zip(pred).map(|(e, p)| (e.label as usize, p)).collect();
             Some(score(&pairs, labels.len()))
         }
@@ -527,7 +493,7 @@ pub fn run_with_hook(
 /// Which parameters train: LoRA adapters and the head (LoRA), everything but
 /// the word embeddings (`freeze_embeddings`), or everything.
 fn param_groups(cfg: &ClassifierStageConfig, vs: &nn::VarStore) -> Vec<ParamGroup> {
-    let wd = cfg.optim.weight_decay;
+    let wd = cfg.train.optim.weight_decay;
     let head = |n: &str| n.starts_with("classifier.") || n.starts_with("bert.pooler.");
     if cfg.lora.is_some() {
         ParamGroup::train_only(vs, |n| n.contains(".lora_") || head(n), wd)

@@ -8,7 +8,7 @@
 
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
-use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::stage::{outputs, port, OutDir, OutputSpec, StageCtx};
 use forja_core::{Message, Reject, SftExample};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -73,9 +73,9 @@ impl Default for SftDataConfig {
     }
 }
 
-pub const TRAIN: OutputSpec = OutputSpec { name: "train", path: "train.arrow" };
-pub const VAL: OutputSpec = OutputSpec { name: "val", path: "val.arrow" };
-pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
+pub const TRAIN: OutputSpec = OutputSpec { name: "train", path: "train.arrow", kind: port::SFT_EXAMPLES };
+pub const VAL: OutputSpec = OutputSpec { name: "val", path: "val.arrow", kind: port::SFT_EXAMPLES };
+pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow", kind: port::REJECTS };
 pub const OUTPUTS: [OutputSpec; 4] = [TRAIN, VAL, REJECTS, outputs::REPORT];
 
 const ROLES: [&str; 3] = ["system", "user", "assistant"];

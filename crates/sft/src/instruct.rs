@@ -19,23 +19,21 @@
 
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
-use forja_core::stage::{outputs, OutDir, OutputSpec, StageCtx};
+use forja_core::stage::{outputs, port, FromInputs, OutDir, OutputSpec, StageCtx};
 use forja_core::token_counts::TokenCounts;
 use forja_core::{Generation, Message, Reject, SftExample, TokenRow};
 use forja_model::chat::{self, respond, ChatConfig, ChatTemplate, Encoded, IM_END, IM_START};
 use forja_model::checkpoint::{self, Weights, TOKENIZER, WEIGHTS};
 use forja_model::export::{write_chat_model, ChatExport};
 use forja_model::lm::cross_entropy;
-use forja_model::{load_gpt, parse_device, Gpt, GptConfig, LoraConfig, Precision};
+use forja_model::{load_gpt, Gpt, GptConfig, LoraConfig};
 use forja_tokenizer::Tokenizer;
 use forja_train::batches::EpochBatches;
 use forja_train::engine::StepHook;
-use forja_train::{run_key, ThreadsGuard, TrainSummary};
-use forja_train::{
-    DiagnosisConfig, Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, Objective, OptimConfig, ParamGroup, RunSpec,
-};
+use forja_train::{run_key, TrainSummary, TrainerConfig, TrainerSetup};
+use forja_train::{Engine, EngineOutputs, EvalScore, EvalSplit, Objective, OptimConfig, ParamGroup, RunSpec};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 /// Parameters of `sft`.
@@ -52,21 +50,6 @@ pub struct SftConfig {
     pub max_length: usize,
     /// Pack several examples per row (true) or pad each to its batch's longest.
     pub packing: bool,
-    /// Rows per micro-batch.
-    pub batch_size: usize,
-    /// Passes over the training rows (sets `max_steps` when that is 0).
-    pub epochs: f64,
-    pub max_steps: u64,
-    pub grad_accum: u64,
-    pub optim: OptimConfig,
-    pub eval_interval: u64,
-    /// Validation batches per estimate (0: all of them).
-    pub eval_iters: u64,
-    pub checkpoint_interval: u64,
-    pub early_stopping_patience: u64,
-    pub log_interval: u64,
-    pub diagnosis: DiagnosisConfig,
-    pub keep_best: bool,
     /// Dropout during fine-tuning (the model's own when absent).
     pub dropout: Option<f64>,
     pub lora: Option<LoraConfig>,
@@ -74,60 +57,60 @@ pub struct SftConfig {
     pub samples: usize,
     /// How sample answers are generated.
     pub chat: ChatConfig,
-    pub precision: Precision,
-    pub seed: Option<u64>,
-    pub device: Option<String>,
-    pub threads: i32,
+    /// The trainer settings (`batch_size`: rows per micro-batch; `epochs`
+    /// sets `max_steps` when that is 0; `eval_iters` 0: every validation batch).
+    pub train: TrainerConfig,
+}
+
+/// `sft`'s trainer defaults: one epoch, batches of 8 rows, AdamW at 1e-4
+/// without weight decay, every validation batch.
+pub fn train_defaults() -> TrainerConfig {
+    let d = TrainerConfig::default();
+    TrainerConfig {
+        max_steps: 0,
+        epochs: 1.0,
+        batch_size: 8,
+        optim: OptimConfig { lr: 1e-4, min_lr: 1e-5, warmup_steps: 20, weight_decay: 0.0, ..d.optim },
+        eval_interval: 100,
+        eval_iters: 0,
+        checkpoint_interval: 100,
+        log_interval: 10,
+        ..d
+    }
 }
 
 impl Default for SftConfig {
     fn default() -> Self {
-        let e = EngineConfig::default();
         Self {
             template: None,
             end_of_turn: None,
             add_tokens: vec![IM_START.into(), IM_END.into()],
             max_length: 0,
             packing: true,
-            batch_size: 8,
-            epochs: 1.0,
-            max_steps: 0,
-            grad_accum: 1,
-            optim: OptimConfig { lr: 1e-4, min_lr: 1e-5, warmup_steps: 20, weight_decay: 0.0, ..e.optim },
-            eval_interval: 100,
-            eval_iters: 0,
-            checkpoint_interval: 100,
-            early_stopping_patience: 0,
-            log_interval: 10,
-            diagnosis: e.diagnosis,
-            keep_best: true,
             dropout: None,
             lora: None,
             samples: 5,
             chat: ChatConfig::default(),
-            precision: Precision::F32,
-            seed: None,
-            device: None,
-            threads: 0,
+            train: train_defaults(),
         }
     }
 }
 
-/// Inputs of `sft`.
-#[derive(Debug, Clone)]
-pub struct SftInputs {
-    /// The GPT model folder to fine-tune.
-    pub model: PathBuf,
-    pub train: PathBuf,
-    pub val: Option<PathBuf>,
-    /// Held-out conversations to answer in the report (never trained on).
-    pub prompts: Option<PathBuf>,
+forja_core::stage_inputs! {
+    /// Inputs of `sft`.
+    pub struct SftInputs {
+        /// The GPT model folder to fine-tune.
+        model: one[MODEL],
+        train: one[SFT_EXAMPLES],
+        val: optional[SFT_EXAMPLES],
+        /// Held-out conversations to answer in the report (never trained on).
+        prompts: optional[SFT_EXAMPLES],
+    }
 }
 
-pub const MODEL: OutputSpec = OutputSpec { name: "model", path: "model" };
-pub const GRAD_PLOT: OutputSpec = OutputSpec { name: "grad_plot", path: "grad_norms.svg" };
-pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow" };
-pub const SAMPLES: OutputSpec = OutputSpec { name: "samples", path: "samples.arrow" };
+pub use forja_train::trainer::{engine_outputs, GRAD_PLOT, MODEL};
+pub const REJECTS: OutputSpec = OutputSpec { name: "rejects", path: "rejects.arrow", kind: port::REJECTS };
+pub const SAMPLES: OutputSpec = OutputSpec { name: "samples", path: "samples.arrow", kind: port::GENERATIONS };
 pub const OUTPUTS: [OutputSpec; 7] = [MODEL, outputs::METRICS, outputs::PLOT, GRAD_PLOT, outputs::REPORT, REJECTS, SAMPLES];
 
 /// One training row: inputs, next-token targets (-100 where not learned),
@@ -385,11 +368,8 @@ pub fn run(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &StageCtx) ->
 
 /// [`run`] with a hook after every step.
 pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &StageCtx, hook: StepHook) -> anyhow::Result<SftSummary> {
-    anyhow::ensure!(cfg.batch_size > 0, "batch_size must be > 0");
-    let seed = cfg.seed.unwrap_or(ctx.seed);
-    let device_name = cfg.device.clone().unwrap_or_else(|| ctx.device.clone());
-    let device = parse_device(&device_name)?;
-    let _threads = ThreadsGuard::set(cfg.threads);
+    let TrainerSetup { seed, device_name, device, .. } = &cfg.train.setup(ctx)?;
+    let (seed, device) = (*seed, *device);
     let p = prepare(&inputs.model, cfg)?;
     anyhow::ensure!(
         cfg.lora.is_none() || p.added.is_empty(),
@@ -417,14 +397,12 @@ pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &St
     tch::manual_seed(seed as i64);
     let mut vs = nn::VarStore::new(device);
     let mut model = Gpt::with_lora(&vs.root(), &p.cfg, cfg.lora.as_ref())?;
-    model.precision = cfg.precision;
+    model.precision = cfg.train.precision;
     base_weights(&inputs.model, &p.added, p.cfg.vocab_size)?.load_into(&mut vs, &|n| n.contains(".lora_"))?;
     let groups = match cfg.lora {
-        Some(_) => ParamGroup::train_only(&vs, |n| n.contains(".lora_"), cfg.optim.weight_decay),
-        None => ParamGroup::decay_split(&vs, cfg.optim.weight_decay),
+        Some(_) => ParamGroup::train_only(&vs, |n| n.contains(".lora_"), cfg.train.optim.weight_decay),
+        None => ParamGroup::decay_split(&vs, cfg.train.optim.weight_decay),
     };
-    let steps_per_epoch = train_rows.len().div_ceil(cfg.batch_size * cfg.grad_accum.max(1) as usize) as u64;
-    let max_steps = if cfg.max_steps > 0 { cfg.max_steps } else { ((cfg.epochs * steps_per_epoch as f64).ceil() as u64).max(1) };
     // What the served model will be asked: the non-assistant tokens of training.
     let prompts: Vec<Vec<u32>> =
         train_enc.iter().map(|e| e.ids.iter().zip(&e.assistant).filter(|(_, a)| !**a).map(|(t, _)| *t).collect()).collect();
@@ -441,25 +419,13 @@ pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &St
     let n_rows = train_rows.len();
     let mut obj = Instruct {
         model: &model,
-        batches: EpochBatches::new(train_rows.len(), cfg.batch_size, cfg.grad_accum, seed),
+        batches: EpochBatches::new(train_rows.len(), cfg.train.batch_size, cfg.train.grad_accum, seed),
         train: train_rows,
         val: val_rows,
         write,
     };
-    let val_batches = obj.batches.covering(obj.val.len());
-    let eval_iters = if cfg.eval_iters == 0 { val_batches } else { cfg.eval_iters.min(val_batches) };
-    let engine_cfg = EngineConfig {
-        optim: cfg.optim.clone(),
-        grad_accum: cfg.grad_accum,
-        max_steps,
-        eval_interval: cfg.eval_interval,
-        eval_iters,
-        checkpoint_interval: cfg.checkpoint_interval,
-        early_stopping_patience: cfg.early_stopping_patience,
-        log_interval: cfg.log_interval,
-        diagnosis: cfg.diagnosis.clone(),
-        keep_best: cfg.keep_best,
-    };
+    let engine_cfg = cfg.train.engine_for_examples(n_rows, obj.batches.covering(obj.val.len()));
+    let max_steps = engine_cfg.max_steps;
     println!(
         "{}: {} train examples in {n_rows} rows ({}), {} val examples, {} rejected; {max_steps} steps; {:.0}% of tokens are targets",
         ctx.name,
@@ -469,15 +435,8 @@ pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &St
         rejects.len(),
         100.0 * targets as f64 / tokens.max(1) as f64
     );
-    let ins = [("model", Some(inputs.model.as_path())), ("train", Some(inputs.train.as_path())), ("val", inputs.val.as_deref())];
-    let spec = RunSpec { seed, run_key: run_key(cfg, seed, &device_name, &ins, ctx)?, ctx, out_dir: out.dir() };
-    let outputs = EngineOutputs {
-        model: out.path(&MODEL),
-        metrics: out.path(&outputs::METRICS),
-        plot: out.path(&outputs::PLOT),
-        grad_plot: out.path(&GRAD_PLOT),
-        report: out.path(&outputs::REPORT),
-    };
+    let spec = RunSpec { seed, run_key: run_key(cfg, seed, device_name, &inputs.named_paths(), ctx)?, ctx, out_dir: out.dir() };
+    let outputs = engine_outputs(out);
     let summary = Engine::new(&engine_cfg, &mut vs, groups, spec)?.run(&mut obj, &outputs, hook)?;
     drop(obj);
     write_samples(cfg, inputs, out, ctx, &outputs, device)?;

@@ -17,20 +17,8 @@ pub mod instruct;
 
 pub use classify::{ClassifierInputs, ClassifierStageConfig};
 pub use data::SftDataConfig;
-use forja_core::stage::{FromInputs, InputSpec, OutDir, OutputSpec, Stage, StageCtx, StageInputs};
+use forja_core::stage::{OutDir, OutputSpec, Stage, StageCtx};
 pub use instruct::{SftConfig, SftInputs};
-use std::path::PathBuf;
-
-impl FromInputs for ClassifierInputs {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self {
-            model: inputs.one("model")?.to_path_buf(),
-            train: inputs.one("train")?.to_path_buf(),
-            test: inputs.optional("test")?.map(Into::into),
-            class_weights: inputs.optional("class_weights")?.map(Into::into),
-        })
-    }
-}
 
 /// The `finetune_classifier` stage.
 pub struct FinetuneClassifier;
@@ -38,12 +26,6 @@ pub struct FinetuneClassifier;
 impl Stage for FinetuneClassifier {
     const KIND: &'static str = "finetune_classifier";
     const ABOUT: &'static str = "fine-tune a pretrained BERT encoder (full or LoRA) with a classification head on labeled documents; test accuracy, macro P/R/F1, confusion matrix";
-    const INPUTS: &'static [InputSpec] = &[
-        InputSpec { name: "model", required: true, many: false },
-        InputSpec { name: "train", required: true, many: false },
-        InputSpec { name: "test", required: false, many: false },
-        InputSpec { name: "class_weights", required: false, many: false },
-    ];
     const OUTPUTS: &'static [OutputSpec] = &classify::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = ClassifierStageConfig;
@@ -55,12 +37,11 @@ impl Stage for FinetuneClassifier {
     }
 }
 
-/// Input files of `sft_data`.
-pub struct SftFiles(pub Vec<PathBuf>);
-
-impl FromInputs for SftFiles {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self(inputs.many("files").to_vec()))
+forja_core::stage_inputs! {
+    /// Input files of `sft_data`.
+    pub struct SftFiles {
+        /// JSONL, CSV or Parquet files, or `sft_examples` artifacts; globs allowed.
+        files: many[FILES, SFT_EXAMPLES],
     }
 }
 
@@ -70,26 +51,14 @@ pub struct SftData;
 impl Stage for SftData {
     const KIND: &'static str = "sft_data";
     const ABOUT: &'static str = "read instruction data (chat messages, prompt/response fields, Self-Instruct tasks; JSONL, CSV, Parquet, Arrow) into sft_examples train/val, with rejects";
-    const INPUTS: &'static [InputSpec] = &[InputSpec { name: "files", required: true, many: true }];
     const OUTPUTS: &'static [OutputSpec] = &data::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = SftDataConfig;
     type Inputs = SftFiles;
 
     fn run(&self, cfg: &SftDataConfig, inputs: &SftFiles, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
-        data::run_sft_data(cfg, &inputs.0, out, ctx)?;
+        data::run_sft_data(cfg, &inputs.files, out, ctx)?;
         Ok(Self::OUTPUTS.to_vec())
-    }
-}
-
-impl FromInputs for SftInputs {
-    fn from_inputs(inputs: &StageInputs) -> anyhow::Result<Self> {
-        Ok(Self {
-            model: inputs.one("model")?.to_path_buf(),
-            train: inputs.one("train")?.to_path_buf(),
-            val: inputs.optional("val")?.map(Into::into),
-            prompts: inputs.optional("prompts")?.map(Into::into),
-        })
     }
 }
 
@@ -99,12 +68,6 @@ pub struct Sft;
 impl Stage for Sft {
     const KIND: &'static str = "sft";
     const ABOUT: &'static str = "instruction-tune a GPT on conversations: chat template, assistant-only loss, packing, full or LoRA (PEFT adapters), sample answers";
-    const INPUTS: &'static [InputSpec] = &[
-        InputSpec { name: "model", required: true, many: false },
-        InputSpec { name: "train", required: true, many: false },
-        InputSpec { name: "val", required: false, many: false },
-        InputSpec { name: "prompts", required: false, many: false },
-    ];
     const OUTPUTS: &'static [OutputSpec] = &instruct::OUTPUTS;
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = SftConfig;

@@ -11,6 +11,7 @@ use forja_core::{Document, MetricRow};
 use forja_model::bert::encode_for_bert;
 use forja_model::classifier::load_classifier;
 use forja_sft::classify::{run, score, stratified_split, ClassifierInputs, ClassifierStageConfig};
+use forja_train::TrainerConfig;
 use std::path::PathBuf;
 use tch::{Device, Tensor};
 
@@ -54,12 +55,15 @@ fn minilm_with_a_head_overfits_a_tiny_fixture_and_loads_in_transformers_as_a_seq
     let cfg = ClassifierStageConfig {
         label_field: "category".into(),
         val_fraction: 0.0,
-        batch_size: 12,
-        max_steps: 30,
         dropout: Some(0.0),
-        checkpoint_interval: 0,
-        eval_interval: 30,
-        optim: forja_train::OptimConfig { lr: 3e-4, min_lr: 3e-5, warmup_steps: 3, weight_decay: 0.0, ..Default::default() },
+        train: TrainerConfig {
+            batch_size: 12,
+            max_steps: 30,
+            checkpoint_interval: 0,
+            eval_interval: 30,
+            optim: forja_train::OptimConfig { lr: 3e-4, min_lr: 3e-5, warmup_steps: 3, weight_decay: 0.0, ..Default::default() },
+            ..ClassifierStageConfig::default().train
+        },
         ..Default::default()
     };
     let inputs = ClassifierInputs { model: minilm, train: docs_path.clone(), test: Some(docs_path), class_weights: None };

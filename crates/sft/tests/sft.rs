@@ -15,6 +15,7 @@ use forja_model::{load_gpt, merge_lora, Gpt, GptConfig, LoraConfig};
 use forja_sft::data::{run_sft_data, SftDataConfig};
 use forja_sft::instruct::{build_rows, collate, run as run_sft, SftConfig, SftInputs};
 use forja_tokenizer::{Tokenizer, TokenizerConfig};
+use forja_train::TrainerConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tch::{nn, Device, Kind, Tensor};
@@ -268,12 +269,15 @@ fn a_lora_run_exports_peft_adapters_and_a_merged_model_that_stops_at_the_end_of_
     std::fs::create_dir_all(&out).unwrap();
     let cfg = SftConfig {
         lora: Some(LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()] }),
-        batch_size: 5,
-        max_steps: 80,
-        eval_interval: 80,
-        checkpoint_interval: 0,
         samples: 0,
-        optim: forja_train::OptimConfig { lr: 1e-2, min_lr: 1e-3, warmup_steps: 5, weight_decay: 0.0, ..Default::default() },
+        train: TrainerConfig {
+            batch_size: 5,
+            max_steps: 80,
+            eval_interval: 80,
+            checkpoint_interval: 0,
+            optim: forja_train::OptimConfig { lr: 1e-2, min_lr: 1e-3, warmup_steps: 5, weight_decay: 0.0, ..Default::default() },
+            ..SftConfig::default().train
+        },
         ..Default::default()
     };
     let inputs = SftInputs { model: base.clone(), train, val: None, prompts: None };
@@ -370,13 +374,16 @@ fn an_interrupted_sft_run_resumes_to_the_weights_of_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
     let (base, train) = lora_fixture(tmp.path());
     let cfg = SftConfig {
-        batch_size: 2,
-        max_steps: 8,
-        eval_interval: 4,
-        checkpoint_interval: 2,
-        keep_best: false,
         dropout: Some(0.1),
         samples: 0,
+        train: TrainerConfig {
+            batch_size: 2,
+            max_steps: 8,
+            eval_interval: 4,
+            checkpoint_interval: 2,
+            keep_best: false,
+            ..SftConfig::default().train
+        },
         ..Default::default()
     };
     let inputs = SftInputs { model: base, train, val: None, prompts: None };

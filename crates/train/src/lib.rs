@@ -5,7 +5,9 @@
 //!   gradient clipping;
 //! - [`diagnose`]: detection of divergent steps and the recovery policies;
 //! - [`batches`]: token streams and deterministic batches;
-//! - [`trainer`]: what every trainer shares ([`ModelWriter`]).
+//! - [`trainer`]: what every trainer shares: its settings ([`TrainerConfig`],
+//!   nested as `train` in every trainer's parameters), set-up, standard outputs
+//!   and the [`ModelWriter`].
 //!
 //! A new objective (SFT, a reward model, DPO) implements [`Objective`] —
 //! `train_loss(step, micro)`, `eval_batch(split, i)`, `write_model(vs, dir)`,
@@ -26,4 +28,4 @@ pub use engine::{
     TrainSummary,
 };
 pub use optim::{AdamW, OptimConfig, ParamGroup};
-pub use trainer::ModelWriter;
+pub use trainer::{ModelWriter, TrainerConfig, TrainerSetup};

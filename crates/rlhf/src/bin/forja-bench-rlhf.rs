@@ -25,6 +25,7 @@ use forja_rlhf::dpo::{pair_logps, Dpo, DpoConfig, RefPair};
 use forja_rlhf::import::split_hh;
 use forja_rlhf::text::Formatter;
 use forja_train::bench::{ctx, engine_cfg, peak_rss_mb, time_steps, Timing};
+use forja_train::TrainerConfig;
 use forja_train::{Engine, OptimConfig, ParamGroup, RunSpec};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -137,8 +138,8 @@ fn prepare(out: &Path, hh: &Path, n: usize) -> anyhow::Result<()> {
 
 fn bench_dpo(dir: &Path, batch: usize, t: Timing) -> anyhow::Result<()> {
     let model_dir = dir.join("model");
-    let cfg = DpoConfig { batch_size: batch, ..Default::default() };
-    let policy = common::load_policy(&model_dir, Device::Cpu, None, cfg.dropout, cfg.precision)?;
+    let cfg = DpoConfig { train: TrainerConfig { batch_size: batch, ..DpoConfig::default().train }, ..Default::default() };
+    let policy = common::load_policy(&model_dir, Device::Cpu, None, cfg.dropout, cfg.train.precision)?;
     let mut vs = policy.vs;
     let pairs_file = dir.join("pairs.arrow");
     let mut rejects = Vec::new();

@@ -24,6 +24,7 @@ use forja_sft::classify::{Classify, Example};
 use forja_sft::instruct::{build_rows, prepare, Instruct, SftConfig};
 use forja_train::batches::EpochBatches;
 use forja_train::bench::{ctx as bench_ctx, engine_cfg, peak_rss_mb, time_steps, Timing};
+use forja_train::TrainerConfig;
 use forja_train::{Engine, OptimConfig, ParamGroup, RunSpec};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device};
@@ -167,7 +168,12 @@ fn bench_sft(dir: &Path, batch: usize, t: Timing, packing: bool, lora_rank: i64)
         dropout: 0.0,
         targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
     });
-    let cfg = SftConfig { packing, batch_size: batch, lora: lora.clone(), ..Default::default() };
+    let cfg = SftConfig {
+        packing,
+        lora: lora.clone(),
+        train: TrainerConfig { batch_size: batch, ..SftConfig::default().train },
+        ..Default::default()
+    };
     let p = prepare(&model_dir, &cfg)?;
     let examples = SftExample::read(&dir.join("examples.arrow"))?;
     let encoded: Vec<_> = examples.iter().map(|e| p.template.encode(&p.tokenizer, &e.messages)).collect::<anyhow::Result<_>>()?;
