@@ -42,8 +42,8 @@ pub struct Tally {
 
 impl Tally {
     /// Counts a reject under `rule`, keeping it as an example while there are few.
-    pub fn reject(&mut self, rule: &str, reject: &Reject) {
-        self.counts.reject(rule);
+    pub fn reject(&mut self, rule: &str, lang: &str, reject: &Reject) {
+        self.counts.reject(rule, lang);
         let examples = self.examples.entry(rule.to_string()).or_default();
         if examples.len() < EXAMPLES_PER_RULE {
             let start: String = reject.raw.chars().take(160).collect();
@@ -283,7 +283,7 @@ pub fn first_pass(
         read_file_chunked(f, p.read, CHUNK_RECORDS, &mut |chunk: ReadOutput| {
             for r in chunk.rejects {
                 tally.counts.read_one(&file_name, r.raw_len as usize);
-                tally.reject("unreadable", &r);
+                tally.reject("unreadable", crate::lang::UNDETERMINED, &r);
                 rejects.push(r)?;
             }
             let results: Vec<(Outcome, Option<Vec<u64>>)> = chunk
@@ -303,19 +303,24 @@ pub fn first_pass(
                 .collect();
             for (rec, (outcome, keys)) in chunk.records.into_iter().zip(results) {
                 tally.counts.read_one(&file_name, rec.text.chars().count());
+                let (lang, judged) = match &outcome {
+                    Outcome::Kept(k) => (k.lang, k.judged),
+                    Outcome::Dropped { lang, judged, .. } => (*lang, *judged),
+                };
+                tally.counts.judged(lang, judged);
                 let label = match label_of(&rec.meta, p.label_field) {
                     Ok(label) => label,
                     Err(reason) => {
                         let r = Reject::new(&rec.file, rec.position, reason, &rec.text);
-                        tally.reject("missing_label", &r);
+                        tally.reject("missing_label", lang, &r);
                         rejects.push(r)?;
                         continue;
                     }
                 };
                 let kept = match outcome {
-                    Outcome::Dropped { rule, reason } => {
+                    Outcome::Dropped { rule, reason, .. } => {
                         let r = Reject::new(&rec.file, rec.position, reason, &rec.text);
-                        tally.reject(&rule, &r);
+                        tally.reject(&rule, lang, &r);
                         rejects.push(r)?;
                         continue;
                     }
@@ -585,7 +590,7 @@ pub fn second_pass(
                 };
                 if let Some((rule, reason)) = rejected {
                     let reject = Reject::new(file, position, reason, &d.text);
-                    tally.reject(rule, &reject);
+                    tally.reject(rule, &d.lang, &reject);
                     sinks.rejects.push(reject)?;
                     continue;
                 }

@@ -4,11 +4,13 @@
 //! splits ([`split`]), tokenizers ([`tokenizer`]) and the stages that compose them
 //! ([`stages`]). Never depends on libtorch.
 
+pub mod calibrate;
 pub mod clean;
 pub mod corpus;
 pub mod lang;
 pub mod minhash;
 pub mod pii;
+pub mod profile;
 pub mod quality;
 pub mod read;
 pub mod split;

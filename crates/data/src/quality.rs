@@ -73,7 +73,7 @@ mod words;
 
 pub use boilerplate::{BoilerplateConfig, LineStats};
 pub use c4::{C4Config, LineEdits};
-pub use gopher::{GopherQualityConfig, GOPHER_STOP_WORDS};
+pub use gopher::{unicode_words, GopherQualityConfig, QualityStats, WordSplit, GOPHER_STOP_WORDS};
 pub use repetition::GopherRepetitionConfig;
 pub use words::split_words;
 

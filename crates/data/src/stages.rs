@@ -5,11 +5,12 @@ use crate::corpus::{self, Batched, Candidates, ClassBalance, Dup, LabelConfig, P
 use crate::lang::LangConfig;
 use crate::minhash::MinHashConfig;
 use crate::pii::PiiConfig;
+use crate::profile::ProfilesConfig;
 use crate::quality::{BoilerplateConfig, C4Config, GopherQualityConfig, GopherRepetitionConfig};
 use crate::read::ReadConfig;
 use crate::split::SplitConfig;
 use crate::tokenizer::{self, Tokenizer, TokenizerConfig};
-use crate::web::{ChainCounts, DocQualityConfig, Enabled, Preset, Rules};
+use crate::web::{ChainCounts, DocLengthConfig, DocQualityConfig, Enabled, Preset, Rules};
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
 use forja_core::metric;
@@ -38,8 +39,11 @@ pub struct CleanStageConfig {
     pub quality: GopherQualityConfig,
     pub c4: C4Config,
     pub doc_quality: DocQualityConfig,
+    pub doc_length: DocLengthConfig,
     pub pii: PiiConfig,
     pub near_dedup: MinHashConfig,
+    /// Per-language profiles of the language-dependent rules.
+    pub profiles: ProfilesConfig,
     /// Labeled data: the class field, stratified splits, rebalancing.
     pub label: LabelConfig,
     pub split: SplitConfig,
@@ -60,8 +64,11 @@ impl CleanStageConfig {
             quality: self.quality.clone(),
             c4: self.c4.clone(),
             doc_quality: self.doc_quality.clone(),
+            doc_length: self.doc_length.clone(),
             pii: self.pii.clone(),
             near_dedup: self.near_dedup.clone(),
+            profiles: self.profiles.clone(),
+            localized: Default::default(),
         }
     }
 }
@@ -132,6 +139,10 @@ fn check_clean(cfg: &CleanStageConfig, files: &[PathBuf]) -> anyhow::Result<(Rul
     let on = rules.enabled(cfg.preset);
     if on.near_dedup {
         rules.near_dedup.validate()?;
+    }
+    if on.profiles {
+        let profiles = rules.profiles.load()?;
+        let _built = rules.localized.set(rules.localize(&profiles));
     }
     Ok((rules, on))
 }
@@ -376,6 +387,10 @@ fn write_clean_report(report: &CleanReport, out: &OutDir, name: &str, hash: &str
     rows.extend(named("lines_removed:", &c.line_edits));
     rows.extend(named("pii:", &c.pii));
     rows.extend(named("lang:", &c.langs));
+    rows.extend(named("lang_unprofiled:", &c.unprofiled));
+    for (lang, m) in &c.rejected_by_lang {
+        rows.extend(named(&format!("lang_rejected:{lang}:"), m));
+    }
     if let Some(b) = &report.balance {
         for (class, counts) in &b.per_split {
             for (split, n) in SPLITS.iter().zip(counts) {
@@ -460,6 +475,16 @@ fn clean_report_md(r: &CleanReport) -> String {
             s += &format!("| {l} | {n} | {:.1}% |\n", 100.0 * *n as f64 / c.kept.max(1) as f64);
         }
     }
+    if r.enabled.profiles && r.enabled.lang {
+        let profiled: Vec<&str> = crate::profile::shipped().keys().map(String::as_str).collect();
+        s += &format!("\nLanguage-aware rules: profiles for {}.", profiled.join(", "));
+        if c.unprofiled.is_empty() {
+            s += "\n";
+        } else {
+            let list: Vec<String> = c.unprofiled.iter().map(|(l, n)| format!("{l} ({n})")).collect();
+            s += &format!(" Judged by the language-independent rules only (no profile): {} documents.\n", list.join(", "));
+        }
+    }
     s += "\n## Lengths\n\n![document lengths before and after](lengths.svg)\n\n| characters | read | kept |\n|---|---|---|\n";
     let bins: std::collections::BTreeSet<u32> = c.length_before.keys().chain(c.length_after.keys()).copied().collect();
     for b in bins {
@@ -503,6 +528,8 @@ fn enabled_list(e: &Enabled) -> String {
         ("quality", e.quality),
         ("c4", e.c4),
         ("doc_quality", e.doc_quality),
+        ("doc_length", e.doc_length),
+        ("profiles", e.profiles),
         ("pii", e.pii),
         ("near_dedup", e.near_dedup),
     ];
@@ -746,4 +773,5 @@ fn run_tokenize(cfg: &TokenizeConfig, inputs: &TokenizeInputs, out: &OutDir, ctx
 }
 
 /// All data stages.
-pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&Clean, &CleanShard, &DedupClusters, &MergeShards, &TrainTokenizer, &Tokenize];
+pub const STAGES: &[&dyn forja_core::stage::DynStage] =
+    &[&Clean, &CleanShard, &DedupClusters, &MergeShards, &TrainTokenizer, &Tokenize, &crate::calibrate::CalibrateQuality];

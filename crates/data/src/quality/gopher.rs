@@ -32,6 +32,56 @@ pub struct GopherQualityConfig {
     /// Fewest distinct stop words present (case-sensitive, as in datatrove).
     pub min_stop_words: Option<usize>,
     pub stop_words: Vec<String>,
+    /// How words are split: `spacy_en` (spaCy's English tokenizer, as
+    /// datatrove) or `unicode` (Unicode word boundaries, UAX #29, with elided
+    /// articles such as French `l'` or Italian `dell'` split off).
+    pub words: WordSplit,
+}
+
+/// A word splitter.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WordSplit {
+    #[default]
+    SpacyEn,
+    Unicode,
+}
+
+/// Words by Unicode word boundaries (UAX #29): every segment that is not
+/// whitespace, punctuation included (as spaCy's tokens), split after an
+/// apostrophe inside it (`l'homme` → `l'`, `homme`).
+pub fn unicode_words<'t>(text: &'t str, f: &mut impl FnMut(&'t str)) {
+    use unicode_segmentation::UnicodeSegmentation;
+    for seg in text.split_word_bounds() {
+        if seg.chars().all(char::is_whitespace) {
+            continue;
+        }
+        let mut rest = seg;
+        while let Some(i) = rest.find(['\'', '\u{2019}']) {
+            let cut = i + rest[i..].chars().next().map_or(1, char::len_utf8);
+            if cut >= rest.len() || i == 0 {
+                break;
+            }
+            f(&rest[..cut]);
+            rest = &rest[cut..];
+        }
+        f(rest);
+    }
+}
+
+/// The statistics of a document the Gopher quality rules judge.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QualityStats {
+    /// All words, punctuation included.
+    pub words: usize,
+    /// Words with a character outside punctuation.
+    pub non_symbol: usize,
+    /// Mean length of those (NaN when none).
+    pub avg_word_length: f64,
+    /// Share of all words that contain a letter.
+    pub alpha_words_ratio: f64,
+    /// Distinct stop words present.
+    pub stop_words: usize,
 }
 
 impl Default for GopherQualityConfig {
@@ -48,6 +98,7 @@ impl Default for GopherQualityConfig {
             max_non_alpha_words_ratio: Some(0.8),
             min_stop_words: Some(2),
             stop_words: GOPHER_STOP_WORDS.iter().map(|s| s.to_string()).collect(),
+            words: WordSplit::SpacyEn,
         }
     }
 }
@@ -160,10 +211,10 @@ impl GopherQualityConfig {
         let enough = on(self.min_stop_words).unwrap_or(0);
         let mut stop = StopWords { list: &self.stop_words, found: vec![false; self.stop_words.len()], distinct: 0, enough };
         let mut stats = WordStats::default();
-        for w in words_of(text) {
+        self.for_each_word(text, &mut |w| {
             stats.add(w);
             stop.see(w);
-        }
+        });
         self.check_length(&stats)?;
         self.check_symbols(text, stats.words)?;
         self.check_lines(text)?;
@@ -178,6 +229,30 @@ impl GopherQualityConfig {
             return Err(Drop::new("gopher_enough_stop_words", detail));
         }
         Ok(())
+    }
+
+    fn for_each_word<'t>(&self, text: &'t str, f: &mut impl FnMut(&'t str)) {
+        match self.words {
+            WordSplit::SpacyEn => words_of(text).into_iter().for_each(f),
+            WordSplit::Unicode => unicode_words(text, f),
+        }
+    }
+
+    /// The statistics the rules judge (every distinct stop word counted).
+    pub fn stats(&self, text: &str) -> QualityStats {
+        let mut stop = StopWords { list: &self.stop_words, found: vec![false; self.stop_words.len()], distinct: 0, enough: usize::MAX };
+        let mut s = WordStats::default();
+        self.for_each_word(text, &mut |w| {
+            s.add(w);
+            stop.see(w);
+        });
+        QualityStats {
+            words: s.words,
+            non_symbol: s.non_symbol,
+            avg_word_length: s.non_symbol_chars as f64 / s.non_symbol as f64,
+            alpha_words_ratio: if s.words == 0 { 0.0 } else { s.alpha as f64 / s.words as f64 },
+            stop_words: stop.distinct,
+        }
     }
 
     fn check_length(&self, s: &WordStats) -> Result<(), Drop> {
