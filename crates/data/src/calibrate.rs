@@ -40,6 +40,8 @@ pub struct CalibrateConfig {
     pub words: WordSplit,
     /// The length rule written into the profile (`None`: off).
     pub min_clean_chars: Option<usize>,
+    /// C4's fewest sentences written into the profile (`None`: off).
+    pub min_num_sentences: Option<usize>,
 }
 
 impl Default for CalibrateConfig {
@@ -53,6 +55,7 @@ impl Default for CalibrateConfig {
             stop_word_list: Vec::new(),
             words: WordSplit::Unicode,
             min_clean_chars: None,
+            min_num_sentences: None,
         }
     }
 }
@@ -146,6 +149,7 @@ pub fn calibrate(cfg: &CalibrateConfig, files: &[PathBuf]) -> anyhow::Result<Cal
         min_alpha_words_ratio: round3(quantile(&alpha, lo)),
         max_upper_frac: round3(quantile(&upper, hi)),
         min_clean_chars: cfg.min_clean_chars,
+        min_num_sentences: cfg.min_num_sentences,
     };
     let en = LangProfile::english();
     let share =
@@ -216,6 +220,7 @@ pub fn report_markdown(c: &Calibration) -> String {
         s += &format!("| {name} | {v} | {en} | {:.1}% |\n", kept * 100.0);
     }
     s += &format!("| min_clean_chars (doc_length) | {} | 725 | — |\n", p.min_clean_chars.map_or("off".to_string(), |n| n.to_string()));
+    s += &format!("| min_num_sentences (c4) | {} | 5 | — |\n", p.min_num_sentences.map_or("off".to_string(), |n| n.to_string()));
     s
 }
 

@@ -41,6 +41,9 @@ pub struct LangProfile {
     /// The length rule (`doc_length`): fewest characters of clean sentence
     /// lines; `None` leaves it off for this language.
     pub min_clean_chars: Option<usize>,
+    /// C4's fewest sentences, the other length rule (`None`: off for this
+    /// language; a short paragraph is then judged on its merit).
+    pub min_num_sentences: Option<usize>,
 }
 
 impl LangProfile {
@@ -61,12 +64,19 @@ impl LangProfile {
             min_alpha_words_ratio: g.max_non_alpha_words_ratio.unwrap_or(0.0),
             max_upper_frac: d.max_upper_frac,
             min_clean_chars: DocLengthConfig::default().min_clean_chars,
+            min_num_sentences: crate::quality::C4Config::default().min_num_sentences,
         }
     }
 
     /// The rules with this profile's values (a rule switched off in `rules`
     /// stays off).
-    pub fn apply(&self, q: &mut GopherQualityConfig, d: &mut DocQualityConfig, len: &mut DocLengthConfig) {
+    pub fn apply(
+        &self,
+        q: &mut GopherQualityConfig,
+        d: &mut DocQualityConfig,
+        len: &mut DocLengthConfig,
+        c4: &mut crate::quality::C4Config,
+    ) {
         q.words = self.words;
         q.stop_words = self.stop_words.clone();
         q.min_stop_words = q.min_stop_words.map(|_| self.min_stop_words);
@@ -75,6 +85,7 @@ impl LangProfile {
         q.max_non_alpha_words_ratio = q.max_non_alpha_words_ratio.map(|_| self.min_alpha_words_ratio);
         d.max_upper_frac = self.max_upper_frac;
         len.min_clean_chars = self.min_clean_chars;
+        c4.min_num_sentences = c4.min_num_sentences.and(self.min_num_sentences);
     }
 }
 

@@ -96,12 +96,12 @@ impl Rules {
         }
     }
 
-    /// The rules for a document in `lang`: English, `und` (no language
-    /// identified) and any language when profiles are off as configured; a
-    /// profiled language with its profile; any other with the
-    /// language-independent rules only.
+    /// The rules for a document in `lang`: English (and any language when
+    /// profiles are off) as configured; a profiled language with its profile;
+    /// any other, `und` (no language identified with confidence) included,
+    /// with the language-independent rules only.
     pub fn for_lang(&self, lang: &str, on: &Enabled) -> (&Rules, Judged) {
-        if !on.profiles || !on.lang || lang == crate::lang::UNDETERMINED || lang == "en" && self.profiles.files.is_empty() {
+        if !on.profiles || !on.lang || lang == "en" && self.profiles.files.is_empty() {
             return (self, Judged::AsConfigured);
         }
         let l = self.localized.get_or_init(|| self.localize(&self.profiles.load().unwrap_or_else(|_| crate::profile::shipped().clone())));
@@ -122,7 +122,7 @@ impl Rules {
                 continue;
             }
             let mut r = bare();
-            p.apply(&mut r.quality, &mut r.doc_quality, &mut r.doc_length);
+            p.apply(&mut r.quality, &mut r.doc_quality, &mut r.doc_length, &mut r.c4);
             by_lang.insert(lang.clone(), r);
         }
         let mut u = bare();
@@ -229,6 +229,11 @@ fn judge(
         match rules.c4.apply(&text, &mut edits) {
             Ok(t) => text = t,
             Err(d) => return drop(d.rule, format!("{}: {}", d.rule, d.detail)),
+        }
+        // With the length rules off (a profile's choice), C4's line rules may
+        // leave nothing: never keep an empty document.
+        if text.trim().is_empty() {
+            return drop("c4_no_lines_left", "every line removed by C4's line rules".into());
         }
     }
     let lang = *lang;
