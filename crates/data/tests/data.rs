@@ -263,7 +263,7 @@ fn the_stage_binary_runs_clean_and_refuses_bad_parameters() {
     let bad = run(&["--set", "split.val_fractio=0.2"]);
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(1));
-    assert!(stderr.contains("unknown field `val_fractio`") && !stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("unknown key `split.val_fractio`") && !stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
