@@ -7,7 +7,6 @@
 //! - [`hash`] and [`manifest`]: content hashes and the run manifest;
 //! - [`fsutil`]: atomic file and directory writes;
 //! - [`metric`]: metric and split names;
-//! - [`resources`]: CPU time and an energy estimate;
 //! - [`stage`]: the typed stage interface, its JSON/CLI adapter, the stage binaries' CLI;
 //! - [`token_counts`]: how often each token id occurs in a model's training data
 //!   (written into model folders, read by the server's drift monitor).
@@ -21,8 +20,6 @@ pub mod ipc;
 pub mod manifest;
 pub mod metric;
 pub mod params;
-pub mod plot;
-pub mod resources;
 pub mod schema;
 pub mod stage;
 pub mod token_counts;

@@ -54,7 +54,7 @@ pub const EXACT_MATCH: &str = "exact_match";
 pub const WALL_S: &str = "wall_s";
 /// CPU seconds (user + system) of a stage.
 pub const CPU_S: &str = "cpu_s";
-/// Energy estimate of a stage, watt-hours (`forja_core::resources`).
+/// Energy estimate of a stage, watt-hours (`forja_meter`).
 pub const ENERGY_WH: &str = "energy_wh";
 /// Floating-point operations a stage counted.
 pub const FLOPS: &str = "flops";

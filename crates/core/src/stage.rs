@@ -322,7 +322,7 @@ pub trait DynStage: Send + Sync {
         inputs: &StageInputs,
         out_dir: &Path,
         ctx: &StageCtx,
-        footprint: &crate::resources::FootprintConfig,
+        footprint: &forja_meter::FootprintConfig,
     ) -> anyhow::Result<Vec<OutputSpec>>;
 }
 
@@ -360,14 +360,14 @@ impl<S: Stage> DynStage for S {
         inputs: &StageInputs,
         out_dir: &Path,
         ctx: &StageCtx,
-        footprint: &crate::resources::FootprintConfig,
+        footprint: &forja_meter::FootprintConfig,
     ) -> anyhow::Result<Vec<OutputSpec>> {
         let params: S::Params =
             crate::params::over(&S::Params::default(), params.clone()).with_context(|| format!("parameters of stage `{}`", S::KIND))?;
         let inputs = S::Inputs::from_inputs(inputs).with_context(|| format!("inputs of stage `{}`", S::KIND))?;
         let out = OutDir::new(out_dir);
         let ctx = StageCtx { code_hash: S::CODE_HASH, ..ctx.clone() };
-        let meter = crate::resources::Meter::start();
+        let meter = forja_meter::Meter::start();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&params, &inputs, &out, &ctx)));
         let written = match result {
             Ok(r) => r?,
@@ -395,10 +395,10 @@ impl<S: Stage> DynStage for S {
 /// Writes a stage's footprint as `footprint.json` in its folder, as metric
 /// rows (`wall_s`, `cpu_s`, `flops`, `energy_wh`, `co2e_g`; split `-`) when
 /// it has a `metrics` output, and as a section of its report when it has one.
-fn record_footprint(f: &crate::resources::Footprint, out: &OutDir, ctx: &StageCtx, written: &[OutputSpec]) -> anyhow::Result<()> {
+fn record_footprint(f: &forja_meter::Footprint, out: &OutDir, ctx: &StageCtx, written: &[OutputSpec]) -> anyhow::Result<()> {
     use crate::artifacts::Artifact;
     use crate::metric;
-    crate::fsutil::atomic_write(&out.dir().join(crate::resources::FOOTPRINT_FILE), serde_json::to_string_pretty(f)?.as_bytes())?;
+    crate::fsutil::atomic_write(&out.dir().join(forja_meter::FOOTPRINT_FILE), serde_json::to_string_pretty(f)?.as_bytes())?;
     if written.contains(&outputs::METRICS) {
         let path = out.path(&outputs::METRICS);
         let mut rows = crate::MetricRow::read(&path)?;
@@ -424,14 +424,14 @@ fn record_footprint(f: &crate::resources::Footprint, out: &OutDir, ctx: &StageCt
 }
 
 /// The footprint section of a stage report.
-pub fn footprint_markdown(f: &crate::resources::Footprint) -> String {
+pub fn footprint_markdown(f: &forja_meter::Footprint) -> String {
     format!(
         "\n## Footprint\n\n| wall time | CPU time | FLOPs | energy | CO2e |\n|---|---|---|---|---|\n| {:.2} s | {:.2} s | {:.3e} | {} Wh | {} g |\n\nEnergy: {}; PUE {}; grid {} gCO2e/kWh.\n",
         f.wall_s,
         f.cpu_s,
         f.flops,
-        crate::resources::fmt_amount(f.energy_wh),
-        crate::resources::fmt_amount(f.co2e_g),
+        forja_meter::fmt_amount(f.energy_wh),
+        forja_meter::fmt_amount(f.co2e_g),
         f.energy_source,
         f.pue,
         f.grid_g_per_kwh
@@ -523,7 +523,7 @@ pub fn run_from_args(stages: &[&dyn DynStage], args: &StageArgs) -> anyhow::Resu
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     // A stage binary run by hand reads the footprint settings from the
     // environment (`FORJA_GRID_G_PER_KWH`, `FORJA_PUE`, `FORJA_WATTS_PER_CORE`).
-    let footprint = crate::resources::FootprintConfig::from_env();
+    let footprint = forja_meter::FootprintConfig::from_env();
     stage.run_json(&params, &inputs, &args.out, &ctx, &footprint).map(drop)
 }
 

@@ -14,9 +14,9 @@ use crate::web::{ChainCounts, DocLengthConfig, DocQualityConfig, Enabled, Preset
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
 use forja_core::metric;
-use forja_core::plot::Series;
 use forja_core::stage::{outputs, port, OutDir, OutputSpec, Stage, StageCtx};
 use forja_core::{Document, MetricRow, Reject, TokenRow};
+use forja_render::Series;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -411,7 +411,7 @@ fn lengths_svg(c: &ChainCounts) -> Option<String> {
     // Every bin of either distribution, 0 where one has none.
     let bins: std::collections::BTreeSet<u32> = c.length_before.keys().chain(c.length_after.keys()).copied().collect();
     let points = |m: &BTreeMap<u32, u64>| bins.iter().map(|b| (f64::from(*b), m.get(b).copied().unwrap_or(0) as f64)).collect();
-    forja_core::plot::line_chart(
+    forja_render::line_chart(
         "Document length (characters), before and after",
         "log2(characters)",
         "documents",

@@ -5,6 +5,7 @@
 //! `F(input) − F(baseline)` up to the error of the path integral — and the
 //! rendering of attributions as highlighted text.
 
+use forja_render::html_escape;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
@@ -66,22 +67,6 @@ pub fn integrated_gradients(
     }
     let scores = (delta * grad_sum / steps as f64).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
     Ok((Vec::<f64>::try_from(scores.to_kind(Kind::Double))?, f_input, f_baseline))
-}
-
-/// Escapes text for HTML element content and attribute values.
-pub fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 /// The tokens as highlighted HTML: one `<span class="attr">` per token, red

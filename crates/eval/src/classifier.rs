@@ -433,7 +433,7 @@ pub fn run(cfg: &ClassifierEvalConfig, inputs: &ClassifierEvalInputs, out: &OutD
     let scores = classification(&pairs, labels.len());
     let n_params: f64 = loaded.vs.variables().values().map(|t| t.numel() as f64).sum();
     let tokens: usize = rows.iter().map(Vec::len).sum();
-    forja_core::resources::add_flops(2.0 * n_params * tokens as f64);
+    forja_meter::add_flops(2.0 * n_params * tokens as f64);
     let mean_len = tokens as f64 / rows.len() as f64;
     println!("{}: accuracy {:.4}, macro F1 {:.4} on {} examples", ctx.name, scores.accuracy, scores.f1.macro_, examples.len());
 
@@ -449,7 +449,7 @@ pub fn run(cfg: &ClassifierEvalConfig, inputs: &ClassifierEvalInputs, out: &OutD
     let flip_steps: usize = r.hotflip.iter().map(|f| f + 1).sum();
     let passes = robust_examples as f64 * (r.perturbations.len() as f64 + 3.0 * flip_steps as f64)
         + attributions.len() as f64 * 3.0 * (cfg.attributions.steps as f64 + 2.0);
-    forja_core::resources::add_flops(2.0 * n_params * mean_len * passes);
+    forja_meter::add_flops(2.0 * n_params * mean_len * passes);
 
     let result = ClassifierEval {
         ece: expected_calibration_error(&probs, &truth),
@@ -564,10 +564,7 @@ fn write_outputs(r: &ClassifierEval, out: &OutDir, ctx: &StageCtx, model: &Path,
     }
     MetricRow::write(&out.path(&outputs::METRICS), &ctx.name, &ctx.config_hash, &rows)?;
     let title = format!("{}: confusion matrix (accuracy {:.2}%)", ctx.name, 100.0 * s.accuracy);
-    forja_core::fsutil::atomic_write(
-        &out.path(&CONFUSION),
-        forja_core::plot::confusion_heatmap(&title, &r.labels, &s.confusion).as_bytes(),
-    )?;
+    forja_core::fsutil::atomic_write(&out.path(&CONFUSION), forja_render::confusion_heatmap(&title, &r.labels, &s.confusion).as_bytes())?;
     forja_core::fsutil::atomic_write(&out.path(&outputs::REPORT), report_md(r, ctx, model, attr).as_bytes())?;
     Ok(())
 }

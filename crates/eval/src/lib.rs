@@ -143,7 +143,7 @@ pub fn run(cfg: &EvalConfig, inputs: &EvalInputs, out: &OutDir, ctx: &StageCtx) 
     }
     let score = score_tokens(model, &ids, cfg.batch_size).with_context(|| format!("scoring {}", split.display()))?;
     let n_params: f64 = loaded.vs.variables().values().map(|t| t.numel() as f64).sum();
-    forja_core::resources::add_flops(2.0 * n_params * score.tokens as f64);
+    forja_meter::add_flops(2.0 * n_params * score.tokens as f64);
     let split_name = cfg.split_name.as_str();
     let mut metrics = vec![
         MetricRow::new(&ctx.name, 0, metric::LOSS, score.loss, split_name),

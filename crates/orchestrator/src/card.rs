@@ -12,7 +12,7 @@
 use crate::pipeline::Plan;
 use anyhow::Result;
 use forja_core::manifest::{RunManifest, StageStatus};
-use forja_core::resources::{fmt_amount, Footprint};
+use forja_meter::{fmt_amount, Footprint};
 use std::fmt::Write;
 use std::path::Path;
 
@@ -27,7 +27,7 @@ p.attribution{line-height:1.9}tr.total td{font-weight:bold}.note{color:#555;font
 
 /// Escapes text for HTML.
 pub fn esc(s: &str) -> String {
-    forja_eval::attribution::html_escape(s)
+    forja_render::html_escape(s)
 }
 
 /// Whether an HTML fragment holds only the tags forja's attribution

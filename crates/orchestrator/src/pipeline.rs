@@ -38,7 +38,7 @@ struct RawHeader {
     device: String,
     /// How energy becomes CO2e in the footprint of every stage.
     #[serde(default)]
-    footprint: Option<forja_core::resources::FootprintConfig>,
+    footprint: Option<forja_meter::FootprintConfig>,
 }
 
 fn default_seed() -> u64 {
@@ -95,7 +95,7 @@ pub struct Plan {
     pub out_dir: PathBuf,
     pub seed: u64,
     pub device: String,
-    pub footprint: forja_core::resources::FootprintConfig,
+    pub footprint: forja_meter::FootprintConfig,
     pub stages: Vec<PlannedStage>,
 }
 
@@ -213,7 +213,7 @@ pub fn parse(file: &Path, text: &str, registry: &[&'static dyn DynStage], overri
     let base = lexical_clean(&file.parent().unwrap_or(Path::new(".")).join(raw.pipeline.root.as_deref().unwrap_or(".")));
     let out_dir = base.join(raw.pipeline.out_dir.clone().unwrap_or_else(|| format!("runs/{}", raw.pipeline.name)));
     let (name, seed, device) = (raw.pipeline.name.clone(), raw.pipeline.seed, raw.pipeline.device.clone());
-    let footprint = raw.pipeline.footprint.unwrap_or_else(forja_core::resources::FootprintConfig::from_env);
+    let footprint = raw.pipeline.footprint.unwrap_or_else(forja_meter::FootprintConfig::from_env);
 
     let mut cx = Ctx { file, text, all: &raw.stages, names: HashMap::new(), registry, base, overrides };
     let mut errors = Vec::new();

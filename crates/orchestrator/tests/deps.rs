@@ -5,8 +5,8 @@
 //! - the trainers (`pretrain`, `sft`, `rlhf`) never depend on each other;
 //! - `serve` and `eval` depend on no trainer and not on `data`;
 //! - `model` and `train` depend on no stage crate (`data`, a trainer, `eval`, `serve`);
-//! - `core`, `buildhash`, `tokenizer` and `data` depend on no other forja crate
-//!   than these, and build without libtorch (no `tch` / `torch-sys` among their
+//! - `core`, `meter`, `render`, `buildhash`, `tokenizer` and `data` depend on no
+//!   other forja crate than these, and build without libtorch (no `tch` / `torch-sys` among their
 //!   normal and build dependencies, transitively);
 //! - only the orchestrator (`forja`) and the benchmarks depend on `serve`,
 //!   and nothing depends on them: they are the only crates that reach everything;
@@ -25,7 +25,7 @@ use std::process::Command;
 const TRAINERS: [&str; 3] = ["forja-pretrain", "forja-sft", "forja-rlhf"];
 const APPS: [&str; 2] = ["forja", "forja-benches"];
 /// Crates that build without libtorch.
-const NO_TORCH: [&str; 4] = ["forja-core", "forja-buildhash", "forja-tokenizer", "forja-data"];
+const NO_TORCH: [&str; 6] = ["forja-core", "forja-meter", "forja-render", "forja-buildhash", "forja-tokenizer", "forja-data"];
 const TORCH: [&str; 2] = ["tch", "torch-sys"];
 
 /// A dependency between two workspace members.
@@ -63,7 +63,7 @@ fn forbidden(from: &str, to: &str) -> Option<&'static str> {
         return Some("model and train depend on no stage crate");
     }
     if NO_TORCH.contains(&from) && !NO_TORCH.contains(&to) {
-        return Some("core, buildhash, tokenizer and data depend only on each other (they build without libtorch)");
+        return Some("core, meter, render, buildhash, tokenizer and data depend only on each other (they build without libtorch)");
     }
     None
 }

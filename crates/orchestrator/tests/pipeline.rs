@@ -95,11 +95,11 @@ fn a_pipeline_runs_end_to_end_then_skips_every_stage() {
 
     // Every stage's footprint is recorded, positive, and totalled in the report and the card.
     for s in &first.stages {
-        let f = forja_core::resources::Footprint::read(&out.join(&s.name)).unwrap_or_else(|| panic!("{}: no footprint.json", s.name));
+        let f = forja_meter::Footprint::read(&out.join(&s.name)).unwrap_or_else(|| panic!("{}: no footprint.json", s.name));
         assert!(f.wall_s > 0.0 && f.cpu_s > 0.0 && f.energy_wh > 0.0 && f.co2e_g > 0.0, "{f:?}");
         assert_eq!(f.kind, s.kind);
     }
-    let lm_flops = forja_core::resources::Footprint::read(&out.join("lm")).unwrap().flops;
+    let lm_flops = forja_meter::Footprint::read(&out.join("lm")).unwrap().flops;
     assert!(lm_flops > 6.0 * 6.0 * 4.0 * 16.0 * 1000.0, "6 steps of 4×16 tokens through > 1000 parameters: {lm_flops}");
     assert!(metrics.iter().any(|m| m.stage == "lm" && m.name == "co2e_g" && m.value > 0.0));
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();

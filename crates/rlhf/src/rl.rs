@@ -823,7 +823,7 @@ pub fn one_line(s: &str) -> String {
 
 /// Reward, KL and entropy per step, as SVG.
 fn write_rl_plot(path: &Path, stage: &str, metrics: &[forja_core::MetricRow]) -> anyhow::Result<()> {
-    use forja_core::plot::Series;
+    use forja_render::Series;
     let pick = |name: &str| -> Vec<(f64, f64)> {
         metrics.iter().filter(|m| m.name == name && m.split == forja_core::metric::split::TRAIN).map(|m| (m.step as f64, m.value)).collect()
     };
@@ -833,7 +833,7 @@ fn write_rl_plot(path: &Path, stage: &str, metrics: &[forja_core::MetricRow]) ->
         Series { label: "entropy", color: "#1f77b4", points: pick(names::ENTROPY) },
         Series { label: "clip fraction", color: "#ff7f0e", points: pick(names::CLIP_FRACTION) },
     ];
-    let svg = forja_core::plot::line_chart(&format!("{stage}: rollouts"), "step", "value", &series).unwrap_or_else(|| {
+    let svg = forja_render::line_chart(&format!("{stage}: rollouts"), "step", "value", &series).unwrap_or_else(|| {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"300\" height=\"30\"><text x=\"5\" y=\"20\">no points</text></svg>".into()
     });
     forja_core::fsutil::atomic_write(path, svg.as_bytes())?;

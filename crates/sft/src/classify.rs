@@ -520,7 +520,7 @@ fn finish_outputs(
     report += &format!("\n## Classifier\n\nLabels: {}. Class-weighted loss: {weighted}.\n\n", labels.len());
     let Some(s) = test else {
         let empty = vec![vec![0u64; labels.len()]; labels.len()];
-        forja_core::fsutil::atomic_write(&confusion, forja_core::plot::confusion_heatmap("no test split", labels, &empty).as_bytes())?;
+        forja_core::fsutil::atomic_write(&confusion, forja_render::confusion_heatmap("no test split", labels, &empty).as_bytes())?;
         report += "No test split was given.\n";
         forja_core::fsutil::atomic_write(&outputs.report, report.as_bytes())?;
         return Ok(());
@@ -536,7 +536,7 @@ fn finish_outputs(
     }
     MetricRow::write(&outputs.metrics, &ctx.name, &ctx.config_hash, &metrics)?;
     let title = format!("{}: test confusion matrix (accuracy {:.2}%)", ctx.name, 100.0 * s.accuracy);
-    forja_core::fsutil::atomic_write(&confusion, forja_core::plot::confusion_heatmap(&title, labels, &s.confusion).as_bytes())?;
+    forja_core::fsutil::atomic_write(&confusion, forja_render::confusion_heatmap(&title, labels, &s.confusion).as_bytes())?;
     report += &format!(
         "### Test split\n\n| metric | value |\n|---|---|\n| accuracy | {:.4} |\n| macro precision | {:.4} |\n| macro recall | {:.4} |\n| macro F1 | {:.4} |\n\n![confusion matrix]({})\n\n",
         s.accuracy, s.precision.macro_, s.recall.macro_, s.f1.macro_, CONFUSION.path

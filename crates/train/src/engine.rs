@@ -396,7 +396,7 @@ impl<'a> Engine<'a> {
                 let log_step = done % cfg.log_interval.max(1) == 0 || done == cfg.max_steps;
                 let outcome = self.train_step(obj, step, lr, log_step && cfg.diagnosis.layer_grad_norms)?;
                 // Spent whether or not the step was applied.
-                forja_core::resources::add_flops(self.train_flops_per_token * tokens_per_step);
+                forja_meter::add_flops(self.train_flops_per_token * tokens_per_step);
                 match outcome {
                     StepOutcome::Applied { stats, layers } => {
                         self.state.step = done;
@@ -483,7 +483,7 @@ impl<'a> Engine<'a> {
     fn estimate(&self, obj: &mut dyn Objective, split: EvalSplit) -> anyhow::Result<EvalScore> {
         let _guard = tch::no_grad_guard();
         let n = self.cfg.eval_iters.max(1);
-        forja_core::resources::add_flops(2.0 * self.n_scalars * obj.tokens_per_micro() * n as f64);
+        forja_meter::add_flops(2.0 * self.n_scalars * obj.tokens_per_micro() * n as f64);
         let mut mean = EvalScore::default();
         for i in 0..n {
             let s = obj.eval_batch(split, i)?;

@@ -101,7 +101,7 @@ pub(crate) fn report_md(stage: &str, s: &TrainSummary, used_best: bool, outputs:
 /// Draws each layer's gradient norm (log10) over the steps as SVG: vanishing
 /// and exploding layers stand out at a glance.
 pub(crate) fn write_grad_plot(path: &Path, stage: &str, metrics: &[MetricRow]) -> anyhow::Result<()> {
-    use forja_core::plot::Series;
+    use forja_render::Series;
     const PALETTE: [&str; 10] =
         ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
     let mut layers: Vec<&str> = Vec::new();
@@ -127,8 +127,8 @@ pub(crate) fn write_grad_plot(path: &Path, stage: &str, metrics: &[MetricRow]) -
 }
 
 /// Writes a line chart, or a one-line SVG saying there is nothing to draw.
-fn write_chart(path: &Path, title: &str, y_label: &str, series: &[forja_core::plot::Series]) -> anyhow::Result<()> {
-    let svg = forja_core::plot::line_chart(title, "step", y_label, series).unwrap_or_else(|| {
+fn write_chart(path: &Path, title: &str, y_label: &str, series: &[forja_render::Series]) -> anyhow::Result<()> {
+    let svg = forja_render::line_chart(title, "step", y_label, series).unwrap_or_else(|| {
         format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"400\" height=\"40\"><text x=\"10\" y=\"25\">{title}: no points</text></svg>"
         )
@@ -138,7 +138,7 @@ fn write_chart(path: &Path, title: &str, y_label: &str, series: &[forja_core::pl
 
 /// Draws the loss curves (mini-batch loss, and the train/val estimates) as SVG.
 pub(crate) fn write_loss_plot(path: &Path, stage: &str, metrics: &[MetricRow]) -> anyhow::Result<()> {
-    use forja_core::plot::Series;
+    use forja_render::Series;
     let pick = |name: &str, split: &str| -> Vec<(f64, f64)> {
         metrics.iter().filter(|m| m.name == name && m.split == split).map(|m| (m.step as f64, m.value)).collect()
     };

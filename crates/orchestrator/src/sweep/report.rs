@@ -44,9 +44,7 @@ pub(super) fn write_outputs(
             .map(|r| (numeric(r.trial.params.get(name)).map_or(f64::NAN, |x| if log { x.log10() } else { x }), r.value))
             .collect();
         let x_label = if log { format!("log10({name})") } else { name.clone() };
-        if let Some(svg) =
-            forja_core::plot::scatter_chart(&format!("{} against {name}", spec.metric), &x_label, &spec.metric, &points, best)
-        {
+        if let Some(svg) = forja_render::scatter_chart(&format!("{} against {name}", spec.metric), &x_label, &spec.metric, &points, best) {
             let file = format!("{}.svg", name.replace(['.', '/'], "_"));
             forja_core::fsutil::atomic_write(&dir.join(&file), svg.as_bytes())?;
             plots.push(file);

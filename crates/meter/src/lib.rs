@@ -1,6 +1,6 @@
-//! What a stage cost: wall-clock and CPU time of this process, the FLOPs the
+//! forja-meter: what a stage cost: wall-clock and CPU time of this process, the FLOPs the
 //! stage counted, energy and CO2e — its **footprint**, measured around every
-//! stage by the stage adapter ([`crate::stage::DynStage::run_json`]) and
+//! stage by the stage adapter (`forja_core::stage::DynStage::run_json`) and
 //! written as `footprint.json`, metric rows and a report line.
 //!
 //! Energy comes from the CPU package's RAPL counters
