@@ -8,8 +8,8 @@ use anyhow::Context;
 use forja_core::artifacts::Artifact;
 use forja_core::stage::StageCtx;
 use forja_core::{Document, EmbeddingRow};
-use forja_model::bert::embed_rows;
 use forja_model::bert::BertConfig;
+use forja_model::bert::{embed_rows, encode_for_bert};
 use forja_model::checkpoint::{write_folder, write_model_files, AnyModel, LoadedModel};
 use forja_model::{load_model, parse_device};
 use serde::{Deserialize, Serialize};
@@ -56,8 +56,6 @@ impl Default for EmbedConfig {
         Self { batch_size: 32, max_length: 256, device: None }
     }
 }
-
-pub use forja_model::bert::encode_for_bert;
 
 /// Embeds texts with a loaded BERT: `[n, hidden]` float32 rows, unit length.
 pub fn embed_texts(loaded: &LoadedModel, texts: &[&str], cfg: &EmbedConfig) -> anyhow::Result<Vec<Vec<f32>>> {
