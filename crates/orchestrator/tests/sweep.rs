@@ -204,7 +204,7 @@ fn forja_sweep_runs_trials_as_processes_and_resumes() {
     assert!(out.results.iter().all(|r| r.status == Status::Completed && r.steps == 8 && r.value.is_finite()), "{:?}", out.results);
     let best = &out.results[out.best.unwrap()];
     assert_eq!(best.trial.params["lm.train.optim.lr"].as_float(), Some(3e-3), "8 steps at lr 1e-5 barely move");
-    for name in ["trials.arrow", "report.md", "best.toml", "lm_optim_lr.svg", "trial-0000/pipeline.toml", "trial-0001/result.json"] {
+    for name in ["trials.arrow", "report.md", "best.toml", "lm_train_optim_lr.svg", "trial-0000/pipeline.toml", "trial-0001/result.json"] {
         assert!(out.dir.join(name).exists(), "{name}");
     }
     // Only the stages the metric needs run in a trial.

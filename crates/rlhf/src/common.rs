@@ -10,7 +10,6 @@ use forja_model::checkpoint::{self, Weights, WEIGHTS};
 use forja_model::generate::{generate_batch, SamplingConfig};
 use forja_model::{Gpt, GptConfig, LoraConfig, Precision};
 use forja_train::{OptimConfig, TrainerConfig};
-use serde::Serialize;
 use std::path::Path;
 use tch::{nn, Device};
 
