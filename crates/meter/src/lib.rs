@@ -27,7 +27,8 @@ pub const WATTS_PER_CORE: f64 = 10.0;
 pub const FOOTPRINT_FILE: &str = "footprint.json";
 
 /// How energy becomes CO2e; settable per pipeline (`[pipeline] footprint = {...}`)
-/// and through `FORJA_GRID_G_PER_KWH`, `FORJA_PUE`, `FORJA_WATTS_PER_CORE`.
+/// and, for a stage binary run by hand, through `FORJA_GRID_G_PER_KWH`, `FORJA_PUE`,
+/// `FORJA_WATTS_PER_CORE` (the orchestrator passes them to `run_json` explicitly).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FootprintConfig {
@@ -55,13 +56,6 @@ impl FootprintConfig {
             pue: var("FORJA_PUE", d.pue),
             watts_per_core: var("FORJA_WATTS_PER_CORE", d.watts_per_core),
         }
-    }
-
-    /// Sets the `FORJA_*` variables so stages of this process read `self`.
-    pub fn export(&self) {
-        std::env::set_var("FORJA_GRID_G_PER_KWH", self.grid_g_per_kwh.to_string());
-        std::env::set_var("FORJA_PUE", self.pue.to_string());
-        std::env::set_var("FORJA_WATTS_PER_CORE", self.watts_per_core.to_string());
     }
 }
 
