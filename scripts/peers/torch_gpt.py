@@ -108,6 +108,18 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
+def load_tokens(text, vocab, device):
+    """The training tokens: a file's bytes (vocabulary 256), else a million
+    random tokens of `vocab` (drawn after torch.manual_seed)."""
+    if text:
+        with open(text, "rb") as f:
+            data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8).long()
+        vocab = 256
+    else:
+        data = torch.randint(0, vocab, (1_000_000,))
+    return data.to(device), vocab
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--text", help="train on this file's bytes (vocabulary 256)")
@@ -137,14 +149,7 @@ def main():
     torch.manual_seed(0)
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.text:
-        with open(a.text, "rb") as f:
-            data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8).long()
-        vocab = 256
-    else:
-        vocab = a.vocab
-        data = torch.randint(0, vocab, (1_000_000,))
-    data = data.to(device)
+    data, vocab = load_tokens(a.text, a.vocab, device)
 
     model = GPT(vocab, a.block, a.n_layer, a.n_head, a.n_embd).to(device)
     n_params = sum(p.numel() for p in model.parameters())  # the tied matrix once

@@ -17,6 +17,7 @@ pub mod artifacts;
 pub mod fsutil;
 pub mod hash;
 pub mod ipc;
+pub mod launch;
 pub mod manifest;
 pub mod metric;
 pub mod params;

@@ -295,6 +295,10 @@ pub trait Stage: Send + Sync + 'static {
     /// keeps the trainer's other `train` defaults.
     type Params: serde::de::DeserializeOwned + serde::Serialize + Default;
     type Inputs: FromInputs;
+    /// Whether the stage trains on several ranks when a launcher starts it
+    /// so (`torchrun`, `srun`, `forja run --nproc`): rank 0 writes the
+    /// outputs; the others write into a scratch folder, removed after.
+    const DISTRIBUTED: bool = false;
 
     /// Runs the stage; returns the outputs it wrote (every declared one).
     fn run(&self, params: &Self::Params, inputs: &Self::Inputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>>;
@@ -308,6 +312,8 @@ pub trait DynStage: Send + Sync {
     fn inputs(&self) -> &'static [InputSpec];
     fn outputs(&self) -> &'static [OutputSpec];
     fn code_hash(&self) -> &'static str;
+    /// Whether a launcher may start it as several ranks ([`Stage::DISTRIBUTED`]).
+    fn distributed(&self) -> bool;
     /// The parameters' defaults (what an empty table means), for the stage reference.
     fn defaults(&self) -> Option<serde_json::Value>;
     /// Checks parameters without running (unknown keys, bad values), naming
@@ -348,6 +354,9 @@ impl<S: Stage> DynStage for S {
     fn code_hash(&self) -> &'static str {
         S::CODE_HASH
     }
+    fn distributed(&self) -> bool {
+        S::DISTRIBUTED
+    }
     fn defaults(&self) -> Option<serde_json::Value> {
         serde_json::to_value(S::Params::default()).ok()
     }
@@ -365,20 +374,20 @@ impl<S: Stage> DynStage for S {
         let params: S::Params =
             crate::params::over(&S::Params::default(), params.clone()).with_context(|| format!("parameters of stage `{}`", S::KIND))?;
         let inputs = S::Inputs::from_inputs(inputs).with_context(|| format!("inputs of stage `{}`", S::KIND))?;
+        let (rank, world) = crate::launch::Launch::rank_and_world();
+        if world > 1 && !S::DISTRIBUTED {
+            bail!("stage `{}` does not train on several ranks; run it once, without a launcher (this is rank {rank} of {world})", S::KIND);
+        }
+        if rank > 0 {
+            return run_as_helper_rank(self, &params, &inputs, out_dir, ctx, rank);
+        }
         let out = OutDir::new(out_dir);
         let ctx = StageCtx { code_hash: S::CODE_HASH, ..ctx.clone() };
         let meter = forja_meter::Meter::start();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&params, &inputs, &out, &ctx)));
         let written = match result {
             Ok(r) => r?,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("(no message)");
-                bail!("stage `{}` panicked: {msg}", S::KIND);
-            }
+            Err(panic) => bail!("stage `{}` panicked: {}", S::KIND, panic_text(&*panic)),
         };
         for spec in S::OUTPUTS {
             let path = out.path(spec);
@@ -390,6 +399,44 @@ impl<S: Stage> DynStage for S {
         record_footprint(&footprint, &out, &ctx, &written)?;
         Ok(written)
     }
+}
+
+static SHARED_OUT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The stage folder rank 0 writes, seen from a rank other than 0 (which
+/// writes into a scratch folder of its own): where its training reads the
+/// checkpoint every rank resumes from. `None` on rank 0 and alone.
+pub fn shared_out_dir() -> Option<&'static Path> {
+    SHARED_OUT.get().map(PathBuf::as_path)
+}
+
+/// A rank other than 0 trains as rank 0 does but keeps nothing: it writes
+/// into `OUT/.ranks/RANK`, removed afterwards, and reads checkpoints from OUT.
+fn run_as_helper_rank<S: Stage>(
+    stage: &S,
+    params: &S::Params,
+    inputs: &S::Inputs,
+    out_dir: &Path,
+    ctx: &StageCtx,
+    rank: usize,
+) -> anyhow::Result<Vec<OutputSpec>> {
+    let scratch = out_dir.join(".ranks").join(rank.to_string());
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch).with_context(|| format!("clearing {}", scratch.display()))?;
+    }
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let _ = SHARED_OUT.set(out_dir.to_path_buf());
+    let ctx = StageCtx { code_hash: S::CODE_HASH, ..ctx.clone() };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(params, inputs, &OutDir::new(&scratch), &ctx)));
+    let _ = std::fs::remove_dir_all(&scratch);
+    match result {
+        Ok(r) => r,
+        Err(panic) => bail!("stage `{}` panicked on rank {rank}: {}", S::KIND, panic_text(&*panic)),
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("(no message)")
 }
 
 /// Writes a stage's footprint as `footprint.json` in its folder, as metric
@@ -470,6 +517,9 @@ pub struct StageArgs {
     /// A parameter, KEY=VALUE (dotted keys nest).
     #[arg(long = "set", short = 's')]
     pub params: Vec<String>,
+    /// Parameters as a JSON object (read before the `--set`s, which override it).
+    #[arg(long = "params")]
+    pub params_file: Option<PathBuf>,
     /// Output folder.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
@@ -492,7 +542,15 @@ pub fn run_from_args(stages: &[&dyn DynStage], args: &StageArgs) -> anyhow::Resu
         let kinds: Vec<_> = stages.iter().map(|s| s.kind()).collect();
         format!("unknown stage kind `{}` (known: {})", args.kind, kinds.join(", "))
     })?;
-    let mut params = serde_json::json!({});
+    let mut params = match &args.params_file {
+        None => serde_json::json!({}),
+        Some(f) => {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading --params {}", f.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("--params {}: not JSON", f.display()))?;
+            anyhow::ensure!(v.is_object(), "--params {}: not a JSON object", f.display());
+            v
+        }
+    };
     for p in &args.params {
         set_param(&mut params, p)?;
     }

@@ -41,6 +41,7 @@ pub fn check(err: *mut c_char) -> Result<(), String> {
     // SAFETY: a non-null result is a NUL-terminated string the shim allocated
     // with malloc; it is read once and freed by the shim's own free.
     let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    // SAFETY: freed once, by the allocator that made it, after the copy above.
     unsafe { forja_c10d_free_string(err) };
     Err(msg)
 }

@@ -25,6 +25,7 @@ pub struct Store {
 // SAFETY: c10d's TCPStore serialises its operations internally; the handle is
 // only freed on drop.
 unsafe impl Send for Store {}
+// SAFETY: as above: every operation locks inside c10d.
 unsafe impl Sync for Store {}
 
 impl Store {
@@ -51,7 +52,9 @@ impl Store {
         let (mut data, mut len) = (std::ptr::null_mut(), 0usize);
         // SAFETY: live handle; on success `data` is a malloc'd buffer of `len` bytes we free below.
         check(unsafe { ffi::forja_c10d_store_get(self.ptr, key.as_ptr(), &mut data, &mut len) })?;
+        // SAFETY: the shim filled `data` with `len` initialised bytes.
         let value = unsafe { std::slice::from_raw_parts(data, len) }.to_vec();
+        // SAFETY: the buffer came from the shim's malloc and is freed once, after the copy.
         unsafe { ffi::forja_c10d_free_bytes(data) };
         Ok(value)
     }
@@ -81,6 +84,7 @@ pub struct Group {
 // SAFETY: c10d process groups are used from one thread at a time here (the
 // training loop's); the handle is only freed on drop.
 unsafe impl Send for Group {}
+// SAFETY: as above: the training loop alone calls the collectives.
 unsafe impl Sync for Group {}
 
 impl Group {
@@ -218,31 +222,42 @@ impl Dist {
                 return Err(DistError::Mismatch(msg));
             }
         }
-        Ok(())
+        // No rank leaves (rank 0 taking the store with it) before all have read.
+        self.barrier()
     }
 
-    /// The error of a failed collective, with the ranks that stopped.
+    /// The error of a failed collective, with the ranks that stopped (a
+    /// peer's death is seen at once, its heartbeat goes stale a few seconds
+    /// later: wait for that, up to a little longer than it takes).
     fn failed(&self, what: &str, cause: &str) -> DistError {
+        let deadline = std::time::Instant::now() + STALE_AFTER + 2 * HEARTBEAT;
+        let who = loop {
+            let (who, known) = self.who_stopped();
+            if known || std::time::Instant::now() > deadline {
+                break who;
+            }
+            std::thread::sleep(HEARTBEAT / 2);
+        };
         DistError::C10d(format!(
-            "rank {} of {}: {what} failed: {}; c10d: {}",
+            "rank {} of {}: {what} failed: {who}; c10d: {}",
             self.rank(),
             self.world(),
-            self.who_stopped(),
             cause.lines().next().unwrap_or(cause)
         ))
     }
 
-    /// Which ranks stopped, from their heartbeats in the store.
-    pub fn who_stopped(&self) -> String {
+    /// Which ranks stopped, from their heartbeats in the store, and whether
+    /// that names one.
+    pub fn who_stopped(&self) -> (String, bool) {
         let mut stopped = Vec::new();
         let now = now_ms();
         for r in (0..self.world()).filter(|&r| r != self.rank()) {
             let key = format!("heartbeat/{r}");
             match self.store.check(&key) {
                 Err(_) if !self.launch.agent_store => {
-                    return "rank 0 stopped (the rendezvous store it hosts is gone)".into();
+                    return ("rank 0 stopped (the rendezvous store it hosts is gone)".into(), true);
                 }
-                Err(e) => return format!("the launcher's rendezvous store is unreachable ({e})"),
+                Err(e) => return (format!("the launcher's rendezvous store is unreachable ({e})"), false),
                 Ok(false) => stopped.push(format!("rank {r} (never joined)")),
                 Ok(true) => {
                     let seen = self.store.get(&key).ok().and_then(|v| String::from_utf8_lossy(&v).parse::<u64>().ok());
@@ -256,9 +271,9 @@ impl Dist {
             }
         }
         if stopped.is_empty() {
-            format!("every other rank still answers (timeout {} s)", self.timeout.as_secs())
+            (format!("every other rank still answers (timeout {} s)", self.timeout.as_secs()), false)
         } else {
-            format!("{} stopped", stopped.join(", "))
+            (format!("{} stopped", stopped.join(", ")), true)
         }
     }
 }
@@ -281,6 +296,7 @@ pub fn differences(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly on purpose
 mod tests {
     use super::differences;
     use serde_json::json;

@@ -8,11 +8,10 @@
 //! launcher did not start (no `RANK`/`WORLD_SIZE`, no Slurm task of several)
 //! has no group and trains alone.
 
-mod env;
 mod ffi;
 mod group;
 
-pub use env::{first_slurm_host, Launch, Launcher};
+pub use forja_core::launch::{first_slurm_host, Launch, LaunchError, Launcher};
 pub use group::{Dist, Group, Store};
 
 use std::sync::OnceLock;
@@ -22,8 +21,8 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum DistError {
     /// A launcher variable is missing or malformed.
-    #[error("environment variable {var}: {problem}")]
-    Env { var: &'static str, problem: String },
+    #[error(transparent)]
+    Env(#[from] LaunchError),
     /// libtorch's c10d refused or failed (its message, and what forja knows of the ranks).
     #[error("{0}")]
     C10d(String),
@@ -55,13 +54,4 @@ pub fn init(timeout: Duration) -> Result<Option<&'static Dist>, DistError> {
 /// The group [`init`] formed, if any.
 pub fn current() -> Option<&'static Dist> {
     DIST.get().and_then(|r| r.as_ref().ok()).and_then(Option::as_ref)
-}
-
-/// This process's rank and the world size as the launcher's environment
-/// states them, without forming a group (`(0, 1)` when launched alone).
-pub fn rank_and_world() -> (usize, usize) {
-    match Launch::from_env() {
-        Ok(Some(l)) => (l.rank, l.world),
-        _ => (0, 1),
-    }
 }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 //! Two ranks in one process (one thread each) on loopback: the store, the
 //! Gloo collectives and the configuration agreement, on libtorch's c10d.
 

@@ -1,7 +1,9 @@
 //! forja: the orchestrator. Parses pipeline files ([`pipeline`]) into checked plans
-//! and runs them with content-hash caching ([`run`]).
+//! and runs them with content-hash caching ([`run`]), training stages as local
+//! ranks when asked ([`launch`]).
 
 pub mod card;
+pub mod launch;
 pub mod pipeline;
 pub mod reference;
 pub mod run;

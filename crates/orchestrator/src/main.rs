@@ -28,6 +28,10 @@ enum Cmd {
         /// Override a parameter: STAGE.PARAM=VALUE (dotted PARAM nests; repeatable).
         #[arg(long = "set")]
         set: Vec<Override>,
+        /// Run each training stage as N local ranks (data parallel on
+        /// libtorch's c10d; other stages run once). Overrides `[pipeline] nproc`.
+        #[arg(long)]
+        nproc: Option<usize>,
     },
     /// Hyperparameter search over the `[search]` section of a pipeline file
     /// (grid, random or ASHA); each trial runs as `forja run` in its own
@@ -103,9 +107,10 @@ fn main() -> ExitCode {
 fn real_main() -> Result<()> {
     let registry = forja::registry();
     match Cli::parse().cmd {
-        Cmd::Run { file, force, set } => {
+        Cmd::Run { file, force, set, nproc } => {
+            anyhow::ensure!(nproc != Some(0), "--nproc must be at least 1");
             let plan = load(&file, &registry, &set)?;
-            let manifest = run_plan(&plan, &RunOptions { force: force.into_iter().collect() })?;
+            let manifest = run_plan(&plan, &RunOptions { force: force.into_iter().collect(), nproc })?;
             let ran = manifest.stages.iter().filter(|s| s.status == forja_core::manifest::StageStatus::Ran).count();
             println!(
                 "run `{}`: {} stage(s) ran, {} skipped; manifest {}",

@@ -39,6 +39,13 @@ struct RawHeader {
     /// How energy becomes CO2e in the footprint of every stage.
     #[serde(default)]
     footprint: Option<forja_meter::FootprintConfig>,
+    /// Local ranks for each training stage (`forja run --nproc` overrides it).
+    #[serde(default = "default_nproc")]
+    nproc: usize,
+}
+
+fn default_nproc() -> usize {
+    1
 }
 
 fn default_seed() -> u64 {
@@ -96,6 +103,8 @@ pub struct Plan {
     pub seed: u64,
     pub device: String,
     pub footprint: forja_meter::FootprintConfig,
+    /// Local ranks for each training stage (`[pipeline] nproc`).
+    pub nproc: usize,
     pub stages: Vec<PlannedStage>,
 }
 
@@ -214,6 +223,10 @@ pub fn parse(file: &Path, text: &str, registry: &[&'static dyn DynStage], overri
     let out_dir = base.join(raw.pipeline.out_dir.clone().unwrap_or_else(|| format!("runs/{}", raw.pipeline.name)));
     let (name, seed, device) = (raw.pipeline.name.clone(), raw.pipeline.seed, raw.pipeline.device.clone());
     let footprint = raw.pipeline.footprint.unwrap_or_else(forja_meter::FootprintConfig::from_env);
+    let nproc = raw.pipeline.nproc;
+    if nproc == 0 {
+        return Err(CheckErrors(vec![format!("{}: [pipeline] nproc must be at least 1", file.display())]).into());
+    }
 
     let mut cx = Ctx { file, text, all: &raw.stages, names: HashMap::new(), registry, base, overrides };
     let mut errors = Vec::new();
@@ -244,7 +257,7 @@ pub fn parse(file: &Path, text: &str, registry: &[&'static dyn DynStage], overri
     }
     let order = topo_order(&planned, &raw.stages, &cx).map_err(|e| CheckErrors(vec![e.to_string()]))?;
     let stages = order.into_iter().map(|i| planned[i].clone()).collect();
-    Ok(Plan { name, file: file.to_path_buf(), out_dir, seed, device, footprint, stages })
+    Ok(Plan { name, file: file.to_path_buf(), out_dir, seed, device, footprint, nproc, stages })
 }
 
 impl Ctx<'_> {

@@ -2,6 +2,7 @@
 //! (kind, parameters, input content hashes, seed, device, and the hash of the
 //! code the stage runs) matches its last successful run and its outputs are intact.
 
+use crate::launch::{run_ranks, RankedStage};
 use crate::pipeline::{InputSource, Plan, PlannedStage};
 use anyhow::{bail, Context, Result};
 use forja_core::artifacts::Artifact;
@@ -30,6 +31,8 @@ const STATE_FILE: &str = ".forja-stage.json";
 pub struct RunOptions {
     /// Stages to rerun even if their key is unchanged.
     pub force: BTreeSet<String>,
+    /// Local ranks per training stage (overrides the file's `[pipeline] nproc`).
+    pub nproc: Option<usize>,
 }
 
 /// Runs the plan; returns the manifest (also written to `OUT/manifest.json`).
@@ -115,7 +118,8 @@ fn run_one(plan: &Plan, stage: &PlannedStage, opts: &RunOptions) -> Result<Stage
         }
     }
     let input_hashes: BTreeMap<&String, &String> = hashed_inputs.iter().map(|(k, v)| (k, &v.blake3)).collect();
-    let key = hash_json(&serde_json::json!({
+    let nproc = if stage.stage.distributed() { opts.nproc.unwrap_or(plan.nproc).max(1) } else { 1 };
+    let mut key_json = serde_json::json!({
         "kind": stage.stage.kind(),
         "params": stage.params,
         "inputs": input_hashes,
@@ -124,7 +128,12 @@ fn run_one(plan: &Plan, stage: &PlannedStage, opts: &RunOptions) -> Result<Stage
         // The code this stage runs (its crate and the workspace crates it uses):
         // rebuilding after an edit elsewhere keeps its results.
         "code": stage.stage.code_hash(),
-    }));
+    });
+    if nproc > 1 {
+        // Another global batch: another run.
+        key_json["nproc"] = serde_json::json!(nproc);
+    }
+    let key = hash_json(&key_json);
     let dir = stage_dir(plan, &stage.name);
     let state_path = dir.join(STATE_FILE);
     let mut record = StageRecord {
@@ -146,7 +155,11 @@ fn run_one(plan: &Plan, stage: &PlannedStage, opts: &RunOptions) -> Result<Stage
             return Ok(record);
         }
     }
-    println!("[{}] running {}", stage.name, stage.stage.kind());
+    if nproc > 1 {
+        println!("[{}] running {} on {nproc} local ranks", stage.name, stage.stage.kind());
+    } else {
+        println!("[{}] running {}", stage.name, stage.stage.kind());
+    }
     std::fs::create_dir_all(&dir)?;
     if state_path.exists() {
         std::fs::remove_file(&state_path)?;
@@ -160,7 +173,20 @@ fn run_one(plan: &Plan, stage: &PlannedStage, opts: &RunOptions) -> Result<Stage
     };
     let started = Instant::now();
     // Every stage's footprint (measured by the stage adapter) uses the pipeline's settings.
-    let written = stage.stage.run_json(&stage.params, &inputs, &dir, &ctx, &plan.footprint)?;
+    let written = if nproc > 1 {
+        let job = RankedStage {
+            stage: stage.stage,
+            params: &stage.params,
+            inputs: &inputs,
+            out_dir: &dir,
+            ctx: &ctx,
+            footprint: &plan.footprint,
+        };
+        run_ranks(&job, nproc)?;
+        stage.stage.outputs().to_vec()
+    } else {
+        stage.stage.run_json(&stage.params, &inputs, &dir, &ctx, &plan.footprint)?
+    };
     record.wall_s = started.elapsed().as_secs_f64();
     for out in written {
         record.outputs.insert(out.name.to_string(), HashedPath::of(&dir.join(out.path))?);

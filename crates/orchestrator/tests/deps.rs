@@ -62,6 +62,9 @@ fn forbidden(from: &str, to: &str) -> Option<&'static str> {
     if matches!(from, "forja-model" | "forja-train") && (trainer(to) || matches!(to, "forja-data" | "forja-eval")) {
         return Some("model and train depend on no stage crate");
     }
+    if from == "forja-dist" && to != "forja-core" {
+        return Some("dist depends only on core (the engine calls it, not the other way)");
+    }
     if NO_TORCH.contains(&from) && !NO_TORCH.contains(&to) {
         return Some("core, meter, render, buildhash, tokenizer and data depend only on each other (they build without libtorch)");
     }

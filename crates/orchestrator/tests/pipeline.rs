@@ -132,7 +132,7 @@ fn a_pipeline_runs_end_to_end_then_skips_every_stage() {
     assert_eq!(ran, vec!["lm", "eval"]);
 
     // --force reruns a stage whose key is unchanged.
-    let forced = RunOptions { force: ["tok".to_string()].into_iter().collect() };
+    let forced = RunOptions { force: ["tok".to_string()].into_iter().collect(), ..Default::default() };
     let fourth = run_plan(&load(&file, &reg, &[]).unwrap(), &forced).unwrap();
     assert_eq!(fourth.stages[1].status, StageStatus::Ran);
     assert_eq!(fourth.stages[0].status, StageStatus::Skipped);

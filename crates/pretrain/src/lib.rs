@@ -24,6 +24,7 @@ impl Stage for Pretrain {
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = PretrainConfig;
     type Inputs = PretrainInputs;
+    const DISTRIBUTED: bool = true;
 
     fn run(&self, cfg: &PretrainConfig, inputs: &PretrainInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
         run(cfg, inputs, out, ctx)?;

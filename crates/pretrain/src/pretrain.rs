@@ -138,7 +138,7 @@ fn streams(s: &Setup, vocab_size: i64, block: i64) -> anyhow::Result<Streams> {
             bail!("{name} split has {} tokens, fewer than block_size + 1 = {}", stream.len(), block + 1);
         }
     }
-    Ok(Streams { train, val, batch_size: s.cfg.train.batch_size as i64, block, grad_accum: s.cfg.train.grad_accum, seed: s.seed })
+    Ok(Streams { train, val, batch_size: s.cfg.train.batch_size as i64, block, grad_accum: s.cfg.train.global_accum(), seed: s.seed })
 }
 
 /// Runs the engine over `obj` with the usual parameter groups of `vs`.

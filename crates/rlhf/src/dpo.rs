@@ -96,7 +96,7 @@ impl<'a> Dpo<'a> {
         seed: u64,
         write: forja_train::ModelWriter<'a>,
     ) -> Self {
-        let batches = EpochBatches::new(train.len(), cfg.train.batch_size, cfg.train.grad_accum, seed);
+        let batches = EpochBatches::new(train.len(), cfg.train.batch_size, cfg.train.global_accum(), seed);
         Self { model, beta: cfg.beta, loss: cfg.loss, train, val, batches, write, last: Vec::new() }
     }
 

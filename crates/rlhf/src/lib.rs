@@ -65,6 +65,7 @@ impl Stage for RewardModelStage {
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = reward::RewardConfig;
     type Inputs = reward::RewardInputs;
+    const DISTRIBUTED: bool = true;
 
     fn run(
         &self,
@@ -88,6 +89,7 @@ impl Stage for DpoStage {
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = dpo::DpoConfig;
     type Inputs = dpo::DpoInputs;
+    const DISTRIBUTED: bool = true;
 
     fn run(&self, cfg: &dpo::DpoConfig, inputs: &dpo::DpoInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
         dpo::run(cfg, inputs, out, ctx)?;

@@ -368,7 +368,7 @@ pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageC
     let write: forja_train::ModelWriter = Box::new(move |vs, dir| write_reward(dir, vs, &export, lora.as_ref()));
     let mut obj = BradleyTerry {
         model: &model,
-        batches: EpochBatches::new(n_train, cfg.train.batch_size, cfg.train.grad_accum, seed),
+        batches: EpochBatches::new(n_train, cfg.train.batch_size, cfg.train.global_accum(), seed),
         train,
         val,
         write,

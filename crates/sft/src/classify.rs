@@ -425,7 +425,7 @@ pub fn run_with_hook(
     .with_context(|| format!("initialising from {}", inputs.model.display()))?;
     let groups = param_groups(cfg, &vs);
 
-    let steps_per_epoch = train.len().div_ceil(cfg.train.batch_size * cfg.train.grad_accum.max(1) as usize) as u64;
+    let steps_per_epoch = train.len().div_ceil(cfg.train.batch_size * cfg.train.global_accum() as usize) as u64;
     let write: forja_train::ModelWriter = Box::new(|vs, dir| write_classifier(dir, vs, &clf_cfg, cfg.lora.as_ref(), &tokenizer));
     let pad = bert_cfg.pad_token_id;
     let weights = match (&inputs.class_weights, cfg.class_weights) {
@@ -435,7 +435,7 @@ pub fn run_with_hook(
     };
     let mut obj = Classify {
         model: &model,
-        batches: EpochBatches::new(train.len(), cfg.train.batch_size, cfg.train.grad_accum, seed),
+        batches: EpochBatches::new(train.len(), cfg.train.batch_size, cfg.train.global_accum(), seed),
         train,
         val,
         pad,

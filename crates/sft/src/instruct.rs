@@ -419,7 +419,7 @@ pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &St
     let n_rows = train_rows.len();
     let mut obj = Instruct {
         model: &model,
-        batches: EpochBatches::new(train_rows.len(), cfg.train.batch_size, cfg.train.grad_accum, seed),
+        batches: EpochBatches::new(train_rows.len(), cfg.train.batch_size, cfg.train.global_accum(), seed),
         train: train_rows,
         val: val_rows,
         write,

@@ -30,6 +30,7 @@ impl Stage for FinetuneClassifier {
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = ClassifierStageConfig;
     type Inputs = ClassifierInputs;
+    const DISTRIBUTED: bool = true;
 
     fn run(&self, cfg: &ClassifierStageConfig, inputs: &ClassifierInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
         classify::run(cfg, inputs, out, ctx)?;
@@ -72,6 +73,7 @@ impl Stage for Sft {
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = SftConfig;
     type Inputs = SftInputs;
+    const DISTRIBUTED: bool = true;
 
     fn run(&self, cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
         instruct::run(cfg, inputs, out, ctx)?;

@@ -15,6 +15,7 @@
 //! thread count).
 
 use crate::diagnose::{blame, layer_norms, overfitting, DiagnosisConfig, Incident, IncidentKind, Monitor, Policy};
+use crate::distributed::{self as dp, DistributedConfig};
 use crate::optim::{lr_at, AdamW, OptimConfig, ParamGroup};
 use crate::report::{eval_points, overfit_section, overfit_text, report_md, write_grad_plot, write_loss_plot};
 use anyhow::{bail, Context};
@@ -50,6 +51,8 @@ pub struct EngineConfig {
     pub diagnosis: DiagnosisConfig,
     /// Export the weights of the best validation rather than the last step's.
     pub keep_best: bool,
+    /// How the ranks of a launched job train together (alone: unused).
+    pub distributed: DistributedConfig,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +68,7 @@ impl Default for EngineConfig {
             log_interval: 10,
             diagnosis: DiagnosisConfig::default(),
             keep_best: true,
+            distributed: DistributedConfig::default(),
         }
     }
 }
@@ -151,6 +155,15 @@ pub struct TrainSummary {
     pub tokens_per_s: f64,
     pub incidents: Vec<Incident>,
     pub trainable_params: i64,
+    /// Ranks that trained together (1: alone) and libtorch threads per rank.
+    pub ranks: usize,
+    pub threads_per_rank: i32,
+    /// AdamW state kept per rank, and what it would be unsharded (bytes).
+    pub optimizer_state_bytes: i64,
+    pub optimizer_state_unsharded_bytes: i64,
+    /// Several ranks: the hash of the trained parameters, checked equal on
+    /// every rank at the end.
+    pub params_hash_all_ranks: Option<String>,
 }
 
 /// How one step went.
@@ -259,6 +272,8 @@ pub struct Engine<'a> {
     /// Training FLOPs per token: 6 per trained scalar (forward, backward
     /// through activations and weights), 4 per frozen one (no weight gradient).
     train_flops_per_token: f64,
+    /// The ranks this one trains with (`None`: alone).
+    dist: Option<&'static forja_dist::Dist>,
 }
 
 /// The key of a run's trajectory: the whole typed configuration, the seed,
@@ -274,7 +289,7 @@ pub fn run_key(cfg: &impl Serialize, seed: u64, device: &str, inputs: &[(&str, O
         };
         hashed.insert(name.to_string(), serde_json::json!(h));
     }
-    let key = serde_json::json!({
+    let mut key = serde_json::json!({
         "cfg": cfg,
         "seed": seed,
         "device": device,
@@ -282,6 +297,14 @@ pub fn run_key(cfg: &impl Serialize, seed: u64, device: &str, inputs: &[(&str, O
         "inputs": hashed,
         "code": ctx.code_hash,
     });
+    if let Some(dist) = forja_dist::current() {
+        // Every rank resumes rank 0's checkpoint: one key for all of them (the
+        // device's type, not each rank's GPU), and the same run on every rank,
+        // or none starts.
+        key["device"] = serde_json::json!(device.split(':').next().unwrap_or(device));
+        key["world"] = serde_json::json!(dist.world());
+        dist.agree("configuration, inputs and code", &key)?;
+    }
     Ok(forja_core::hash::hash_json(&key))
 }
 
@@ -300,7 +323,11 @@ impl<'a> Engine<'a> {
     /// An engine over `groups` (parameters of `vs`) for the run `spec`.
     pub fn new(cfg: &'a EngineConfig, vs: &'a mut nn::VarStore, groups: Vec<ParamGroup>, spec: RunSpec<'a>) -> anyhow::Result<Self> {
         anyhow::ensure!(cfg.max_steps > 0 && cfg.grad_accum > 0, "max_steps and grad_accum must be > 0");
-        let opt = AdamW::new(groups)?;
+        let mut opt = AdamW::new(groups)?;
+        let dist = forja_dist::current();
+        if let Some(d) = dist.filter(|_| cfg.distributed.shard_optimizer) {
+            opt.shard(d.rank(), d.world());
+        }
         let RunSpec { seed, run_key, ctx, out_dir } = spec;
         let n_scalars: f64 = vs.variables().values().map(|t| t.numel() as f64).sum();
         let trained = opt.numel() as f64;
@@ -316,7 +343,63 @@ impl<'a> Engine<'a> {
             metrics: Vec::new(),
             n_scalars,
             train_flops_per_token,
+            dist,
         })
+    }
+
+    /// Whether this process writes checkpoints and outputs (rank 0, or alone).
+    fn writes(&self) -> bool {
+        self.dist.is_none_or(|d| d.rank() == 0)
+    }
+
+    fn rank_and_world(&self) -> (usize, usize) {
+        self.dist.map_or((0, 1), |d| (d.rank(), d.world()))
+    }
+
+    /// Where the checkpoint is read: rank 0's stage folder on every rank.
+    fn ckpt_read_dir(&self) -> PathBuf {
+        forja_core::stage::shared_out_dir().unwrap_or(self.out_dir).join(CHECKPOINT_DIR)
+    }
+
+    /// Seeds libtorch's RNG (dropout) for micro-batch `micro` of `step`:
+    /// micro-batch 0 from `(seed, step)`, the others from `(seed, step,
+    /// micro)`, so a micro-batch draws the same masks on whichever rank takes it.
+    fn seed_micro(&self, step: u64, micro: u64) {
+        let base = (self.seed as i64).wrapping_mul(SEED_STRIDE).wrapping_add(step as i64);
+        let seed = if micro == 0 { base } else { base.wrapping_mul(SEED_STRIDE).wrapping_add(micro as i64) };
+        tch::manual_seed(seed);
+    }
+
+    /// Forward and backward of this rank's micro-batches of `step`, then the
+    /// gradients (and the mean loss) summed across ranks: afterwards every
+    /// rank holds the gradient of the whole step.
+    fn accumulate(&mut self, obj: &mut dyn Objective, step: u64, stats: &mut StepStats) -> anyhow::Result<()> {
+        let (rank, world) = self.rank_and_world();
+        let global = self.cfg.grad_accum * world as u64;
+        for m in 0..self.cfg.grad_accum {
+            let micro = dp::global_micro(m, rank, world);
+            self.seed_micro(step, micro);
+            let t0 = Instant::now();
+            let loss = obj.train_loss(step, micro)?;
+            let t1 = Instant::now();
+            let scaled = if global > 1 { &loss / global as f64 } else { loss.shallow_clone() };
+            scaled.backward();
+            stats.loss += loss.double_value(&[]) / global as f64;
+            stats.forward_s += (t1 - t0).as_secs_f64();
+            stats.backward_s += t1.elapsed().as_secs_f64();
+        }
+        if let Some(d) = self.dist {
+            let t = Instant::now();
+            dp::sum_gradients(d, &mut self.opt, &self.cfg.distributed)?;
+            stats.loss = dp::sum_scalar(d, stats.loss)?;
+            stats.backward_s += t.elapsed().as_secs_f64();
+        }
+        Ok(())
+    }
+
+    /// Bytes of AdamW state this rank keeps, and what it would keep unsharded.
+    pub fn optimizer_state_bytes(&self) -> (i64, i64) {
+        self.opt.state_bytes()
     }
 
     /// Number of trained scalars.
@@ -338,20 +421,8 @@ impl<'a> Engine<'a> {
     /// the tests all call this): `grad_accum` micro-batches forward and backward,
     /// clipping, the health check, and the AdamW update when healthy.
     pub fn train_step(&mut self, obj: &mut dyn Objective, step: u64, lr: f64, want_layers: bool) -> anyhow::Result<StepOutcome> {
-        // Dropout draws from libtorch's global RNG: seed it from (seed, step).
-        tch::manual_seed((self.seed as i64).wrapping_mul(SEED_STRIDE).wrapping_add(step as i64));
-        let accum = self.cfg.grad_accum;
         let mut stats = StepStats::default();
-        for micro in 0..accum {
-            let t0 = Instant::now();
-            let loss = obj.train_loss(step, micro)?;
-            let t1 = Instant::now();
-            let scaled = if accum > 1 { &loss / accum as f64 } else { loss.shallow_clone() };
-            scaled.backward();
-            stats.loss += loss.double_value(&[]) / accum as f64;
-            stats.forward_s += (t1 - t0).as_secs_f64();
-            stats.backward_s += t1.elapsed().as_secs_f64();
-        }
+        self.accumulate(obj, step, &mut stats)?;
         let t_opt = Instant::now();
         let layers = if want_layers { self.layer_grad_norms()? } else { Vec::new() };
         stats.grad_norm = self.opt.clip_grad_norm(self.cfg.optim.grad_clip);
@@ -360,6 +431,9 @@ impl<'a> Engine<'a> {
             return Ok(StepOutcome::Divergent { stats, kind, reference });
         }
         self.opt.step(&self.cfg.optim, lr);
+        if let Some(d) = self.dist.filter(|_| self.opt.is_sharded()) {
+            dp::gather_parameters(d, &self.opt)?;
+        }
         self.opt.zero_grad();
         self.state.monitor.update(&self.cfg.diagnosis, stats.loss, stats.grad_norm);
         stats.optimizer_s = t_opt.elapsed().as_secs_f64();
@@ -373,6 +447,10 @@ impl<'a> Engine<'a> {
         if resumed_from.is_some() {
             obj.load_state(&self.state.objective)?;
         }
+        if let Some(d) = self.dist {
+            // Every rank has read the checkpoint before rank 0 writes one.
+            d.barrier()?;
+        }
         if resumed_from.is_none() && self.cfg.diagnosis.policy == Policy::Rollback {
             self.save_checkpoint(obj)?; // something good to roll back to
         }
@@ -381,7 +459,7 @@ impl<'a> Engine<'a> {
         let patience_spent = |evals: u64| cfg.early_stopping_patience > 0 && evals >= cfg.early_stopping_patience;
         // A resumed run that had already stopped early stays stopped.
         let mut early_stopped = patience_spent(self.state.evals_since_best);
-        let tokens_per_step = obj.tokens_per_micro() * cfg.grad_accum as f64;
+        let tokens_per_step = obj.tokens_per_micro() * (cfg.grad_accum * self.rank_and_world().1 as u64) as f64;
         let (started, start_step) = (Instant::now(), self.state.step);
         // Throughput is measured over the steps since the last log line.
         let (mut window_start, mut window_step) = (Instant::now(), self.state.step);
@@ -465,7 +543,7 @@ impl<'a> Engine<'a> {
             self.state.best_val = Some(val.loss);
             self.state.best_step = Some(step);
             self.state.evals_since_best = 0;
-            if self.cfg.keep_best {
+            if self.cfg.keep_best && self.writes() {
                 let dir = self.out_dir.join(BEST_DIR);
                 forja_core::fsutil::atomic_dir(&dir, |d| obj.write_model(self.vs, d))?;
             }
@@ -594,7 +672,9 @@ impl<'a> Engine<'a> {
             }
             Policy::Stop => {
                 let path = self.out_dir.join(INCIDENTS_DIR).join("incidents.json");
-                forja_core::fsutil::atomic_write(&path, serde_json::to_string_pretty(&self.state.incidents)?.as_bytes())?;
+                if self.writes() {
+                    forja_core::fsutil::atomic_write(&path, serde_json::to_string_pretty(&self.state.incidents)?.as_bytes())?;
+                }
                 bail!("training stopped: {incident}");
             }
         }
@@ -603,10 +683,8 @@ impl<'a> Engine<'a> {
     /// Recomputes step `step`'s gradients (same batch, same dropout seed) and
     /// names the layer with a non-finite or the largest gradient norm.
     fn blame_layer(&mut self, obj: &mut dyn Objective, step: u64) -> anyhow::Result<Option<String>> {
-        tch::manual_seed((self.seed as i64).wrapping_mul(SEED_STRIDE).wrapping_add(step as i64));
-        for micro in 0..self.cfg.grad_accum {
-            obj.train_loss(step, micro)?.backward();
-        }
+        let mut stats = StepStats::default();
+        self.accumulate(obj, step, &mut stats)?;
         let layers = self.layer_grad_norms()?;
         self.opt.zero_grad();
         Ok(blame(&layers))
@@ -615,7 +693,12 @@ impl<'a> Engine<'a> {
     /// Saves the inputs of a step's micro-batches as a tokens artifact.
     fn save_batch(&self, obj: &dyn Objective, step: u64) -> anyhow::Result<Option<String>> {
         let mut rows = Vec::new();
-        for micro in 0..self.cfg.grad_accum {
+        let world = self.rank_and_world().1 as u64;
+        if !self.writes() {
+            return Ok(None);
+        }
+        // Rank 0 saves the whole step's batch, every rank's micro-batches.
+        for micro in 0..self.cfg.grad_accum * world {
             rows.extend(obj.batch_rows(step, micro)?);
         }
         if rows.is_empty() {
@@ -631,10 +714,19 @@ impl<'a> Engine<'a> {
     fn save_checkpoint(&mut self, obj: &dyn Objective) -> anyhow::Result<()> {
         self.state.adam_t = self.opt.t;
         self.state.objective = obj.state();
-        let (vs, opt, state, metrics, ctx) = (&*self.vs, &self.opt, &self.state, &self.metrics, self.ctx);
+        // Sharded, the moments are gathered from every rank (all take part).
+        let dist = self.dist;
+        let moments = self.opt.state_tensors(&mut |t, owner| match dist {
+            Some(d) => Ok(d.broadcast(t, owner)?),
+            None => Ok(()),
+        })?;
+        if !self.writes() {
+            return Ok(());
+        }
+        let (vs, state, metrics, ctx) = (&*self.vs, &self.state, &self.metrics, self.ctx);
         forja_core::fsutil::atomic_dir(&self.ckpt_dir(), |dir| {
             vs.save(dir.join(VARIABLES_FILE))?;
-            Tensor::write_safetensors(&opt.state_tensors(), dir.join(OPTIM_FILE))?;
+            Tensor::write_safetensors(&moments, dir.join(OPTIM_FILE))?;
             MetricRow::write(&dir.join(METRICS_FILE), &ctx.name, &ctx.config_hash, metrics)?;
             std::fs::write(dir.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
             Ok(())
@@ -644,7 +736,7 @@ impl<'a> Engine<'a> {
     /// Restores weights, AdamW moments, metrics and state from the checkpoint if
     /// it belongs to this run (same `run_key`); returns its step.
     fn try_resume(&mut self) -> anyhow::Result<Option<u64>> {
-        let ckpt = self.ckpt_dir();
+        let ckpt = self.ckpt_read_dir();
         let path = ckpt.join(STATE_FILE);
         if !path.exists() {
             return Ok(None);
@@ -681,6 +773,18 @@ impl<'a> Engine<'a> {
         early_stopped: bool,
         tokens_per_s: f64,
     ) -> anyhow::Result<TrainSummary> {
+        // Every rank must end with the same weights; a difference is an error.
+        let params_hash_all_ranks = match self.dist {
+            Some(d) => {
+                let flat = self.opt.flat_params().to_device(tch::Device::Cpu);
+                let values = Vec::<f32>::try_from(&flat)?;
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let hash = forja_core::hash::hash_bytes(&bytes);
+                d.agree("trained parameters (hash)", &serde_json::json!(hash))?;
+                Some(hash)
+            }
+            None => None,
+        };
         let last_val = last_value(&self.metrics, metric::LOSS, split::VAL);
         let best_dir = self.out_dir.join(BEST_DIR);
         let use_best = self.cfg.keep_best && self.state.best_step.is_some() && best_dir.join(WEIGHTS_FILE).exists();
@@ -703,6 +807,11 @@ impl<'a> Engine<'a> {
             tokens_per_s,
             incidents: self.state.incidents.clone(),
             trainable_params: self.trainable_params(),
+            ranks: self.rank_and_world().1,
+            threads_per_rank: tch::get_num_threads(),
+            optimizer_state_bytes: self.opt.state_bytes().0,
+            optimizer_state_unsharded_bytes: self.opt.state_bytes().1,
+            params_hash_all_ranks,
         };
         let mut report = report_md(&self.ctx.name, &summary, use_best, outputs);
         report += &overfit_section(&self.metrics, self.cfg.diagnosis.overfit_evals, self.cfg.keep_best);
@@ -725,12 +834,18 @@ fn copy_files(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints a line above the progress bar (also when the bar is hidden, e.g. in CI logs).
+/// Prints a line above the progress bar (also when the bar is hidden, e.g. in
+/// CI logs); ranks other than 0 keep quiet (rank 0 says the same).
 fn say(bar: &ProgressBar, line: String) {
-    bar.suspend(|| println!("{line}"));
+    if forja_core::launch::Launch::rank_and_world().0 == 0 {
+        bar.suspend(|| println!("{line}"));
+    }
 }
 
 fn progress_bar(total: u64, at: u64) -> ProgressBar {
+    if forja_core::launch::Launch::rank_and_world().0 > 0 {
+        return ProgressBar::hidden();
+    }
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len} {msg}")

@@ -5,6 +5,8 @@
 //!   gradient clipping;
 //! - [`diagnose`]: detection of divergent steps and the recovery policies;
 //! - [`batches`]: token streams and deterministic batches;
+//! - [`distributed`]: data parallelism across the ranks a launcher started
+//!   (gradients summed on libtorch's c10d, the sharded optimizer);
 //! - [`trainer`]: what every trainer shares: its settings ([`TrainerConfig`],
 //!   nested as `train` in every trainer's parameters), set-up, standard outputs
 //!   and the [`ModelWriter`].
@@ -17,12 +19,14 @@
 pub mod batches;
 pub mod bench;
 pub mod diagnose;
+pub mod distributed;
 pub mod engine;
 pub mod optim;
 mod report;
 pub mod trainer;
 
 pub use diagnose::{DiagnosisConfig, Incident, IncidentKind, Policy};
+pub use distributed::DistributedConfig;
 pub use engine::{
     run_key, Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, Objective, RunSpec, StepOutcome, StepStats, ThreadsGuard,
     TrainSummary,

@@ -138,10 +138,28 @@ pub struct AdamW {
     groups: Vec<GroupRange>,
     flat_p: Tensor,
     flat_g: Tensor,
+    /// Moments of the part of `flat_p` this rank updates (all of it unless sharded).
     m: Tensor,
     v: Tensor,
     /// Number of updates taken.
     pub t: u64,
+    /// ZeRO-1: this rank's index into the parts, and every rank's `(offset, len)`
+    /// of the flat parameters; `None`: this rank updates everything.
+    shard: Option<(usize, Vec<(i64, i64)>)>,
+}
+
+/// Flat parameters split into `world` parts for the sharded optimizer:
+/// near-equal, each boundary a multiple of 64 scalars.
+pub fn shard_parts(total: i64, world: usize) -> Vec<(i64, i64)> {
+    let world = world.max(1) as i64;
+    let per = (total + world - 1) / world;
+    let per = (per + 63) / 64 * 64;
+    (0..world)
+        .map(|r| {
+            let lo = (r * per).min(total);
+            (lo, ((r + 1) * per).min(total) - lo)
+        })
+        .collect()
 }
 
 impl AdamW {
@@ -180,7 +198,50 @@ impl AdamW {
             }
             ranges.push(GroupRange { offset: start, numel: offset - start, lr_scale: g.lr_scale, weight_decay: g.weight_decay });
         }
-        Ok(Self { slots, groups: ranges, flat_g, m: flat_p.zeros_like(), v: flat_p.zeros_like(), flat_p, t: 0 })
+        Ok(Self { slots, groups: ranges, flat_g, m: flat_p.zeros_like(), v: flat_p.zeros_like(), flat_p, t: 0, shard: None })
+    }
+
+    /// Keeps only rank `rank`'s part of the state (of `world` parts): the
+    /// update touches only that part of the parameters, which the caller then
+    /// broadcasts from each part's owner ([`Self::parts`]).
+    pub fn shard(&mut self, rank: usize, world: usize) {
+        let parts = shard_parts(self.numel(), world);
+        let len = parts[rank].1;
+        let opts = (tch::Kind::Float, self.flat_p.device());
+        (self.m, self.v) = (Tensor::zeros([len], opts), Tensor::zeros([len], opts));
+        self.shard = Some((rank, parts));
+    }
+
+    /// Every rank's part of the flat parameters (one part when not sharded).
+    pub fn parts(&self) -> Vec<(i64, i64)> {
+        self.shard.as_ref().map_or_else(|| vec![(0, self.numel())], |(_, p)| p.clone())
+    }
+
+    /// Whether the state is sharded across ranks.
+    pub fn is_sharded(&self) -> bool {
+        self.shard.is_some()
+    }
+
+    /// The part this rank updates: `(offset, len)`.
+    fn own(&self) -> (i64, i64) {
+        self.shard.as_ref().map_or((0, self.numel()), |(r, p)| p[*r])
+    }
+
+    /// The flat parameters (every trained parameter is a view of it).
+    pub fn flat_params(&self) -> &Tensor {
+        &self.flat_p
+    }
+
+    /// The flat gradients, gathered from the parameters' `.grad`.
+    pub fn flat_grads(&mut self) -> &Tensor {
+        self.gather_grads();
+        &self.flat_g
+    }
+
+    /// Bytes of AdamW state this rank keeps, and what it would keep unsharded.
+    pub fn state_bytes(&self) -> (i64, i64) {
+        let bytes = |n: i64| 2 * 4 * n;
+        (bytes(self.m.numel() as i64), bytes(self.numel()))
     }
 
     /// Number of optimised scalars.
@@ -250,12 +311,18 @@ impl AdamW {
         self.t += 1;
         let bc1 = 1.0 - cfg.beta1.powi(self.t as i32);
         let bc2 = 1.0 - cfg.beta2.powi(self.t as i32);
-        let g = &self.flat_g;
-        let _ = self.m.lerp_(g, 1.0 - cfg.beta1);
+        // Only this rank's part when sharded (the whole buffer otherwise);
+        // every operation is elementwise, so a part updates exactly as it
+        // would inside the whole.
+        let (lo, len) = self.own();
+        let g = self.flat_g.narrow(0, lo, len);
+        let _ = self.m.lerp_(&g, 1.0 - cfg.beta1);
         let _ = self.v.lerp_(&g.square(), 1.0 - cfg.beta2);
         let denom_base = self.v.sqrt();
         for grp in &self.groups {
-            if grp.numel == 0 {
+            let start = grp.offset.max(lo);
+            let end = (grp.offset + grp.numel).min(lo + len);
+            if end <= start {
                 continue;
             }
             let lr = lr * grp.lr_scale;
@@ -264,15 +331,15 @@ impl AdamW {
                 continue;
             }
             let step_size = lr / bc1;
-            let mut p = self.flat_p.narrow(0, grp.offset, grp.numel);
+            let mut p = self.flat_p.narrow(0, start, end - start);
             if grp.weight_decay != 0.0 {
                 let _ = p.g_mul_scalar_(1.0 - lr * grp.weight_decay);
             }
             // denom = -(sqrt(v) / sqrt(bc2) + eps) / step_size, so that p += m / denom.
-            let mut denom = denom_base.narrow(0, grp.offset, grp.numel);
+            let mut denom = denom_base.narrow(0, start - lo, end - start);
             let _ = denom.g_mul_scalar_(-1.0 / (bc2.sqrt() * step_size));
             let _ = denom.g_add_scalar_(-cfg.eps / step_size);
-            let _ = p.addcdiv_(&self.m.narrow(0, grp.offset, grp.numel), &denom);
+            let _ = p.addcdiv_(&self.m.narrow(0, start - lo, end - start), &denom);
         }
     }
 
@@ -282,16 +349,35 @@ impl AdamW {
     }
 
     /// The state as named tensors (`NAME.exp_avg`, `NAME.exp_avg_sq`).
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        self.slots
+    /// Sharded, every part is first copied to every rank with `broadcast(part,
+    /// owner)` (a collective: every rank calls this at once).
+    pub fn state_tensors(&self, broadcast: &mut dyn FnMut(&Tensor, usize) -> anyhow::Result<()>) -> anyhow::Result<Vec<(String, Tensor)>> {
+        let (m, v) = self.full_moments(broadcast)?;
+        Ok(self
+            .slots
             .iter()
             .flat_map(|s| {
-                [
-                    (format!("{}.exp_avg", s.name), self.flat_view(&self.m, s)),
-                    (format!("{}.exp_avg_sq", s.name), self.flat_view(&self.v, s)),
-                ]
+                [(format!("{}.exp_avg", s.name), self.flat_view(&m, s)), (format!("{}.exp_avg_sq", s.name), self.flat_view(&v, s))]
             })
-            .collect()
+            .collect())
+    }
+
+    fn full_moments(&self, broadcast: &mut dyn FnMut(&Tensor, usize) -> anyhow::Result<()>) -> anyhow::Result<(Tensor, Tensor)> {
+        let Some((rank, parts)) = &self.shard else {
+            return Ok((self.m.shallow_clone(), self.v.shallow_clone()));
+        };
+        let _guard = tch::no_grad_guard();
+        let (m, v) = (self.flat_p.zeros_like(), self.flat_p.zeros_like());
+        let (lo, len) = parts[*rank];
+        m.narrow(0, lo, len).copy_(&self.m);
+        v.narrow(0, lo, len).copy_(&self.v);
+        for (owner, &(lo, len)) in parts.iter().enumerate() {
+            if len > 0 {
+                broadcast(&m.narrow(0, lo, len), owner)?;
+                broadcast(&v.narrow(0, lo, len), owner)?;
+            }
+        }
+        Ok((m, v))
     }
 
     /// Restores state saved by [`Self::state_tensors`].
@@ -299,10 +385,14 @@ impl AdamW {
         let _guard = tch::no_grad_guard();
         let find =
             |n: String| tensors.iter().find(|(k, _)| *k == n).map(|(_, v)| v).ok_or_else(|| anyhow::anyhow!("optimizer state lacks `{n}`"));
+        let (m, v) = (self.flat_p.zeros_like(), self.flat_p.zeros_like());
         for s in &self.slots {
-            self.flat_view(&self.m, s).copy_(find(format!("{}.exp_avg", s.name))?);
-            self.flat_view(&self.v, s).copy_(find(format!("{}.exp_avg_sq", s.name))?);
+            self.flat_view(&m, s).copy_(find(format!("{}.exp_avg", s.name))?);
+            self.flat_view(&v, s).copy_(find(format!("{}.exp_avg_sq", s.name))?);
         }
+        let (lo, len) = self.own();
+        self.m.copy_(&m.narrow(0, lo, len));
+        self.v.copy_(&v.narrow(0, lo, len));
         self.t = t;
         Ok(())
     }

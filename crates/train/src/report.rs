@@ -72,7 +72,19 @@ pub(crate) fn report_md(stage: &str, s: &TrainSummary, used_best: bool, outputs:
         _ => "last step".to_string(),
     };
     r += &format!("| exported weights | {exported} |\n| early stopped | {} |\n", s.early_stopped);
-    r += &format!("| tokens/s | {:.0} |\n\n", s.tokens_per_s);
+    r += &format!("| tokens/s | {:.0} |\n", s.tokens_per_s);
+    r += &format!("| ranks × threads | {} × {} |\n", s.ranks, s.threads_per_rank);
+    let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
+    let state = if s.optimizer_state_bytes < s.optimizer_state_unsharded_bytes {
+        format!("{:.2} MiB (sharded; {:.2} MiB unsharded)", mib(s.optimizer_state_bytes), mib(s.optimizer_state_unsharded_bytes))
+    } else {
+        format!("{:.2} MiB", mib(s.optimizer_state_bytes))
+    };
+    r += &format!("| AdamW state per rank | {state} |\n");
+    if let Some(h) = &s.params_hash_all_ranks {
+        r += &format!("| parameters identical on every rank | `{}` |\n", &h[..h.len().min(16)]);
+    }
+    r += "\n";
     r += &format!(
         "Loss curves: `{}`  \nPer-layer gradient norms: `{}`\n\n## Incidents\n\n",
         outputs.plot.display(),

@@ -1,7 +1,7 @@
 //! What every trainer (an [`Objective`](crate::Objective) and the stage that
 //! runs it) shares beyond the loop itself.
 
-use crate::{DiagnosisConfig, EngineConfig, EngineOutputs, OptimConfig, ThreadsGuard};
+use crate::{DiagnosisConfig, DistributedConfig, EngineConfig, EngineOutputs, OptimConfig, ThreadsGuard};
 use forja_core::stage::{outputs, port, OutDir, OutputSpec, StageCtx};
 use forja_model::Precision;
 use serde::{Deserialize, Serialize};
@@ -55,8 +55,12 @@ pub struct TrainerConfig {
     pub seed: Option<u64>,
     /// Overrides the run's device (`cpu`, `cuda`, `cuda:N`).
     pub device: Option<String>,
-    /// libtorch intra-op threads for this stage (0: libtorch's default).
+    /// libtorch intra-op threads for this stage, per rank (0: libtorch's default).
     pub threads: i32,
+    /// Training on the ranks a launcher started (`torchrun`, `srun`, `forja
+    /// run --nproc`): `batch_size` is then each rank's micro-batch, and the
+    /// global batch ranks × batch_size × grad_accum.
+    pub distributed: DistributedConfig,
 }
 
 impl Default for TrainerConfig {
@@ -80,6 +84,7 @@ impl Default for TrainerConfig {
             seed: None,
             device: None,
             threads: 0,
+            distributed: DistributedConfig::default(),
         }
     }
 }
@@ -99,7 +104,14 @@ impl TrainerConfig {
             log_interval: self.log_interval,
             diagnosis: self.diagnosis.clone(),
             keep_best: self.keep_best,
+            distributed: self.distributed.clone(),
         }
+    }
+
+    /// Micro-batches per optimizer step across all ranks: `grad_accum` ×
+    /// the launcher's world size (what a trainer's batches are laid out for).
+    pub fn global_accum(&self) -> u64 {
+        self.grad_accum.max(1) * forja_core::launch::Launch::rank_and_world().1 as u64
     }
 
     /// Steps for `n` training examples drawn `batch_size × grad_accum` at a
@@ -108,7 +120,7 @@ impl TrainerConfig {
         if self.max_steps > 0 {
             return self.max_steps;
         }
-        let per_epoch = n.div_ceil(self.batch_size.max(1) * self.grad_accum.max(1) as usize).max(1) as u64;
+        let per_epoch = n.div_ceil(self.batch_size.max(1) * self.global_accum() as usize).max(1) as u64;
         ((self.epochs * per_epoch as f64).ceil() as u64).max(1)
     }
 
@@ -125,7 +137,12 @@ impl TrainerConfig {
     pub fn setup(&self, ctx: &StageCtx) -> anyhow::Result<TrainerSetup> {
         anyhow::ensure!(self.batch_size > 0, "train.batch_size must be > 0");
         let seed = self.seed.unwrap_or(ctx.seed);
-        let device_name = self.device.clone().unwrap_or_else(|| ctx.device.clone());
+        let dist = forja_dist::init(std::time::Duration::from_secs(self.distributed.timeout_s.max(1)))?;
+        let mut device_name = self.device.clone().unwrap_or_else(|| ctx.device.clone());
+        if let Some(d) = dist.filter(|_| device_name == "cuda") {
+            // One GPU per rank on a machine.
+            device_name = format!("cuda:{}", d.launch.local_rank);
+        }
         let device = forja_model::parse_device(&device_name)?;
         let threads = ThreadsGuard::set(self.threads);
         check_precision(self.precision, device)?;

@@ -47,12 +47,19 @@ struct Args {
     /// Also print mean forward / backward / optimiser milliseconds.
     #[arg(long)]
     phases: bool,
+    /// Launched as several ranks (torchrun's variables): shard the AdamW
+    /// state across them (ZeRO-1).
+    #[arg(long)]
+    shard_optimizer: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     anyhow::ensure!(a.steps > 0, "--steps must be > 0");
     let _threads = forja_train::ThreadsGuard::set(a.threads);
+    // Data parallel when a launcher started this as several ranks: `--batch`
+    // is each rank's, tokens/s counts every rank's tokens.
+    let world = forja_dist::init(std::time::Duration::from_secs(120))?.map_or(1, forja_dist::Dist::world);
     let device = parse_device(&a.device)?;
     tch::manual_seed(0);
     let (ids, vocab) = match &a.text {
@@ -72,7 +79,7 @@ fn main() -> anyhow::Result<()> {
         val: TokenStream::from_ids(&ids, device)?,
         batch_size: a.batch,
         block: a.block,
-        grad_accum: 1,
+        grad_accum: world as u64,
         seed: 0,
     };
     let tokenizer = forja_tokenizer::char_tokenizer(std::iter::once("ab"), &[])?;
@@ -83,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         max_steps: a.warmup + a.steps,
         // Throughput only: no spike or explosion checks (non-finite values still count).
         diagnosis: DiagnosisConfig { spike_factor: 0.0, explode_factor: 0.0, ..Default::default() },
+        distributed: forja_train::DistributedConfig { shard_optimizer: a.shard_optimizer, ..Default::default() },
         ..Default::default()
     };
     let groups = ParamGroup::decay_split(&vs, ecfg.optim.weight_decay);
@@ -115,15 +123,21 @@ fn main() -> anyhow::Result<()> {
     }
     times.sort_by(f64::total_cmp);
     let med = times[times.len() / 2];
-    let tps = (a.batch * a.block) as f64 / med;
+    let tps = (a.batch * a.block * world as i64) as f64 / med;
+    let (state, state_unsharded) = engine.optimizer_state_bytes();
     let peak = matmul_peak_flops(device);
     let mfu = tps * cfg.flops_per_token() / peak;
+    if forja_core::launch::Launch::rank_and_world().0 > 0 {
+        return Ok(()); // rank 0 reports for all
+    }
     println!(
         "{}",
         serde_json::json!({
             "peer": if a.bf16 { "forja+bf16" } else { "forja" }, "threads": tch::get_num_threads(), "params": cfg.n_params(),
             "tokens_per_s": tps, "step_ms_median": med * 1000.0, "first_loss": first, "final_loss": last,
-            "matmul_peak_gflops": peak / 1e9, "mfu": mfu,
+            "matmul_peak_gflops": peak / 1e9, "mfu": mfu, "ranks": world,
+            "peak_rss_mib": peak_rss_mib(), "adamw_state_mib": state as f64 / 1048576.0,
+            "adamw_state_unsharded_mib": state_unsharded as f64 / 1048576.0,
         })
     );
     Ok(())
@@ -142,4 +156,12 @@ fn matmul_peak_flops(device: tch::Device) -> f64 {
         best = best.min(t0.elapsed().as_secs_f64());
     }
     2.0 * (n * n * n) as f64 / best
+}
+
+/// This process's peak resident memory (VmHWM), MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kib| kib / 1024.0)
 }

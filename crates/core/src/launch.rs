@@ -1,6 +1,15 @@
-//! Which rank this process is, read from the variables the launchers set.
+//! Which rank this process is, read from the variables the launchers set
+//! (`torchrun`, Slurm's `srun`, `forja run --nproc`). Forming the group is
+//! `forja-dist`'s; this is what every crate may read without libtorch (the
+//! stage adapter gives a rank other than 0 a scratch folder).
 
-use crate::DistError;
+/// A launcher variable missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("environment variable {var}: {problem}")]
+pub struct LaunchError {
+    pub var: &'static str,
+    pub problem: String,
+}
 
 /// Who started the ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,17 +47,26 @@ pub const DEFAULT_PORT: u16 = 29500;
 impl Launch {
     /// From this process's environment; `None` when it was not launched as
     /// one of several ranks.
-    pub fn from_env() -> Result<Option<Launch>, DistError> {
+    pub fn from_env() -> Result<Option<Launch>, LaunchError> {
         Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// This process's rank and the world size (`(0, 1)` when launched alone
+    /// or when the variables are malformed: forming the group reports that).
+    pub fn rank_and_world() -> (usize, usize) {
+        match Self::from_env() {
+            Ok(Some(l)) => (l.rank, l.world),
+            _ => (0, 1),
+        }
     }
 
     /// From variables looked up by `var` (`RANK`/`WORLD_SIZE` first, then
     /// Slurm's); a world of one is no group.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>, DistError> {
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>, LaunchError> {
         let launch = if var("RANK").is_some() || var("WORLD_SIZE").is_some() {
             let world = number(&var, "WORLD_SIZE")?;
             let rank = number(&var, "RANK")?;
-            let local_rank = optional_number(&var, "LOCAL_RANK")?.unwrap_or(rank);
+            let local_rank = optional_number(&var, "LOCAL_RANK")?.unwrap_or(0);
             let master_addr = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".to_string());
             let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
             let restart = optional_number(&var, "TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0) as u64;
@@ -63,12 +81,12 @@ impl Launch {
             let master_addr = match var("MASTER_ADDR") {
                 Some(a) => a,
                 None => {
-                    let list = var("SLURM_JOB_NODELIST").or_else(|| var("SLURM_NODELIST")).ok_or(DistError::Env {
+                    let list = var("SLURM_JOB_NODELIST").or_else(|| var("SLURM_NODELIST")).ok_or(LaunchError {
                         var: "SLURM_JOB_NODELIST",
                         problem: "not set (the first host of the job's node list hosts the rendezvous)".into(),
                     })?;
                     first_slurm_host(&list)
-                        .ok_or_else(|| DistError::Env { var: "SLURM_JOB_NODELIST", problem: format!("`{list}` names no host") })?
+                        .ok_or_else(|| LaunchError { var: "SLURM_JOB_NODELIST", problem: format!("`{list}` names no host") })?
                 }
             };
             let restart = optional_number(&var, "SLURM_RESTART_COUNT")?.unwrap_or(0) as u64;
@@ -87,17 +105,14 @@ impl Launch {
             return Ok(None);
         };
         if launch.world == 0 || launch.rank >= launch.world {
-            return Err(DistError::Env {
-                var: "RANK",
-                problem: format!("rank {} is not below the world size {}", launch.rank, launch.world),
-            });
+            return Err(LaunchError { var: "RANK", problem: format!("rank {} is not below the world size {}", launch.rank, launch.world) });
         }
         if launch.world == 1 {
             return Ok(None);
         }
         let master_port = match var("MASTER_PORT") {
             None => DEFAULT_PORT,
-            Some(p) => p.trim().parse().map_err(|_| DistError::Env { var: "MASTER_PORT", problem: format!("`{p}` is not a port") })?,
+            Some(p) => p.trim().parse().map_err(|_| LaunchError { var: "MASTER_PORT", problem: format!("`{p}` is not a port") })?,
         };
         let iface = var("GLOO_SOCKET_IFNAME").filter(|s| !s.is_empty());
         Ok(Some(Launch { master_port, iface, ..launch }))
@@ -110,14 +125,14 @@ impl Launch {
     }
 }
 
-fn number(var: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<usize, DistError> {
-    optional_number(var, name)?.ok_or(DistError::Env { var: name, problem: "not set".into() })
+fn number(var: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<usize, LaunchError> {
+    optional_number(var, name)?.ok_or(LaunchError { var: name, problem: "not set".into() })
 }
 
-fn optional_number(var: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<Option<usize>, DistError> {
+fn optional_number(var: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<Option<usize>, LaunchError> {
     match var(name) {
         None => Ok(None),
-        Some(v) => v.trim().parse().map(Some).map_err(|_| DistError::Env { var: name, problem: format!("`{v}` is not a whole number") }),
+        Some(v) => v.trim().parse().map(Some).map_err(|_| LaunchError { var: name, problem: format!("`{v}` is not a whole number") }),
     }
 }
 
@@ -151,11 +166,12 @@ pub fn first_slurm_host(list: &str) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly on purpose
 mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn launch(vars: &[(&str, &str)]) -> Result<Option<Launch>, DistError> {
+    fn launch(vars: &[(&str, &str)]) -> Result<Option<Launch>, LaunchError> {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Launch::from_vars(|k| map.get(k).cloned())
     }
