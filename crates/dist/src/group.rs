@@ -226,6 +226,24 @@ impl Dist {
         self.barrier()
     }
 
+    /// Every rank's `mine`, in rank order (through the store: for small,
+    /// uneven payloads such as a rollout's token sequences).
+    pub fn all_gather_bytes(&self, what: &str, mine: &[u8]) -> Result<Vec<Vec<u8>>, DistError> {
+        let n = self.agreements.fetch_add(1, Ordering::SeqCst);
+        let key = |r: usize| format!("gather/{n}/{r}");
+        self.store.set(&key(self.rank()), mine).map_err(|e| self.failed(&format!("publishing {what}"), &e))?;
+        let mut all = Vec::with_capacity(self.world());
+        for r in 0..self.world() {
+            if r == self.rank() {
+                all.push(mine.to_vec());
+            } else {
+                all.push(self.store.get(&key(r)).map_err(|e| self.failed(&format!("reading rank {r}'s {what}"), &e))?);
+            }
+        }
+        self.barrier()?;
+        Ok(all)
+    }
+
     /// The error of a failed collective, with the ranks that stopped (a
     /// peer's death is seen at once, its heartbeat goes stale a few seconds
     /// later: wait for that, up to a little longer than it takes).

@@ -291,3 +291,64 @@ fn torchrun_launches_forja_stage() {
     let via_torchrun = std::fs::read(dir.path().join("torchrun-lm/model/model.safetensors")).unwrap();
     assert!(via_torchrun == weights(&runs, "lm"), "torchrun's ranks trained other weights than forja run --nproc 2");
 }
+
+/// GRPO and PPO on two ranks: each answers half of every rollout's prompts, the
+/// halves are gathered, and the update is data parallel; the ranks end with
+/// the same weights (checked by the engine, shown in the report).
+#[test]
+fn grpo_and_ppo_split_their_rollouts_across_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_pipeline(dir.path(), "rl", 1, false, 2, false);
+    let mut toml = std::fs::read_to_string(&file).unwrap();
+    toml += &format!(
+        r#"
+[[stage]]
+name = "instructions"
+kind = "sft_data"
+inputs = {{ files = ["{}"] }}
+params = {{ val_fraction = 0.1 }}
+
+[[stage]]
+name = "grpo"
+kind = "grpo"
+inputs = {{ model = "@lm.model", prompts = "@instructions.train" }}
+[stage.params]
+rollouts = 2
+prompts_per_rollout = 4
+group_size = 2
+eval_prompts = 4
+samples = 0
+rule = {{ kind = "token_share", token = "e" }}
+sampling = {{ max_new_tokens = 8 }}
+[stage.params.train]
+threads = 1
+distributed = {{ timeout_s = 30 }}
+
+[[stage]]
+name = "ppo"
+kind = "ppo"
+inputs = {{ model = "@lm.model", prompts = "@instructions.train" }}
+[stage.params]
+rollouts = 2
+prompts_per_rollout = 4
+eval_prompts = 4
+samples = 0
+rule = {{ kind = "token_share", token = "e" }}
+sampling = {{ max_new_tokens = 8 }}
+[stage.params.train]
+threads = 1
+distributed = {{ timeout_s = 30 }}
+"#,
+        root().join("fixtures/self-instruct/seed_tasks.jsonl").display()
+    );
+    std::fs::write(&file, toml).unwrap();
+    let out = forja_run(&file, 2);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[grpo] running grpo on 2 local ranks"));
+    for stage in ["grpo", "ppo"] {
+        let report = std::fs::read_to_string(stage_dir(dir.path(), "rl").join(stage).join("report.md")).unwrap();
+        assert!(
+            report.contains("| ranks × threads | 2 × 1 |") && report.contains("parameters identical on every rank"),
+            "{stage}: {report}"
+        );
+    }
+}

@@ -124,6 +124,7 @@ impl Stage for PpoStage {
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = PpoParams;
     type Inputs = rl::RlInputs;
+    const DISTRIBUTED: bool = true;
 
     fn run(&self, cfg: &PpoParams, inputs: &rl::RlInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
         rl::run(rl::Algorithm::Ppo, &cfg.0, inputs, out, ctx)?;
@@ -141,6 +142,7 @@ impl Stage for GrpoStage {
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = GrpoParams;
     type Inputs = rl::RlInputs;
+    const DISTRIBUTED: bool = true;
 
     fn run(&self, cfg: &GrpoParams, inputs: &rl::RlInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
         rl::run(rl::Algorithm::Grpo, &cfg.0, inputs, out, ctx)?;

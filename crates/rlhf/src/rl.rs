@@ -445,10 +445,8 @@ impl<'a> Rl<'a> {
         let prompts: Vec<&Prompt> = idx.iter().map(|&i| &self.prompts[i]).collect();
         let group = self.cfg.group_size.max(1);
         let sampling = SamplingConfig { seed: self.seed.wrapping_mul(1_000_003).wrapping_add(r), ..self.cfg.sampling.clone() };
-        let seqs = self.answer(&prompts, group, &sampling)?;
+        let (seqs, scores) = self.answer_and_score(&prompts, group, &sampling)?;
         let gen_s = started.elapsed().as_secs_f64();
-        let items: Vec<(&Prompt, &[u32])> = seqs.iter().enumerate().map(|(i, s)| (prompts[i / group], s.answer.as_slice())).collect();
-        let scores = self.scorer.scores(self.fmt, &items)?;
         let (old_logps, values, mask) = self.score_tokens(&seqs, false)?;
         let ref_logps = match (self.reference, self.kl.coef > 0.0 || self.algo == Algorithm::Ppo) {
             (Reference::None, _) | (_, false) => None,
@@ -498,6 +496,44 @@ impl<'a> Rl<'a> {
         Ok(())
     }
 
+    /// Answers (`group` per prompt) and their rewards. On several ranks each
+    /// answers and scores its share of the prompts (prompt j on rank j mod W,
+    /// with its own sampling stream), and the shares are gathered, so every
+    /// rank holds the whole rollout in prompt order.
+    fn answer_and_score(&self, prompts: &[&Prompt], group: usize, sampling: &SamplingConfig) -> anyhow::Result<(Vec<Seq>, Vec<f64>)> {
+        let own = |prompts: &[&Prompt], sampling: &SamplingConfig| -> anyhow::Result<(Vec<Seq>, Vec<f64>)> {
+            if prompts.is_empty() {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            let seqs = self.answer(prompts, group, sampling)?;
+            let items: Vec<(&Prompt, &[u32])> = seqs.iter().enumerate().map(|(i, s)| (prompts[i / group], s.answer.as_slice())).collect();
+            let scores = self.scorer.scores(self.fmt, &items)?;
+            Ok((seqs, scores))
+        };
+        let Some(dist) = forja_dist::current() else {
+            return own(prompts, sampling);
+        };
+        let (rank, world) = (dist.rank(), dist.world());
+        let mine: Vec<&Prompt> = prompts.iter().enumerate().filter(|(j, _)| j % world == rank).map(|(_, p)| *p).collect();
+        let stream = SamplingConfig { seed: sampling.seed.wrapping_mul(1_000_003).wrapping_add(rank as u64), ..sampling.clone() };
+        let (seqs, scores) = own(&mine, &stream)?;
+        let share: Vec<(&[u32], &[u32], f64)> =
+            seqs.iter().zip(&scores).map(|(s, &r)| (s.prompt.as_slice(), s.answer.as_slice(), r)).collect();
+        let shares = dist.all_gather_bytes("rollout answers", &serde_json::to_vec(&share)?)?;
+        let shares: Vec<Vec<(Vec<u32>, Vec<u32>, f64)>> = shares.iter().map(|b| serde_json::from_slice(b)).collect::<Result<_, _>>()?;
+        let (mut seqs, mut scores) = (Vec::with_capacity(prompts.len() * group), Vec::with_capacity(prompts.len() * group));
+        for j in 0..prompts.len() {
+            let share = &shares[j % world];
+            for g in 0..group {
+                let (prompt, answer, reward) =
+                    share.get((j / world) * group + g).ok_or_else(|| anyhow::anyhow!("rank {} sent too few answers", j % world))?;
+                seqs.push(Seq { prompt: prompt.clone(), answer: answer.clone() });
+                scores.push(*reward);
+            }
+        }
+        Ok((seqs, scores))
+    }
+
     /// The answers of minibatch `(step, micro)` of the current rollout.
     fn minibatch(&self, step: u64, micro: u64) -> Vec<usize> {
         let per = self.cfg.updates_per_rollout();
@@ -508,8 +544,9 @@ impl<'a> Rl<'a> {
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed ^ r.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ epoch.wrapping_mul(0x9E37_79B9)));
         let size = n.div_ceil(self.cfg.minibatches.max(1));
         let chunk: Vec<usize> = order.into_iter().skip(mb as usize * size).take(size).collect();
-        // Micro-batches split the minibatch (gradient accumulation).
-        let accum = self.cfg.train.grad_accum.max(1) as usize;
+        // Micro-batches split the minibatch (gradient accumulation, and ranks:
+        // rank r takes micro-batches m·W + r).
+        let accum = self.cfg.train.global_accum() as usize;
         let part = chunk.len().div_ceil(accum);
         chunk.into_iter().skip(micro as usize * part).take(part).collect()
     }
@@ -627,7 +664,7 @@ impl Objective for Rl<'_> {
 
     fn tokens_per_micro(&self) -> f64 {
         let n = self.cfg.prompts_per_rollout * self.cfg.group_size.max(1);
-        (n as f64 / self.cfg.minibatches.max(1) as f64 / self.cfg.train.grad_accum.max(1) as f64)
+        (n as f64 / self.cfg.minibatches.max(1) as f64 / self.cfg.train.global_accum() as f64)
             * (self.max_prompt as f64 / 2.0 + self.cfg.sampling.max_new_tokens as f64 / 2.0)
     }
 
