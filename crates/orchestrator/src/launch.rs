@@ -26,13 +26,18 @@ const GRACE: Duration = Duration::from_secs(60);
 
 /// Runs `job` as `nproc` ranks of this program on this machine; waits for all.
 pub fn run_ranks(job: &RankedStage, nproc: usize) -> Result<()> {
-    let exe = std::env::current_exe().context("finding the forja executable")?;
+    // /proc/self/exe still runs this program when its file was replaced (a
+    // rebuild during a run); elsewhere, the path it was started from.
+    let proc_exe = Path::new("/proc/self/exe");
+    let exe = if proc_exe.exists() { proc_exe.to_path_buf() } else { std::env::current_exe().context("finding the forja executable")? };
     let params_file = job.out_dir.join(".forja-rank-params.json");
     forja_core::fsutil::atomic_write(&params_file, serde_json::to_string(job.params)?.as_bytes())?;
     let port = free_port()?;
     let mut children = Vec::new();
     for rank in 0..nproc {
         let mut cmd = Command::new(&exe);
+        // Named as the program it is in `ps`, not /proc/self/exe.
+        std::os::unix::process::CommandExt::arg0(&mut cmd, std::env::args_os().next().unwrap_or_else(|| "forja".into()));
         cmd.arg("stage").arg(job.stage.kind()).arg("--params").arg(&params_file);
         for (name, paths) in &job.inputs.0 {
             for p in paths {
