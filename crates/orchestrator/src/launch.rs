@@ -57,6 +57,10 @@ pub fn run_ranks(job: &RankedStage, nproc: usize) -> Result<()> {
             .env("FORJA_WATTS_PER_CORE", job.footprint.watts_per_core.to_string())
             .env_remove("TORCHELASTIC_USE_AGENT_STORE")
             .env_remove("TORCHELASTIC_RESTART_COUNT");
+        if rank > 0 {
+            // Rank 0 says what every rank would (errors still reach stderr).
+            cmd.stdout(std::process::Stdio::null());
+        }
         if std::env::var_os("OMP_NUM_THREADS").is_none() {
             // As torchrun does: ranks share the cores.
             cmd.env("OMP_NUM_THREADS", "1");
