@@ -1,6 +1,6 @@
 #!/bin/bash
 # Data-parallel training of one stage across nodes with Slurm: `srun` starts
-# one forja rank per task; each reads SLURM_PROCID, SLURM_NTASKS and
+# one forja rank per task; each reads SLURM_PROCID, SLURM_STEP_NUM_TASKS and
 # SLURM_LOCALID and meets the others at the first host of the job's node list
 # (MASTER_PORT, default 29500), where rank 0 hosts the rendezvous store. The
 # ranks sum their gradients on libtorch's c10d (Gloo on CPU); rank 0 writes

@@ -71,25 +71,29 @@ def run_check(driver, args):
                      lambda: driver.find_element(By.ID, "model-id").text.strip(),
                      args.timeout, driver)
 
-    message = driver.find_element(By.ID, "message")
-    message.clear()
-    message.send_keys(args.message)
-    before = len(driver.find_elements(By.CSS_SELECTOR, ".msg.assistant"))
-    driver.find_element(By.ID, "send").click()
+    # The test model is random: its first sampled token can end the turn (or
+    # be a space), so an empty answer is retried twice before it is a failure.
+    for _ in range(3):
+        message = driver.find_element(By.ID, "message")
+        message.clear()
+        message.send_keys(args.message)
+        before = len(driver.find_elements(By.CSS_SELECTOR, ".msg.assistant"))
+        driver.find_element(By.ID, "send").click()
 
-    def reply():
-        status = status_text(driver) or ""
-        if status.startswith("error:"):
-            raise CheckFailed(f"page reports {status!r}")
-        turns = driver.find_elements(By.CSS_SELECTOR, ".msg.assistant")
-        if len(turns) <= before or turns[before].get_attribute("data-done") != "true":
-            return None
-        text = turns[before].text
-        if not text.strip():
-            raise CheckFailed("the assistant turn finished with empty text")
-        return text
+        def reply():
+            status = status_text(driver) or ""
+            if status.startswith("error:"):
+                raise CheckFailed(f"page reports {status!r}")
+            turns = driver.find_elements(By.CSS_SELECTOR, ".msg.assistant")
+            if len(turns) <= before or turns[before].get_attribute("data-done") != "true":
+                return None
+            return ("done", turns[before].text)  # truthy even when the text is empty
 
-    text = wait_for('.msg.assistant[data-done="true"]', reply, args.timeout, driver)
+        _, text = wait_for('.msg.assistant[data-done="true"]', reply, args.timeout, driver)
+        if text.strip():
+            break
+    else:
+        raise CheckFailed("the assistant turn finished with empty text (3 times)")
     status = status_text(driver)
     if status != "done":
         raise CheckFailed(f"#status is {status!r}, expected 'done'")

@@ -16,7 +16,8 @@ pub struct LaunchError {
 pub enum Launcher {
     /// `torchrun` (or `forja run --nproc`, which sets the same variables).
     Torchrun,
-    /// Slurm's `srun`: `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`.
+    /// Slurm's `srun`: a step's `SLURM_PROCID`, `SLURM_STEP_NUM_TASKS`
+    /// (else `SLURM_NTASKS`), `SLURM_LOCALID`.
     Slurm,
 }
 
@@ -71,8 +72,13 @@ impl Launch {
             let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
             let restart = optional_number(&var, "TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0) as u64;
             Launch { launcher: Launcher::Torchrun, rank, world, local_rank, master_addr, master_port: 0, agent_store, restart, iface: None }
-        } else if var("SLURM_NTASKS").is_some() && var("SLURM_PROCID").is_some() {
-            let world = number(&var, "SLURM_NTASKS")?;
+        } else if var("SLURM_STEP_ID").is_some() && var("SLURM_PROCID").is_some() {
+            // A task of an `srun` step (a batch script itself also sees
+            // SLURM_PROCID and SLURM_NTASKS, but is one process: no step id).
+            let world = match optional_number(&var, "SLURM_STEP_NUM_TASKS")? {
+                Some(n) => n,
+                None => number(&var, "SLURM_NTASKS")?,
+            };
             let rank = number(&var, "SLURM_PROCID")?;
             let local_rank = optional_number(&var, "SLURM_LOCALID")?.unwrap_or(0);
             if world == 1 {
@@ -81,10 +87,12 @@ impl Launch {
             let master_addr = match var("MASTER_ADDR") {
                 Some(a) => a,
                 None => {
-                    let list = var("SLURM_JOB_NODELIST").or_else(|| var("SLURM_NODELIST")).ok_or(LaunchError {
-                        var: "SLURM_JOB_NODELIST",
-                        problem: "not set (the first host of the job's node list hosts the rendezvous)".into(),
-                    })?;
+                    let list = var("SLURM_STEP_NODELIST").or_else(|| var("SLURM_JOB_NODELIST")).or_else(|| var("SLURM_NODELIST")).ok_or(
+                        LaunchError {
+                            var: "SLURM_JOB_NODELIST",
+                            problem: "not set (the first host of the job's node list hosts the rendezvous)".into(),
+                        },
+                    )?;
                     first_slurm_host(&list)
                         .ok_or_else(|| LaunchError { var: "SLURM_JOB_NODELIST", problem: format!("`{list}` names no host") })?
                 }
@@ -198,10 +206,16 @@ mod tests {
 
     #[test]
     fn slurm_variables_and_host_lists() {
-        let l =
-            launch(&[("SLURM_PROCID", "3"), ("SLURM_NTASKS", "4"), ("SLURM_LOCALID", "1"), ("SLURM_JOB_NODELIST", "gpu[07-09,12],cpu1")])
-                .unwrap()
-                .unwrap();
+        let l = launch(&[
+            ("SLURM_STEP_ID", "0"),
+            ("SLURM_PROCID", "3"),
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_STEP_NUM_TASKS", "4"),
+            ("SLURM_LOCALID", "1"),
+            ("SLURM_JOB_NODELIST", "gpu[07-09,12],cpu1"),
+        ])
+        .unwrap()
+        .unwrap();
         assert_eq!(
             (l.launcher, l.rank, l.world, l.local_rank, l.master_addr.as_str(), l.master_port),
             (Launcher::Slurm, 3, 4, 1, "gpu07", DEFAULT_PORT)
@@ -215,7 +229,9 @@ mod tests {
     fn alone_or_malformed() {
         assert_eq!(launch(&[]).unwrap(), None);
         assert_eq!(launch(&[("RANK", "0"), ("WORLD_SIZE", "1")]).unwrap(), None);
-        assert_eq!(launch(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")]).unwrap(), None);
+        assert_eq!(launch(&[("SLURM_STEP_ID", "0"), ("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")]).unwrap(), None);
+        // The batch script of a 4-task allocation is one process, not rank 0 of 4.
+        assert_eq!(launch(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4"), ("SLURM_JOB_NODELIST", "n1")]).unwrap(), None);
         let e = launch(&[("RANK", "2"), ("WORLD_SIZE", "2")]).unwrap_err().to_string();
         assert!(e.contains("rank 2 is not below the world size 2"), "{e}");
         let e = launch(&[("RANK", "x"), ("WORLD_SIZE", "2")]).unwrap_err().to_string();

@@ -429,6 +429,7 @@ fn run_as_helper_rank<S: Stage>(
     let ctx = StageCtx { code_hash: S::CODE_HASH, ..ctx.clone() };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(params, inputs, &OutDir::new(&scratch), &ctx)));
     let _ = std::fs::remove_dir_all(&scratch);
+    let _ = std::fs::remove_dir(out_dir.join(".ranks")); // when no other rank is still in it
     match result {
         Ok(r) => r,
         Err(panic) => bail!("stage `{}` panicked on rank {rank}: {}", S::KIND, panic_text(&*panic)),

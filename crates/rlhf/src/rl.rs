@@ -154,6 +154,9 @@ impl Scorer {
     }
 }
 
+/// One answer of a rank's share of a rollout: prompt ids, answer ids, reward.
+type AnsweredPrompt = (Vec<u32>, Vec<u32>, f64);
+
 /// The algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -520,7 +523,7 @@ impl<'a> Rl<'a> {
         let share: Vec<(&[u32], &[u32], f64)> =
             seqs.iter().zip(&scores).map(|(s, &r)| (s.prompt.as_slice(), s.answer.as_slice(), r)).collect();
         let shares = dist.all_gather_bytes("rollout answers", &serde_json::to_vec(&share)?)?;
-        let shares: Vec<Vec<(Vec<u32>, Vec<u32>, f64)>> = shares.iter().map(|b| serde_json::from_slice(b)).collect::<Result<_, _>>()?;
+        let shares: Vec<Vec<AnsweredPrompt>> = shares.iter().map(|b| serde_json::from_slice(b)).collect::<Result<_, _>>()?;
         let (mut seqs, mut scores) = (Vec::with_capacity(prompts.len() * group), Vec::with_capacity(prompts.len() * group));
         for j in 0..prompts.len() {
             let share = &shares[j % world];
