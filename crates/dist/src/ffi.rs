@@ -31,6 +31,16 @@ extern "C" {
     pub fn forja_c10d_allreduce_sum(g: *mut c_void, t: *mut c_void) -> *mut c_char;
     pub fn forja_c10d_broadcast(g: *mut c_void, t: *mut c_void, root: c_int) -> *mut c_char;
     pub fn forja_c10d_barrier(g: *mut c_void) -> *mut c_char;
+    pub fn forja_c10d_overlap_new(
+        g: *mut c_void,
+        params: *const *mut c_void,
+        n: usize,
+        bucket_numel: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    pub fn forja_c10d_overlap_free(o: *mut c_void);
+    pub fn forja_c10d_overlap_arm(o: *mut c_void) -> *mut c_char;
+    pub fn forja_c10d_overlap_finish(o: *mut c_void) -> *mut c_char;
 }
 
 /// Turns a shim result into `Err(message)`, freeing the message.

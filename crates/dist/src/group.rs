@@ -125,6 +125,38 @@ impl Drop for Group {
     }
 }
 
+/// Gradient sums that start during the backward pass (see `Overlap` in
+/// `cpp/c10d_shim.cpp`): hooks on the parameters' gradient accumulators.
+pub struct Overlap {
+    ptr: *mut c_void,
+    dist: &'static Dist,
+}
+
+// SAFETY: the handle is used by the training loop's thread only (its hooks
+// run on the autograd engine, inside that thread's backward call on CPU).
+unsafe impl Send for Overlap {}
+
+impl Overlap {
+    /// The next backward pass starts summing buckets as they become ready.
+    pub fn arm(&self) -> Result<(), DistError> {
+        // SAFETY: live handle.
+        check(unsafe { ffi::forja_c10d_overlap_arm(self.ptr) }).map_err(|e| self.dist.failed("preparing the gradient sums", &e))
+    }
+
+    /// Waits for every bucket and writes the sums into the parameters' `.grad`.
+    pub fn finish(&self) -> Result<(), DistError> {
+        // SAFETY: live handle.
+        check(unsafe { ffi::forja_c10d_overlap_finish(self.ptr) }).map_err(|e| self.dist.failed("summing gradients", &e))
+    }
+}
+
+impl Drop for Overlap {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from forja_c10d_overlap_new and is freed once.
+        unsafe { ffi::forja_c10d_overlap_free(self.ptr) };
+    }
+}
+
 /// How often every rank writes its heartbeat into the store.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A rank whose heartbeat is older than this has stopped.
@@ -202,6 +234,19 @@ impl Dist {
         self.group.barrier().map_err(|e| self.failed("waiting for every rank", &e))
     }
 
+    /// Hooks `params` (trained leaves) so their gradients are summed across
+    /// ranks while the backward pass runs, in buckets of about `bucket_numel`
+    /// scalars formed in the order the first backward pass made them ready.
+    pub fn overlap(&'static self, params: &[Tensor], bucket_numel: i64) -> Result<Overlap, DistError> {
+        let ptrs: Vec<*mut c_void> = params.iter().map(|t| t.as_ptr() as *mut c_void).collect();
+        let mut ptr = std::ptr::null_mut();
+        // SAFETY: live group; the tensor handles are read during the call (the
+        // shim keeps its own references).
+        check(unsafe { ffi::forja_c10d_overlap_new(self.group.ptr, ptrs.as_ptr(), ptrs.len(), bucket_numel, &mut ptr) })
+            .map_err(|e| DistError::C10d(format!("hooking the gradient accumulators: {e}")))?;
+        Ok(Overlap { ptr, dist: self })
+    }
+
     /// Checks that every rank holds the same `value` (configuration, code and
     /// input hashes): each publishes its own, and each compares with every
     /// other; a difference names the keys that differ and their values.
@@ -247,7 +292,7 @@ impl Dist {
     /// The error of a failed collective, with the ranks that stopped (a
     /// peer's death is seen at once, its heartbeat goes stale a few seconds
     /// later: wait for that, up to a little longer than it takes).
-    fn failed(&self, what: &str, cause: &str) -> DistError {
+    pub(crate) fn failed(&self, what: &str, cause: &str) -> DistError {
         let deadline = std::time::Instant::now() + STALE_AFTER + 2 * HEARTBEAT;
         let who = loop {
             let (who, known) = self.who_stopped();

@@ -12,7 +12,7 @@ mod ffi;
 mod group;
 
 pub use forja_core::launch::{first_slurm_host, Launch, LaunchError, Launcher};
-pub use group::{Dist, Group, Store};
+pub use group::{Dist, Group, Overlap, Store};
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -22,6 +22,11 @@ pub struct DistributedConfig {
     pub shard_optimizer: bool,
     /// Gradients are summed across ranks in buckets of this many MiB.
     pub bucket_mb: f64,
+    /// Start each bucket's sum during the backward pass, as soon as its
+    /// gradients are ready (hooks on the gradient accumulators, as PyTorch's
+    /// DDP); off: one sum over the whole flat buffer after the backward pass.
+    /// The sums are the same either way.
+    pub overlap: bool,
     /// A rendezvous or collective waiting longer than this fails, naming the
     /// ranks that stopped (a rank that dies is noticed at once).
     pub timeout_s: u64,
@@ -29,7 +34,7 @@ pub struct DistributedConfig {
 
 impl Default for DistributedConfig {
     fn default() -> Self {
-        Self { shard_optimizer: false, bucket_mb: 25.0, timeout_s: 300 }
+        Self { shard_optimizer: false, bucket_mb: 25.0, overlap: true, timeout_s: 300 }
     }
 }
 
@@ -39,11 +44,16 @@ pub fn global_micro(m: u64, rank: usize, world: usize) -> u64 {
     m * world as u64 + rank as u64
 }
 
+/// Scalars per bucket of `cfg.bucket_mb` MiB of float32.
+pub fn bucket_numel(cfg: &DistributedConfig) -> i64 {
+    ((cfg.bucket_mb.max(0.001) * 1024.0 * 1024.0 / 4.0) as i64).max(1)
+}
+
 /// Sums the gradients across the ranks, in buckets of the flat buffer.
 pub fn sum_gradients(dist: &Dist, opt: &mut AdamW, cfg: &DistributedConfig) -> anyhow::Result<()> {
     let flat = opt.flat_grads().shallow_clone();
     let total = flat.numel() as i64;
-    let bucket = ((cfg.bucket_mb.max(0.001) * 1024.0 * 1024.0 / 4.0) as i64).max(1);
+    let bucket = bucket_numel(cfg);
     let mut at = 0;
     while at < total {
         let len = bucket.min(total - at);

@@ -274,6 +274,11 @@ pub struct Engine<'a> {
     train_flops_per_token: f64,
     /// The ranks this one trains with (`None`: alone).
     dist: Option<&'static forja_dist::Dist>,
+    /// Gradient sums started during the backward pass (several ranks,
+    /// `train.distributed.overlap`); used once a first step has shown in
+    /// which order the gradients become ready.
+    overlap: Option<forja_dist::Overlap>,
+    overlap_ready: bool,
 }
 
 /// The key of a run's trajectory: the whole typed configuration, the seed,
@@ -328,6 +333,10 @@ impl<'a> Engine<'a> {
         if let Some(d) = dist.filter(|_| cfg.distributed.shard_optimizer) {
             opt.shard(d.rank(), d.world());
         }
+        let overlap = match dist.filter(|_| cfg.distributed.overlap) {
+            Some(d) => Some(d.overlap(&opt.params(), dp::bucket_numel(&cfg.distributed))?),
+            None => None,
+        };
         let RunSpec { seed, run_key, ctx, out_dir } = spec;
         let n_scalars: f64 = vs.variables().values().map(|t| t.numel() as f64).sum();
         let trained = opt.numel() as f64;
@@ -344,6 +353,8 @@ impl<'a> Engine<'a> {
             n_scalars,
             train_flops_per_token,
             dist,
+            overlap,
+            overlap_ready: false,
         })
     }
 
@@ -376,8 +387,14 @@ impl<'a> Engine<'a> {
     fn accumulate(&mut self, obj: &mut dyn Objective, step: u64, stats: &mut StepStats) -> anyhow::Result<()> {
         let (rank, world) = self.rank_and_world();
         let global = self.cfg.grad_accum * world as u64;
+        let overlap = self.overlap.as_ref().filter(|_| self.overlap_ready);
         for m in 0..self.cfg.grad_accum {
             let micro = dp::global_micro(m, rank, world);
+            if m + 1 == self.cfg.grad_accum {
+                if let Some(o) = overlap {
+                    o.arm()?; // the last micro-batch's backward pass sums as it goes
+                }
+            }
             self.seed_micro(step, micro);
             let t0 = Instant::now();
             let loss = obj.train_loss(step, micro)?;
@@ -390,7 +407,11 @@ impl<'a> Engine<'a> {
         }
         if let Some(d) = self.dist {
             let t = Instant::now();
-            dp::sum_gradients(d, &mut self.opt, &self.cfg.distributed)?;
+            match overlap {
+                Some(o) => o.finish()?,
+                None => dp::sum_gradients(d, &mut self.opt, &self.cfg.distributed)?,
+            }
+            self.overlap_ready = self.overlap.is_some();
             stats.loss = dp::sum_scalar(d, stats.loss)?;
             stats.backward_s += t.elapsed().as_secs_f64();
         }

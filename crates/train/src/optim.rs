@@ -227,6 +227,11 @@ impl AdamW {
         self.shard.as_ref().map_or((0, self.numel()), |(r, p)| p[*r])
     }
 
+    /// The trained parameters, in the flat buffer's order.
+    pub fn params(&self) -> Vec<Tensor> {
+        self.slots.iter().map(|s| s.param.shallow_clone()).collect()
+    }
+
     /// The flat parameters (every trained parameter is a view of it).
     pub fn flat_params(&self) -> &Tensor {
         &self.flat_p

@@ -51,6 +51,10 @@ struct Args {
     /// state across them (ZeRO-1).
     #[arg(long)]
     shard_optimizer: bool,
+    /// Launched as several ranks: sum the gradients after the backward pass
+    /// rather than during it.
+    #[arg(long)]
+    no_overlap: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,7 +94,7 @@ fn main() -> anyhow::Result<()> {
         max_steps: a.warmup + a.steps,
         // Throughput only: no spike or explosion checks (non-finite values still count).
         diagnosis: DiagnosisConfig { spike_factor: 0.0, explode_factor: 0.0, ..Default::default() },
-        distributed: forja_train::DistributedConfig { shard_optimizer: a.shard_optimizer, ..Default::default() },
+        distributed: forja_train::DistributedConfig { shard_optimizer: a.shard_optimizer, overlap: !a.no_overlap, ..Default::default() },
         ..Default::default()
     };
     let groups = ParamGroup::decay_split(&vs, ecfg.optim.weight_decay);
