@@ -54,11 +54,13 @@ impl Launch {
 
     /// This process's rank and the world size (`(0, 1)` when launched alone
     /// or when the variables are malformed: forming the group reports that).
+    /// Read once: a launcher sets them before the process starts.
     pub fn rank_and_world() -> (usize, usize) {
-        match Self::from_env() {
+        static RANK_AND_WORLD: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+        *RANK_AND_WORLD.get_or_init(|| match Self::from_env() {
             Ok(Some(l)) => (l.rank, l.world),
             _ => (0, 1),
-        }
+        })
     }
 
     /// From variables looked up by `var` (`RANK`/`WORLD_SIZE` first, then

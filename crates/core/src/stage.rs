@@ -384,11 +384,7 @@ impl<S: Stage> DynStage for S {
         let out = OutDir::new(out_dir);
         let ctx = StageCtx { code_hash: S::CODE_HASH, ..ctx.clone() };
         let meter = forja_meter::Meter::start();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&params, &inputs, &out, &ctx)));
-        let written = match result {
-            Ok(r) => r?,
-            Err(panic) => bail!("stage `{}` panicked: {}", S::KIND, panic_text(&*panic)),
-        };
+        let written = run_caught(self, &params, &inputs, &out, &ctx)?;
         for spec in S::OUTPUTS {
             let path = out.path(spec);
             if !written.contains(spec) || !path.exists() {
@@ -427,17 +423,28 @@ fn run_as_helper_rank<S: Stage>(
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let _ = SHARED_OUT.set(out_dir.to_path_buf());
     let ctx = StageCtx { code_hash: S::CODE_HASH, ..ctx.clone() };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(params, inputs, &OutDir::new(&scratch), &ctx)));
+    let result = run_caught(stage, params, inputs, &OutDir::new(&scratch), &ctx);
     let _ = std::fs::remove_dir_all(&scratch);
     let _ = std::fs::remove_dir(out_dir.join(".ranks")); // when no other rank is still in it
-    match result {
-        Ok(r) => r,
-        Err(panic) => bail!("stage `{}` panicked on rank {rank}: {}", S::KIND, panic_text(&*panic)),
-    }
+    result
 }
 
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("(no message)")
+/// Runs the stage; a panic inside it (libtorch raises through panics) becomes
+/// an error naming the stage.
+fn run_caught<S: Stage>(
+    stage: &S,
+    params: &S::Params,
+    inputs: &S::Inputs,
+    out: &OutDir,
+    ctx: &StageCtx,
+) -> anyhow::Result<Vec<OutputSpec>> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(params, inputs, out, ctx))) {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied());
+            bail!("stage `{}` panicked: {}", S::KIND, msg.unwrap_or("(no message)"))
+        }
+    }
 }
 
 /// Writes a stage's footprint as `footprint.json` in its folder, as metric

@@ -168,8 +168,8 @@ pub struct Dist {
     pub timeout: Duration,
     store: Store,
     group: Group,
-    /// Agreements made so far (each gets its own keys).
-    agreements: AtomicU64,
+    /// Exchanges through the store so far (each gets its own keys).
+    exchanges: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -209,7 +209,7 @@ impl Dist {
             launch.master_addr,
             launch.master_port
         );
-        Ok(Dist { launch, timeout, store, group, agreements: AtomicU64::new(0) })
+        Ok(Dist { launch, timeout, store, group, exchanges: AtomicU64::new(0) })
     }
 
     pub fn rank(&self) -> usize {
@@ -251,13 +251,10 @@ impl Dist {
     /// input hashes): each publishes its own, and each compares with every
     /// other; a difference names the keys that differ and their values.
     pub fn agree(&self, what: &str, value: &serde_json::Value) -> Result<(), DistError> {
-        let n = self.agreements.fetch_add(1, Ordering::SeqCst);
-        let key = |r: usize| format!("agree/{n}/{r}");
         let mine = serde_json::to_vec(value).map_err(|e| DistError::C10d(e.to_string()))?;
-        self.store.set(&key(self.rank()), &mine).map_err(|e| self.failed("publishing the configuration", &e))?;
-        for r in (0..self.world()).filter(|&r| r != self.rank()) {
-            let theirs = self.store.get(&key(r)).map_err(|e| self.failed(&format!("reading rank {r}'s configuration"), &e))?;
-            let theirs: serde_json::Value = serde_json::from_slice(&theirs).map_err(|e| DistError::C10d(e.to_string()))?;
+        let all = self.all_gather_bytes(what, &mine)?;
+        for (r, theirs) in all.iter().enumerate().filter(|&(r, _)| r != self.rank()) {
+            let theirs: serde_json::Value = serde_json::from_slice(theirs).map_err(|e| DistError::C10d(e.to_string()))?;
             let diffs = differences(value, &theirs, "");
             if !diffs.is_empty() {
                 let mut msg = format!("rank {} refuses to start: its {what} differs from rank {r}'s:", self.rank());
@@ -267,14 +264,13 @@ impl Dist {
                 return Err(DistError::Mismatch(msg));
             }
         }
-        // No rank leaves (rank 0 taking the store with it) before all have read.
-        self.barrier()
+        Ok(())
     }
 
     /// Every rank's `mine`, in rank order (through the store: for small,
     /// uneven payloads such as a rollout's token sequences).
     pub fn all_gather_bytes(&self, what: &str, mine: &[u8]) -> Result<Vec<Vec<u8>>, DistError> {
-        let n = self.agreements.fetch_add(1, Ordering::SeqCst);
+        let n = self.exchanges.fetch_add(1, Ordering::SeqCst);
         let key = |r: usize| format!("gather/{n}/{r}");
         self.store.set(&key(self.rank()), mine).map_err(|e| self.failed(&format!("publishing {what}"), &e))?;
         let mut all = Vec::with_capacity(self.world());
@@ -285,6 +281,7 @@ impl Dist {
                 all.push(self.store.get(&key(r)).map_err(|e| self.failed(&format!("reading rank {r}'s {what}"), &e))?);
             }
         }
+        // No rank leaves (rank 0 taking the store with it) before all have read.
         self.barrier()?;
         Ok(all)
     }

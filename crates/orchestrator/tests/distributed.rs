@@ -301,46 +301,30 @@ fn grpo_and_ppo_split_their_rollouts_across_ranks() {
     let file = write_pipeline(dir.path(), "rl", 1, false, 2, false);
     let mut toml = std::fs::read_to_string(&file).unwrap();
     toml += &format!(
-        r#"
-[[stage]]
-name = "instructions"
-kind = "sft_data"
-inputs = {{ files = ["{}"] }}
-params = {{ val_fraction = 0.1 }}
-
-[[stage]]
-name = "grpo"
-kind = "grpo"
-inputs = {{ model = "@lm.model", prompts = "@instructions.train" }}
-[stage.params]
-rollouts = 2
-prompts_per_rollout = 4
-group_size = 2
-eval_prompts = 4
-samples = 0
-rule = {{ kind = "token_share", token = "e" }}
-sampling = {{ max_new_tokens = 8 }}
-[stage.params.train]
-threads = 1
-distributed = {{ timeout_s = 30 }}
-
-[[stage]]
-name = "ppo"
-kind = "ppo"
-inputs = {{ model = "@lm.model", prompts = "@instructions.train" }}
-[stage.params]
-rollouts = 2
-prompts_per_rollout = 4
-eval_prompts = 4
-samples = 0
-rule = {{ kind = "token_share", token = "e" }}
-sampling = {{ max_new_tokens = 8 }}
-[stage.params.train]
-threads = 1
-distributed = {{ timeout_s = 30 }}
-"#,
+        "\n[[stage]]\nname = \"instructions\"\nkind = \"sft_data\"\ninputs = {{ files = [\"{}\"] }}\nparams = {{ val_fraction = 0.1 }}\n",
         root().join("fixtures/self-instruct/seed_tasks.jsonl").display()
     );
+    // GRPO answers each prompt twice; PPO once.
+    for (kind, group) in [("grpo", "group_size = 2\n"), ("ppo", "")] {
+        toml += &format!(
+            r#"
+[[stage]]
+name = "{kind}"
+kind = "{kind}"
+inputs = {{ model = "@lm.model", prompts = "@instructions.train" }}
+[stage.params]
+rollouts = 2
+prompts_per_rollout = 4
+{group}eval_prompts = 4
+samples = 0
+rule = {{ kind = "token_share", token = "e" }}
+sampling = {{ max_new_tokens = 8 }}
+[stage.params.train]
+threads = 1
+distributed = {{ timeout_s = 30 }}
+"#
+        );
+    }
     std::fs::write(&file, toml).unwrap();
     let out = forja_run(&file, 2);
     assert!(String::from_utf8_lossy(&out.stdout).contains("[grpo] running grpo on 2 local ranks"));

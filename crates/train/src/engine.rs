@@ -713,13 +713,12 @@ impl<'a> Engine<'a> {
 
     /// Saves the inputs of a step's micro-batches as a tokens artifact.
     fn save_batch(&self, obj: &dyn Objective, step: u64) -> anyhow::Result<Option<String>> {
-        let mut rows = Vec::new();
-        let world = self.rank_and_world().1 as u64;
         if !self.writes() {
             return Ok(None);
         }
         // Rank 0 saves the whole step's batch, every rank's micro-batches.
-        for micro in 0..self.cfg.grad_accum * world {
+        let mut rows = Vec::new();
+        for micro in 0..self.cfg.grad_accum * self.rank_and_world().1 as u64 {
             rows.extend(obj.batch_rows(step, micro)?);
         }
         if rows.is_empty() {
@@ -806,6 +805,7 @@ impl<'a> Engine<'a> {
             }
             None => None,
         };
+        let (optimizer_state_bytes, optimizer_state_unsharded_bytes) = self.opt.state_bytes();
         let last_val = last_value(&self.metrics, metric::LOSS, split::VAL);
         let best_dir = self.out_dir.join(BEST_DIR);
         let use_best = self.cfg.keep_best && self.state.best_step.is_some() && best_dir.join(WEIGHTS_FILE).exists();
@@ -830,8 +830,8 @@ impl<'a> Engine<'a> {
             trainable_params: self.trainable_params(),
             ranks: self.rank_and_world().1,
             threads_per_rank: tch::get_num_threads(),
-            optimizer_state_bytes: self.opt.state_bytes().0,
-            optimizer_state_unsharded_bytes: self.opt.state_bytes().1,
+            optimizer_state_bytes,
+            optimizer_state_unsharded_bytes,
             params_hash_all_ranks,
         };
         let mut report = report_md(&self.ctx.name, &summary, use_best, outputs);
