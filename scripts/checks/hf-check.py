@@ -5,6 +5,8 @@ the Rust tests can compare forja's forward pass with the reference one.
   python scripts/checks/hf-check.py KIND MODEL_DIR IDS_JSON OUT_JSON
 
 KIND       gpt2      GPT2LMHeadModel         -> {"logits": [batch][seq][vocab]}
+           causal    AutoModelForCausalLM (GPT-2, Llama, Qwen2 by config.json)
+                                             -> {"logits": [batch][seq][vocab]}
            bert      BertModel (no pooler)   -> {"last_hidden_state": [batch][seq][hidden]}
            bert-mlm  BertForMaskedLM         -> {"logits": [batch][seq][vocab]}
            bert-cls  BertForSequenceClassification -> {"logits": [batch][labels],
@@ -24,7 +26,7 @@ import json
 import os
 import sys
 
-KINDS = ("gpt2", "bert", "bert-mlm", "bert-cls")
+KINDS = ("gpt2", "causal", "bert", "bert-mlm", "bert-cls")
 
 # Quiet and offline: only our own message (or a real traceback) reaches stderr.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,7 +57,7 @@ def read_ids(path):
 
 def load(kind, model_dir):
     import torch
-    from transformers import BertForMaskedLM, BertForSequenceClassification, BertModel, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, BertForMaskedLM, BertForSequenceClassification, BertModel, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -64,6 +66,8 @@ def load(kind, model_dir):
         raise FileNotFoundError(f"{model_dir}: no config.json")
     if kind == "gpt2":
         cls, extra = GPT2LMHeadModel, {}
+    elif kind == "causal":
+        cls, extra = AutoModelForCausalLM, {}
     elif kind == "bert":
         cls, extra = BertModel, {"add_pooling_layer": False}
     elif kind == "bert-cls":
@@ -96,14 +100,14 @@ def run(kind, model, ids):
     import torch
 
     x = torch.tensor(ids, dtype=torch.long)
-    limit = model.config.n_positions if kind == "gpt2" else model.config.max_position_embeddings
+    limit = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     if x.size(1) > limit:
         raise ValueError(f"sequence length {x.size(1)} exceeds the model's {limit} positions")
     vocab = model.config.vocab_size
     if int(x.min()) < 0 or int(x.max()) >= vocab:
         raise ValueError(f"token ids must lie in [0, {vocab}); got [{int(x.min())}, {int(x.max())}]")
     with torch.no_grad():
-        if kind == "gpt2":
+        if kind in ("gpt2", "causal"):
             return {"logits": model(input_ids=x).logits.tolist()}
         mask = torch.ones_like(x)
         types = torch.zeros_like(x)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check that Hugging Face `peft` loads a forja LoRA adapter to the same logits as forja's merged model.
 
-Loads --base (GPT-2 folder) with GPT2LMHeadModel, applies --adapter (PEFT LoRA folder: adapter_config.json +
+Loads --base (a GPT-2 or Llama folder) with AutoModelForCausalLM, applies --adapter (PEFT LoRA folder: adapter_config.json +
 adapter_model.safetensors, keys like base_model.model.transformer.h.0.attn.c_attn.lora_A.weight, no adapter
 name) with peft.PeftModel.from_pretrained, and compares its logits on one sequence of token ids with those of
 --merged (GPT-2 folder) loaded alone. Fails (exit 1) if peft reports missing/unexpected adapter keys, if a
@@ -19,7 +19,7 @@ import torch
 from peft import PeftModel
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 
 
 def fail(msg):
@@ -41,7 +41,7 @@ def main():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(a.base), a.adapter)
+            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(a.base), a.adapter)
         except Exception as e:  # e.g. shape mismatch, bad adapter_config.json
             fail(f"peft failed to load the adapter: {type(e).__name__}: {e}")
     for w in caught:  # peft's "Found missing adapter keys ..." is a UserWarning; skip deprecation noise
@@ -69,7 +69,7 @@ def main():
         fail("every lora_B is zero after loading: the adapter is a no-op")
     print(f"peft loaded {len(file_sd)} adapter tensors", file=sys.stderr)
 
-    merged = GPT2LMHeadModel.from_pretrained(a.merged).eval()
+    merged = AutoModelForCausalLM.from_pretrained(a.merged).eval()
     with torch.no_grad():
         peft_logits = model(input_ids=x).logits[0]
         merged_logits = merged(input_ids=x).logits[0]

@@ -115,7 +115,7 @@ impl BertConfig {
 }
 
 fn linear(vs: nn::Path, n_in: i64, n_out: i64, std: f64, lora: Option<&LoraConfig>) -> Proj {
-    Proj::new(vs, n_in, n_out, Layout::OutIn, nn::Init::Randn { mean: 0.0, stdev: std }, lora)
+    Proj::new(vs, n_in, n_out, Layout::OutIn, nn::Init::Randn { mean: 0.0, stdev: std }, true, lora)
 }
 
 fn ln(vs: nn::Path, cfg: &BertConfig) -> nn::LayerNorm {

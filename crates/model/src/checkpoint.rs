@@ -1,10 +1,13 @@
 //! Model folders: `model.safetensors` + `config.json` (Hugging Face format where
 //! an HF architecture matches) + `tokenizer.json`, written atomically; loading
-//! dispatches on `config.json`'s `model_type` (`gpt2`, `bert`, `forja-lstm`).
+//! dispatches on `config.json`'s `model_type` (`gpt2`, `llama`, `qwen2`, `bert`,
+//! `forja-lstm`; `forja-gpt2` / `forja-llama` for decoders with settings
+//! Hugging Face's classes lack).
 //! Weights load only from safetensors (no code runs on load).
 
 use crate::bert::{Bert, BertConfig, BertMlmHead, BERT_MODEL_TYPE};
-use crate::gpt::{Activation, Gpt, GptConfig};
+use crate::gpt::{Gpt, GptConfig};
+pub use crate::hf::{hf_config_json, HfGpt2Config, HfLlamaConfig, DECODER_TYPES};
 use crate::lm::LanguageModel;
 use crate::lstm::{LstmConfig, LstmLm, LSTM_MODEL_TYPE};
 use anyhow::{bail, Context};
@@ -17,130 +20,6 @@ use tch::{nn, Device, Tensor};
 pub const WEIGHTS: &str = "model.safetensors";
 pub const CONFIG: &str = "config.json";
 pub const TOKENIZER: &str = "tokenizer.json";
-
-/// `config.json` as Hugging Face's `GPT2Config` reads and writes it. Fields that
-/// Hugging Face leaves out take its defaults; other fields are ignored, and the
-/// ones that would change the computation are checked in [`HfGpt2Config::to_gpt`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HfGpt2Config {
-    pub model_type: String,
-    #[serde(default)]
-    pub architectures: Vec<String>,
-    pub vocab_size: i64,
-    pub n_positions: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n_ctx: Option<i64>,
-    pub n_embd: i64,
-    pub n_layer: i64,
-    pub n_head: i64,
-    /// Inner MLP width; `None` means 4 × `n_embd` (the only width forja builds).
-    #[serde(default)]
-    pub n_inner: Option<i64>,
-    #[serde(default = "hf_gpt2_activation")]
-    pub activation_function: String,
-    #[serde(default = "hf_gpt2_dropout")]
-    pub resid_pdrop: f64,
-    #[serde(default = "hf_gpt2_dropout")]
-    pub embd_pdrop: f64,
-    #[serde(default = "hf_gpt2_dropout")]
-    pub attn_pdrop: f64,
-    #[serde(default = "hf_gpt2_eps")]
-    pub layer_norm_epsilon: f64,
-    #[serde(default = "hf_gpt2_init")]
-    pub initializer_range: f64,
-    #[serde(default = "yes")]
-    pub tie_word_embeddings: bool,
-    #[serde(default = "yes")]
-    pub scale_attn_weights: bool,
-    #[serde(default)]
-    pub scale_attn_by_inverse_layer_idx: bool,
-    #[serde(default = "hf_float32", alias = "dtype")]
-    pub torch_dtype: String,
-    /// `<|endoftext|>` when the tokenizer has it, else null.
-    #[serde(default)]
-    pub bos_token_id: Option<u32>,
-    #[serde(default)]
-    pub eos_token_id: Option<u32>,
-}
-
-fn hf_gpt2_activation() -> String {
-    "gelu_new".into()
-}
-fn hf_gpt2_dropout() -> f64 {
-    0.1
-}
-fn hf_gpt2_eps() -> f64 {
-    1e-5
-}
-fn hf_gpt2_init() -> f64 {
-    0.02
-}
-fn yes() -> bool {
-    true
-}
-fn hf_float32() -> String {
-    "float32".into()
-}
-
-impl From<&GptConfig> for HfGpt2Config {
-    fn from(c: &GptConfig) -> Self {
-        Self {
-            model_type: "gpt2".into(),
-            architectures: vec!["GPT2LMHeadModel".into()],
-            vocab_size: c.vocab_size,
-            n_positions: c.block_size,
-            n_ctx: Some(c.block_size),
-            n_embd: c.n_embd,
-            n_layer: c.n_layer,
-            n_head: c.n_head,
-            n_inner: None,
-            activation_function: c.activation.hf_name().into(),
-            resid_pdrop: c.dropout,
-            embd_pdrop: c.dropout,
-            attn_pdrop: c.dropout,
-            layer_norm_epsilon: c.layer_norm_epsilon,
-            initializer_range: 0.02,
-            tie_word_embeddings: true,
-            scale_attn_weights: true,
-            scale_attn_by_inverse_layer_idx: false,
-            torch_dtype: "float32".into(),
-            bos_token_id: None,
-            eos_token_id: None,
-        }
-    }
-}
-
-impl HfGpt2Config {
-    pub fn to_gpt(&self) -> anyhow::Result<GptConfig> {
-        if self.model_type != "gpt2" {
-            bail!("model_type `{}` is not supported (expected `gpt2`)", self.model_type);
-        }
-        let activation = match self.activation_function.as_str() {
-            "gelu" => Activation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluNew,
-            other => bail!("activation_function `{other}` is not supported (gelu, gelu_new)"),
-        };
-        if let Some(inner) = self.n_inner.filter(|&n| n != 4 * self.n_embd) {
-            bail!("n_inner {inner} is not supported (forja's MLP is 4 × n_embd = {})", 4 * self.n_embd);
-        }
-        if !self.tie_word_embeddings {
-            bail!("tie_word_embeddings = false is not supported (forja's GPT ties its head to wte)");
-        }
-        if !self.scale_attn_weights || self.scale_attn_by_inverse_layer_idx {
-            bail!("attention scaling other than 1/sqrt(head_dim) is not supported");
-        }
-        Ok(GptConfig {
-            vocab_size: self.vocab_size,
-            block_size: self.n_positions,
-            n_layer: self.n_layer,
-            n_head: self.n_head,
-            n_embd: self.n_embd,
-            dropout: self.resid_pdrop,
-            layer_norm_epsilon: self.layer_norm_epsilon,
-            activation,
-        })
-    }
-}
 
 /// Parses a device name: `cpu`, `cuda`, `cuda:N`.
 pub fn parse_device(name: &str) -> anyhow::Result<Device> {
@@ -164,8 +43,7 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
 /// Writes the model's files into `dir` (which must exist).
 pub fn write_model_files(dir: &Path, vs: &nn::VarStore, cfg: &GptConfig, tokenizer: &Tokenizer) -> anyhow::Result<()> {
     let eot = tokenizer.token_to_id(forja_tokenizer::EOT);
-    let hf = HfGpt2Config { bos_token_id: eot, eos_token_id: eot, ..HfGpt2Config::from(cfg) };
-    write_folder(dir, vs, &hf, tokenizer)
+    write_folder(dir, vs, &hf_config_json(cfg, eot, eot), tokenizer)
 }
 
 /// Writes weights (safetensors), `config.json` and `tokenizer.json` into `dir`.
@@ -187,6 +65,11 @@ fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, what: &str) -> anyhow::
     serde_json::from_str(&text).with_context(|| format!("{}: not a {what} config", path.display()))
 }
 
+/// Whether `model_type` is a decoder forja builds as a [`Gpt`] (GPT-2 or the Llama family).
+pub fn is_decoder(model_type: &str) -> bool {
+    DECODER_TYPES.contains(&model_type)
+}
+
 /// `model_type` of a model folder's `config.json`.
 pub fn model_type(dir: &Path) -> anyhow::Result<String> {
     #[derive(Deserialize)]
@@ -196,10 +79,10 @@ pub fn model_type(dir: &Path) -> anyhow::Result<String> {
     Ok(read_json::<Head>(dir, "model")?.model_type)
 }
 
-/// Reads `config.json` of a GPT model folder.
+/// Reads `config.json` of a decoder model folder (GPT-2 or the Llama family).
 pub fn read_config(dir: &Path) -> anyhow::Result<GptConfig> {
-    let hf: HfGpt2Config = read_json(dir, "GPT-2")?;
-    hf.to_gpt().with_context(|| dir.join(CONFIG).display().to_string())
+    let raw: serde_json::Value = read_json(dir, "model")?;
+    crate::hf::gpt_config(&raw).with_context(|| dir.join(CONFIG).display().to_string())
 }
 
 /// Reads `config.json` of a BERT model folder.
@@ -300,7 +183,7 @@ impl AnyModel {
 
     pub fn model_type(&self) -> &'static str {
         match self {
-            AnyModel::Gpt(_) => "gpt2",
+            AnyModel::Gpt(g) => crate::hf::model_type(&g.cfg),
             AnyModel::Bert(_) => BERT_MODEL_TYPE,
             AnyModel::Lstm(_) => LSTM_MODEL_TYPE,
         }
@@ -314,15 +197,24 @@ pub struct LoadedModel {
     pub tokenizer: Tokenizer,
 }
 
-/// The `model_type`s forja builds.
-pub const MODEL_TYPES: [&str; 3] = ["gpt2", BERT_MODEL_TYPE, LSTM_MODEL_TYPE];
+/// The `model_type`s forja builds: the decoders ([`DECODER_TYPES`]), BERT and the LSTM.
+pub const MODEL_TYPES: [&str; 8] = [
+    DECODER_TYPES[0],
+    DECODER_TYPES[1],
+    DECODER_TYPES[2],
+    DECODER_TYPES[3],
+    DECODER_TYPES[4],
+    DECODER_TYPES[5],
+    BERT_MODEL_TYPE,
+    LSTM_MODEL_TYPE,
+];
 
 /// Builds the model a folder describes under `vs` (random weights; a BERT gets
 /// its masked-LM head when `weights` hold one).
 fn build_model(dir: &Path, model_type: &str, vs: &nn::VarStore, weights: &Weights) -> anyhow::Result<AnyModel> {
     let root = vs.root();
     Ok(match model_type {
-        "gpt2" => AnyModel::Gpt(Gpt::new(&root, &read_config(dir)?)?),
+        t if DECODER_TYPES.contains(&t) => AnyModel::Gpt(Gpt::new(&root, &read_config(dir)?)?),
         BERT_MODEL_TYPE => {
             let cfg = read_bert_config(dir)?;
             let bert = Bert::new(&(&root / "bert"), &cfg, None)?;

@@ -67,8 +67,8 @@ impl BertClassifier {
         let init = nn::Init::Randn { mean: 0.0, stdev: b.initializer_range };
         let bert = Bert::new(&(vs / "bert"), b, lora)?;
         Ok(Self {
-            pooler: Dense::new(vs / "bert" / "pooler" / "dense", b.hidden_size, b.hidden_size, Layout::OutIn, init),
-            classifier: Dense::new(vs / "classifier", b.hidden_size, n, Layout::OutIn, init),
+            pooler: Dense::new(vs / "bert" / "pooler" / "dense", b.hidden_size, b.hidden_size, Layout::OutIn, init, true),
+            classifier: Dense::new(vs / "classifier", b.hidden_size, n, Layout::OutIn, init, true),
             dropout: b.hidden_dropout_prob,
             bert,
         })

@@ -6,7 +6,7 @@
 //! trainers hand their variables here.
 
 use crate::chat::{self, ChatTemplate};
-use crate::checkpoint::{HfGpt2Config, CONFIG, TOKENIZER, WEIGHTS};
+use crate::checkpoint::{hf_config_json, CONFIG, TOKENIZER, WEIGHTS};
 use crate::classifier::ClassifierConfig;
 use crate::layers::{merge_lora, Layout, LoraConfig};
 use crate::peft::{self, ADAPTER_DIR};
@@ -34,18 +34,15 @@ pub struct ChatExport<'a> {
 pub fn write_chat_model(dir: &Path, vs: &nn::VarStore, e: &ChatExport) -> anyhow::Result<()> {
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
+    let layout = e.cfg.arch.layout();
     if let Some(l) = e.lora {
-        peft::write_adapter(&dir.join(ADAPTER_DIR), &named, l, e.base)?;
-        named = merge_lora(named, l.alpha / l.rank as f64, Layout::InOut)?;
+        peft::write_adapter(&dir.join(ADAPTER_DIR), &named, l, e.base, layout)?;
+        named = merge_lora(named, l.alpha / l.rank as f64, layout)?;
     }
     let weights = dir.join(WEIGHTS);
     Tensor::write_safetensors(&named, &weights).with_context(|| format!("writing {}", weights.display()))?;
     let eot = e.tokenizer.token_to_id(&e.template.end_of_turn);
-    let hf = HfGpt2Config {
-        bos_token_id: e.tokenizer.token_to_id(forja_tokenizer::EOT).or(eot),
-        eos_token_id: eot,
-        ..HfGpt2Config::from(e.cfg)
-    };
+    let hf = hf_config_json(e.cfg, e.tokenizer.token_to_id(forja_tokenizer::EOT).or(eot), eot);
     std::fs::write(dir.join(CONFIG), serde_json::to_string_pretty(&hf)?)?;
     e.tokenizer.save(&dir.join(TOKENIZER))?;
     e.counts.write(dir)?;
@@ -60,20 +57,21 @@ const KEPT: [&str; 4] = [CONFIG, TOKENIZER, chat::TOKENIZER_CONFIG, forja_core::
 /// alone in the PEFT layout under `adapter/`. Variables of heads outside the
 /// GPT (a value head) are left out.
 pub fn write_policy(dir: &Path, vs: &nn::VarStore, base: &Path, lora: Option<&LoraConfig>) -> anyhow::Result<()> {
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, _)| n.starts_with("transformer.")).collect();
+    let arch = crate::checkpoint::read_config(base)?.arch;
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, _)| arch.owns(n)).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(l) = lora {
-        peft::write_adapter(&dir.join(ADAPTER_DIR), &named, l, base)?;
+        peft::write_adapter(&dir.join(ADAPTER_DIR), &named, l, base, arch.layout())?;
     }
-    write_merged(dir, named, lora)?;
+    write_merged(dir, named, lora, arch.layout())?;
     copy_kept(base, dir)
 }
 
-/// Writes GPT variables as `model.safetensors`, LoRA adapters merged into
-/// their (`[in, out]`) base weights.
-fn write_merged(dir: &Path, mut named: Vec<(String, Tensor)>, lora: Option<&LoraConfig>) -> anyhow::Result<()> {
+/// Writes decoder variables as `model.safetensors`, LoRA adapters merged into
+/// their base weights (of `layout`).
+fn write_merged(dir: &Path, mut named: Vec<(String, Tensor)>, lora: Option<&LoraConfig>, layout: Layout) -> anyhow::Result<()> {
     if let Some(l) = lora {
-        named = merge_lora(named, l.alpha / l.rank as f64, Layout::InOut)?;
+        named = merge_lora(named, l.alpha / l.rank as f64, layout)?;
     }
     Tensor::write_safetensors(&named, dir.join(WEIGHTS))?;
     Ok(())
@@ -113,6 +111,9 @@ pub fn write_classifier(
 pub const REWARD_SCORE: &str = "score.weight";
 /// The architecture written into a GPT reward model's `config.json`.
 pub const REWARD_ARCHITECTURE: &str = "GPT2ForSequenceClassification";
+/// The same for the Llama family's blocks.
+const LLAMA_REWARD: &str = "LlamaForSequenceClassification";
+const QWEN2_REWARD: &str = "Qwen2ForSequenceClassification";
 /// The label of a reward model's one output.
 pub const REWARD_LABEL: &str = "LABEL_0";
 
@@ -138,13 +139,14 @@ pub fn write_reward(dir: &Path, vs: &nn::VarStore, export: &RewardExport, lora: 
         RewardExport::Bert { cfg, tok } => return write_classifier(dir, vs, cfg, lora, tok),
         RewardExport::Gpt { base, pad } => (base, pad),
     };
+    let arch = crate::checkpoint::read_config(base)?.arch;
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    write_merged(dir, named, lora)?;
+    write_merged(dir, named, lora, arch.layout())?;
     copy_kept(base, dir)?;
     let path = dir.join(CONFIG);
     let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-    cfg["architectures"] = serde_json::json!([REWARD_ARCHITECTURE]);
+    cfg["architectures"] = serde_json::json!([crate::hf::classifier_architecture(arch)]);
     cfg["id2label"] = serde_json::json!({"0": REWARD_LABEL});
     cfg["label2id"] = serde_json::json!({REWARD_LABEL: 0});
     cfg["pad_token_id"] = serde_json::json!(pad);
@@ -169,7 +171,7 @@ pub fn reward_head(dir: &Path) -> anyhow::Result<RewardHead> {
     let arch = raw["architectures"].get(0).and_then(|a| a.as_str()).unwrap_or("");
     let labels = raw["id2label"].as_object().map_or(0, |m| m.len());
     match arch {
-        REWARD_ARCHITECTURE => Ok(RewardHead::Gpt { pad: raw["pad_token_id"].as_u64().map(|p| p as u32) }),
+        REWARD_ARCHITECTURE | LLAMA_REWARD | QWEN2_REWARD => Ok(RewardHead::Gpt { pad: raw["pad_token_id"].as_u64().map(|p| p as u32) }),
         SEQUENCE_CLASSIFIER if labels == 1 => Ok(RewardHead::Bert),
         _ => anyhow::bail!(
             "{}: not a reward model (architecture `{arch}` with {labels} label(s); expected `{REWARD_ARCHITECTURE}` or `{SEQUENCE_CLASSIFIER}` with one label)",

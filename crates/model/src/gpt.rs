@@ -20,26 +20,147 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+/// The decoder's block and tensor names: GPT-2's, or the Llama family's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// GPT-2: learned positions, LayerNorm, fused `c_attn` Conv1D, GELU MLP
+    /// (`GPT2LMHeadModel` names).
+    #[default]
+    Gpt2,
+    /// Llama: rotary positions, RMSNorm, SwiGLU MLP, grouped-query attention,
+    /// `nn.Linear` projections without biases (`LlamaForCausalLM` names).
+    Llama,
+    /// Qwen2: Llama with biases on the query, key and value projections
+    /// (`Qwen2ForCausalLM`).
+    Qwen2,
+}
+
+impl Arch {
+    /// Hugging Face's `model_type`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Gpt2 => "gpt2",
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+
+    /// Whether the block is the Llama family's.
+    pub fn is_llama(self) -> bool {
+        self != Self::Gpt2
+    }
+
+    /// The prefix of the decoder's own tensors (`transformer.` or `model.`;
+    /// an untied head is `lm_head.weight` in both).
+    pub fn prefix(self) -> &'static str {
+        if self.is_llama() {
+            "model."
+        } else {
+            "transformer."
+        }
+    }
+
+    /// Weight layout of the projections (GPT-2's Conv1D or `nn.Linear`).
+    pub fn layout(self) -> Layout {
+        if self.is_llama() {
+            Layout::OutIn
+        } else {
+            Layout::InOut
+        }
+    }
+
+    /// Whether variable `name` is one of the decoder's own (not a value or
+    /// reward head's): under [`Self::prefix`], or the untied `lm_head.weight`.
+    pub fn owns(self, name: &str) -> bool {
+        name.starts_with(self.prefix()) || name == "lm_head.weight"
+    }
+
+    /// The token-embedding tensor's name.
+    pub fn embedding_name(self) -> &'static str {
+        if self.is_llama() {
+            "model.embed_tokens.weight"
+        } else {
+            "transformer.wte.weight"
+        }
+    }
+
+    /// `lora` with GPT-2's projection names translated to this block's: on a
+    /// Llama, `c_attn` is `q_proj`, `k_proj`, `v_proj`; `c_proj` is `o_proj` and
+    /// `down_proj`; `c_fc` is `gate_proj` and `up_proj` (so one setting means the
+    /// same on both blocks).
+    pub fn resolve_lora(self, lora: &LoraConfig) -> LoraConfig {
+        if !self.is_llama() {
+            return lora.clone();
+        }
+        let mut targets: Vec<String> = Vec::new();
+        for t in &lora.targets {
+            let names: &[&str] = match t.as_str() {
+                "c_attn" => &["q_proj", "k_proj", "v_proj"],
+                "c_proj" => &["o_proj", "down_proj"],
+                "c_fc" => &["gate_proj", "up_proj"],
+                other => &[other][..],
+            };
+            targets.extend(names.iter().map(|n| n.to_string()).filter(|n| !targets.contains(n)).collect::<Vec<_>>());
+        }
+        LoraConfig { targets, ..lora.clone() }
+    }
+
+    /// The projection names LoRA may target.
+    pub fn lora_targets(self) -> &'static [&'static str] {
+        if self.is_llama() {
+            &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        } else {
+            &["c_attn", "c_proj", "c_fc"]
+        }
+    }
+}
+
 /// Model hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GptConfig {
+    /// The block and tensor names (`gpt2`, `llama`, `qwen2`).
+    pub arch: Arch,
     /// Vocabulary size; taken from the tokenizer when 0.
     pub vocab_size: i64,
-    /// Context length (GPT-2's `n_positions`).
+    /// Context length (GPT-2's `n_positions`, Llama's `max_position_embeddings`).
     pub block_size: i64,
     pub n_layer: i64,
     pub n_head: i64,
     pub n_embd: i64,
+    /// Key/value heads of grouped-query attention (0: `n_head`, plain multi-head).
+    pub n_kv_head: i64,
+    /// Width of one head (0: `n_embd / n_head`).
+    pub head_dim: i64,
+    /// Width of the MLP's hidden layer (0: 4 × `n_embd`; a gated MLP: 8/3 ×
+    /// `n_embd` rounded up to a multiple of 16, about the same parameters).
+    pub intermediate_size: i64,
     /// Dropout on embeddings, attention and residual branches.
     pub dropout: f64,
+    /// Epsilon of the LayerNorms (GPT-2) or RMSNorms (Llama).
     pub layer_norm_epsilon: f64,
-    /// GELU of the MLP: exact (`gelu`) or the tanh approximation GPT-2 itself
-    /// uses (`gelu_new`, Hugging Face's default for `gpt2`).
-    pub activation: Activation,
+    /// The MLP's activation (unset: `gelu` for GPT-2, `silu` for Llama). A
+    /// Llama MLP is gated (SwiGLU with `silu`) except with `relu2`, which is
+    /// modded-nanogpt's ungated ReLU² (`up_proj`, `down_proj`).
+    pub activation: Option<Activation>,
+    /// Base of the rotary embeddings (Llama).
+    pub rope_theta: f64,
+    /// Output head tied to the token embeddings (false: its own `lm_head.weight`).
+    pub tie_word_embeddings: bool,
+    /// Biases on all four attention projections (Llama's `attention_bias`).
+    pub attention_bias: bool,
+    /// RMSNorm of queries and keys per head before the rotary embedding
+    /// (Qwen3's `q_norm` / `k_norm`; speedrun option, Llama block only).
+    pub qk_norm: bool,
+    /// Logits soft-capped as `c · tanh(logits / c)` (0: off; speedrun option).
+    pub logit_softcap: f64,
+    /// Output projections of attention and MLP start at zero, so every block
+    /// starts as the identity (speedrun option).
+    pub zero_init_proj: bool,
 }
 
-/// The MLP's activation, named as Hugging Face's `activation_function`.
+/// The MLP's activation, named as Hugging Face's `activation_function` / `hidden_act`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
@@ -48,6 +169,10 @@ pub enum Activation {
     Gelu,
     /// GELU's tanh approximation (GPT-2's original).
     GeluNew,
+    /// SiLU (Llama's SwiGLU gate).
+    Silu,
+    /// ReLU squared (Primer; modded-nanogpt's MLP), ungated.
+    Relu2,
 }
 
 impl Activation {
@@ -56,14 +181,17 @@ impl Activation {
         match self {
             Self::Gelu => "gelu",
             Self::GeluNew => "gelu_new",
+            Self::Silu => "silu",
+            Self::Relu2 => "relu2",
         }
     }
 
-    /// libtorch's `approximate` argument of `gelu`.
-    fn approximate(self) -> &'static str {
+    fn apply(self, x: &Tensor) -> Tensor {
         match self {
-            Self::Gelu => "none",
-            Self::GeluNew => "tanh",
+            Self::Gelu => x.gelu("none"),
+            Self::GeluNew => x.gelu("tanh"),
+            Self::Silu => x.silu(),
+            Self::Relu2 => x.relu().square(),
         }
     }
 }
@@ -71,14 +199,24 @@ impl Activation {
 impl Default for GptConfig {
     fn default() -> Self {
         Self {
+            arch: Arch::Gpt2,
             vocab_size: 0,
             block_size: 64,
             n_layer: 4,
             n_head: 4,
             n_embd: 128,
+            n_kv_head: 0,
+            head_dim: 0,
+            intermediate_size: 0,
             dropout: 0.0,
             layer_norm_epsilon: 1e-5,
-            activation: Activation::Gelu,
+            activation: None,
+            rope_theta: 10_000.0,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            qk_norm: false,
+            logit_softcap: 0.0,
+            zero_init_proj: false,
         }
     }
 }
@@ -88,28 +226,119 @@ impl GptConfig {
         anyhow::ensure!(self.vocab_size > 0, "vocab_size must be > 0");
         anyhow::ensure!(self.block_size > 0, "block_size must be > 0");
         anyhow::ensure!(self.n_layer > 0 && self.n_head > 0, "n_layer and n_head must be > 0");
+        anyhow::ensure!(self.n_embd > 0, "n_embd must be > 0");
+        if self.head_dim == 0 {
+            anyhow::ensure!(
+                self.n_embd % self.n_head == 0,
+                "n_embd ({}) must be a multiple of n_head ({}) (or set head_dim)",
+                self.n_embd,
+                self.n_head
+            );
+        }
+        anyhow::ensure!(self.head_dim >= 0 && self.n_kv_head >= 0, "head_dim and n_kv_head must be ≥ 0");
         anyhow::ensure!(
-            self.n_embd > 0 && self.n_embd % self.n_head == 0,
-            "n_embd ({}) must be a positive multiple of n_head ({})",
-            self.n_embd,
-            self.n_head
+            self.n_head % self.kv_heads() == 0,
+            "n_head ({}) must be a multiple of n_kv_head ({})",
+            self.n_head,
+            self.kv_heads()
         );
         anyhow::ensure!((0.0..1.0).contains(&self.dropout), "dropout must be in [0, 1)");
+        anyhow::ensure!(self.logit_softcap >= 0.0, "logit_softcap must be ≥ 0 (0: off)");
+        if self.arch.is_llama() {
+            anyhow::ensure!(self.head_dim() % 2 == 0, "head_dim ({}) must be even for rotary embeddings", self.head_dim());
+            anyhow::ensure!(self.rope_theta > 0.0, "rope_theta must be > 0");
+            anyhow::ensure!(
+                matches!(self.act(), Activation::Silu | Activation::Relu2),
+                "activation `{}` is not supported by the Llama block (silu, relu2)",
+                self.act().hf_name()
+            );
+        } else {
+            anyhow::ensure!(self.kv_heads() == self.n_head, "n_kv_head (grouped-query attention) needs arch = \"llama\"");
+            anyhow::ensure!(self.head_dim() * self.n_head == self.n_embd, "head_dim other than n_embd / n_head needs arch = \"llama\"");
+            anyhow::ensure!(!self.qk_norm, "qk_norm needs arch = \"llama\"");
+            anyhow::ensure!(!self.attention_bias, "attention_bias is a Llama setting (GPT-2's projections always have biases)");
+            anyhow::ensure!(self.act() != Activation::Silu, "activation `silu` needs arch = \"llama\"");
+        }
         Ok(())
     }
 
-    /// Parameter count (tied embeddings counted once).
+    /// Key/value heads.
+    pub fn kv_heads(&self) -> i64 {
+        if self.n_kv_head == 0 {
+            self.n_head
+        } else {
+            self.n_kv_head
+        }
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> i64 {
+        if self.head_dim == 0 {
+            self.n_embd / self.n_head.max(1)
+        } else {
+            self.head_dim
+        }
+    }
+
+    /// The MLP's activation.
+    pub fn act(&self) -> Activation {
+        self.activation.unwrap_or(if self.arch.is_llama() { Activation::Silu } else { Activation::Gelu })
+    }
+
+    /// Whether the MLP is gated (`down(act(gate x) · up x)`).
+    pub fn gated(&self) -> bool {
+        self.arch.is_llama() && self.act() != Activation::Relu2
+    }
+
+    /// Width of the MLP's hidden layer.
+    pub fn mlp_width(&self) -> i64 {
+        match self.intermediate_size {
+            0 if self.gated() => (8 * self.n_embd / 3 + 15) / 16 * 16,
+            0 => 4 * self.n_embd,
+            n => n,
+        }
+    }
+
+    /// Whether the model uses a setting Hugging Face's class for its
+    /// `model_type` cannot express (its folder is then forja's own).
+    pub fn beyond_hf(&self) -> Option<&'static str> {
+        if self.qk_norm {
+            Some("qk_norm")
+        } else if self.logit_softcap > 0.0 {
+            Some("logit_softcap")
+        } else if self.act() == Activation::Relu2 {
+            Some("activation relu2")
+        } else {
+            None
+        }
+    }
+
+    /// Parameter count (a tied head counted once).
     pub fn n_params(&self) -> i64 {
-        let (c, l) = (self.n_embd, self.n_layer);
-        let block = 2 * 2 * c + (c * 3 * c + 3 * c) + (c * c + c) + (c * 4 * c + 4 * c) + (4 * c * c + c);
-        self.vocab_size * c + self.block_size * c + l * block + 2 * c
+        let (c, l, hd, w) = (self.n_embd, self.n_layer, self.head_dim(), self.mlp_width());
+        let (q, kv) = (self.n_head * hd, self.kv_heads() * hd);
+        let llama = self.arch.is_llama();
+        let norm = if llama { c } else { 2 * c };
+        let attn_bias = match self.arch {
+            Arch::Gpt2 => q + 2 * kv + c,
+            Arch::Qwen2 => q + 2 * kv,
+            Arch::Llama if self.attention_bias => q + 2 * kv + c,
+            Arch::Llama => 0,
+        };
+        let attn = c * (q + 2 * kv) + q * c + attn_bias + if self.qk_norm { 2 * hd } else { 0 };
+        let mlp = if self.gated() { 3 * c * w } else { 2 * c * w } + if llama { 0 } else { w + c };
+        let block = 2 * norm + attn + mlp;
+        let positions = if llama { 0 } else { self.block_size * c };
+        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * c };
+        self.vocab_size * c + positions + l * block + norm + head
     }
 
     /// Training FLOPs per token (PaLM appendix B, as nanoGPT's `estimate_mfu`):
-    /// 6 N + 12 L T C.
+    /// 6 N + 12 L T C (N without position embeddings).
     pub fn flops_per_token(&self) -> f64 {
-        let n = (self.n_params() - self.block_size * self.n_embd) as f64;
-        6.0 * n + 12.0 * (self.n_layer * self.block_size * self.n_embd) as f64
+        let positions = if self.arch.is_llama() { 0 } else { self.block_size * self.n_embd };
+        let n = (self.n_params() - positions) as f64;
+        6.0 * n + 12.0 * (self.n_layer * self.block_size * self.n_head * self.head_dim()) as f64
     }
 }
 
@@ -149,39 +378,207 @@ enum KeyMask<'a> {
     Full(&'a Tensor),
 }
 
+/// A normalisation over the last dimension, computed in float32 (autocast
+/// keeps norms in float32): GPT-2's LayerNorm or Llama's RMSNorm.
 #[derive(Debug)]
-struct Attention {
-    c_attn: Proj,
-    c_proj: Proj,
-    n_head: i64,
-    dropout: f64,
+enum Norm {
+    Layer(nn::LayerNorm),
+    Rms { weight: Tensor, eps: f64 },
 }
 
-fn conv1d(vs: nn::Path, n_in: i64, n_out: i64, std: f64, lora: Option<&LoraConfig>) -> Proj {
-    Proj::new(vs, n_in, n_out, Layout::InOut, nn::Init::Randn { mean: 0.0, stdev: std }, lora)
+impl Norm {
+    fn new(vs: nn::Path, dim: i64, cfg: &GptConfig) -> Self {
+        if cfg.arch.is_llama() {
+            Norm::Rms { weight: vs.var("weight", &[dim], nn::Init::Const(1.0)), eps: cfg.layer_norm_epsilon }
+        } else {
+            let ln_cfg = nn::LayerNormConfig { eps: cfg.layer_norm_epsilon, ..Default::default() };
+            Norm::Layer(nn::layer_norm(vs, vec![dim], ln_cfg))
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        match self {
+            Norm::Layer(ln) => layer_norm(ln, x),
+            Norm::Rms { weight, eps } => {
+                // Hugging Face's LlamaRMSNorm: x / sqrt(mean(x²) + eps), then the weight.
+                let x = x.to_kind(Kind::Float);
+                let inv = (x.square().mean_dim(-1, true, Kind::Float) + *eps).rsqrt();
+                weight * (x * inv)
+            }
+        }
+    }
+}
+
+/// Rotary position embeddings (Su et al. 2021) in Hugging Face's rotate-half
+/// layout: the first and second halves of a head are the pairs rotated.
+#[derive(Debug)]
+struct Rope {
+    /// `[block_size, head_dim]` each.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// The rotation of one forward pass's positions: `[b or 1, 1, t, head_dim]`.
+struct RopeAt {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(cfg: &GptConfig, device: tch::Device) -> Self {
+        let hd = cfg.head_dim();
+        let exps = Tensor::arange_start_step(0, hd, 2, (Kind::Float, device)) / hd as f64;
+        let inv_freq = Tensor::from(cfg.rope_theta).to_device(device).pow(&exps).reciprocal(); // [hd/2]
+        let pos = Tensor::arange(cfg.block_size, (Kind::Float, device));
+        let freqs = pos.outer(&inv_freq); // [block, hd/2]
+        let emb = Tensor::cat(&[&freqs, &freqs], 1); // [block, hd]
+        Self { cos: emb.cos(), sin: emb.sin() }
+    }
+
+    /// # Shapes
+    /// `positions`: `[t]` or `[b, t]` → `[1 or b, 1, t, head_dim]`
+    fn at(&self, positions: &Tensor) -> RopeAt {
+        let size = positions.size();
+        let (b, t) = if size.len() == 2 { (size[0], size[1]) } else { (1, size[0]) };
+        let flat = positions.reshape([-1]);
+        let pick = |table: &Tensor| table.index_select(0, &flat).view([b, 1, t, -1]);
+        RopeAt { cos: pick(&self.cos), sin: pick(&self.sin) }
+    }
+}
+
+impl RopeAt {
+    /// `x · cos + rotate_half(x) · sin` over `[b, heads, t, head_dim]`.
+    fn apply(&self, x: &Tensor) -> Tensor {
+        let half = x.size()[3] / 2;
+        let rotated = Tensor::cat(&[&x.narrow(3, half, half).neg(), &x.narrow(3, 0, half)], 3);
+        let (cos, sin) = (self.cos.to_kind(x.kind()), self.sin.to_kind(x.kind()));
+        x * cos + rotated * sin
+    }
+}
+
+/// Keys and values of `kv` heads repeated for the `h` query heads (grouped-query
+/// attention, as Hugging Face's `repeat_kv`).
+///
+/// # Shapes
+/// `[b, kv, t, hd]` → `[b, h, t, hd]`
+pub(crate) fn repeat_kv(x: &Tensor, h: i64) -> Tensor {
+    let (b, kv, t, hd) = (x.size()[0], x.size()[1], x.size()[2], x.size()[3]);
+    if kv == h {
+        return x.shallow_clone();
+    }
+    x.unsqueeze(2).expand([b, kv, h / kv, t, hd], false).reshape([b, h, t, hd])
+}
+
+/// The query, key and value projections: GPT-2's one fused Conv1D, or three.
+#[derive(Debug)]
+enum Qkv {
+    Fused(Proj),
+    Split { q: Proj, k: Proj, v: Proj },
+}
+
+/// The settings of a projection of the decoder.
+struct ProjInit<'a> {
+    layout: Layout,
+    std: f64,
+    bias: bool,
+    lora: Option<&'a LoraConfig>,
+}
+
+fn proj(vs: nn::Path, n_in: i64, n_out: i64, p: &ProjInit) -> Proj {
+    let init = if p.std == 0.0 { nn::Init::Const(0.0) } else { nn::Init::Randn { mean: 0.0, stdev: p.std } };
+    Proj::new(vs, n_in, n_out, p.layout, init, p.bias, p.lora)
+}
+
+/// Initialisation of a decoder's projections: N(0, 0.02); GPT-2 scales the
+/// residual outputs by 1/sqrt(2 n_layer); `zero_init_proj` zeroes them.
+fn proj_inits<'a>(cfg: &GptConfig, lora: Option<&'a LoraConfig>) -> (ProjInit<'a>, ProjInit<'a>) {
+    let layout = cfg.arch.layout();
+    let gpt2 = !cfg.arch.is_llama();
+    let out_std = if cfg.zero_init_proj {
+        0.0
+    } else if gpt2 {
+        0.02 / (2.0 * cfg.n_layer as f64).sqrt()
+    } else {
+        0.02
+    };
+    (ProjInit { layout, std: 0.02, bias: gpt2, lora }, ProjInit { layout, std: out_std, bias: gpt2, lora })
+}
+
+#[derive(Debug)]
+struct Attention {
+    qkv: Qkv,
+    out: Proj,
+    n_head: i64,
+    n_kv: i64,
+    head_dim: i64,
+    dropout: f64,
+    /// Per-head RMSNorms of queries and keys (`qk_norm`).
+    qk_norm: Option<(Norm, Norm)>,
+}
+
+/// What a forward pass shares across layers.
+struct Pass<'a> {
+    f: Fwd,
+    rope: Option<&'a RopeAt>,
+    mask: Option<&'a KeyMask<'a>>,
 }
 
 impl Attention {
     fn new(vs: nn::Path, cfg: &GptConfig, lora: Option<&LoraConfig>) -> Self {
         let c = cfg.n_embd;
-        let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
-        Self {
-            c_attn: conv1d(&vs / "c_attn", c, 3 * c, 0.02, lora),
-            c_proj: conv1d(&vs / "c_proj", c, c, proj_std, lora),
-            n_head: cfg.n_head,
-            dropout: cfg.dropout,
+        let (hd, h, kv) = (cfg.head_dim(), cfg.n_head, cfg.kv_heads());
+        let (inner, out) = proj_inits(cfg, lora);
+        let (qkv, out) = if cfg.arch.is_llama() {
+            let qkv_bias = cfg.attention_bias || cfg.arch == Arch::Qwen2;
+            let qkv_init = ProjInit { bias: qkv_bias, ..inner };
+            let split = Qkv::Split {
+                q: proj(&vs / "q_proj", c, h * hd, &qkv_init),
+                k: proj(&vs / "k_proj", c, kv * hd, &qkv_init),
+                v: proj(&vs / "v_proj", c, kv * hd, &qkv_init),
+            };
+            (split, proj(&vs / "o_proj", h * hd, c, &ProjInit { bias: cfg.attention_bias, ..out }))
+        } else {
+            (Qkv::Fused(proj(&vs / "c_attn", c, 3 * c, &inner)), proj(&vs / "c_proj", c, c, &out))
+        };
+        let qk_norm = cfg.qk_norm.then(|| (Norm::new(&vs / "q_norm", hd, cfg), Norm::new(&vs / "k_norm", hd, cfg)));
+        Self { qkv, out, n_head: h, n_kv: kv, head_dim: hd, dropout: cfg.dropout, qk_norm }
+    }
+
+    /// Queries `[b, h, t, hd]`, keys and values `[b, kv, t, hd]` of `x`, the
+    /// queries and keys normed and rotated where the model does so.
+    fn project(&self, x: &Tensor, p: &Pass) -> (Tensor, Tensor, Tensor) {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let heads = |z: &Tensor, n: i64| z.view([b, t, n, self.head_dim]).transpose(1, 2);
+        let (mut q, mut k, v) = match &self.qkv {
+            Qkv::Fused(c_attn) => {
+                let parts = c_attn.forward(x, p.f).split(self.n_head * self.head_dim, 2);
+                (heads(&parts[0], self.n_head), heads(&parts[1], self.n_head), heads(&parts[2], self.n_head))
+            }
+            Qkv::Split { q, k, v } => {
+                (heads(&q.forward(x, p.f), self.n_head), heads(&k.forward(x, p.f), self.n_kv), heads(&v.forward(x, p.f), self.n_kv))
+            }
+        };
+        if let Some((qn, kn)) = &self.qk_norm {
+            let kind = q.kind();
+            (q, k) = (qn.forward(&q).to_kind(kind), kn.forward(&k).to_kind(kind));
         }
+        if let Some(r) = p.rope {
+            (q, k) = (r.apply(&q), r.apply(&k));
+        }
+        (q, k, v)
+    }
+
+    /// Heads `[b, h, t, hd]` back to `[b, t, c]` through the output projection.
+    fn merge(&self, y: &Tensor, f: Fwd) -> Tensor {
+        let (b, t) = (y.size()[0], y.size()[2]);
+        self.out.forward(&y.transpose(1, 2).contiguous().view([b, t, self.n_head * self.head_dim]), f)
     }
 
     /// # Shapes
     /// `x`: `[batch, seq, n_embd]` → `[batch, seq, n_embd]`
-    fn forward(&self, x: &Tensor, f: Fwd, cache: Option<&mut LayerCache>, mask: Option<&KeyMask>) -> Tensor {
-        let (b, t, c) = (x.size()[0], x.size()[1], x.size()[2]);
-        let hd = c / self.n_head;
-        let qkv = self.c_attn.forward(x, f); // [b, t, 3c]
-        let heads = |z: &Tensor| z.view([b, t, self.n_head, hd]).transpose(1, 2); // [b, h, t, hd]
-        let parts = qkv.split(c, 2);
-        let (q, mut k, mut v) = (heads(&parts[0]), heads(&parts[1]), heads(&parts[2]));
+    fn forward(&self, x: &Tensor, p: &Pass, cache: Option<&mut LayerCache>) -> Tensor {
+        let t = x.size()[1];
+        let (q, mut k, mut v) = self.project(x, p);
         let mut past = 0;
         if let Some(cache) = cache {
             if let (Some(pk), Some(pv)) = (&cache.k, &cache.v) {
@@ -192,110 +589,162 @@ impl Attention {
             cache.k = Some(k.shallow_clone());
             cache.v = Some(v.shallow_clone());
         }
-        let p = if f.train { self.dropout } else { 0.0 };
-        let y = match mask {
+        let (k, v) = (repeat_kv(&k, self.n_head), repeat_kv(&v, self.n_head));
+        let dev = x.device();
+        let drop = if p.f.train { self.dropout } else { 0.0 };
+        let y = match p.mask {
             Some(KeyMask::Full(allowed)) => {
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(allowed.shallow_clone()), p, false, None, false)
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(allowed.shallow_clone()), drop, false, None, false)
             }
             Some(KeyMask::Keys(keys)) => {
                 // Causal and key-padding mask; each position also sees itself, so a
                 // padding query never has an empty row (its output is unused).
-                let causal = Tensor::ones([t, past + t], (Kind::Bool, x.device())).tril(past); // [t, past+t]
-                let own = Tensor::eye_m(t, past + t, (Kind::Bool, x.device())).roll([past], [1]);
+                let b = x.size()[0];
+                let causal = Tensor::ones([t, past + t], (Kind::Bool, dev)).tril(past); // [t, past+t]
+                let own = Tensor::eye_m(t, past + t, (Kind::Bool, dev)).roll([past], [1]);
                 let keys = keys.view([b, 1, 1, past + t]);
                 let allowed = causal.logical_and(&keys).logical_or(&own); // [b, 1, t, past+t]
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(allowed), p, false, None, false)
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(allowed), drop, false, None, false)
             }
             // No past: plain causal. One new token: it may see every cached position.
-            None if past == 0 || t == 1 => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, p, past == 0, None, false),
+            None if past == 0 || t == 1 => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, drop, past == 0, None, false),
             None => {
                 // Several new tokens after a past: query i sees keys up to past + i.
-                let causal = Tensor::ones([t, past + t], (Kind::Bool, x.device())).tril(past);
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(causal), p, false, None, false)
+                let causal = Tensor::ones([t, past + t], (Kind::Bool, dev)).tril(past);
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(causal), drop, false, None, false)
             }
         }; // [b, h, t, hd]
-        let y = y.transpose(1, 2).contiguous().view([b, t, c]);
-        self.c_proj.forward(&y, f).dropout(p, f.train)
+        self.merge(&y, p.f).dropout(drop, p.f.train)
+    }
+
+    /// Attention over a slot cache (continuous batching).
+    fn forward_slots(&self, x: &Tensor, p: &Pass, layer: usize, cache: &mut SlotCache, step: &SlotStep) -> Tensor {
+        let (q, k, v) = self.project(x, p);
+        let y = slots::attend(&q, &k, &v, layer, cache, step);
+        self.merge(&y, p.f)
     }
 }
 
-impl Attention {
-    /// Attention over a slot cache (continuous batching).
-    fn forward_slots(&self, x: &Tensor, f: Fwd, layer: usize, cache: &mut SlotCache, step: &SlotStep) -> Tensor {
-        let (b, t, c) = (x.size()[0], x.size()[1], x.size()[2]);
-        let hd = c / self.n_head;
-        let qkv = self.c_attn.forward(x, f); // [b, t, 3c]
-        let heads = |z: &Tensor| z.view([b, t, self.n_head, hd]).transpose(1, 2); // [b, h, t, hd]
-        let parts = qkv.split(c, 2);
-        let y = slots::attend(&heads(&parts[0]), &heads(&parts[1]), &heads(&parts[2]), layer, cache, step);
-        let y = y.transpose(1, 2).contiguous().view([b, t, c]);
-        self.c_proj.forward(&y, f)
-    }
+/// The MLP: `proj(act(fc x))`, or gated `down(act(gate x) · up x)` (SwiGLU).
+#[derive(Debug)]
+enum MlpKind {
+    Plain { fc: Proj, proj: Proj },
+    Gated { gate: Proj, up: Proj, down: Proj },
 }
 
 #[derive(Debug)]
 struct Mlp {
-    c_fc: Proj,
-    c_proj: Proj,
+    kind: MlpKind,
+    llama: bool,
     dropout: f64,
     activation: Activation,
 }
 
 impl Mlp {
     fn new(vs: nn::Path, cfg: &GptConfig, lora: Option<&LoraConfig>) -> Self {
-        let c = cfg.n_embd;
-        let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
-        Self {
-            c_fc: conv1d(&vs / "c_fc", c, 4 * c, 0.02, lora),
-            c_proj: conv1d(&vs / "c_proj", 4 * c, c, proj_std, lora),
-            dropout: cfg.dropout,
-            activation: cfg.activation,
-        }
+        let (c, w) = (cfg.n_embd, cfg.mlp_width());
+        let (inner, out) = proj_inits(cfg, lora);
+        let kind = if cfg.gated() {
+            MlpKind::Gated {
+                gate: proj(&vs / "gate_proj", c, w, &inner),
+                up: proj(&vs / "up_proj", c, w, &inner),
+                down: proj(&vs / "down_proj", w, c, &out),
+            }
+        } else if cfg.arch.is_llama() {
+            MlpKind::Plain { fc: proj(&vs / "up_proj", c, w, &inner), proj: proj(&vs / "down_proj", w, c, &out) }
+        } else {
+            MlpKind::Plain { fc: proj(&vs / "c_fc", c, w, &inner), proj: proj(&vs / "c_proj", w, c, &out) }
+        };
+        Self { kind, llama: cfg.arch.is_llama(), dropout: cfg.dropout, activation: cfg.act() }
     }
 
     fn forward(&self, x: &Tensor, f: Fwd) -> Tensor {
-        let h = self.c_fc.forward(x, f).gelu(self.activation.approximate()); // [b, t, 4c]
-        self.c_proj.forward(&h, f).dropout(self.dropout, f.train)
+        let y = match &self.kind {
+            MlpKind::Plain { fc, proj } => proj.forward(&self.activation.apply(&fc.forward(x, f)), f),
+            MlpKind::Gated { gate, up, down } => down.forward(&(self.activation.apply(&gate.forward(x, f)) * up.forward(x, f)), f),
+        };
+        y.dropout(self.dropout, f.train)
+    }
+
+    /// The projections, with their names under the block's MLP.
+    fn projs(&self) -> Vec<(&'static str, &Proj)> {
+        match &self.kind {
+            MlpKind::Plain { fc, proj } if !self.llama => vec![("c_fc", fc), ("c_proj", proj)],
+            MlpKind::Plain { fc, proj } => vec![("up_proj", fc), ("down_proj", proj)],
+            MlpKind::Gated { gate, up, down } => vec![("gate_proj", gate), ("up_proj", up), ("down_proj", down)],
+        }
     }
 }
 
 #[derive(Debug)]
 struct Block {
-    ln_1: nn::LayerNorm,
+    ln_1: Norm,
     attn: Attention,
-    ln_2: nn::LayerNorm,
+    ln_2: Norm,
     mlp: Mlp,
 }
 
 impl Block {
     fn new(vs: nn::Path, cfg: &GptConfig, lora: Option<&LoraConfig>) -> Self {
-        let ln = |name: &str| {
-            let ln_cfg = nn::LayerNormConfig { eps: cfg.layer_norm_epsilon, ..Default::default() };
-            nn::layer_norm(&vs / name, vec![cfg.n_embd], ln_cfg)
-        };
-        Self { ln_1: ln("ln_1"), attn: Attention::new(&vs / "attn", cfg, lora), ln_2: ln("ln_2"), mlp: Mlp::new(&vs / "mlp", cfg, lora) }
+        let c = cfg.n_embd;
+        if cfg.arch.is_llama() {
+            Self {
+                ln_1: Norm::new(&vs / "input_layernorm", c, cfg),
+                attn: Attention::new(&vs / "self_attn", cfg, lora),
+                ln_2: Norm::new(&vs / "post_attention_layernorm", c, cfg),
+                mlp: Mlp::new(&vs / "mlp", cfg, lora),
+            }
+        } else {
+            Self {
+                ln_1: Norm::new(&vs / "ln_1", c, cfg),
+                attn: Attention::new(&vs / "attn", cfg, lora),
+                ln_2: Norm::new(&vs / "ln_2", c, cfg),
+                mlp: Mlp::new(&vs / "mlp", cfg, lora),
+            }
+        }
     }
 
     /// The residual stream stays float32; branches may compute in bfloat16.
-    fn forward(&self, x: &Tensor, f: Fwd, cache: Option<&mut LayerCache>, mask: Option<&KeyMask>) -> Tensor {
-        let x = x + self.attn.forward(&layer_norm(&self.ln_1, x), f, cache, mask).to_kind(Kind::Float);
-        &x + self.mlp.forward(&layer_norm(&self.ln_2, &x), f).to_kind(Kind::Float)
+    fn forward(&self, x: &Tensor, p: &Pass, cache: Option<&mut LayerCache>) -> Tensor {
+        let x = x + self.attn.forward(&self.ln_1.forward(x), p, cache).to_kind(Kind::Float);
+        &x + self.mlp.forward(&self.ln_2.forward(&x), p.f).to_kind(Kind::Float)
     }
 
-    fn forward_slots(&self, x: &Tensor, f: Fwd, layer: usize, cache: &mut SlotCache, step: &SlotStep) -> Tensor {
-        let x = x + self.attn.forward_slots(&layer_norm(&self.ln_1, x), f, layer, cache, step).to_kind(Kind::Float);
-        &x + self.mlp.forward(&layer_norm(&self.ln_2, &x), f).to_kind(Kind::Float)
+    fn forward_slots(&self, x: &Tensor, p: &Pass, layer: usize, cache: &mut SlotCache, step: &SlotStep) -> Tensor {
+        let x = x + self.attn.forward_slots(&self.ln_1.forward(x), p, layer, cache, step).to_kind(Kind::Float);
+        &x + self.mlp.forward(&self.ln_2.forward(&x), p.f).to_kind(Kind::Float)
+    }
+
+    /// The block's projections, with their names under the block.
+    fn projs(&self) -> Vec<(String, &Proj)> {
+        let llama = matches!(self.attn.qkv, Qkv::Split { .. });
+        let attn = if llama { "self_attn" } else { "attn" };
+        let mut out: Vec<(String, &Proj)> = match &self.attn.qkv {
+            Qkv::Fused(p) => vec![("c_attn".to_string(), p)],
+            Qkv::Split { q, k, v } => vec![("q_proj".into(), q), ("k_proj".into(), k), ("v_proj".into(), v)],
+        }
+        .into_iter()
+        .map(|(n, p)| (format!("{attn}.{n}"), p))
+        .collect();
+        out.push((format!("{attn}.{}", if llama { "o_proj" } else { "c_proj" }), &self.attn.out));
+        out.extend(self.mlp.projs().into_iter().map(|(n, p)| (format!("mlp.{n}"), p)));
+        out
     }
 }
 
-/// The GPT language model.
+/// The decoder language model: GPT-2's block or the Llama family's.
 #[derive(Debug)]
 pub struct Gpt {
     pub cfg: GptConfig,
     wte: nn::Embedding,
-    wpe: nn::Embedding,
+    /// Learned positions (GPT-2).
+    wpe: Option<nn::Embedding>,
+    /// Rotary positions (Llama).
+    rope: Option<Rope>,
     h: Vec<Block>,
-    ln_f: nn::LayerNorm,
+    ln_f: Norm,
+    /// The output head when not tied to `wte`: `[vocab, n_embd]`.
+    lm_head: Option<Tensor>,
     /// Precision of matrix products.
     pub precision: Precision,
     /// Whether LoRA adapters take part in forward passes ([`Gpt::set_adapters`]).
@@ -304,27 +753,39 @@ pub struct Gpt {
 
 impl Gpt {
     /// Creates the model's variables under `vs` (randomly initialised: N(0, 0.02),
-    /// residual projections scaled by 1/sqrt(2 n_layer)).
+    /// GPT-2's residual projections scaled by 1/sqrt(2 n_layer), norms at one).
     pub fn new(vs: &nn::Path, cfg: &GptConfig) -> anyhow::Result<Self> {
         Self::with_lora(vs, cfg, None)
     }
 
     /// As [`Gpt::new`], with LoRA adapters on the projections `lora` targets
-    /// (`c_attn`, `c_proj`, `c_fc`), named `….c_attn.lora_A.weight` / `lora_B`.
+    /// (GPT-2: `c_attn`, `c_proj`, `c_fc`; Llama: `q_proj` … `down_proj`),
+    /// named `….q_proj.lora_A.weight` / `lora_B`.
     pub fn with_lora(vs: &nn::Path, cfg: &GptConfig, lora: Option<&LoraConfig>) -> anyhow::Result<Self> {
         cfg.validate()?;
+        let resolved = lora.map(|l| cfg.arch.resolve_lora(l));
+        let lora = resolved.as_ref();
         if let Some(l) = lora {
             l.validate()?;
+            let known = cfg.arch.lora_targets();
+            if let Some(t) = l.targets.iter().find(|t| !known.contains(&t.rsplit('.').next().unwrap_or(t))) {
+                anyhow::bail!("lora.targets: `{t}` is not a projection of the {} block ({})", cfg.arch.model_type(), known.join(", "));
+            }
         }
-        let t = vs / "transformer";
+        let llama = cfg.arch.is_llama();
+        let t = vs / if llama { "model" } else { "transformer" };
         let emb_cfg = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() };
-        let ln_cfg = nn::LayerNormConfig { eps: cfg.layer_norm_epsilon, ..Default::default() };
+        let (wte, layers, norm) = if llama { ("embed_tokens", "layers", "norm") } else { ("wte", "h", "ln_f") };
+        let lm_head = (!cfg.tie_word_embeddings)
+            .then(|| (vs / "lm_head").var("weight", &[cfg.vocab_size, cfg.n_embd], nn::Init::Randn { mean: 0.0, stdev: 0.02 }));
         Ok(Self {
             cfg: cfg.clone(),
-            wte: nn::embedding(&t / "wte", cfg.vocab_size, cfg.n_embd, emb_cfg),
-            wpe: nn::embedding(&t / "wpe", cfg.block_size, cfg.n_embd, emb_cfg),
-            h: (0..cfg.n_layer).map(|i| Block::new(&t / "h" / i, cfg, lora)).collect(),
-            ln_f: nn::layer_norm(&t / "ln_f", vec![cfg.n_embd], ln_cfg),
+            wte: nn::embedding(&t / wte, cfg.vocab_size, cfg.n_embd, emb_cfg),
+            wpe: (!llama).then(|| nn::embedding(&t / "wpe", cfg.block_size, cfg.n_embd, emb_cfg)),
+            rope: llama.then(|| Rope::new(cfg, vs.device())),
+            h: (0..cfg.n_layer).map(|i| Block::new(&t / layers / i, cfg, lora)).collect(),
+            ln_f: Norm::new(&t / norm, cfg.n_embd, cfg),
+            lm_head,
             precision: Precision::F32,
             adapters: std::sync::atomic::AtomicBool::new(true),
         })
@@ -332,18 +793,14 @@ impl Gpt {
 
     /// The LoRA adapter tensors, `(name, tensor)` (empty without LoRA).
     pub fn lora_params(&self) -> Vec<(String, Tensor)> {
+        let prefix = self.cfg.arch.prefix();
+        let layers = if self.cfg.arch.is_llama() { "layers" } else { "h" };
         let mut out = Vec::new();
         for (i, b) in self.h.iter().enumerate() {
-            let projs = [
-                ("attn.c_attn", &b.attn.c_attn),
-                ("attn.c_proj", &b.attn.c_proj),
-                ("mlp.c_fc", &b.mlp.c_fc),
-                ("mlp.c_proj", &b.mlp.c_proj),
-            ];
-            for (name, p) in projs {
+            for (name, p) in b.projs() {
                 if let Some((a, bt)) = p.lora() {
-                    out.push((format!("transformer.h.{i}.{name}.lora_A.weight"), a.shallow_clone()));
-                    out.push((format!("transformer.h.{i}.{name}.lora_B.weight"), bt.shallow_clone()));
+                    out.push((format!("{prefix}{layers}.{i}.{name}.lora_A.weight"), a.shallow_clone()));
+                    out.push((format!("{prefix}{layers}.{i}.{name}.lora_B.weight"), bt.shallow_clone()));
                 }
             }
         }
@@ -361,7 +818,19 @@ impl Gpt {
         Fwd { adapters: self.adapters.load(std::sync::atomic::Ordering::Relaxed), ..Fwd::new(train, self.precision) }
     }
 
-    /// Final hidden states (after `ln_f`), float32.
+    /// The embedded input and the rotation of its positions: learned position
+    /// embeddings added (GPT-2), or rotary ones for the attention (Llama).
+    ///
+    /// # Shapes
+    /// `tokens`: `[b, t, c]`, `positions`: `[t]` or `[b, t]`
+    fn embed(&self, tokens: Tensor, positions: &Tensor) -> (Tensor, Option<RopeAt>) {
+        match &self.wpe {
+            Some(wpe) => (tokens + wpe.forward(positions), None),
+            None => (tokens, self.rope.as_ref().map(|r| r.at(positions))),
+        }
+    }
+
+    /// Final hidden states (after the final norm), float32.
     ///
     /// # Shapes
     /// `idx`: `[batch, seq]` (i64, past + seq ≤ block_size) → `[batch, seq, n_embd]`
@@ -369,13 +838,14 @@ impl Gpt {
         let past = cache.as_ref().map_or(0, |c| c.len());
         let (_, t) = check_ids(idx, past, self.cfg.block_size)?;
         let pos = Tensor::arange_start(past, past + t, (Kind::Int64, idx.device()));
-        let f = self.fwd(train);
-        let mut x = (self.wte.forward(idx) + self.wpe.forward(&pos)).dropout(self.cfg.dropout, train); // [b, t, c]
+        let (x, rope) = self.embed(self.wte.forward(idx), &pos);
+        let mut x = x.dropout(self.cfg.dropout, train); // [b, t, c]
+        let pass = Pass { f: self.fwd(train), rope: rope.as_ref(), mask: None };
         for (i, block) in self.h.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(&x, f, layer_cache, None);
+            x = block.forward(&x, &pass, layer_cache);
         }
-        Ok(layer_norm(&self.ln_f, &x))
+        Ok(self.ln_f.forward(&x))
     }
 
     /// Token embeddings (the rows of `wte`) of `idx`: what [`Gpt::logits_from_embeds`]
@@ -408,12 +878,12 @@ impl Gpt {
             self.cfg.block_size
         );
         let pos = Tensor::arange(size[1], (Kind::Int64, embeds.device()));
-        let f = self.fwd(false);
-        let mut x = embeds + self.wpe.forward(&pos);
+        let (mut x, rope) = self.embed(embeds.shallow_clone(), &pos);
+        let pass = Pass { f: self.fwd(false), rope: rope.as_ref(), mask: None };
         for block in &self.h {
-            x = block.forward(&x, f, None, None);
+            x = block.forward(&x, &pass, None);
         }
-        Ok(self.lm_head(&layer_norm(&self.ln_f, &x)))
+        Ok(self.lm_head(&self.ln_f.forward(&x)))
     }
 
     /// Hidden states of a left-padded batch: `positions` `[batch, seq]` are each
@@ -423,13 +893,13 @@ impl Gpt {
         let (b, t) = check_ids(idx, past, self.cfg.block_size)?;
         anyhow::ensure!(positions.size() == [b, t], "positions must be [{b}, {t}], got {:?}", positions.size());
         anyhow::ensure!(key_mask.size() == [b, past + t], "key mask must be [{b}, {}], got {:?}", past + t, key_mask.size());
-        let f = self.fwd(false);
         let mask = KeyMask::Keys(key_mask);
-        let mut x = self.wte.forward(idx) + self.wpe.forward(positions); // [b, t, c]
+        let (mut x, rope) = self.embed(self.wte.forward(idx), positions); // [b, t, c]
+        let pass = Pass { f: self.fwd(false), rope: rope.as_ref(), mask: Some(&mask) };
         for (i, block) in self.h.iter().enumerate() {
-            x = block.forward(&x, f, Some(&mut cache.layers[i]), Some(&mask));
+            x = block.forward(&x, &pass, Some(&mut cache.layers[i]));
         }
-        Ok(layer_norm(&self.ln_f, &x))
+        Ok(self.ln_f.forward(&x))
     }
 
     /// Hidden states of packed rows: several examples per row, `positions`
@@ -444,12 +914,14 @@ impl Gpt {
         let same = segments.unsqueeze(2).eq_tensor(&segments.unsqueeze(1)); // [b, t, t]
         let causal = Tensor::ones([t, t], (Kind::Bool, idx.device())).tril(0);
         let allowed = same.logical_and(&causal).unsqueeze(1); // [b, 1, t, t]
-        let f = self.fwd(train);
-        let mut x = (self.wte.forward(idx) + self.wpe.forward(positions)).dropout(self.cfg.dropout, train); // [b, t, c]
+        let mask = KeyMask::Full(&allowed);
+        let (x, rope) = self.embed(self.wte.forward(idx), positions);
+        let mut x = x.dropout(self.cfg.dropout, train); // [b, t, c]
+        let pass = Pass { f: self.fwd(train), rope: rope.as_ref(), mask: Some(&mask) };
         for block in &self.h {
-            x = block.forward(&x, f, None, Some(&KeyMask::Full(&allowed)));
+            x = block.forward(&x, &pass, None);
         }
-        Ok(layer_norm(&self.ln_f, &x))
+        Ok(self.ln_f.forward(&x))
     }
 
     /// Final hidden state of the last token of each row of a continuous-batching
@@ -460,23 +932,29 @@ impl Gpt {
     /// `rows`: b rows → `[b, n_embd]`
     pub fn hidden_slots(&self, rows: &[SlotRow], cache: &mut SlotCache) -> anyhow::Result<Tensor> {
         let (step, idx, positions, last) = slots::plan(rows, cache, self.device())?;
-        let f = self.fwd(false);
-        let mut x = self.wte.forward(&idx) + self.wpe.forward(&positions); // [b, t, c]
+        let (mut x, rope) = self.embed(self.wte.forward(&idx), &positions); // [b, t, c]
+        let pass = Pass { f: self.fwd(false), rope: rope.as_ref(), mask: None };
         for (i, block) in self.h.iter().enumerate() {
-            x = block.forward_slots(&x, f, i, cache, &step);
+            x = block.forward_slots(&x, &pass, i, cache, &step);
         }
         let c = self.cfg.n_embd;
         let last = x.gather(1, &last.view([-1, 1, 1]).expand([-1, 1, c], false), false).squeeze_dim(1); // [b, c]
-        Ok(layer_norm(&self.ln_f, &last))
+        Ok(self.ln_f.forward(&last))
     }
 
-    /// Next-token logits from hidden states (the tied embedding), float32.
+    /// Next-token logits from hidden states (the tied embedding or the
+    /// untied head; soft-capped when `logit_softcap` is set), float32.
     ///
     /// # Shapes
     /// `[batch, seq, n_embd]` → `[batch, seq, vocab]`
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
         let f = self.fwd(false);
-        f.cast(hidden).matmul(&f.cast(&self.wte.ws).tr()).to_kind(Kind::Float)
+        let head = self.lm_head.as_ref().unwrap_or(&self.wte.ws);
+        let logits = f.cast(hidden).matmul(&f.cast(head).tr()).to_kind(Kind::Float);
+        match self.cfg.logit_softcap {
+            cap if cap > 0.0 => (logits / cap).tanh() * cap,
+            _ => logits,
+        }
     }
 
     /// Logits for every position.

@@ -103,13 +103,14 @@ pub struct Dense {
 }
 
 impl Dense {
-    pub fn new(vs: nn::Path, n_in: i64, n_out: i64, layout: Layout, init: nn::Init) -> Self {
+    /// A projection at `vs` (`weight`, and `bias` when `bias`).
+    pub fn new(vs: nn::Path, n_in: i64, n_out: i64, layout: Layout, init: nn::Init, bias: bool) -> Self {
         let shape = match layout {
             Layout::InOut => [n_in, n_out],
             Layout::OutIn => [n_out, n_in],
         };
         let weight = vs.var("weight", &shape, init);
-        let bias = Some(vs.var("bias", &[n_out], nn::Init::Const(0.0)));
+        let bias = bias.then(|| vs.var("bias", &[n_out], nn::Init::Const(0.0)));
         Self { weight, bias, layout }
     }
 
@@ -161,10 +162,11 @@ pub enum Proj {
 }
 
 impl Proj {
-    /// A projection at `vs`; with a LoRA adapter when `lora` targets this path.
-    pub fn new(vs: nn::Path, n_in: i64, n_out: i64, layout: Layout, init: nn::Init, lora: Option<&LoraConfig>) -> Self {
+    /// A projection at `vs` (with a bias when `bias`); with a LoRA adapter
+    /// when `lora` targets this path.
+    pub fn new(vs: nn::Path, n_in: i64, n_out: i64, layout: Layout, init: nn::Init, bias: bool, lora: Option<&LoraConfig>) -> Self {
         let path = vs.components().collect::<Vec<_>>().join(".");
-        let base = Dense::new(vs.clone(), n_in, n_out, layout, init);
+        let base = Dense::new(vs.clone(), n_in, n_out, layout, init, bias);
         match lora {
             Some(cfg) if cfg.targets_path(&path) => {
                 // PEFT's initialisation: A Kaiming-uniform (a = sqrt 5), B zero.

@@ -1,6 +1,8 @@
 //! forja-model: models on libtorch.
 //!
-//! - [`gpt`]: the decoder-only Transformer (GPT-2 layout, HF-compatible names);
+//! - [`gpt`]: the decoder-only Transformer, GPT-2's block or the Llama family's
+//!   (rotary, RMSNorm, SwiGLU, grouped-query attention), HF-compatible names;
+//! - [`hf`]: a decoder's `config.json` as Hugging Face's classes read it;
 //! - [`bert`]: the encoder (HF `BertModel` names), its masked-LM head, mean pooling;
 //! - [`classifier`]: BERT sequence classifier (`BertForSequenceClassification` layout);
 //! - [`lstm`]: the recurrent language-model baseline;
@@ -28,6 +30,7 @@ pub mod classifier;
 pub mod export;
 pub mod generate;
 pub mod gpt;
+pub mod hf;
 pub mod layers;
 pub mod lm;
 pub mod lstm;
@@ -38,7 +41,7 @@ pub use bert::{mean_pool, Bert, BertConfig, BertMlmHead};
 pub use checkpoint::{load_gpt, load_model, parse_device, save_model, AnyModel, LoadedModel};
 pub use classifier::{BertClassifier, ClassifierConfig};
 pub use generate::{generate, generate_batch, Generated, SamplingConfig};
-pub use gpt::{Gpt, GptConfig, KvCache};
+pub use gpt::{Activation, Arch, Gpt, GptConfig, KvCache};
 pub use layers::{merge_lora, Layout, LoraConfig, Precision};
 pub use lm::LanguageModel;
 pub use lstm::{LstmConfig, LstmLm};

@@ -1,7 +1,7 @@
 //! A KV cache of fixed slots for continuous batching: sequences join and leave a
 //! running batch between decoding steps, each in a slot of its own.
 //!
-//! Every layer keeps keys and values as `[slots, head, block + 1, head_dim]`;
+//! Every layer keeps keys and values as `[slots, kv_head, block + 1, head_dim]`;
 //! position `block` is a scratch row that padding writes into, so a step may mix
 //! rows of different lengths (a prefill of several prompts, or one new token per
 //! running sequence) without touching any real entry. A step's queries see their
@@ -23,8 +23,8 @@ impl SlotCache {
     /// A cache of `slots` sequences of up to `model.cfg.block_size` tokens.
     pub fn new(model: &Gpt, slots: usize) -> Self {
         let c = &model.cfg;
-        let (h, hd) = (c.n_head, c.n_embd / c.n_head);
-        let shape = [slots as i64, h, c.block_size + 1, hd];
+        // Grouped-query attention keeps only the key/value heads.
+        let shape = [slots as i64, c.kv_heads(), c.block_size + 1, c.head_dim()];
         let zeros = || Tensor::zeros(shape, (Kind::Float, model.device()));
         Self {
             k: (0..c.n_layer).map(|_| zeros()).collect(),
@@ -109,9 +109,9 @@ pub(crate) fn plan(rows: &[SlotRow], cache: &SlotCache, device: Device) -> anyho
 /// values, then attends over the rows' slots.
 ///
 /// # Shapes
-/// `q`, `k`, `v`: `[b, h, t, hd]` → `[b, h, t, hd]`
+/// `q`: `[b, h, t, hd]`, `k`, `v`: `[b, kv, t, hd]` → `[b, h, t, hd]`
 pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, layer: usize, cache: &mut SlotCache, step: &SlotStep) -> Tensor {
-    let (b, h, t, hd) = (q.size()[0], q.size()[1], q.size()[2], q.size()[3]);
+    let (b, h, t, hd) = (k.size()[0], k.size()[1], k.size()[2], k.size()[3]);
     let flat = |z: &Tensor| z.transpose(1, 2).reshape([b * t, h, hd]).to_kind(Kind::Float); // [b*t, h, hd]
     let index = [Some(step.write_slot.shallow_clone()), None, Some(step.write_pos.shallow_clone())];
     let _ = cache.k[layer].index_put_(&index, &flat(k), false);
@@ -121,7 +121,8 @@ pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, layer: usize, cache: &m
             Some(first) => c.narrow(0, first, b),
             None => c.index_select(0, &step.slots),
         };
-        rows.narrow(2, 0, step.keys).to_kind(q.kind()) // [b, h, keys, hd]
+        let rows = rows.narrow(2, 0, step.keys).to_kind(q.kind()); // [b, kv, keys, hd]
+        crate::gpt::repeat_kv(&rows, q.size()[1])
     };
     let (keys, values) = (read(&cache.k[layer]), read(&cache.v[layer]));
     Tensor::scaled_dot_product_attention(q, &keys, &values, Some(step.allowed.shallow_clone()), 0.0, false, None, false)

@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 use forja_model::generate::sample;
 use forja_model::{
-    generate, generate_batch, load_model, save_model, AnyModel, Gpt, GptConfig, KvCache, LoraConfig, Precision, SamplingConfig, SlotCache,
-    SlotRow,
+    generate, generate_batch, load_model, save_model, Activation, AnyModel, Arch, Gpt, GptConfig, KvCache, LoraConfig, Precision,
+    SamplingConfig, SlotCache, SlotRow,
 };
 use forja_tokenizer::char_tokenizer;
 use rand::SeedableRng;
@@ -19,6 +19,14 @@ fn tiny() -> GptConfig {
         layer_norm_epsilon: 1e-5,
         ..Default::default()
     }
+}
+
+/// GPT-2's block, the Llama block (grouped-query attention, untied head), and
+/// the Llama block with the speedrun's QK-norm, ReLU² and soft-capped logits.
+fn variants() -> Vec<GptConfig> {
+    let llama = GptConfig { arch: Arch::Llama, n_head: 4, n_kv_head: 2, n_embd: 16, tie_word_embeddings: false, ..tiny() };
+    let speedrun = GptConfig { qk_norm: true, activation: Some(Activation::Relu2), logit_softcap: 15.0, ..llama.clone() };
+    vec![tiny(), llama, speedrun]
 }
 
 fn model(cfg: &GptConfig) -> (nn::VarStore, Gpt) {
@@ -44,33 +52,37 @@ fn forward_gives_one_logit_row_per_position() {
 
 #[test]
 fn changing_a_future_token_leaves_earlier_logits_unchanged() {
-    let (_vs, m) = model(&tiny());
-    let a = ids(&[1, 2, 3, 4, 5, 6]);
-    let b = ids(&[1, 2, 3, 9, 5, 6]);
-    let la = m.forward(&a, false, None).unwrap();
-    let lb = m.forward(&b, false, None).unwrap();
-    let before = |l: &Tensor| l.narrow(1, 0, 3);
-    assert!(before(&la).allclose(&before(&lb), 0.0, 0.0, false), "positions 0..3 must not see position 3");
-    let after = |l: &Tensor| l.narrow(1, 3, 3);
-    assert!(!after(&la).allclose(&after(&lb), 1e-6, 1e-6, false), "positions 3.. must see it");
+    for cfg in variants() {
+        let (_vs, m) = model(&cfg);
+        let a = ids(&[1, 2, 3, 4, 5, 6]);
+        let b = ids(&[1, 2, 3, 9, 5, 6]);
+        let la = m.forward(&a, false, None).unwrap();
+        let lb = m.forward(&b, false, None).unwrap();
+        let before = |l: &Tensor| l.narrow(1, 0, 3);
+        assert!(before(&la).allclose(&before(&lb), 0.0, 0.0, false), "positions 0..3 must not see position 3");
+        let after = |l: &Tensor| l.narrow(1, 3, 3);
+        assert!(!after(&la).allclose(&after(&lb), 1e-6, 1e-6, false), "positions 3.. must see it");
+    }
 }
 
 #[test]
 fn kv_cache_decoding_matches_the_full_forward() {
-    let (_vs, m) = model(&tiny());
-    let _guard = tch::no_grad_guard();
-    let seq = [3i64, 1, 4, 1, 5, 9, 2, 6];
-    let full = m.forward(&ids(&seq), false, None).unwrap();
-    let mut cache = KvCache::new(2);
-    let mut rows = vec![m.forward(&ids(&seq[..3]), false, Some(&mut cache)).unwrap()];
-    let multi = m.forward(&ids(&seq[3..5]), false, Some(&mut cache)).unwrap(); // several tokens after a past
-    rows.push(multi);
-    for &t in &seq[5..] {
-        rows.push(m.forward(&ids(&[t]), false, Some(&mut cache)).unwrap());
+    for cfg in variants() {
+        let (_vs, m) = model(&cfg);
+        let _guard = tch::no_grad_guard();
+        let seq = [3i64, 1, 4, 1, 5, 9, 2, 6];
+        let full = m.forward(&ids(&seq), false, None).unwrap();
+        let mut cache = KvCache::new(cfg.n_layer);
+        let mut rows = vec![m.forward(&ids(&seq[..3]), false, Some(&mut cache)).unwrap()];
+        let multi = m.forward(&ids(&seq[3..5]), false, Some(&mut cache)).unwrap(); // several tokens after a past
+        rows.push(multi);
+        for &t in &seq[5..] {
+            rows.push(m.forward(&ids(&[t]), false, Some(&mut cache)).unwrap());
+        }
+        assert_eq!(cache.len(), 8);
+        let incremental = Tensor::cat(&rows, 1);
+        assert!(full.allclose(&incremental, 1e-5, 1e-5, false));
     }
-    assert_eq!(cache.len(), 8);
-    let incremental = Tensor::cat(&rows, 1);
-    assert!(full.allclose(&incremental, 1e-5, 1e-5, false));
 }
 
 #[test]
@@ -154,11 +166,13 @@ fn a_sequence_longer_than_the_context_is_an_error_naming_the_limit() {
 
 #[test]
 fn hidden_states_and_the_head_compose_to_the_logits() {
-    let (_vs, m) = model(&tiny());
-    let x = ids(&[1, 2, 3, 4]);
-    let h = m.hidden(&x, false, None).unwrap();
-    assert_eq!(h.size(), vec![1, 4, 8]);
-    assert!(m.lm_head(&h).allclose(&m.forward(&x, false, None).unwrap(), 0.0, 0.0, false));
+    for cfg in variants() {
+        let (_vs, m) = model(&cfg);
+        let x = ids(&[1, 2, 3, 4]);
+        let h = m.hidden(&x, false, None).unwrap();
+        assert_eq!(h.size(), vec![1, 4, cfg.n_embd]);
+        assert!(m.lm_head(&h).allclose(&m.forward(&x, false, None).unwrap(), 0.0, 0.0, false));
+    }
 }
 
 #[test]
@@ -195,40 +209,44 @@ fn lora_starts_as_the_identity_with_the_expected_parameter_count() {
 
 #[test]
 fn batched_generation_matches_one_at_a_time_and_returns_log_probabilities() {
-    let (_vs, m) = model(&tiny());
-    let greedy = SamplingConfig { temperature: 0.0, max_new_tokens: 6, ..Default::default() };
-    let prompts = vec![vec![1u32, 2, 3], vec![4u32], vec![5u32, 6]];
-    let batch = generate_batch(&m, &prompts, &[], &greedy).unwrap();
-    for (p, g) in prompts.iter().zip(&batch) {
-        let single = generate(&m, p, None, &greedy).unwrap();
-        assert_eq!(g.tokens, single, "prompt {p:?}: left padding must not change the continuation");
-        assert_eq!(g.logprobs.len(), g.tokens.len());
-        // The log-probability of each token: the model's, at that point.
-        let mut seq: Vec<i64> = p.iter().map(|&t| t as i64).collect();
-        for (&t, &lp) in g.tokens.iter().zip(&g.logprobs) {
-            let logits = m.forward(&ids(&seq), false, None).unwrap().select(1, -1).log_softmax(-1, Kind::Float);
-            assert!((logits.double_value(&[0, t as i64]) - lp as f64).abs() < 1e-4);
-            seq.push(t as i64);
+    for cfg in variants() {
+        let (_vs, m) = model(&cfg);
+        let greedy = SamplingConfig { temperature: 0.0, max_new_tokens: 6, ..Default::default() };
+        let prompts = vec![vec![1u32, 2, 3], vec![4u32], vec![5u32, 6]];
+        let batch = generate_batch(&m, &prompts, &[], &greedy).unwrap();
+        for (p, g) in prompts.iter().zip(&batch) {
+            let single = generate(&m, p, None, &greedy).unwrap();
+            assert_eq!(g.tokens, single, "prompt {p:?}: left padding must not change the continuation");
+            assert_eq!(g.logprobs.len(), g.tokens.len());
+            // The log-probability of each token: the model's, at that point.
+            let mut seq: Vec<i64> = p.iter().map(|&t| t as i64).collect();
+            for (&t, &lp) in g.tokens.iter().zip(&g.logprobs) {
+                let logits = m.forward(&ids(&seq), false, None).unwrap().select(1, -1).log_softmax(-1, Kind::Float);
+                assert!((logits.double_value(&[0, t as i64]) - lp as f64).abs() < 1e-4);
+                seq.push(t as i64);
+            }
         }
+        // A stop token ends a row.
+        let stop = batch[0].tokens[1];
+        let stopped = generate_batch(&m, &prompts[..1], &[stop], &greedy).unwrap();
+        assert!(stopped[0].stopped && stopped[0].tokens.len() < 6 && !stopped[0].tokens.contains(&stop));
+        let full = generate_batch(&m, &[vec![1; 16]], &[], &greedy);
+        assert!(full.unwrap_err().to_string().contains("context of 16"));
     }
-    // A stop token ends a row.
-    let stop = batch[0].tokens[1];
-    let stopped = generate_batch(&m, &prompts[..1], &[stop], &greedy).unwrap();
-    assert!(stopped[0].stopped && stopped[0].tokens.len() < 6 && !stopped[0].tokens.contains(&stop));
-    let full = generate_batch(&m, &[vec![1; 16]], &[], &greedy);
-    assert!(full.unwrap_err().to_string().contains("context of 16"));
 }
 
 #[test]
 fn bf16_matrix_products_stay_close_to_float32() {
-    let (_vs, mut m) = model(&tiny());
-    let x = ids(&[1, 2, 3, 4, 5, 6]);
-    let f32_logits = m.forward(&x, false, None).unwrap();
-    m.precision = Precision::Bf16;
-    let bf16_logits = m.forward(&x, false, None).unwrap();
-    assert_eq!(bf16_logits.kind(), Kind::Float, "logits come back in float32");
-    let diff = (&f32_logits - &bf16_logits).abs().max().double_value(&[]);
-    assert!(diff > 0.0 && diff < 0.05, "{diff}");
+    for cfg in variants() {
+        let (_vs, mut m) = model(&cfg);
+        let x = ids(&[1, 2, 3, 4, 5, 6]);
+        let f32_logits = m.forward(&x, false, None).unwrap();
+        m.precision = Precision::Bf16;
+        let bf16_logits = m.forward(&x, false, None).unwrap();
+        assert_eq!(bf16_logits.kind(), Kind::Float, "logits come back in float32");
+        let diff = (&f32_logits - &bf16_logits).abs().max().double_value(&[]);
+        assert!(diff > 0.0 && diff < 0.05, "{diff}");
+    }
 }
 
 /// Last-position hidden state of `seq` through the plain forward.
@@ -239,35 +257,39 @@ fn last_hidden(m: &Gpt, seq: &[u32]) -> Tensor {
 
 #[test]
 fn slot_cache_steps_match_the_full_forward_as_sequences_join_and_leave() {
-    let (_vs, m) = model(&tiny());
-    let mut cache = SlotCache::new(&m, 3);
-    let (a, b, c): (Vec<u32>, Vec<u32>, Vec<u32>) = (vec![1, 2, 3, 4, 5], vec![6, 7], vec![9, 8, 7, 6]);
-    // Prefill a and b together (different lengths), in slots 2 and 0.
-    let h = m.hidden_slots(&[SlotRow { slot: 2, start: 0, tokens: &a }, SlotRow { slot: 0, start: 0, tokens: &b }], &mut cache).unwrap();
-    assert!(h.get(0).allclose(&last_hidden(&m, &a), 1e-5, 1e-5, false));
-    assert!(h.get(1).allclose(&last_hidden(&m, &b), 1e-5, 1e-5, false));
-    // One decoding step for both, then c joins in slot 1 while a takes a step.
-    let h =
-        m.hidden_slots(&[SlotRow { slot: 2, start: 5, tokens: &[10] }, SlotRow { slot: 0, start: 2, tokens: &[3] }], &mut cache).unwrap();
-    assert!(h.get(0).allclose(&last_hidden(&m, &[1, 2, 3, 4, 5, 10]), 1e-5, 1e-5, false));
-    assert!(h.get(1).allclose(&last_hidden(&m, &[6, 7, 3]), 1e-5, 1e-5, false));
-    let h = m.hidden_slots(&[SlotRow { slot: 1, start: 0, tokens: &c }], &mut cache).unwrap();
-    assert!(h.get(0).allclose(&last_hidden(&m, &c), 1e-5, 1e-5, false));
-    // b left; slot 0 is reused by a new sequence while a and c decode.
-    let h = m
-        .hidden_slots(
-            &[
-                SlotRow { slot: 2, start: 6, tokens: &[0] },
-                SlotRow { slot: 1, start: 4, tokens: &[2] },
-                SlotRow { slot: 0, start: 0, tokens: &[4, 4, 4] },
-            ],
-            &mut cache,
-        )
-        .unwrap();
-    assert!(h.get(0).allclose(&last_hidden(&m, &[1, 2, 3, 4, 5, 10, 0]), 1e-5, 1e-5, false));
-    assert!(h.get(1).allclose(&last_hidden(&m, &[9, 8, 7, 6, 2]), 1e-5, 1e-5, false));
-    assert!(h.get(2).allclose(&last_hidden(&m, &[4, 4, 4]), 1e-5, 1e-5, false));
-    // A sequence cannot run past the context.
-    let err = m.hidden_slots(&[SlotRow { slot: 0, start: 15, tokens: &[1, 2] }], &mut cache).unwrap_err();
-    assert!(err.to_string().contains("context of 16"), "{err}");
+    for cfg in variants() {
+        let (_vs, m) = model(&cfg);
+        let mut cache = SlotCache::new(&m, 3);
+        let (a, b, c): (Vec<u32>, Vec<u32>, Vec<u32>) = (vec![1, 2, 3, 4, 5], vec![6, 7], vec![9, 8, 7, 6]);
+        // Prefill a and b together (different lengths), in slots 2 and 0.
+        let h =
+            m.hidden_slots(&[SlotRow { slot: 2, start: 0, tokens: &a }, SlotRow { slot: 0, start: 0, tokens: &b }], &mut cache).unwrap();
+        assert!(h.get(0).allclose(&last_hidden(&m, &a), 1e-5, 1e-5, false));
+        assert!(h.get(1).allclose(&last_hidden(&m, &b), 1e-5, 1e-5, false));
+        // One decoding step for both, then c joins in slot 1 while a takes a step.
+        let h = m
+            .hidden_slots(&[SlotRow { slot: 2, start: 5, tokens: &[10] }, SlotRow { slot: 0, start: 2, tokens: &[3] }], &mut cache)
+            .unwrap();
+        assert!(h.get(0).allclose(&last_hidden(&m, &[1, 2, 3, 4, 5, 10]), 1e-5, 1e-5, false));
+        assert!(h.get(1).allclose(&last_hidden(&m, &[6, 7, 3]), 1e-5, 1e-5, false));
+        let h = m.hidden_slots(&[SlotRow { slot: 1, start: 0, tokens: &c }], &mut cache).unwrap();
+        assert!(h.get(0).allclose(&last_hidden(&m, &c), 1e-5, 1e-5, false));
+        // b left; slot 0 is reused by a new sequence while a and c decode.
+        let h = m
+            .hidden_slots(
+                &[
+                    SlotRow { slot: 2, start: 6, tokens: &[0] },
+                    SlotRow { slot: 1, start: 4, tokens: &[2] },
+                    SlotRow { slot: 0, start: 0, tokens: &[4, 4, 4] },
+                ],
+                &mut cache,
+            )
+            .unwrap();
+        assert!(h.get(0).allclose(&last_hidden(&m, &[1, 2, 3, 4, 5, 10, 0]), 1e-5, 1e-5, false));
+        assert!(h.get(1).allclose(&last_hidden(&m, &[9, 8, 7, 6, 2]), 1e-5, 1e-5, false));
+        assert!(h.get(2).allclose(&last_hidden(&m, &[4, 4, 4]), 1e-5, 1e-5, false));
+        // A sequence cannot run past the context.
+        let err = m.hidden_slots(&[SlotRow { slot: 0, start: 15, tokens: &[1, 2] }], &mut cache).unwrap_err();
+        assert!(err.to_string().contains("context of 16"), "{err}");
+    }
 }

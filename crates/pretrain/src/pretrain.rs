@@ -177,7 +177,14 @@ fn check_init_type(s: &Setup, expected: &str) -> anyhow::Result<()> {
 fn gpt_config(s: &Setup) -> anyhow::Result<GptConfig> {
     let mut model_cfg = s.cfg.model.clone();
     if let Some(init) = &s.inputs.init {
-        check_init_type(s, "gpt2")?;
+        let found = checkpoint::model_type(init)?;
+        anyhow::ensure!(
+            checkpoint::is_decoder(&found),
+            "init model {} is `{found}`, but architecture = {:?} needs a decoder ({})",
+            init.display(),
+            s.cfg.architecture,
+            checkpoint::DECODER_TYPES.join(", ")
+        );
         let init_cfg = checkpoint::read_config(init)?;
         if model_cfg.vocab_size == 0 {
             model_cfg.vocab_size = init_cfg.vocab_size;
@@ -185,7 +192,7 @@ fn gpt_config(s: &Setup) -> anyhow::Result<GptConfig> {
         // The activation is the init model's (an HF GPT-2 uses `gelu_new`).
         model_cfg.activation = init_cfg.activation;
         anyhow::ensure!(
-            GptConfig { dropout: model_cfg.dropout, ..init_cfg.clone() } == model_cfg,
+            GptConfig { dropout: model_cfg.dropout, zero_init_proj: model_cfg.zero_init_proj, ..init_cfg.clone() } == model_cfg,
             "init model {} has config {init_cfg:?}, but this stage asks for {model_cfg:?}",
             init.display()
         );

@@ -10,7 +10,7 @@ use forja_core::stage::{OutDir, StageCtx};
 use forja_core::{Document, EmbeddingRow};
 use forja_model::bert::{Bert, BertConfig, BertMlmHead};
 use forja_model::checkpoint::{write_folder, AnyModel};
-use forja_model::{load_model, save_model, Gpt, GptConfig};
+use forja_model::{load_model, save_model, Arch, Gpt, GptConfig};
 use forja_pretrain::models::{embed_texts, import_model, run_embed, EmbedConfig};
 use forja_train::TrainerConfig;
 use serde_json::Value;
@@ -89,6 +89,95 @@ fn a_forja_gpt_gives_the_logits_of_transformers_gpt2() {
     let d = max_diff(&got, &want);
     eprintln!("GPT logits: max |forja - transformers| = {d:e}");
     assert!(d < 1e-4, "max |forja - transformers| = {d}");
+}
+
+/// A Llama with everything that differs from GPT-2's block at a non-default
+/// value: grouped-query attention, an untied head, `rope_theta`.
+fn llama_cfg() -> GptConfig {
+    GptConfig {
+        arch: Arch::Llama,
+        vocab_size: 40,
+        block_size: 32,
+        n_layer: 2,
+        n_head: 4,
+        n_kv_head: 2,
+        n_embd: 32,
+        intermediate_size: 48,
+        rope_theta: 50_000.0,
+        tie_word_embeddings: false,
+        ..Default::default()
+    }
+}
+
+/// Norm weights away from one, so that a norm applied without its weight shows.
+fn perturb_norms(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            if name.contains("norm") {
+                let _ = t.g_add_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.1));
+            }
+        }
+    });
+}
+
+#[test]
+fn a_forja_llama_gives_the_logits_of_transformers_llama() {
+    let cfg = llama_cfg();
+    tch::manual_seed(11);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Gpt::new(&vs.root(), &cfg).unwrap();
+    perturb_norms(&vs);
+    let dir = tempfile::tempdir().unwrap();
+    save_model(&dir.path().join("m"), &vs, &cfg, &char_tok(39)).unwrap();
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("m/config.json")).unwrap()).unwrap();
+    assert_eq!(written["model_type"], "llama");
+    assert_eq!(written["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(written["num_key_value_heads"], 2);
+    let ids = vec![vec![1i64, 5, 9, 2, 38, 3, 3, 0, 12, 17], vec![4, 4, 4, 7, 8, 1, 2, 39, 30, 31]];
+    let want = tensor(&hf_check("causal", &dir.path().join("m"), &ids)["logits"]);
+    let got = tch::no_grad(|| model.forward(&ids_tensor(&ids), false, None).unwrap());
+    let d = max_diff(&got, &want);
+    eprintln!("Llama logits: max |forja - transformers| = {d:e}");
+    assert!(d < 1e-4, "max |forja - transformers| = {d}");
+}
+
+/// Writes a random `ARCH` model with transformers itself; returns its folder
+/// (with a character tokenizer added) and transformers' logits of `ids`.
+fn hf_random_decoder(arch: &str, dir: &Path, ids: &[Vec<i64>]) -> (PathBuf, Tensor) {
+    let folder = dir.join(arch);
+    let (ids_path, out_path) = (dir.join("ids.json"), dir.join("logits.json"));
+    std::fs::write(&ids_path, serde_json::to_string(ids).unwrap()).unwrap();
+    let python = root().join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .arg(root().join("scripts/checks/hf-random-decoder.py"))
+        .args([arch, folder.to_str().unwrap(), ids_path.to_str().unwrap(), out_path.to_str().unwrap()])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup --test)", python.display()));
+    assert!(out.status.success(), "hf-random-decoder {arch} failed: {}", String::from_utf8_lossy(&out.stderr));
+    char_tok(39).save(&folder.join("tokenizer.json")).unwrap();
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(out_path).unwrap()).unwrap();
+    (folder, tensor(&v["logits"]))
+}
+
+#[test]
+fn a_tiny_llama_and_qwen2_written_by_transformers_import_with_their_logits() {
+    let ids = vec![vec![1i64, 5, 9, 2, 38, 3, 3, 0, 11, 12, 13], vec![4, 4, 4, 7, 8, 1, 2, 39, 0, 1, 2]];
+    for (arch, kind) in [("llama", Arch::Llama), ("qwen2", Arch::Qwen2)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hf_dir, want) = hf_random_decoder(arch, tmp.path(), &ids);
+        let imported = tmp.path().join("imported");
+        assert_eq!(import_model(&hf_dir, &imported).unwrap(), arch);
+        let (_vs, model, _tok) = forja_model::load_gpt(&imported, Device::Cpu).unwrap();
+        assert_eq!(model.cfg.arch, kind);
+        assert_eq!((model.cfg.n_head, model.cfg.kv_heads()), (4, 2), "{arch}: grouped-query attention kept");
+        let got = tch::no_grad(|| model.forward(&ids_tensor(&ids), false, None).unwrap());
+        let d = max_diff(&got, &want);
+        eprintln!("{arch} imported: max |forja - transformers| = {d:e}");
+        assert!(d < 1e-4, "{arch}: max |forja - transformers| = {d}");
+        // forja's own folder of it reads back in transformers to the same logits.
+        let again = tensor(&hf_check("causal", &imported, &ids)["logits"]);
+        assert!(max_diff(&again, &want) < 1e-5, "{arch}: forja's rewrite changed the model");
+    }
 }
 
 #[test]
@@ -294,9 +383,9 @@ fn models_of_the_wrong_kind_or_broken_folders_are_clear_errors() {
     std::fs::copy(minilm().join("tokenizer.json"), empty.join("tokenizer.json")).unwrap();
     let err = format!("{:#}", import_model(&empty, &dir.path().join("o1")).unwrap_err());
     assert!(err.contains("empty/config.json"), "{err}");
-    std::fs::write(empty.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+    std::fs::write(empty.join("config.json"), r#"{"model_type": "mistral"}"#).unwrap();
     let err = format!("{:#}", import_model(&empty, &dir.path().join("o2")).unwrap_err());
-    assert!(err.contains("model_type `llama` is not supported"), "{err}");
+    assert!(err.contains("model_type `mistral` is not supported"), "{err}");
     assert!(!dir.path().join("o2").exists(), "nothing is written for a refused import");
 }
 

@@ -71,7 +71,12 @@ pub fn load_policy(
     precision: Precision,
 ) -> anyhow::Result<Policy> {
     let found = checkpoint::model_type(dir)?;
-    anyhow::ensure!(found == "gpt2", "a GPT model folder is needed; {} is `{found}`", dir.display());
+    anyhow::ensure!(
+        checkpoint::is_decoder(&found),
+        "a decoder model folder is needed ({}); {} is `{found}`",
+        checkpoint::DECODER_TYPES.join(", "),
+        dir.display()
+    );
     let mut cfg = checkpoint::read_config(dir)?;
     if let Some(p) = dropout {
         cfg.dropout = p;

@@ -292,7 +292,7 @@ fn build(cfg: &RewardConfig, base: &Path, device: Device) -> anyhow::Result<Buil
     let kind = checkpoint::model_type(base)?;
     let limit = |ctx: usize| if cfg.max_length == 0 { ctx } else { cfg.max_length.min(ctx) };
     match kind.as_str() {
-        "gpt2" => {
+        k if checkpoint::is_decoder(k) => {
             let Policy { vs, model: gpt, cfg: gpt_cfg, fmt } =
                 common::load_policy(base, device, cfg.lora.as_ref(), cfg.dropout, cfg.train.precision)?;
             let pad = pad_token(&fmt);

@@ -750,8 +750,8 @@ pub fn run_with_hook(
         (None, None) if algo == Algorithm::Grpo => Scorer::Rule { rule: Rule::FinalNumber, token: None },
         (None, None) => anyhow::bail!("no reward: give a reward_model input or set rule (token_share, final_number)"),
     };
-    let n_params: i64 =
-        vs.variables().iter().filter(|(n, _)| n.starts_with("transformer.") && !n.contains(".lora_")).map(|(_, t)| t.numel() as i64).sum();
+    let arch = gpt_cfg.arch;
+    let n_params: i64 = vs.variables().iter().filter(|(n, _)| arch.owns(n) && !n.contains(".lora_")).map(|(_, t)| t.numel() as i64).sum();
     let param_bytes = n_params * 4;
     let reference = if cfg.kl_coef <= 0.0 && algo == Algorithm::Grpo {
         Reference::None

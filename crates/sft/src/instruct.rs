@@ -277,7 +277,12 @@ pub struct Prepared {
 /// its special tokens (growing the vocabulary when needed).
 pub fn prepare(model_dir: &Path, cfg: &SftConfig) -> anyhow::Result<Prepared> {
     let found = checkpoint::model_type(model_dir)?;
-    anyhow::ensure!(found == "gpt2", "sft needs a GPT model folder; {} is `{found}`", model_dir.display());
+    anyhow::ensure!(
+        checkpoint::is_decoder(&found),
+        "sft needs a decoder model folder ({}); {} is `{found}`",
+        checkpoint::DECODER_TYPES.join(", "),
+        model_dir.display()
+    );
     let mut tokenizer = Tokenizer::load(&model_dir.join(TOKENIZER))?;
     let template = match (&cfg.template, chat::read_template(model_dir)?) {
         (Some(src), _) => ChatTemplate::new(src, cfg.end_of_turn.as_deref().unwrap_or(IM_END))?,
@@ -302,7 +307,19 @@ pub fn prepare(model_dir: &Path, cfg: &SftConfig) -> anyhow::Result<Prepared> {
 /// the base vocabulary) set to the mean embedding.
 pub fn base_weights(model_dir: &Path, added: &[u32], vocab: i64) -> anyhow::Result<Weights> {
     let mut w = Weights::read(&model_dir.join(WEIGHTS))?;
-    let name = "transformer.wte.weight";
+    let arch = checkpoint::read_config(model_dir)?.arch;
+    // The token embeddings, and an untied output head's rows likewise.
+    for name in [arch.embedding_name(), "lm_head.weight"] {
+        if name == arch.embedding_name() || w.get(name).is_some() {
+            grow_rows(&mut w, model_dir, name, added, vocab)?;
+        }
+    }
+    Ok(w)
+}
+
+/// Grows the rows of the `[vocab, c]` tensor `name` to `vocab`, new rows and the
+/// rows of `added` tokens set to the mean row.
+fn grow_rows(w: &mut Weights, model_dir: &Path, name: &str, added: &[u32], vocab: i64) -> anyhow::Result<()> {
     let wte = w.get(name).with_context(|| format!("{}: no {name}", model_dir.display()))?.shallow_clone();
     let (old, c) = wte.size2()?;
     let mean = wte.mean_dim([0i64].as_slice(), true, Kind::Float).to_kind(wte.kind()); // [1, c]
@@ -312,7 +329,7 @@ pub fn base_weights(model_dir: &Path, added: &[u32], vocab: i64) -> anyhow::Resu
     }
     grown = grown.contiguous();
     w.insert(name, grown);
-    Ok(w)
+    Ok(())
 }
 
 /// Encodes conversations; over-long or target-less ones become rejects.
