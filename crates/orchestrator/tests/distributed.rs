@@ -167,6 +167,34 @@ fn two_ranks_match_one_process_with_twice_the_accumulation_bit_for_bit() {
     }
 }
 
+/// The pre-training stage of [`write_pipeline`] as a grouped-query Llama
+/// trained by Muon.
+fn llama_muon_pipeline(dir: &Path, name: &str, accum: u64, shard: bool) -> PathBuf {
+    let path = write_pipeline(dir, name, accum, shard, 6, false);
+    let toml = std::fs::read_to_string(&path).unwrap();
+    let gpt = "model = { block_size = 256, n_layer = 2, n_head = 2, n_embd = 32, dropout = 0.1 }";
+    let llama = "model = { arch = \"llama\", block_size = 256, n_layer = 2, n_head = 4, n_kv_head = 2, n_embd = 32, dropout = 0.1 }";
+    assert!(toml.contains(gpt));
+    let toml = toml.replace(gpt, llama).replace("threads = 1\n", "threads = 1\noptim = { kind = \"muon\", lr = 3e-3, muon_lr = 0.02 }\n");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+#[test]
+fn muon_on_a_llama_is_exact_across_ranks_with_its_state_sharded() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = llama_muon_pipeline(dir.path(), "one", 2, false);
+    let sharded = llama_muon_pipeline(dir.path(), "sharded", 1, true);
+    forja_run(&one, 1);
+    forja_run(&sharded, 2);
+    let (a, b) = (stage_dir(dir.path(), "one"), stage_dir(dir.path(), "sharded"));
+    assert!(weights(&a, "lm") == weights(&b, "lm"), "Muon sharded on 2 ranks differs from one process with twice the accumulation");
+    let config = std::fs::read_to_string(a.join("lm/model/config.json")).unwrap();
+    assert!(config.contains("\"model_type\": \"llama\""), "{config}");
+    let report = std::fs::read_to_string(b.join("lm/report.md")).unwrap();
+    assert!(report.contains("(sharded;"), "{report}");
+}
+
 /// The pids of the processes whose parent is `parent` and whose
 /// environment says `RANK=rank`.
 fn rank_pid(parent: u32, rank: usize) -> Option<u32> {

@@ -2,12 +2,12 @@
 use forja_core::artifacts::Artifact;
 use forja_core::stage::{OutDir, StageCtx};
 use forja_core::{MetricRow, TokenRow};
-use forja_model::GptConfig;
+use forja_model::{Arch, GptConfig};
 use forja_pretrain::{Architecture, PretrainConfig, PretrainInputs};
 use forja_tokenizer::char_tokenizer;
 use forja_train::batches::TokenStream;
 use forja_train::TrainerConfig;
-use forja_train::{OptimConfig, TrainSummary};
+use forja_train::{OptimConfig, OptimKind, Schedule, TrainSummary};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
@@ -57,6 +57,16 @@ fn tiny_cfg() -> PretrainConfig {
     }
 }
 
+/// The tiny model as a Llama (grouped-query) trained by Muon on a WSD schedule.
+fn llama_muon_cfg() -> PretrainConfig {
+    let t = tiny_cfg();
+    PretrainConfig {
+        model: GptConfig { arch: Arch::Llama, n_kv_head: 1, ..t.model },
+        train: TrainerConfig { optim: OptimConfig { kind: OptimKind::Muon, schedule: Schedule::Wsd, ..t.train.optim }, ..t.train },
+        ..t
+    }
+}
+
 fn run(cfg: &PretrainConfig, inputs: &PretrainInputs, out: &Path, ctx: &StageCtx) -> anyhow::Result<TrainSummary> {
     forja_pretrain::run(cfg, inputs, &OutDir::new(out), ctx)
 }
@@ -82,38 +92,39 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     let _serial = serial();
     let data = tempfile::tempdir().unwrap();
     let inputs = fixture(data.path());
-    let cfg = tiny_cfg();
+    // GPT-2 with AdamW; a Llama with Muon, its momentum in the checkpoint.
+    for cfg in [tiny_cfg(), llama_muon_cfg()] {
+        let straight = tempfile::tempdir().unwrap();
+        let s = run(&cfg, &inputs, straight.path(), &ctx()).unwrap();
+        assert_eq!((s.steps, s.resumed_from), (9, None));
 
-    let straight = tempfile::tempdir().unwrap();
-    let s = run(&cfg, &inputs, straight.path(), &ctx()).unwrap();
-    assert_eq!((s.steps, s.resumed_from), (9, None));
+        // Killed after step 5: the last checkpoint is step 3, steps 4-5 are lost and redone.
+        let crashed = tempfile::tempdir().unwrap();
+        let err = run_with_hook(&cfg, &inputs, crashed.path(), &ctx(), &mut |step| {
+            if step == 5 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("stopped by hook after step 5"));
+        assert!(!crashed.path().join("model").exists(), "no final model from a crashed run");
+        let r = run(&cfg, &inputs, crashed.path(), &ctx()).unwrap();
+        assert_eq!((r.steps, r.resumed_from), (9, Some(3)));
 
-    // Killed after step 5: the last checkpoint is step 3, steps 4-5 are lost and redone.
-    let crashed = tempfile::tempdir().unwrap();
-    let err = run_with_hook(&cfg, &inputs, crashed.path(), &ctx(), &mut |step| {
-        if step == 5 {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
+        let (a, b) = (weights(straight.path()), weights(crashed.path()));
+        assert_eq!(a.len(), b.len());
+        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+            assert_eq!(na, nb);
+            assert!(ta.equal(tb), "{na} differs after resume");
         }
-    })
-    .unwrap_err();
-    assert!(err.to_string().contains("stopped by hook after step 5"));
-    assert!(!crashed.path().join("model").exists(), "no final model from a crashed run");
-    let r = run(&cfg, &inputs, crashed.path(), &ctx()).unwrap();
-    assert_eq!((r.steps, r.resumed_from), (9, Some(3)));
-
-    let (a, b) = (weights(straight.path()), weights(crashed.path()));
-    assert_eq!(a.len(), b.len());
-    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs after resume");
+        let ma = MetricRow::read(&straight.path().join("metrics.arrow")).unwrap();
+        let mb = MetricRow::read(&crashed.path().join("metrics.arrow")).unwrap();
+        let losses = |m: &[MetricRow]| m.iter().filter(|r| r.name == "batch_loss").map(|r| (r.step, r.value)).collect::<Vec<_>>();
+        assert_eq!(losses(&ma), losses(&mb), "the metrics history is whole and identical");
+        assert!(ma.iter().any(|r| r.name == "loss" && r.split == "val" && r.step == 9));
     }
-    let ma = MetricRow::read(&straight.path().join("metrics.arrow")).unwrap();
-    let mb = MetricRow::read(&crashed.path().join("metrics.arrow")).unwrap();
-    let losses = |m: &[MetricRow]| m.iter().filter(|r| r.name == "batch_loss").map(|r| (r.step, r.value)).collect::<Vec<_>>();
-    assert_eq!(losses(&ma), losses(&mb), "the metrics history is whole and identical");
-    assert!(ma.iter().any(|r| r.name == "loss" && r.split == "val" && r.step == 9));
 }
 
 #[test]

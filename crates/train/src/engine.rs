@@ -160,6 +160,8 @@ pub struct TrainSummary {
     pub threads_per_rank: i32,
     /// AdamW state kept per rank, and what it would be unsharded (bytes).
     pub optimizer_state_bytes: i64,
+    /// The optimizer, in words (`AdamW`, or `Muon (N matrices) + AdamW`).
+    pub optimizer: String,
     pub optimizer_state_unsharded_bytes: i64,
     /// Several ranks: the hash of the trained parameters, checked equal on
     /// every rank at the end.
@@ -328,7 +330,7 @@ impl<'a> Engine<'a> {
     /// An engine over `groups` (parameters of `vs`) for the run `spec`.
     pub fn new(cfg: &'a EngineConfig, vs: &'a mut nn::VarStore, groups: Vec<ParamGroup>, spec: RunSpec<'a>) -> anyhow::Result<Self> {
         anyhow::ensure!(cfg.max_steps > 0 && cfg.grad_accum > 0, "max_steps and grad_accum must be > 0");
-        let mut opt = AdamW::new(groups)?;
+        let mut opt = AdamW::new(ParamGroup::for_optimizer(groups, &cfg.optim))?;
         let dist = forja_dist::current();
         if let Some(d) = dist.filter(|_| cfg.distributed.shard_optimizer) {
             opt.shard(d.rank(), d.world());
@@ -831,6 +833,7 @@ impl<'a> Engine<'a> {
             ranks: self.rank_and_world().1,
             threads_per_rank: tch::get_num_threads(),
             optimizer_state_bytes,
+            optimizer: self.opt.describe(),
             optimizer_state_unsharded_bytes,
             params_hash_all_ranks,
         };

@@ -31,5 +31,5 @@ pub use engine::{
     run_key, Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, Objective, RunSpec, StepOutcome, StepStats, ThreadsGuard,
     TrainSummary,
 };
-pub use optim::{AdamW, OptimConfig, ParamGroup};
+pub use optim::{AdamW, OptimConfig, OptimKind, ParamGroup, Schedule};
 pub use trainer::{ModelWriter, TrainerConfig, TrainerSetup};

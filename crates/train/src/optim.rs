@@ -1,15 +1,55 @@
-//! AdamW whose state is tensors we own (so a checkpoint can hold it), the
-//! warm-up + cosine learning-rate schedule, and gradient clipping.
+//! AdamW whose state is tensors we own (so a checkpoint can hold it), Muon for
+//! the hidden matrices (`optim.kind = "muon"`), the warm-up + cosine or
+//! warm-up–stable–decay learning-rate schedules, and gradient clipping.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
+
+/// Which optimizer updates the hidden matrices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimKind {
+    /// AdamW for every parameter.
+    #[default]
+    AdamW,
+    /// Muon (Jordan et al. 2024) for the 2-D matrices inside the blocks:
+    /// momentum orthogonalised by a Newton–Schulz iteration
+    /// (KellerJordan/Muon's `zeropower_via_newtonschulz5`); AdamW for
+    /// embeddings, the head, norms, biases and LoRA adapters (nanochat's split).
+    Muon,
+}
+
+/// The learning-rate schedule after the warm-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Cosine decay to `min_lr` at the decay step (nanoGPT).
+    #[default]
+    Cosine,
+    /// Warm-up–stable–decay: flat at `lr`, then linear to `min_lr` over the
+    /// last `decay_frac` of the decay steps (modded-nanogpt, nanochat).
+    Wsd,
+}
 
 /// Optimiser settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
-    /// Peak learning rate.
+    /// `adamw`, or `muon` for the hidden matrices (AdamW for the rest).
+    pub kind: OptimKind,
+    /// Peak learning rate (of AdamW's parameters).
     pub lr: f64,
+    /// Peak learning rate of Muon's matrices (scheduled as `lr` is).
+    pub muon_lr: f64,
+    /// Muon's momentum (Nesterov).
+    pub muon_momentum: f64,
+    /// Newton–Schulz iterations per Muon update.
+    pub muon_ns_steps: u32,
+    /// Decoupled weight decay of Muon's matrices.
+    pub muon_weight_decay: f64,
+    pub schedule: Schedule,
+    /// `wsd`: the share of the decay steps spent decaying.
+    pub decay_frac: f64,
     /// Floor of the cosine decay.
     pub min_lr: f64,
     pub warmup_steps: u64,
@@ -27,7 +67,14 @@ pub struct OptimConfig {
 impl Default for OptimConfig {
     fn default() -> Self {
         Self {
+            kind: OptimKind::AdamW,
             lr: 6e-4,
+            muon_lr: 0.02,
+            muon_momentum: 0.95,
+            muon_ns_steps: 5,
+            muon_weight_decay: 0.0,
+            schedule: Schedule::Cosine,
+            decay_frac: 0.3,
             min_lr: 6e-5,
             warmup_steps: 100,
             lr_decay_steps: 0,
@@ -40,14 +87,24 @@ impl Default for OptimConfig {
     }
 }
 
-/// Learning rate at `step`: linear warm-up, cosine decay to `min_lr`, then flat
-/// (nanoGPT's `get_lr`).
+/// Learning rate at `step`: linear warm-up, then cosine decay to `min_lr` at
+/// `decay_steps` (nanoGPT's `get_lr`) or flat and a linear decay over the last
+/// `decay_frac` (`wsd`); `min_lr` after.
 pub fn lr_at(cfg: &OptimConfig, step: u64, decay_steps: u64) -> f64 {
     if step < cfg.warmup_steps {
         return cfg.lr * (step + 1) as f64 / (cfg.warmup_steps + 1) as f64;
     }
     if step > decay_steps || decay_steps <= cfg.warmup_steps {
         return cfg.min_lr;
+    }
+    if cfg.schedule == Schedule::Wsd {
+        let span = (decay_steps - cfg.warmup_steps) as f64;
+        let decay_start = decay_steps as f64 - cfg.decay_frac.clamp(0.0, 1.0) * span;
+        if (step as f64) < decay_start {
+            return cfg.lr;
+        }
+        let ratio = (step as f64 - decay_start) / (decay_steps as f64 - decay_start).max(1.0);
+        return cfg.lr + ratio.min(1.0) * (cfg.min_lr - cfg.lr);
     }
     let ratio = (step - cfg.warmup_steps) as f64 / (decay_steps - cfg.warmup_steps) as f64;
     let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
@@ -65,6 +122,16 @@ pub struct ParamGroup {
     pub lr_scale: f64,
     /// Decoupled weight decay of this group.
     pub weight_decay: f64,
+    /// Updated by Muon (2-D matrices only), not AdamW.
+    pub muon: bool,
+}
+
+/// Whether the parameter `name` of shape `shape` is one of the hidden matrices
+/// Muon updates: 2-D, inside a block (`….h.N.…`, `….layers.N.…`,
+/// `….layer.N.…`), not a LoRA adapter. Embeddings, heads, norms and biases
+/// are not.
+pub fn is_hidden_matrix(name: &str, shape: &[i64]) -> bool {
+    shape.len() == 2 && !name.contains(".lora_") && [".h.", ".layers.", ".layer."].iter().any(|b| name.contains(b))
 }
 
 impl ParamGroup {
@@ -75,8 +142,8 @@ impl ParamGroup {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let (decay, no_decay): (Vec<_>, Vec<_>) = vars.into_iter().partition(|(_, p)| p.dim() >= 2);
         vec![
-            ParamGroup { name: "decay".into(), params: decay, lr_scale: 1.0, weight_decay },
-            ParamGroup { name: "no_decay".into(), params: no_decay, lr_scale: 1.0, weight_decay: 0.0 },
+            ParamGroup { name: "decay".into(), params: decay, lr_scale: 1.0, weight_decay, muon: false },
+            ParamGroup { name: "no_decay".into(), params: no_decay, lr_scale: 1.0, weight_decay: 0.0, muon: false },
         ]
     }
 
@@ -98,14 +165,40 @@ impl ParamGroup {
             }
         }
         vec![
-            ParamGroup { name: "decay".into(), params: decay, lr_scale: 1.0, weight_decay },
-            ParamGroup { name: "no_decay".into(), params: no_decay, lr_scale: 1.0, weight_decay: 0.0 },
+            ParamGroup { name: "decay".into(), params: decay, lr_scale: 1.0, weight_decay, muon: false },
+            ParamGroup { name: "no_decay".into(), params: no_decay, lr_scale: 1.0, weight_decay: 0.0, muon: false },
         ]
+    }
+
+    /// The groups as `cfg.kind` updates them: with Muon, each group's hidden
+    /// matrices ([`is_hidden_matrix`]) move to a Muon group of their own at
+    /// `muon_lr` (relative to `lr`, times the group's own scale) and
+    /// `muon_weight_decay`; the rest stay with AdamW.
+    pub fn for_optimizer(groups: Vec<ParamGroup>, cfg: &OptimConfig) -> Vec<ParamGroup> {
+        if cfg.kind != OptimKind::Muon {
+            return groups;
+        }
+        let mut out = Vec::new();
+        for g in groups {
+            let (muon, adam): (Vec<_>, Vec<_>) = g.params.into_iter().partition(|(n, p)| is_hidden_matrix(n, &p.size()));
+            let muon_scale = if cfg.lr > 0.0 { cfg.muon_lr / cfg.lr } else { 0.0 };
+            if !muon.is_empty() {
+                out.push(ParamGroup {
+                    name: format!("{}.muon", g.name),
+                    params: muon,
+                    lr_scale: g.lr_scale * muon_scale,
+                    weight_decay: cfg.muon_weight_decay,
+                    muon: true,
+                });
+            }
+            out.push(ParamGroup { name: g.name, params: adam, lr_scale: g.lr_scale, weight_decay: g.weight_decay, muon: false });
+        }
+        out
     }
 
     /// Every parameter in one group.
     pub fn all(name: &str, params: Vec<(String, Tensor)>, weight_decay: f64) -> ParamGroup {
-        ParamGroup { name: name.into(), params, lr_scale: 1.0, weight_decay }
+        ParamGroup { name: name.into(), params, lr_scale: 1.0, weight_decay, muon: false }
     }
 }
 
@@ -118,6 +211,8 @@ struct Slot {
     offset: i64,
     numel: i64,
     shape: Vec<i64>,
+    /// Updated by Muon.
+    muon: bool,
 }
 
 /// A group's contiguous range of the flat buffers.
@@ -126,10 +221,12 @@ struct GroupRange {
     numel: i64,
     lr_scale: f64,
     weight_decay: f64,
+    muon: bool,
 }
 
 /// AdamW (Loshchilov & Hutter 2019) as PyTorch computes it, over parameter
-/// groups, on flat buffers: every parameter, gradient and moment is a view into
+/// groups, and Muon for the groups marked so (`m` is then Muon's momentum
+/// buffer), on flat buffers: every parameter, gradient and moment is a view into
 /// one contiguous float32 tensor (groups are contiguous ranges of it), so an
 /// update is a handful of vectorised kernels instead of a few per parameter.
 /// Parameters outside the groups are neither updated nor given state (frozen).
@@ -146,6 +243,22 @@ pub struct AdamW {
     /// ZeRO-1: this rank's index into the parts, and every rank's `(offset, len)`
     /// of the flat parameters; `None`: this rank updates everything.
     shard: Option<(usize, Vec<(i64, i64)>)>,
+}
+
+/// Flat parameters split into `world` parts at the `boundaries` (sorted
+/// offsets where a part may start): each part ends at the boundary nearest to
+/// an equal split (Muon orthogonalises whole matrices, so none is cut).
+pub fn shard_parts_at(total: i64, world: usize, boundaries: &[i64]) -> Vec<(i64, i64)> {
+    let world = world.max(1) as i64;
+    let mut cuts = vec![0i64];
+    for r in 1..world {
+        let ideal = total * r / world;
+        let prev = *cuts.last().unwrap_or(&0);
+        let best = boundaries.iter().copied().filter(|&b| b >= prev).min_by_key(|&b| (b - ideal).abs()).unwrap_or(total);
+        cuts.push(best.min(total));
+    }
+    cuts.push(total);
+    cuts.windows(2).map(|w| (w[0], w[1] - w[0])).collect()
 }
 
 /// Flat parameters split into `world` parts for the sharded optimizer:
@@ -193,10 +306,17 @@ impl AdamW {
                 view.copy_(&param);
                 param.set_data(&view);
                 let grad_home = flat_g.narrow(0, offset, numel).view(shape.as_slice());
-                slots.push(Slot { name, param, grad_home, offset, numel, shape });
+                anyhow::ensure!(!g.muon || shape.len() == 2, "Muon updates matrices; `{name}` has shape {shape:?}");
+                slots.push(Slot { name, param, grad_home, offset, numel, shape, muon: g.muon });
                 offset += numel;
             }
-            ranges.push(GroupRange { offset: start, numel: offset - start, lr_scale: g.lr_scale, weight_decay: g.weight_decay });
+            ranges.push(GroupRange {
+                offset: start,
+                numel: offset - start,
+                lr_scale: g.lr_scale,
+                weight_decay: g.weight_decay,
+                muon: g.muon,
+            });
         }
         Ok(Self { slots, groups: ranges, flat_g, m: flat_p.zeros_like(), v: flat_p.zeros_like(), flat_p, t: 0, shard: None })
     }
@@ -205,7 +325,12 @@ impl AdamW {
     /// update touches only that part of the parameters, which the caller then
     /// broadcasts from each part's owner ([`Self::parts`]).
     pub fn shard(&mut self, rank: usize, world: usize) {
-        let parts = shard_parts(self.numel(), world);
+        let parts = if self.slots.iter().any(|s| s.muon) {
+            let starts: Vec<i64> = self.slots.iter().map(|s| s.offset).collect();
+            shard_parts_at(self.numel(), world, &starts)
+        } else {
+            shard_parts(self.numel(), world)
+        };
         let len = parts[rank].1;
         let opts = (tch::Kind::Float, self.flat_p.device());
         (self.m, self.v) = (Tensor::zeros([len], opts), Tensor::zeros([len], opts));
@@ -243,7 +368,15 @@ impl AdamW {
         &self.flat_g
     }
 
-    /// Bytes of AdamW state this rank keeps, and what it would keep unsharded.
+    /// The optimizer in words: `AdamW`, or `Muon (N matrices) + AdamW`.
+    pub fn describe(&self) -> String {
+        match self.slots.iter().filter(|s| s.muon).count() {
+            0 => "AdamW".to_string(),
+            n => format!("Muon ({n} matrices) + AdamW"),
+        }
+    }
+
+    /// Bytes of optimizer state this rank keeps, and what it would keep unsharded.
     pub fn state_bytes(&self) -> (i64, i64) {
         let bytes = |n: i64| 2 * 4 * n;
         (bytes(self.m.numel() as i64), bytes(self.numel()))
@@ -308,43 +441,82 @@ impl AdamW {
         self.slots.iter().map(|s| s.name.as_str()).collect()
     }
 
-    /// One AdamW update with (scheduled) learning rate `lr`; each group scales it
-    /// by its `lr_scale` and applies its own weight decay.
+    /// One update with (scheduled) learning rate `lr`: AdamW, or Muon for the
+    /// Muon groups; each group scales `lr` by its `lr_scale` and applies its own
+    /// weight decay.
     pub fn step(&mut self, cfg: &OptimConfig, lr: f64) {
         self.gather_grads();
         let _guard = tch::no_grad_guard();
         self.t += 1;
-        let bc1 = 1.0 - cfg.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - cfg.beta2.powi(self.t as i32);
         // Only this rank's part when sharded (the whole buffer otherwise);
-        // every operation is elementwise, so a part updates exactly as it
-        // would inside the whole.
+        // every AdamW operation is elementwise and Muon's parts hold whole
+        // matrices, so a part updates exactly as it would inside the whole.
         let (lo, len) = self.own();
-        let g = self.flat_g.narrow(0, lo, len);
-        let _ = self.m.lerp_(&g, 1.0 - cfg.beta1);
-        let _ = self.v.lerp_(&g.square(), 1.0 - cfg.beta2);
-        let denom_base = self.v.sqrt();
-        for grp in &self.groups {
+        for gi in 0..self.groups.len() {
+            let grp = &self.groups[gi];
             let start = grp.offset.max(lo);
             let end = (grp.offset + grp.numel).min(lo + len);
             if end <= start {
                 continue;
             }
-            let lr = lr * grp.lr_scale;
+            let (lr, wd) = (lr * grp.lr_scale, grp.weight_decay);
+            if grp.muon {
+                self.muon_range(cfg, start, end, lr, wd);
+            } else {
+                self.adam_range(cfg, start, end, lr, wd);
+            }
+        }
+    }
+
+    /// AdamW over the flat range `start..end` (inside this rank's part).
+    fn adam_range(&mut self, cfg: &OptimConfig, start: i64, end: i64, lr: f64, wd: f64) {
+        let lo = self.own().0;
+        let n = end - start;
+        let g = self.flat_g.narrow(0, start, n);
+        let mut m = self.m.narrow(0, start - lo, n);
+        let mut v = self.v.narrow(0, start - lo, n);
+        let _ = m.lerp_(&g, 1.0 - cfg.beta1);
+        let _ = v.lerp_(&g.square(), 1.0 - cfg.beta2);
+        if lr == 0.0 {
+            // No update (the folded division below would be by zero: NaN weights).
+            return;
+        }
+        let bc1 = 1.0 - cfg.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - cfg.beta2.powi(self.t as i32);
+        let step_size = lr / bc1;
+        let mut p = self.flat_p.narrow(0, start, n);
+        if wd != 0.0 {
+            let _ = p.g_mul_scalar_(1.0 - lr * wd);
+        }
+        // denom = -(sqrt(v) / sqrt(bc2) + eps) / step_size, so that p += m / denom.
+        let mut denom = v.sqrt();
+        let _ = denom.g_mul_scalar_(-1.0 / (bc2.sqrt() * step_size));
+        let _ = denom.g_add_scalar_(-cfg.eps / step_size);
+        let _ = p.addcdiv_(&m, &denom);
+    }
+
+    /// Muon over the matrices in the flat range `start..end`: Nesterov momentum,
+    /// orthogonalised, scaled by sqrt(max(1, out / in)) as KellerJordan/Muon.
+    fn muon_range(&mut self, cfg: &OptimConfig, start: i64, end: i64, lr: f64, wd: f64) {
+        let lo = self.own().0;
+        for s in self.slots.iter().filter(|s| s.offset >= start && s.offset + s.numel <= end) {
+            let g = self.flat_view(&self.flat_g, s);
+            let mut buf = self.m.narrow(0, s.offset - lo, s.numel).view(s.shape.as_slice());
+            let _ = buf.lerp_(&g, 1.0 - cfg.muon_momentum);
             if lr == 0.0 {
-                // No update (the folded division below would be by zero: NaN weights).
                 continue;
             }
-            let step_size = lr / bc1;
-            let mut p = self.flat_p.narrow(0, start, end - start);
-            if grp.weight_decay != 0.0 {
-                let _ = p.g_mul_scalar_(1.0 - lr * grp.weight_decay);
+            let update = g.lerp(&buf, cfg.muon_momentum); // Nesterov
+            let ortho = newton_schulz5(&update, cfg.muon_ns_steps);
+            // `nn.Linear`'s [out, in]; GPT-2's Conv1D keeps [in, out].
+            let (rows, cols) = (s.shape[0] as f64, s.shape[1] as f64);
+            let (fan_out, fan_in) = if s.name.starts_with("transformer.") { (cols, rows) } else { (rows, cols) };
+            let scale = (fan_out / fan_in).max(1.0).sqrt();
+            let mut p = self.flat_view(&self.flat_p, s);
+            if wd != 0.0 {
+                let _ = p.g_mul_scalar_(1.0 - lr * wd);
             }
-            // denom = -(sqrt(v) / sqrt(bc2) + eps) / step_size, so that p += m / denom.
-            let mut denom = denom_base.narrow(0, start - lo, end - start);
-            let _ = denom.g_mul_scalar_(-1.0 / (bc2.sqrt() * step_size));
-            let _ = denom.g_add_scalar_(-cfg.eps / step_size);
-            let _ = p.addcdiv_(&self.m.narrow(0, start - lo, end - start), &denom);
+            let _ = p.g_add_(&(ortho * (-lr * scale)));
         }
     }
 
@@ -361,8 +533,11 @@ impl AdamW {
         Ok(self
             .slots
             .iter()
-            .flat_map(|s| {
-                [(format!("{}.exp_avg", s.name), self.flat_view(&m, s)), (format!("{}.exp_avg_sq", s.name), self.flat_view(&v, s))]
+            .flat_map(|s| match s.muon {
+                true => vec![(format!("{}.momentum_buffer", s.name), self.flat_view(&m, s))],
+                false => {
+                    vec![(format!("{}.exp_avg", s.name), self.flat_view(&m, s)), (format!("{}.exp_avg_sq", s.name), self.flat_view(&v, s))]
+                }
             })
             .collect())
     }
@@ -392,8 +567,12 @@ impl AdamW {
             |n: String| tensors.iter().find(|(k, _)| *k == n).map(|(_, v)| v).ok_or_else(|| anyhow::anyhow!("optimizer state lacks `{n}`"));
         let (m, v) = (self.flat_p.zeros_like(), self.flat_p.zeros_like());
         for s in &self.slots {
-            self.flat_view(&m, s).copy_(find(format!("{}.exp_avg", s.name))?);
-            self.flat_view(&v, s).copy_(find(format!("{}.exp_avg_sq", s.name))?);
+            if s.muon {
+                self.flat_view(&m, s).copy_(find(format!("{}.momentum_buffer", s.name))?);
+            } else {
+                self.flat_view(&m, s).copy_(find(format!("{}.exp_avg", s.name))?);
+                self.flat_view(&v, s).copy_(find(format!("{}.exp_avg_sq", s.name))?);
+            }
         }
         let (lo, len) = self.own();
         self.m.copy_(&m.narrow(0, lo, len));
@@ -401,4 +580,31 @@ impl AdamW {
         self.t = t;
         Ok(())
     }
+}
+
+/// The orthogonal factor of `g` (U Vᵀ of its SVD, approximately) by the quintic
+/// Newton–Schulz iteration of KellerJordan/Muon's `zeropower_via_newtonschulz5`
+/// (coefficients 3.4445, -4.7750, 2.0315), in bfloat16 on CUDA as there and in
+/// float32 on the CPU (where bfloat16 products are slower, not faster).
+///
+/// # Shapes
+/// `[rows, cols]` → `[rows, cols]`
+pub fn newton_schulz5(g: &Tensor, steps: u32) -> Tensor {
+    let (a, b, c) = (3.4445, -4.7750, 2.0315);
+    let kind = if g.device().is_cuda() { tch::Kind::BFloat16 } else { tch::Kind::Float };
+    let tall = g.size()[0] > g.size()[1];
+    let mut x = g.to_kind(kind);
+    if tall {
+        x = x.tr();
+    }
+    x = &x / (x.norm().to_kind(kind) + 1e-7);
+    for _ in 0..steps {
+        let xxt = x.matmul(&x.tr());
+        let poly = &xxt * b + xxt.matmul(&xxt) * c;
+        x = &x * a + poly.matmul(&x);
+    }
+    if tall {
+        x = x.tr();
+    }
+    x.to_kind(tch::Kind::Float)
 }

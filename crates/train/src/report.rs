@@ -80,7 +80,7 @@ pub(crate) fn report_md(stage: &str, s: &TrainSummary, used_best: bool, outputs:
     } else {
         format!("{:.2} MiB", mib(s.optimizer_state_bytes))
     };
-    r += &format!("| AdamW state per rank | {state} |\n");
+    r += &format!("| optimizer | {} |\n| optimizer state per rank | {state} |\n", s.optimizer);
     if let Some(h) = &s.params_hash_all_ranks {
         r += &format!("| parameters identical on every rank | `{}` |\n", &h[..h.len().min(16)]);
     }

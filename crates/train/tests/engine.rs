@@ -7,8 +7,8 @@ use forja_core::stage::StageCtx;
 use forja_core::{MetricRow, TokenRow};
 use forja_train::optim::lr_at;
 use forja_train::{
-    AdamW, DiagnosisConfig, Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, IncidentKind, Objective, OptimConfig, ParamGroup,
-    Policy, RunSpec, TrainSummary,
+    AdamW, DiagnosisConfig, Engine, EngineConfig, EngineOutputs, EvalScore, EvalSplit, IncidentKind, Objective, OptimConfig, OptimKind,
+    ParamGroup, Policy, RunSpec, Schedule, TrainSummary,
 };
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -302,8 +302,8 @@ fn parameter_groups_have_their_own_rate_and_decay_and_the_rest_stays_frozen() {
     let b = vs.root().var("b", &[1, 1], nn::Init::Const(1.0));
     let frozen = vs.root().var("frozen", &[1, 1], nn::Init::Const(1.0));
     let groups = vec![
-        ParamGroup { name: "a".into(), params: vec![("a".into(), a.shallow_clone())], lr_scale: 1.0, weight_decay: 0.0 },
-        ParamGroup { name: "b".into(), params: vec![("b".into(), b.shallow_clone())], lr_scale: 10.0, weight_decay: 0.5 },
+        ParamGroup { name: "a".into(), params: vec![("a".into(), a.shallow_clone())], lr_scale: 1.0, weight_decay: 0.0, muon: false },
+        ParamGroup { name: "b".into(), params: vec![("b".into(), b.shallow_clone())], lr_scale: 10.0, weight_decay: 0.5, muon: false },
     ];
     let mut opt = AdamW::new(groups).unwrap();
     assert_eq!(opt.numel(), 2);
@@ -372,4 +372,98 @@ fn a_layer_whose_gradient_vanishes_is_reported_once_and_training_goes_on() {
     assert_eq!((vanishing[0].step, vanishing[0].layer.as_deref()), (5, Some("dead")));
     let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(report.contains("| 5 | vanishing_gradient | dead |"), "{report}");
+}
+
+/// A `[rows, cols]` matrix of `values` as nested JSON.
+fn json_matrix(t: &Tensor) -> serde_json::Value {
+    let (r, c) = t.size2().unwrap();
+    let flat = Vec::<f32>::try_from(&t.reshape([-1])).unwrap();
+    serde_json::json!((0..r as usize).map(|i| flat[i * c as usize..(i + 1) * c as usize].to_vec()).collect::<Vec<_>>())
+}
+
+#[test]
+fn muon_updates_hidden_matrices_as_the_reference_and_adamw_the_rest() {
+    let _g = serial();
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let root = vs.root();
+    // A wide and a tall matrix inside a block (Muon), an embedding and a bias (AdamW).
+    let wide = (&root / "model" / "layers" / 0 / "q_proj").var("weight", &[4, 12], nn::Init::Randn { mean: 0.0, stdev: 0.5 });
+    let tall = (&root / "model" / "layers" / 0 / "down_proj").var("weight", &[12, 4], nn::Init::Randn { mean: 0.0, stdev: 0.5 });
+    let emb = (&root / "model" / "embed_tokens").var("weight", &[6, 4], nn::Init::Randn { mean: 0.0, stdev: 0.5 });
+    let bias = (&root / "model" / "layers" / 0).var("bias", &[4], nn::Init::Const(0.5));
+    let cfg = OptimConfig { kind: OptimKind::Muon, lr: 0.01, muon_lr: 0.05, muon_weight_decay: 0.1, ..Default::default() };
+    let groups = ParamGroup::for_optimizer(ParamGroup::decay_split(&vs, 0.0), &cfg);
+    let muon: Vec<Vec<&str>> = groups.iter().filter(|g| g.muon).map(|g| g.params.iter().map(|(n, _)| n.as_str()).collect()).collect();
+    assert_eq!(muon, vec![vec!["model.layers.0.down_proj.weight", "model.layers.0.q_proj.weight"]]);
+    let start = [wide.copy(), tall.copy()];
+    let (emb0, bias0) = (emb.copy(), bias.copy());
+    let mut opt = AdamW::new(groups).unwrap();
+    let mut grads = Vec::new();
+    for step in 0..3 {
+        let x = Tensor::randn([4], (Kind::Float, Device::Cpu));
+        let loss = (wide.matmul(&Tensor::ones([12], (Kind::Float, Device::Cpu))) * &x).sum(Kind::Float)
+            + (tall.matmul(&x) * (step + 1) as f64).square().sum(Kind::Float)
+            + emb.sum(Kind::Float)
+            + (&bias * &x).sum(Kind::Float);
+        loss.backward();
+        grads.push(vec![json_matrix(&wide.grad()), json_matrix(&tall.grad())]);
+        opt.step(&cfg, cfg.lr);
+        opt.zero_grad();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, output) = (tmp.path().join("in.json"), tmp.path().join("out.json"));
+    let spec = serde_json::json!({
+        "params": [json_matrix(&start[0]), json_matrix(&start[1])], "grads": grads,
+        "lr": 0.05, "weight_decay": 0.1, "momentum": 0.95, "ns_steps": 5,
+    });
+    std::fs::write(&input, spec.to_string()).unwrap();
+    let root_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root_dir.join(".venv/bin/python");
+    let run = std::process::Command::new(&python)
+        .arg(root_dir.join("scripts/checks/muon-check.py"))
+        .args([&input, &output])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup --test)", python.display()));
+    assert!(run.status.success(), "muon-check failed: {}", String::from_utf8_lossy(&run.stderr));
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(output).unwrap()).unwrap();
+    for (i, p) in [&wide, &tall].into_iter().enumerate() {
+        let rows: Vec<Vec<f32>> = serde_json::from_value(want["params"][i].clone()).unwrap();
+        let want = Tensor::from_slice(&rows.concat()).view(p.size().as_slice());
+        let d = (p - &want).abs().max().double_value(&[]);
+        assert!(d < 1e-5, "matrix {i}: max |forja - reference Muon| = {d}");
+        assert!((p - &start[i]).abs().max().double_value(&[]) > 1e-2, "matrix {i} moved");
+    }
+    // AdamW moved the embedding by about lr per step (sign of a constant gradient).
+    let moved = (&emb0 - &emb).mean(Kind::Float).double_value(&[]);
+    assert!((moved - 0.03).abs() < 1e-3, "embedding moved {moved}");
+    assert!((&bias0 - &bias).abs().max().double_value(&[]) > 1e-3);
+    // The checkpointed state names Muon's buffers as such.
+    let names: Vec<String> = opt.state_tensors(&mut |_, _| Ok(())).unwrap().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"model.layers.0.q_proj.weight.momentum_buffer".to_string()), "{names:?}");
+    assert!(names.contains(&"model.embed_tokens.weight.exp_avg_sq".to_string()), "{names:?}");
+}
+
+#[test]
+fn newton_schulz_brings_singular_values_near_one() {
+    let _g = serial();
+    tch::manual_seed(9);
+    // Rectangular (a random square matrix has singular values near zero that
+    // five iterations do not lift, in the reference too).
+    for shape in [[16i64, 48], [48, 16]] {
+        let g = Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 3.0;
+        let x = forja_train::optim::newton_schulz5(&g, 5);
+        let (_, s, _) = x.svd(true, false);
+        let (lo, hi) = (s.min().double_value(&[]), s.max().double_value(&[]));
+        assert!(lo > 0.5 && hi < 1.3, "{shape:?}: singular values in [{lo}, {hi}]");
+    }
+}
+
+#[test]
+fn wsd_holds_the_rate_then_decays_linearly_over_the_last_share() {
+    let cfg = OptimConfig { lr: 1.0, min_lr: 0.0, warmup_steps: 0, schedule: Schedule::Wsd, decay_frac: 0.2, ..Default::default() };
+    assert_eq!(lr_at(&cfg, 0, 100), 1.0);
+    assert_eq!(lr_at(&cfg, 79, 100), 1.0);
+    assert!((lr_at(&cfg, 90, 100) - 0.5).abs() < 1e-12);
+    assert_eq!(lr_at(&cfg, 100, 100), 0.0);
 }
