@@ -140,7 +140,8 @@ pub fn write_reward(dir: &Path, vs: &nn::VarStore, export: &RewardExport, lora: 
         RewardExport::Gpt { base, pad } => (base, pad),
     };
     let arch = crate::checkpoint::read_config(base)?.arch;
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    // A sequence classifier has no language-model head.
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, _)| n != "lm_head.weight").collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     write_merged(dir, named, lora, arch.layout())?;
     copy_kept(base, dir)?;

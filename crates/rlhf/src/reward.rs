@@ -168,7 +168,7 @@ pub fn load(dir: &Path, device: Device) -> anyhow::Result<LoadedReward> {
             let mut vs = nn::VarStore::new(device);
             let gpt = Gpt::new(&vs.root(), &cfg)?;
             let model = RewardModel::gpt(&vs.root(), gpt, pad);
-            Weights::read(&dir.join(WEIGHTS))?.load_into(&mut vs, &|_| false)?;
+            Weights::read(&dir.join(WEIGHTS))?.load_into(&mut vs, &|n| n == UNUSED_HEAD)?;
             Ok(LoadedReward { vs, model, fmt })
         }
         RewardHead::Bert => {
@@ -179,6 +179,10 @@ pub fn load(dir: &Path, device: Device) -> anyhow::Result<LoadedReward> {
         }
     }
 }
+
+/// An untied decoder's language-model head: a reward model neither trains nor
+/// writes it (`…ForSequenceClassification` has none).
+const UNUSED_HEAD: &str = "lm_head.weight";
 
 /// Parameters of `reward_model`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -361,7 +365,8 @@ pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageC
     let groups = match cfg.lora {
         // The head learns in full; the backbone through its adapters.
         Some(_) => ParamGroup::train_only(&vs, |n| n.contains(".lora_") || head(n), cfg.train.optim.weight_decay),
-        None => ParamGroup::decay_split(&vs, cfg.train.optim.weight_decay),
+        // An untied language-model head has no part in a score: frozen, not exported.
+        None => ParamGroup::train_only(&vs, |n| n != UNUSED_HEAD, cfg.train.optim.weight_decay),
     };
     let (n_train, n_val) = (train.len(), val.len());
     let lora = cfg.lora.clone();

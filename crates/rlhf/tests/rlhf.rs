@@ -1,8 +1,9 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 //! Learning from preferences on tiny models: the reward model separates a
-//! separable fixture (and loads in transformers with the same scores); DPO
-//! raises the chosen-over-rejected margin of its training pairs and reuses
-//! its cached reference; PPO (LoRA, reference = adapters off) raises the
+//! separable fixture (and loads in transformers with the same scores; GPT-2,
+//! Llama and BERT backbones); DPO raises the chosen-over-rejected margin of
+//! its training pairs and reuses its cached reference (and exports a Llama
+//! base's policy as a Llama folder); PPO (LoRA, reference = adapters off) raises the
 //! frequency of a rewarded token with the KL bounded; GRPO raises the
 //! exact-answer rate on arithmetic; HH-RLHF import with rejects; the
 //! labelling page in headless Chromium.
@@ -12,7 +13,7 @@ use forja_core::stage::{OutDir, StageCtx};
 use forja_core::{PairLogps, Preference, Reject, SftExample};
 use forja_model::checkpoint::write_model_files;
 use forja_model::generate::{generate_batch, SamplingConfig};
-use forja_model::{load_gpt, Gpt, GptConfig, LoraConfig};
+use forja_model::{load_gpt, Arch, Gpt, GptConfig, LoraConfig};
 use forja_rlhf::dpo::{self, DpoConfig, DpoInputs};
 use forja_rlhf::reward::{self, RewardConfig, RewardInputs};
 use forja_rlhf::rl::{self, Algorithm, RlConfig, RlInputs, Rule};
@@ -41,19 +42,44 @@ fn char_model(dir: &Path, corpus: &str, n_embd: i64, block: i64) {
 /// model's logits are then as spread as a trained one's, so a frozen head
 /// (LoRA) can still move its output distribution.
 fn char_model_scaled(dir: &Path, corpus: &str, n_embd: i64, block: i64, scale: f64) {
+    let cfg = GptConfig { block_size: block, n_layer: 2, n_head: 2, n_embd, ..Default::default() };
+    char_model_of(dir, corpus, &cfg, scale);
+}
+
+/// A random character-level Llama folder: grouped-query attention (4 query
+/// heads over 2 key/value heads), SwiGLU, an untied head, rotary base 50 000.
+fn llama_char_model(dir: &Path, corpus: &str, block: i64) -> GptConfig {
+    let cfg = GptConfig {
+        arch: Arch::Llama,
+        block_size: block,
+        n_layer: 2,
+        n_head: 4,
+        n_kv_head: 2,
+        n_embd: 32,
+        tie_word_embeddings: false,
+        rope_theta: 50_000.0,
+        ..Default::default()
+    };
+    char_model_of(dir, corpus, &cfg, 1.0)
+}
+
+/// A random character-level model folder of `base` (its vocabulary the
+/// characters of `corpus`), token embeddings scaled by `scale`; returns its config.
+fn char_model_of(dir: &Path, corpus: &str, base: &GptConfig, scale: f64) -> GptConfig {
     let tok = forja_tokenizer::char_tokenizer(std::iter::once(corpus), &[forja_tokenizer::EOT.to_string()]).unwrap();
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = GptConfig { vocab_size: tok.vocab_size() as i64, block_size: block, n_layer: 2, n_head: 2, n_embd, ..Default::default() };
+    let cfg = GptConfig { vocab_size: tok.vocab_size() as i64, ..base.clone() };
     Gpt::new(&vs.root(), &cfg).unwrap();
     if scale != 1.0 {
         let _g = tch::no_grad_guard();
-        let mut wte = vs.variables()["transformer.wte.weight"].shallow_clone();
+        let mut wte = vs.variables()[cfg.arch.embedding_name()].shallow_clone();
         let scaled = &wte * scale;
         wte.copy_(&scaled);
     }
     std::fs::create_dir_all(dir).unwrap();
     write_model_files(dir, &vs, &cfg, &tok).unwrap();
+    cfg
 }
 
 /// Pairs whose chosen answers use the letters a–c and rejected ones x–z.
@@ -89,8 +115,9 @@ fn bert_model(dir: &Path, corpus: &str) {
 }
 
 /// Trains a reward model over `base` on the separable fixture; checks its
-/// held-out accuracy and that transformers scores its folder the same.
-fn reward_on_separable_pairs(dir: &Path, base: &Path) {
+/// held-out accuracy and that transformers loads its folder as `class` and
+/// scores it the same.
+fn reward_on_separable_pairs(dir: &Path, base: &Path, class: &str) {
     let (train, val) = (dir.join("train.arrow"), dir.join("val.arrow"));
     Preference::write(&train, "t", "t", &separable_pairs(64, 0)).unwrap();
     Preference::write(&val, "t", "t", &separable_pairs(32, 1000)).unwrap();
@@ -121,6 +148,7 @@ fn reward_on_separable_pairs(dir: &Path, base: &Path) {
     let run = std::process::Command::new(root().join(".venv/bin/python"))
         .arg(root().join("scripts/checks/reward-hf-check.py"))
         .arg(&spec)
+        .args(["--arch", class])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&run.stdout).to_string() + &String::from_utf8_lossy(&run.stderr);
@@ -134,7 +162,18 @@ fn the_reward_model_separates_a_separable_fixture_and_loads_in_transformers() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base");
     char_model(&base, LETTERS, 32, 32);
-    reward_on_separable_pairs(dir.path(), &base);
+    reward_on_separable_pairs(dir.path(), &base, "GPT2ForSequenceClassification");
+}
+
+#[test]
+fn a_llama_reward_model_separates_the_fixture_and_loads_in_transformers() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    llama_char_model(&base, LETTERS, 32);
+    reward_on_separable_pairs(dir.path(), &base, "LlamaForSequenceClassification");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("rm/model/config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["model_type"].as_str(), cfg["num_key_value_heads"].as_i64()), (Some("llama"), Some(2)));
 }
 
 #[test]
@@ -143,7 +182,7 @@ fn a_bert_encoder_is_a_reward_model_backbone_too() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("bert");
     bert_model(&base, LETTERS);
-    reward_on_separable_pairs(dir.path(), &base);
+    reward_on_separable_pairs(dir.path(), &base, "BertForSequenceClassification");
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("rm/model/config.json")).unwrap()).unwrap();
     assert_eq!(cfg["architectures"][0], "BertForSequenceClassification");
 }
@@ -184,6 +223,51 @@ fn dpo_raises_the_margin_of_its_training_pairs_and_reuses_its_reference() {
     let bad = DpoInputs { train: other, ..inputs };
     let err = dpo::run(&again, &bad, &OutDir::new(&dir.path().join("dpo3")), &ctx("dpo3")).unwrap_err();
     assert!(format!("{err:#}").contains("reference.arrow"), "{err:#}");
+}
+
+#[test]
+fn dpo_on_a_llama_base_raises_the_margin_and_exports_a_llama_policy() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    let base_cfg = llama_char_model(&base, LETTERS, 32);
+    let train = dir.path().join("train.arrow");
+    let pairs = separable_pairs(32, 0);
+    Preference::write(&train, "t", "t", &pairs).unwrap();
+    let mut cfg = DpoConfig::default();
+    cfg.train.max_steps = 30;
+    cfg.train.optim.lr = 3e-3;
+    cfg.train.optim.warmup_steps = 3;
+    let out = dir.path().join("dpo");
+    let inputs = DpoInputs { model: base.clone(), train, val: None, reference: None };
+    let s = dpo::run(&cfg, &inputs, &OutDir::new(&out), &ctx("dpo")).unwrap();
+    assert!(s.train_margin_after > 0.5, "mean implicit reward margin {} (0 at the start)", s.train_margin_after);
+    assert!(s.train_accuracy_after >= 0.9, "{} of pairs with a positive margin", s.train_accuracy_after);
+    assert_eq!(PairLogps::read(&out.join("reference.arrow")).unwrap().len(), pairs.len());
+
+    // The policy folder is a Llama of the base's shape, with its own untied head.
+    let policy_dir = out.join("model");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(policy_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "llama");
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+    let (_vs, policy, _) = load_gpt(&policy_dir, Device::Cpu).unwrap();
+    assert_eq!(policy.cfg.arch, Arch::Llama);
+    assert_eq!((policy.cfg.n_head, policy.cfg.kv_heads(), policy.cfg.tie_word_embeddings), (4, 2, false));
+    assert_eq!(policy.cfg.mlp_width(), base_cfg.mlp_width());
+    let weights = tch::Tensor::read_safetensors(policy_dir.join("model.safetensors")).unwrap();
+    assert!(weights.iter().any(|(n, _)| n == "lm_head.weight") && weights.iter().all(|(n, _)| !n.starts_with("transformer.")));
+    // Loaded back, it prefers each chosen answer over its rejected one by more than the base did.
+    let (_bvs, reference, _) = load_gpt(&base, Device::Cpu).unwrap();
+    let fmt = Formatter::for_model(&policy_dir).unwrap();
+    let seq = |p: &Preference, a: &str| forja_rlhf::logps::Seq {
+        prompt: fmt.prompt_ids(&p.prompt).unwrap(),
+        answer: fmt.answer_ids(&p.prompt, a).unwrap(),
+    };
+    let seqs: Vec<_> = pairs.iter().flat_map(|p| [seq(p, &p.chosen), seq(p, &p.rejected)]).collect();
+    let (now, before) =
+        (forja_rlhf::logps::sequence_logps(&policy, &seqs, 8).unwrap(), forja_rlhf::logps::sequence_logps(&reference, &seqs, 8).unwrap());
+    let gained = (0..pairs.len()).filter(|&i| (now[2 * i] - before[2 * i]) - (now[2 * i + 1] - before[2 * i + 1]) > 0.0).count();
+    assert!(gained as f64 >= 0.9 * pairs.len() as f64, "{gained} of {} pairs moved towards the chosen answer", pairs.len());
 }
 
 /// PPO towards more `a` tokens from a random char model; returns the summary.

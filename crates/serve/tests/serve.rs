@@ -1,11 +1,12 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 //! The server in-process on a loopback port, with tiny random GPT models:
-//! auth, limits, validation, streaming, disconnects, hot reload, drift, feedback.
+//! auth, limits, validation, streaming, disconnects, hot reload, drift, feedback;
+//! a tiny Llama (grouped-query attention) served as `forja_model::generate` decodes it.
 
 use clap::Parser;
 use forja_core::token_counts::TokenCounts;
 use forja_core::{Artifact, Preference, Rating};
-use forja_model::{save_model, Gpt, GptConfig};
+use forja_model::{save_model, Arch, Gpt, GptConfig};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -24,20 +25,35 @@ fn tiny_model(dir: &Path, seed: i64) {
 }
 
 fn model_of_width(dir: &Path, seed: i64, n_embd: i64) {
+    model_of(dir, seed, &GptConfig { block_size: 256, n_layer: 2, n_head: 2, n_embd, dropout: 0.0, ..Default::default() });
+}
+
+/// A random 2-layer Llama over characters: grouped-query attention (4 query
+/// heads over 2 key/value heads), SwiGLU, an untied head, rotary base 50 000.
+fn tiny_llama(dir: &Path, seed: i64) {
+    let cfg = GptConfig {
+        arch: Arch::Llama,
+        block_size: 256,
+        n_layer: 2,
+        n_head: 4,
+        n_kv_head: 2,
+        n_embd: 32,
+        tie_word_embeddings: false,
+        rope_theta: 50_000.0,
+        ..Default::default()
+    };
+    model_of(dir, seed, &cfg);
+}
+
+/// A random model of `base` over characters (its vocabulary the tokenizer's),
+/// with the training text's token counts.
+fn model_of(dir: &Path, seed: i64, base: &GptConfig) {
     let tok = forja_tokenizer::char_tokenizer(
         [TRAINING, RARE, "ABCDEFGHIJKLMNOPQRSTUVWXYZ.,?!:\n"].into_iter(),
         &[forja_tokenizer::EOT.to_string()],
     )
     .unwrap();
-    let cfg = GptConfig {
-        vocab_size: tok.vocab_size() as i64,
-        block_size: 256,
-        n_layer: 2,
-        n_head: 2,
-        n_embd,
-        dropout: 0.0,
-        ..Default::default()
-    };
+    let cfg = GptConfig { vocab_size: tok.vocab_size() as i64, ..base.clone() };
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = Gpt::new(&vs.root(), &cfg).unwrap();
@@ -484,6 +500,48 @@ async fn a_request_past_its_deadline_is_cut_not_failed() {
         .collect();
     assert!(tokens.iter().any(|&t| t < 250), "some sequences were cut at the deadline: {tokens:?}");
     assert!(s.metric("forja_deadline_exceeded_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_llama_folder_is_served_as_generate_decodes_it_alone_and_in_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_llama(dir.path(), 3);
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["model_type"].as_str(), config["num_key_value_heads"].as_i64()), (Some("llama"), Some(2)));
+    let (_vs, model, tok) = forja_model::load_gpt(dir.path(), Device::Cpu).unwrap();
+    assert_eq!((model.cfg.arch, model.cfg.n_head, model.cfg.kv_heads()), (Arch::Llama, 4, 2));
+    // Prompts of different lengths and answers of different lengths: with 3
+    // slots for 5 sequences, some join the batch as others leave it.
+    let prompts = [("the quick", 12), ("the lazy dog while the cat sleeps", 40), ("a", 25), ("sun and the birds sing ", 33), ("fox", 18)];
+    let s = Server::start(Some(dir.path()), &["--max-batch", "3"]).await;
+    let text = |r: &Value| r["choices"][0]["text"].as_str().unwrap().to_string();
+    let mut alone = Vec::new();
+    for (prompt, n) in prompts {
+        let (status, r, _) = s.post("/v1/completions", Some(KEY), &completion(prompt, n)).await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["usage"]["completion_tokens"], n, "{r}");
+        // Greedy decoding through the slot cache is what `generate` decodes with its own cache.
+        let sampling = forja_model::SamplingConfig { temperature: 0.0, max_new_tokens: n, ..Default::default() };
+        let ids = forja_model::generate(&model, &tok.encode(prompt).unwrap(), None, &sampling).unwrap();
+        assert_eq!(ids.len(), n);
+        assert_eq!(text(&r), tok.decode_text(&ids).unwrap(), "prompt {prompt:?}");
+        alone.push(text(&r));
+    }
+    assert!(alone.iter().collect::<std::collections::HashSet<_>>().len() > 1, "different prompts, different answers: {alone:?}");
+    let single_steps = s.metric("forja_batch_size_per_step_count").await;
+    let bodies = prompts.map(|(prompt, n)| completion(prompt, n));
+    let together = bodies.iter().map(|body| s.post("/v1/completions", Some(KEY), body));
+    let results = futures_util::future::join_all(together).await;
+    for ((status, r, _), (want, (prompt, _))) in results.iter().zip(alone.iter().zip(prompts)) {
+        assert_eq!(*status, 200, "{r}");
+        assert_eq!(&text(r), want, "prompt {prompt:?} in a batch");
+    }
+    // The concurrent requests really shared decoding steps.
+    let (_, metrics) = s.get("/metrics", None).await;
+    let value = |line: &str| metrics.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap();
+    let (steps, of_one) = (value("forja_batch_size_per_step_count"), value("forja_batch_size_per_step_bucket{le=\"1\"}"));
+    assert!(steps - single_steps < single_steps, "batched: {} decoding steps, one at a time: {single_steps}", steps - single_steps);
+    assert!(steps > of_one, "no step decoded more than one sequence ({steps} steps, {of_one} of one)");
 }
 
 #[test]

@@ -1,8 +1,9 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 //! Instruction SFT: the assistant-only loss mask, packing that never lets
 //! examples see each other, LoRA (parameter count, identity at start, merge,
-//! `peft` loading forja's adapters), the `sft_data` rejects, and a LoRA run
-//! whose merged model stops generating at the end-of-turn token.
+//! `peft` loading forja's adapters), the `sft_data` rejects, and LoRA runs
+//! (GPT-2 and Llama bases) whose merged model stops generating at the
+//! end-of-turn token.
 
 use forja_core::artifacts::Artifact;
 use forja_core::stage::{OutDir, StageCtx};
@@ -11,7 +12,7 @@ use forja_model::chat::{respond, ChatConfig, ChatTemplate, IM_END, IM_START};
 use forja_model::checkpoint::write_model_files;
 use forja_model::layers::Layout;
 use forja_model::peft::ADAPTER_DIR;
-use forja_model::{load_gpt, merge_lora, Gpt, GptConfig, LoraConfig};
+use forja_model::{load_gpt, merge_lora, Arch, Gpt, GptConfig, LoraConfig};
 use forja_sft::data::{run_sft_data, SftDataConfig};
 use forja_sft::instruct::{build_rows, collate, run as run_sft, SftConfig, SftInputs};
 use forja_tokenizer::{Tokenizer, TokenizerConfig};
@@ -228,13 +229,39 @@ fn sft_data_reads_the_usual_formats_and_rejects_bad_examples_with_file_line_and_
     assert_eq!(first.messages[1].content, "Hello!");
 }
 
+/// The GPT-2 base of the LoRA runs (its vocabulary is the tokenizer's).
+fn gpt2_base() -> GptConfig {
+    GptConfig { block_size: 64, n_layer: 2, n_head: 2, n_embd: 32, ..Default::default() }
+}
+
+/// A Llama base: grouped-query attention (4 query heads over 2 key/value
+/// heads of width 8), SwiGLU MLP of width 96, an untied head, rotary base 50 000.
+fn llama_base() -> GptConfig {
+    GptConfig {
+        arch: Arch::Llama,
+        block_size: 64,
+        n_layer: 2,
+        n_head: 4,
+        n_kv_head: 2,
+        n_embd: 32,
+        tie_word_embeddings: false,
+        rope_theta: 50_000.0,
+        ..Default::default()
+    }
+}
+
 /// A base GPT folder whose tokenizer has the ChatML tokens, and conversations
 /// whose every answer is the same short phrase.
 fn lora_fixture(dir: &Path) -> (PathBuf, PathBuf) {
+    lora_fixture_of(dir, &gpt2_base())
+}
+
+/// As [`lora_fixture`], with a base of `base` (its vocabulary set to the tokenizer's).
+fn lora_fixture_of(dir: &Path, base: &GptConfig) -> (PathBuf, PathBuf) {
     let tok = tokenizer(true);
     tch::manual_seed(21);
     let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = GptConfig { vocab_size: tok.vocab_size() as i64, block_size: 64, n_layer: 2, n_head: 2, n_embd: 32, ..Default::default() };
+    let cfg = GptConfig { vocab_size: tok.vocab_size() as i64, ..base.clone() };
     let _ = Gpt::new(&vs.root(), &cfg).unwrap();
     let base = dir.join("base");
     std::fs::create_dir_all(&base).unwrap();
@@ -262,13 +289,39 @@ fn lora_fixture(dir: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn a_lora_run_exports_peft_adapters_and_a_merged_model_that_stops_at_the_end_of_turn() {
+    // Rank 8 on c_attn (C → 3C), attn.c_proj (C → C), c_fc (C → 4C) and mlp.c_proj (4C → C) of 2 layers.
+    let adapter_params: i64 = 2 * 8 * ((32 + 96) + (32 + 32) + (128 + 32) + (32 + 128));
+    lora_run_stops_at_the_end_of_turn(&gpt2_base(), &["c_attn", "c_proj", "c_fc"], adapter_params);
+}
+
+#[test]
+fn a_lora_run_on_a_llama_base_exports_peft_adapters_and_a_merged_model_that_stops_at_the_end_of_turn() {
+    let base = llama_base();
+    let (c, r, l) = (base.n_embd, 8, base.n_layer);
+    let (q, kv) = (base.n_head * base.head_dim(), base.kv_heads() * base.head_dim());
+    let w = base.mlp_width();
+    assert_eq!((q, kv, w), (32, 16, 96), "the shapes the count below is for");
+    // Rank r on q_proj (C → q), k_proj and v_proj (C → kv), o_proj (q → C),
+    // gate_proj and up_proj (C → w), down_proj (w → C), per layer.
+    let adapter_params = l * r * ((c + q) + 2 * (c + kv) + (q + c) + 2 * (c + w) + (w + c));
+    assert_eq!(adapter_params, 2 * 8 * (64 + 2 * 48 + 64 + 3 * 128));
+    let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    lora_run_stops_at_the_end_of_turn(&base, &targets, adapter_params);
+}
+
+/// A rank-8 LoRA SFT run over a base of `base_cfg` on `targets`: only the
+/// `adapter_params` adapter weights train; the merged model answers "It is 12."
+/// and stops at `<|im_end|>`; transformers renders its chat template to the
+/// same text and ids; peft puts the exported adapters on the base to the merged
+/// model's logits.
+fn lora_run_stops_at_the_end_of_turn(base_cfg: &GptConfig, targets: &[&str], adapter_params: i64) {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let (base, train) = lora_fixture(tmp.path());
+    let (base, train) = lora_fixture_of(tmp.path(), base_cfg);
     let out = tmp.path().join("sft");
     std::fs::create_dir_all(&out).unwrap();
     let cfg = SftConfig {
-        lora: Some(LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()] }),
+        lora: Some(LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, targets: targets.iter().map(|t| t.to_string()).collect() }),
         samples: 0,
         train: TrainerConfig {
             batch_size: 5,
@@ -286,7 +339,6 @@ fn a_lora_run_exports_peft_adapters_and_a_merged_model_that_stops_at_the_end_of_
     let rejects = Reject::read(&out.join("rejects.arrow")).unwrap();
     assert!(rejects[0].reason.contains("over max_length 65"), "{:?}", rejects[0]);
     // Only the adapters trained.
-    let adapter_params: i64 = 2 * 8 * ((32 + 96) + (32 + 32) + (128 + 32) + (32 + 128));
     assert_eq!(summary.train.trainable_params, adapter_params);
 
     // The merged model answers and stops at <|im_end|>.
@@ -307,6 +359,25 @@ fn a_lora_run_exports_peft_adapters_and_a_merged_model_that_stops_at_the_end_of_
     assert_eq!(respond(&model, &tok, &template, &[vec![msg("user", "What did he buy?")]], &cut).unwrap(), vec!["It is".to_string()]);
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["eos_token_id"], serde_json::json!(eot));
+    assert_eq!(config["model_type"], base_cfg.arch.model_type());
+    // The merged model is the base's architecture (config.json spells out the MLP's width).
+    let merged_cfg = forja_model::checkpoint::read_config(&model_dir).unwrap();
+    assert_eq!(merged_cfg.mlp_width(), base_cfg.mlp_width());
+    assert_eq!(
+        GptConfig { intermediate_size: base_cfg.intermediate_size, ..merged_cfg },
+        GptConfig { vocab_size: tok.vocab_size() as i64, ..base_cfg.clone() }
+    );
+    // The adapters name the modules they sit on, in the base's weight layout
+    // (GPT-2's Conv1D is `fan_in_fan_out`, Llama's nn.Linear is not).
+    let adapter: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir.join(ADAPTER_DIR).join("adapter_config.json")).unwrap()).unwrap();
+    let mut modules: Vec<&str> = adapter["target_modules"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    modules.sort_unstable();
+    let mut want = targets.to_vec();
+    want.sort_unstable();
+    assert_eq!(modules, want);
+    assert_eq!(adapter["fan_in_fan_out"], serde_json::json!(base_cfg.arch == Arch::Gpt2));
+    assert_eq!((adapter["r"].as_i64(), adapter["lora_alpha"].as_f64()), (Some(8), Some(16.0)));
 
     // transformers renders the exported template the same way, to the same token ids.
     let conv = vec![msg("system", "Be brief."), msg("user", "How many legs do 3 cats have?"), msg("assistant", "3 * 4 = 12 legs.")];
