@@ -49,7 +49,12 @@ fn char_model_scaled(dir: &Path, corpus: &str, n_embd: i64, block: i64, scale: f
 /// A random character-level Llama folder: grouped-query attention (4 query
 /// heads over 2 key/value heads), SwiGLU, an untied head, rotary base 50 000.
 fn llama_char_model(dir: &Path, corpus: &str, block: i64) -> GptConfig {
-    let cfg = GptConfig {
+    char_model_of(dir, corpus, &llama_config(block), 1.0)
+}
+
+/// The Llama block of [`llama_char_model`].
+fn llama_config(block: i64) -> GptConfig {
+    GptConfig {
         arch: Arch::Llama,
         block_size: block,
         n_layer: 2,
@@ -59,8 +64,7 @@ fn llama_char_model(dir: &Path, corpus: &str, block: i64) -> GptConfig {
         tie_word_embeddings: false,
         rope_theta: 50_000.0,
         ..Default::default()
-    };
-    char_model_of(dir, corpus, &cfg, 1.0)
+    }
 }
 
 /// A random character-level model folder of `base` (its vocabulary the
@@ -270,10 +274,18 @@ fn dpo_on_a_llama_base_raises_the_margin_and_exports_a_llama_policy() {
     assert!(gained as f64 >= 0.9 * pairs.len() as f64, "{gained} of {} pairs moved towards the chosen answer", pairs.len());
 }
 
-/// PPO towards more `a` tokens from a random char model; returns the summary.
-fn ppo_for_a(dir: &Path, scale: f64, lora: bool) -> rl::RlSummary {
+/// PPO towards more `a` tokens from a random char model (GPT-2's block, or
+/// with `llama` the Llama block); returns the summary.
+fn ppo_for_a(dir: &Path, scale: f64, lora: bool, llama: bool) -> rl::RlSummary {
     let base = dir.join("base");
-    char_model_scaled(&base, LETTERS, 32, 32, scale);
+    if llama {
+        // Tied and scaled as the GPT-2 case: a random head's logits spread
+        // enough for the adapters to move them.
+        let cfg = GptConfig { tie_word_embeddings: true, ..llama_config(32) };
+        char_model_of(&base, LETTERS, &cfg, scale);
+    } else {
+        char_model_scaled(&base, LETTERS, 32, 32, scale);
+    }
     let prompts = dir.join("prompts.arrow");
     Preference::write(&prompts, "t", "t", &separable_pairs(16, 0)).unwrap();
     let mut cfg = RlConfig::ppo();
@@ -307,7 +319,7 @@ fn ppo_for_a(dir: &Path, scale: f64, lora: bool) -> rl::RlSummary {
 fn ppo_raises_a_rewarded_tokens_frequency_with_the_kl_bounded() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let s = ppo_for_a(dir.path(), 1.0, false);
+    let s = ppo_for_a(dir.path(), 1.0, false, false);
     assert!(s.last_reward > s.first_reward + 0.3, "share of `a`: {} → {}", s.first_reward, s.last_reward);
     assert!(s.last_kl.is_finite() && s.last_kl < 10.0, "KL {} nats per answer of 4 tokens", s.last_kl);
     assert_eq!(s.reference_bytes_saved, 0, "full fine-tuning keeps a frozen copy");
@@ -319,11 +331,26 @@ fn ppo_with_lora_uses_the_base_without_adapters_as_its_reference() {
     let dir = tempfile::tempdir().unwrap();
     // Embeddings scaled ×4: a random model's logits as spread as a trained
     // one's, so the frozen tied head leaves the adapters room to move them.
-    let s = ppo_for_a(dir.path(), 4.0, true);
+    let s = ppo_for_a(dir.path(), 4.0, true, false);
     assert!(s.last_reward > s.first_reward + 0.15, "share of `a`: {} → {}", s.first_reward, s.last_reward);
     assert!(s.last_kl.is_finite() && s.last_kl < 10.0, "KL {} nats per answer of 4 tokens", s.last_kl);
     assert!(s.reference_bytes_saved > 0, "the LoRA reference must not copy the weights");
     assert!(dir.path().join("ppo/model/adapter/adapter_model.safetensors").exists());
+}
+
+#[test]
+fn ppo_with_lora_trains_a_llama_policy() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // GPT-2's target names mean the Llama projections (q/k/v, o and down, gate and up).
+    let s = ppo_for_a(dir.path(), 4.0, true, true);
+    assert!(s.last_reward > s.first_reward + 0.15, "share of `a`: {} → {}", s.first_reward, s.last_reward);
+    assert!(s.reference_bytes_saved > 0, "the LoRA reference must not copy the weights");
+    let adapter: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("ppo/model/adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(adapter["target_modules"], serde_json::json!(["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]));
+    let (_vs, policy, _tok) = load_gpt(&dir.path().join("ppo/model"), Device::Cpu).unwrap();
+    assert_eq!((policy.cfg.arch, policy.cfg.kv_heads()), (Arch::Llama, 2));
 }
 
 #[test]
