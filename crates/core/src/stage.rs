@@ -35,6 +35,8 @@ pub enum PortKind {
     ShardDir,
     /// A shard's MinHash signatures (binary).
     Signatures,
+    /// A GGUF model file (llama.cpp, ollama).
+    Gguf,
 }
 
 impl PortKind {
@@ -51,6 +53,7 @@ impl PortKind {
             Self::Svg => "svg",
             Self::ShardDir => "shard folder",
             Self::Signatures => "signatures",
+            Self::Gguf => "gguf",
         }
     }
 
@@ -87,6 +90,7 @@ pub mod port {
     pub const SVG: PortKind = PortKind::Svg;
     pub const SHARD_DIR: PortKind = PortKind::ShardDir;
     pub const SIGNATURES: PortKind = PortKind::Signatures;
+    pub const GGUF: PortKind = PortKind::Gguf;
 }
 
 /// One declared input of a stage.

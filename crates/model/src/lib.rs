@@ -17,6 +17,7 @@
 //!   `tokenizer_config.json`), assistant-token masks, chat generation with
 //!   end-of-turn and stop strings;
 //! - [`peft`]: LoRA adapters in the `peft` package's layout;
+//! - [`gguf`]: a decoder folder as one GGUF file for llama.cpp / ollama;
 //! - [`export`]: trained models written as folders (chat model, GPT policy,
 //!   classifier, reward model), adapters merged.
 //!
@@ -29,6 +30,7 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod export;
 pub mod generate;
+pub mod gguf;
 pub mod gpt;
 pub mod hf;
 pub mod layers;

@@ -4,8 +4,8 @@
 //! - [`pretrain`]: the `pretrain` stage (GPT / LSTM next-token, BERT masked-LM;
 //!   continued pre-training from any model folder);
 //! - [`objectives`]: the causal-LM and masked-LM [`forja_train::Objective`]s;
-//! - [`models`]: `import_model` (HF BERT / GPT-2 folders) and `embed`
-//!   (sentence embeddings).
+//! - [`models`]: `import_model` (HF BERT / GPT-2 / Llama folders), `embed`
+//!   (sentence embeddings) and `export_gguf` (llama.cpp's format).
 
 pub mod models;
 pub mod objectives;
@@ -86,5 +86,36 @@ impl Stage for Embed {
     }
 }
 
+/// Output of `export_gguf`.
+pub const GGUF: OutputSpec = OutputSpec { name: "gguf", path: "model.gguf", kind: port::GGUF };
+
+/// The `export_gguf` stage.
+pub struct ExportGguf;
+
+impl Stage for ExportGguf {
+    const KIND: &'static str = "export_gguf";
+    const ABOUT: &'static str =
+        "write a decoder model folder (GPT-2 or Llama block, byte-level BPE) as one GGUF file for llama.cpp, ollama and LM Studio";
+    const OUTPUTS: &'static [OutputSpec] = &[GGUF];
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = models::GgufConfig;
+    type Inputs = ModelDir;
+
+    fn run(&self, cfg: &models::GgufConfig, input: &ModelDir, out: &OutDir, _ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        let file = out.path(&GGUF);
+        let s = forja_model::gguf::write_gguf(&input.model, &file, cfg.dtype)?;
+        println!(
+            "export_gguf: {} ({}, {} tensors, {:?}, {} bytes) → {}",
+            input.model.display(),
+            s.arch,
+            s.tensors,
+            cfg.dtype,
+            s.bytes,
+            file.display()
+        );
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
 /// All stages of this crate.
-pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&Pretrain, &ImportModel, &Embed];
+pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&Pretrain, &ImportModel, &Embed, &ExportGguf];

@@ -39,6 +39,14 @@ pub fn import_model(from: &Path, to: &Path) -> anyhow::Result<&'static str> {
     Ok(model.model_type())
 }
 
+/// Parameters of `export_gguf`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GgufConfig {
+    /// Weights as `f32`, `f16` or `q8_0` (norms and biases stay f32).
+    pub dtype: forja_model::gguf::GgufDtype,
+}
+
 /// Parameters of `embed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
