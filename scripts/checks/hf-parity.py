@@ -13,15 +13,15 @@ import sys
 
 import pyarrow.ipc as ipc
 import torch
-from transformers import GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 
 
 def main():
     model_dir, tokens_path = sys.argv[1], sys.argv[2]
-    model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     table = ipc.open_file(tokens_path).read_all()
     ids = [t for row in table.column("ids").to_pylist() for t in row]
-    block = model.config.n_positions
+    block = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     total, count = 0.0, 0
     with torch.no_grad():
         for s in range(0, len(ids) - 1, block):
