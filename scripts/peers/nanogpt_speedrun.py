@@ -19,6 +19,8 @@ steps then cosine-decayed to 1e-4 at step 2000 and held there, gradient clipping
 
 Data (as nanoGPT's data/shakespeare_char/prepare.py): the vocabulary is the sorted set
 of the text's characters; the first int(0.9 n) characters train, the rest validate.
+Or --data: the token ids `forja-bench-speedrun prepare` wrote (the same split for
+characters; a BPE for the C4 sample), so that both sides read the same tokens.
 
 Evaluation, fixed so that another implementation scores the same tokens: the
 validation ids cut into non-overlapping windows starting at 0, block, 2 block, ...
@@ -38,6 +40,7 @@ fields are null when the target was not reached).
 """
 import argparse
 import json
+import os
 import math
 import sys
 import time
@@ -146,7 +149,10 @@ def evaluate(model, val, block, batch=256):
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--text", required=True, help="the corpus (Tiny Shakespeare's input.txt)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="the corpus (Tiny Shakespeare's input.txt), split as nanoGPT's prepare.py")
+    src.add_argument("--data", help="a folder of token ids (train.bin, val.bin: int32 little-endian; meta.json "
+                     "with vocab_size), as `forja-bench-speedrun prepare` writes it")
     p.add_argument("--target", type=float, default=1.88, help="stop at this validation loss")
     p.add_argument("--eval-interval", type=int, default=50)
     p.add_argument("--max-steps", type=int, default=5000)
@@ -164,15 +170,21 @@ def main():
     a = parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
-    with open(a.text, encoding="utf-8") as f:
-        text = f.read()
-    chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    data = torch.tensor([stoi[ch] for ch in text], dtype=torch.long)
-    n_train = int(len(data) * 0.9)
-    train, val = data[:n_train], data[n_train:]
+    if a.text:
+        with open(a.text, encoding="utf-8") as f:
+            text = f.read()
+        chars = sorted(set(text))
+        stoi = {ch: i for i, ch in enumerate(chars)}
+        data = torch.tensor([stoi[ch] for ch in text], dtype=torch.long)
+        n_train = int(len(data) * 0.9)
+        train, val, vocab = data[:n_train], data[n_train:], len(chars)
+    else:
+        read = lambda name: torch.frombuffer(bytearray(open(os.path.join(a.data, name), "rb").read()), dtype=torch.int32).long()
+        train, val = read("train.bin"), read("val.bin")
+        with open(os.path.join(a.data, "meta.json"), encoding="utf-8") as f:
+            vocab = json.load(f)["vocab_size"]
 
-    model = GPT(len(chars), a.block, a.n_layer, a.n_head, a.n_embd, a.dropout)
+    model = GPT(vocab, a.block, a.n_layer, a.n_head, a.n_embd, a.dropout)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": a.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
