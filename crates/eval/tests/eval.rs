@@ -92,3 +92,55 @@ fn exact_match_scores_good_lines_and_rejects_bad_ones_with_their_reason() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("on 1 questions (2 line(s) left out") && report.contains("## Attributions"), "{report}");
 }
+
+#[test]
+fn eval_scores_a_llama_folder_with_the_speedrun_options_over_every_window() {
+    use forja_core::artifacts::Artifact;
+    let dir = tempfile::tempdir().unwrap();
+    let text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer";
+    let tok = forja_tokenizer::char_tokenizer(std::iter::once(text), &[]).unwrap();
+    let cfg = GptConfig {
+        arch: forja_model::Arch::Llama,
+        vocab_size: tok.vocab_size() as i64,
+        block_size: 16,
+        n_layer: 2,
+        n_head: 4,
+        n_kv_head: 2,
+        n_embd: 16,
+        qk_norm: true,
+        activation: Some(forja_model::Activation::Relu2),
+        logit_softcap: 15.0,
+        tie_word_embeddings: false,
+        ..Default::default()
+    };
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let gpt = Gpt::new(&vs.root(), &cfg).unwrap();
+    let model = dir.path().join("model");
+    forja_model::checkpoint::save_model(&model, &vs, &cfg, &tok).unwrap();
+    let config = std::fs::read_to_string(model.join("config.json")).unwrap();
+    assert!(config.contains("\"model_type\": \"forja-llama\""), "{config}");
+    let ids: Vec<u32> = tok.encode(text).unwrap();
+    let split = dir.path().join("val.arrow");
+    forja_core::TokenRow::write(&split, "t", "t", &[forja_core::TokenRow { doc_id: "d".into(), ids: ids.clone() }]).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let ctx = forja_core::stage::StageCtx { name: "eval".into(), seed: 1, device: "cpu".into(), config_hash: "t".into(), code_hash: "t" };
+    let eval_cfg = forja_eval::EvalConfig { prompts: vec!["To".into()], ..Default::default() };
+    let inputs = forja_eval::EvalInputs { model, split, questions: None };
+    forja_eval::run(&eval_cfg, &inputs, &forja_core::stage::OutDir::new(&out), &ctx).unwrap();
+    let metrics = forja_core::MetricRow::read(&out.join("metrics.arrow")).unwrap();
+    let got = metrics.iter().find(|m| m.name == "loss").unwrap().value;
+    // The same windows scored here: non-overlapping blocks of 16, token-weighted.
+    let ids: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
+    let (mut total, mut count) = (0.0, 0usize);
+    for s in (0..ids.len() - 1).step_by(16) {
+        let n = 16.min(ids.len() - 1 - s);
+        let x = Tensor::from_slice(&ids[s..s + n]).view([1, -1]);
+        let y = Tensor::from_slice(&ids[s + 1..s + 1 + n]).view([1, -1]);
+        total += tch::no_grad(|| gpt.loss(&x, &y, false).unwrap().double_value(&[])) * n as f64;
+        count += n;
+    }
+    let want = total / count as f64;
+    assert!((got - want).abs() < 1e-4, "eval loss {got}, the model's own {want}");
+}
