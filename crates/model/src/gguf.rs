@@ -345,7 +345,9 @@ pub fn write_gguf(dir: &Path, file: &Path, dtype: GgufDtype) -> anyhow::Result<G
         g.meta(&hp("attention.layer_norm_epsilon"), Value::F32(cfg.layer_norm_epsilon as f32));
     }
     g.meta("tokenizer.ggml.model", Value::Str("gpt2".into()));
-    g.meta("tokenizer.ggml.pre", Value::Str(if arch == "qwen2" { "qwen2" } else { "gpt-2" }.into()));
+    // The pre-tokenizer is the tokenizer's, not the architecture's: forja's
+    // byte-level BPE splits as GPT-2 does (read_bpe refuses any other).
+    g.meta("tokenizer.ggml.pre", Value::Str("gpt-2".into()));
     let vocab = bpe.tokens.len();
     // A vocabulary padded beyond the tokenizer (SFT grows it to a multiple) gets placeholder tokens.
     let mut tokens = bpe.tokens;
