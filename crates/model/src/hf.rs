@@ -336,7 +336,7 @@ impl HfLlamaConfig {
         }
         let heads = self.num_attention_heads;
         let head_dim = self.head_dim.unwrap_or(0);
-        Ok(GptConfig {
+        let mut cfg = GptConfig {
             arch,
             vocab_size: self.vocab_size,
             block_size: self.max_position_embeddings,
@@ -355,7 +355,13 @@ impl HfLlamaConfig {
             qk_norm: forja && self.forja_qk_norm,
             logit_softcap: if forja { self.forja_logit_softcap } else { 0.0 },
             zero_init_proj: false,
-        })
+        };
+        // The default width reads back as the default (0), as GPT-2's n_inner does.
+        cfg.intermediate_size = 0;
+        if cfg.mlp_width() != self.intermediate_size {
+            cfg.intermediate_size = self.intermediate_size;
+        }
+        Ok(cfg)
     }
 }
 
@@ -369,4 +375,56 @@ pub fn gpt_config(raw: &Value) -> anyhow::Result<GptConfig> {
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama(extra: Value) -> Value {
+        let mut v = serde_json::json!({
+            "model_type": "llama", "vocab_size": 40, "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+        });
+        if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+            v.extend(extra.clone());
+        }
+        v
+    }
+
+    #[test]
+    fn the_rotary_base_is_read_from_either_key_and_variants_are_refused_by_name() {
+        assert_eq!(gpt_config(&llama(serde_json::json!({"rope_theta": 5e5}))).unwrap().rope_theta, 5e5);
+        let v5 = serde_json::json!({"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}});
+        assert_eq!(gpt_config(&llama(v5)).unwrap().rope_theta, 1e6);
+        let cfg = gpt_config(&llama(serde_json::json!({}))).unwrap();
+        assert_eq!((cfg.rope_theta, cfg.kv_heads(), cfg.tie_word_embeddings), (10_000.0, 2, false), "LlamaConfig's defaults");
+        let refused = [
+            (serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}), "rope_scaling"),
+            (serde_json::json!({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}), "`yarn`"),
+            (serde_json::json!({"mlp_bias": true}), "mlp_bias"),
+            (serde_json::json!({"hidden_act": "gelu"}), "hidden_act `gelu`"),
+            (serde_json::json!({"model_type": "mistral"}), "`mistral`"),
+            (serde_json::json!({"model_type": "qwen2", "use_sliding_window": true}), "use_sliding_window"),
+        ];
+        for (extra, what) in refused {
+            let err = format!("{:#}", gpt_config(&llama(extra.clone())).unwrap_err());
+            assert!(err.contains(what), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_setting_hugging_face_lacks_makes_a_forja_model_type_that_reads_back() {
+        let base = GptConfig { arch: Arch::Llama, vocab_size: 40, n_head: 4, n_embd: 32, ..GptConfig::default() };
+        assert_eq!(hf_config_json(&base, None, None)["model_type"], "llama");
+        let speedrun = GptConfig { qk_norm: true, logit_softcap: 15.0, activation: Some(Activation::Relu2), ..base };
+        let json = hf_config_json(&speedrun, Some(1), Some(2));
+        assert_eq!(json["model_type"], "forja-llama");
+        assert_eq!(gpt_config(&json).unwrap(), speedrun, "round trip");
+        // transformers' own model type never carries the forja-only keys.
+        let mut plain = json.clone();
+        plain["model_type"] = "llama".into();
+        let err = format!("{:#}", gpt_config(&plain).unwrap_err());
+        assert!(err.contains("relu2"), "{err}");
+    }
 }

@@ -467,3 +467,14 @@ fn wsd_holds_the_rate_then_decays_linearly_over_the_last_share() {
     assert!((lr_at(&cfg, 90, 100) - 0.5).abs() < 1e-12);
     assert_eq!(lr_at(&cfg, 100, 100), 0.0);
 }
+
+#[test]
+fn sharded_muon_parts_hold_whole_matrices() {
+    // Parameters of 100, 20, 300 and 80 scalars: parts cut only at their starts.
+    let starts = [0i64, 100, 120, 420];
+    let parts = forja_train::optim::shard_parts_at(500, 2, &starts);
+    assert_eq!(parts, vec![(0, 120), (120, 380)], "the cut nearest to 250 among 0, 100, 120, 420");
+    let parts = forja_train::optim::shard_parts_at(500, 3, &starts);
+    assert_eq!(parts.iter().map(|p| p.1).sum::<i64>(), 500);
+    assert!(parts.iter().all(|(lo, _)| starts.contains(lo) || *lo == 500), "{parts:?}");
+}
