@@ -378,6 +378,7 @@ pub fn gpt_config(raw: &Value) -> anyhow::Result<GptConfig> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly on purpose
 mod tests {
     use super::*;
 
