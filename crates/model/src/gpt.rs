@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+/// The untied output head's variable (the same name in both blocks).
+pub const LM_HEAD: &str = "lm_head.weight";
+
 /// The decoder's block and tensor names: GPT-2's, or the Llama family's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,6 +40,9 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Every block forja builds.
+    pub const ALL: [Arch; 3] = [Arch::Gpt2, Arch::Llama, Arch::Qwen2];
+
     /// Hugging Face's `model_type`.
     pub fn model_type(self) -> &'static str {
         match self {
@@ -73,7 +79,7 @@ impl Arch {
     /// Whether variable `name` is one of the decoder's own (not a value or
     /// reward head's): under [`Self::prefix`], or the untied `lm_head.weight`.
     pub fn owns(self, name: &str) -> bool {
-        name.starts_with(self.prefix()) || name == "lm_head.weight"
+        name.starts_with(self.prefix()) || name == LM_HEAD
     }
 
     /// The token-embedding tensor's name.
@@ -635,7 +641,6 @@ enum MlpKind {
 #[derive(Debug)]
 struct Mlp {
     kind: MlpKind,
-    llama: bool,
     dropout: f64,
     activation: Activation,
 }
@@ -655,7 +660,7 @@ impl Mlp {
         } else {
             MlpKind::Plain { fc: proj(&vs / "c_fc", c, w, &inner), proj: proj(&vs / "c_proj", w, c, &out) }
         };
-        Self { kind, llama: cfg.arch.is_llama(), dropout: cfg.dropout, activation: cfg.act() }
+        Self { kind, dropout: cfg.dropout, activation: cfg.act() }
     }
 
     fn forward(&self, x: &Tensor, f: Fwd) -> Tensor {
@@ -666,12 +671,10 @@ impl Mlp {
         y.dropout(self.dropout, f.train)
     }
 
-    /// The projections, with their names under the block's MLP.
-    fn projs(&self) -> Vec<(&'static str, &Proj)> {
+    fn projs(&self) -> Vec<&Proj> {
         match &self.kind {
-            MlpKind::Plain { fc, proj } if !self.llama => vec![("c_fc", fc), ("c_proj", proj)],
-            MlpKind::Plain { fc, proj } => vec![("up_proj", fc), ("down_proj", proj)],
-            MlpKind::Gated { gate, up, down } => vec![("gate_proj", gate), ("up_proj", up), ("down_proj", down)],
+            MlpKind::Plain { fc, proj } => vec![fc, proj],
+            MlpKind::Gated { gate, up, down } => vec![gate, up, down],
         }
     }
 }
@@ -686,21 +689,13 @@ struct Block {
 
 impl Block {
     fn new(vs: nn::Path, cfg: &GptConfig, lora: Option<&LoraConfig>) -> Self {
-        let c = cfg.n_embd;
-        if cfg.arch.is_llama() {
-            Self {
-                ln_1: Norm::new(&vs / "input_layernorm", c, cfg),
-                attn: Attention::new(&vs / "self_attn", cfg, lora),
-                ln_2: Norm::new(&vs / "post_attention_layernorm", c, cfg),
-                mlp: Mlp::new(&vs / "mlp", cfg, lora),
-            }
-        } else {
-            Self {
-                ln_1: Norm::new(&vs / "ln_1", c, cfg),
-                attn: Attention::new(&vs / "attn", cfg, lora),
-                ln_2: Norm::new(&vs / "ln_2", c, cfg),
-                mlp: Mlp::new(&vs / "mlp", cfg, lora),
-            }
+        let (ln_1, attn, ln_2) =
+            if cfg.arch.is_llama() { ("input_layernorm", "self_attn", "post_attention_layernorm") } else { ("ln_1", "attn", "ln_2") };
+        Self {
+            ln_1: Norm::new(&vs / ln_1, cfg.n_embd, cfg),
+            attn: Attention::new(&vs / attn, cfg, lora),
+            ln_2: Norm::new(&vs / ln_2, cfg.n_embd, cfg),
+            mlp: Mlp::new(&vs / "mlp", cfg, lora),
         }
     }
 
@@ -715,21 +710,24 @@ impl Block {
         &x + self.mlp.forward(&self.ln_2.forward(&x), p.f).to_kind(Kind::Float)
     }
 
-    /// The block's projections, with their names under the block.
-    fn projs(&self) -> Vec<(String, &Proj)> {
-        let llama = matches!(self.attn.qkv, Qkv::Split { .. });
-        let attn = if llama { "self_attn" } else { "attn" };
-        let mut out: Vec<(String, &Proj)> = match &self.attn.qkv {
-            Qkv::Fused(p) => vec![("c_attn".to_string(), p)],
-            Qkv::Split { q, k, v } => vec![("q_proj".into(), q), ("k_proj".into(), k), ("v_proj".into(), v)],
-        }
-        .into_iter()
-        .map(|(n, p)| (format!("{attn}.{n}"), p))
-        .collect();
-        out.push((format!("{attn}.{}", if llama { "o_proj" } else { "c_proj" }), &self.attn.out));
-        out.extend(self.mlp.projs().into_iter().map(|(n, p)| (format!("mlp.{n}"), p)));
+    /// The block's projections.
+    fn projs(&self) -> Vec<&Proj> {
+        let mut out: Vec<&Proj> = match &self.attn.qkv {
+            Qkv::Fused(p) => vec![p],
+            Qkv::Split { q, k, v } => vec![q, k, v],
+        };
+        out.push(&self.attn.out);
+        out.extend(self.mlp.projs());
         out
     }
+}
+
+/// How positions enter: GPT-2's learned embeddings added to the tokens' (`wpe`),
+/// or Llama's rotary embeddings applied to queries and keys.
+#[derive(Debug)]
+enum Positions {
+    Learned(nn::Embedding),
+    Rotary(Rope),
 }
 
 /// The decoder language model: GPT-2's block or the Llama family's.
@@ -737,10 +735,7 @@ impl Block {
 pub struct Gpt {
     pub cfg: GptConfig,
     wte: nn::Embedding,
-    /// Learned positions (GPT-2).
-    wpe: Option<nn::Embedding>,
-    /// Rotary positions (Llama).
-    rope: Option<Rope>,
+    positions: Positions,
     h: Vec<Block>,
     ln_f: Norm,
     /// The output head when not tied to `wte`: `[vocab, n_embd]`.
@@ -781,8 +776,11 @@ impl Gpt {
         Ok(Self {
             cfg: cfg.clone(),
             wte: nn::embedding(&t / wte, cfg.vocab_size, cfg.n_embd, emb_cfg),
-            wpe: (!llama).then(|| nn::embedding(&t / "wpe", cfg.block_size, cfg.n_embd, emb_cfg)),
-            rope: llama.then(|| Rope::new(cfg, vs.device())),
+            positions: if llama {
+                Positions::Rotary(Rope::new(cfg, vs.device()))
+            } else {
+                Positions::Learned(nn::embedding(&t / "wpe", cfg.block_size, cfg.n_embd, emb_cfg))
+            },
             h: (0..cfg.n_layer).map(|i| Block::new(&t / layers / i, cfg, lora)).collect(),
             ln_f: Norm::new(&t / norm, cfg.n_embd, cfg),
             lm_head,
@@ -793,16 +791,10 @@ impl Gpt {
 
     /// The LoRA adapter tensors, `(name, tensor)` (empty without LoRA).
     pub fn lora_params(&self) -> Vec<(String, Tensor)> {
-        let prefix = self.cfg.arch.prefix();
-        let layers = if self.cfg.arch.is_llama() { "layers" } else { "h" };
         let mut out = Vec::new();
-        for (i, b) in self.h.iter().enumerate() {
-            for (name, p) in b.projs() {
-                if let Some((a, bt)) = p.lora() {
-                    out.push((format!("{prefix}{layers}.{i}.{name}.lora_A.weight"), a.shallow_clone()));
-                    out.push((format!("{prefix}{layers}.{i}.{name}.lora_B.weight"), bt.shallow_clone()));
-                }
-            }
+        for (path, a, b) in self.h.iter().flat_map(Block::projs).filter_map(Proj::lora) {
+            out.push((format!("{path}.lora_A.weight"), a.shallow_clone()));
+            out.push((format!("{path}.lora_B.weight"), b.shallow_clone()));
         }
         out
     }
@@ -824,9 +816,9 @@ impl Gpt {
     /// # Shapes
     /// `tokens`: `[b, t, c]`, `positions`: `[t]` or `[b, t]`
     fn embed(&self, tokens: Tensor, positions: &Tensor) -> (Tensor, Option<RopeAt>) {
-        match &self.wpe {
-            Some(wpe) => (tokens + wpe.forward(positions), None),
-            None => (tokens, self.rope.as_ref().map(|r| r.at(positions))),
+        match &self.positions {
+            Positions::Learned(wpe) => (tokens + wpe.forward(positions), None),
+            Positions::Rotary(rope) => (tokens, Some(rope.at(positions))),
         }
     }
 

@@ -152,6 +152,8 @@ pub struct LoraDense {
     pub lora_b: Tensor,
     scale: f64,
     dropout: f64,
+    /// The projection's variable path (`model.layers.0.self_attn.q_proj`).
+    path: String,
 }
 
 /// A projection that is plain or LoRA, chosen when the model is built.
@@ -173,7 +175,7 @@ impl Proj {
                 let bound = 1.0 / (n_in as f64).sqrt();
                 let lora_a = (&vs / "lora_A").var("weight", &[cfg.rank, n_in], nn::Init::Uniform { lo: -bound, up: bound });
                 let lora_b = (&vs / "lora_B").var("weight", &[n_out, cfg.rank], nn::Init::Const(0.0));
-                Proj::Lora(LoraDense { base, lora_a, lora_b, scale: cfg.alpha / cfg.rank as f64, dropout: cfg.dropout })
+                Proj::Lora(LoraDense { base, lora_a, lora_b, scale: cfg.alpha / cfg.rank as f64, dropout: cfg.dropout, path })
             }
             _ => Proj::Plain(base),
         }
@@ -194,13 +196,29 @@ impl Proj {
         }
     }
 
-    /// The adapter tensors `(A, B)`, if any.
-    pub fn lora(&self) -> Option<(&Tensor, &Tensor)> {
+    /// The adapter tensors `(path, A, B)` (`path` the projection's variable path), if any.
+    pub fn lora(&self) -> Option<(&str, &Tensor, &Tensor)> {
         match self {
-            Proj::Lora(l) => Some((&l.lora_a, &l.lora_b)),
+            Proj::Lora(l) => Some((&l.path, &l.lora_a, &l.lora_b)),
             Proj::Plain(_) => None,
         }
     }
+}
+
+/// The layout of `name` (of `shape`) when it is a projection matrix inside a
+/// block — 2-D, under `….h.N.…` (GPT-2), `….layers.N.…` (Llama) or
+/// `….layer.N.…` (BERT), not a LoRA adapter — else `None`: embeddings, heads,
+/// norms and biases are not. GPT-2's Conv1D weights are `[in, out]`, the
+/// others `nn.Linear`'s `[out, in]` (what Muon's scaling needs to know).
+pub fn block_matrix(name: &str, shape: &[i64]) -> Option<Layout> {
+    let in_block = [".h.", ".layers.", ".layer."].iter().any(|b| name.contains(b));
+    (shape.len() == 2 && in_block && !name.contains(".lora_")).then(|| {
+        if name.starts_with(crate::gpt::Arch::Gpt2.prefix()) {
+            Layout::InOut
+        } else {
+            Layout::OutIn
+        }
+    })
 }
 
 /// Batch and length of a `[batch, seq]` id tensor, checked against a context

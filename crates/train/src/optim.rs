@@ -2,6 +2,7 @@
 //! the hidden matrices (`optim.kind = "muon"`), the warm-up + cosine or
 //! warm-up–stable–decay learning-rate schedules, and gradient clipping.
 
+use forja_model::layers::{block_matrix, Layout};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
@@ -126,14 +127,6 @@ pub struct ParamGroup {
     pub muon: bool,
 }
 
-/// Whether the parameter `name` of shape `shape` is one of the hidden matrices
-/// Muon updates: 2-D, inside a block (`….h.N.…`, `….layers.N.…`,
-/// `….layer.N.…`), not a LoRA adapter. Embeddings, heads, norms and biases
-/// are not.
-pub fn is_hidden_matrix(name: &str, shape: &[i64]) -> bool {
-    shape.len() == 2 && !name.contains(".lora_") && [".h.", ".layers.", ".layer."].iter().any(|b| name.contains(b))
-}
-
 impl ParamGroup {
     /// The usual split of every trainable variable of `vs`: matrices and
     /// embeddings (dim ≥ 2) with `weight_decay`, biases and norms without.
@@ -171,17 +164,17 @@ impl ParamGroup {
     }
 
     /// The groups as `cfg.kind` updates them: with Muon, each group's hidden
-    /// matrices ([`is_hidden_matrix`]) move to a Muon group of their own at
+    /// matrices ([`block_matrix`]) move to a Muon group of their own at
     /// `muon_lr` (relative to `lr`, times the group's own scale) and
     /// `muon_weight_decay`; the rest stay with AdamW.
     pub fn for_optimizer(groups: Vec<ParamGroup>, cfg: &OptimConfig) -> Vec<ParamGroup> {
         if cfg.kind != OptimKind::Muon {
             return groups;
         }
+        let muon_scale = if cfg.lr > 0.0 { cfg.muon_lr / cfg.lr } else { 0.0 };
         let mut out = Vec::new();
         for g in groups {
-            let (muon, adam): (Vec<_>, Vec<_>) = g.params.into_iter().partition(|(n, p)| is_hidden_matrix(n, &p.size()));
-            let muon_scale = if cfg.lr > 0.0 { cfg.muon_lr / cfg.lr } else { 0.0 };
+            let (muon, adam): (Vec<_>, Vec<_>) = g.params.into_iter().partition(|(n, p)| block_matrix(n, &p.size()).is_some());
             if !muon.is_empty() {
                 out.push(ParamGroup {
                     name: format!("{}.muon", g.name),
@@ -211,8 +204,8 @@ struct Slot {
     offset: i64,
     numel: i64,
     shape: Vec<i64>,
-    /// Updated by Muon.
-    muon: bool,
+    /// Updated by Muon, a matrix of this layout.
+    muon: Option<Layout>,
 }
 
 /// A group's contiguous range of the flat buffers.
@@ -307,7 +300,8 @@ impl AdamW {
                 param.set_data(&view);
                 let grad_home = flat_g.narrow(0, offset, numel).view(shape.as_slice());
                 anyhow::ensure!(!g.muon || shape.len() == 2, "Muon updates matrices; `{name}` has shape {shape:?}");
-                slots.push(Slot { name, param, grad_home, offset, numel, shape, muon: g.muon });
+                let muon = g.muon.then(|| block_matrix(&name, &shape).unwrap_or(Layout::OutIn));
+                slots.push(Slot { name, param, grad_home, offset, numel, shape, muon });
                 offset += numel;
             }
             ranges.push(GroupRange {
@@ -325,7 +319,7 @@ impl AdamW {
     /// update touches only that part of the parameters, which the caller then
     /// broadcasts from each part's owner ([`Self::parts`]).
     pub fn shard(&mut self, rank: usize, world: usize) {
-        let parts = if self.slots.iter().any(|s| s.muon) {
+        let parts = if self.slots.iter().any(|s| s.muon.is_some()) {
             let starts: Vec<i64> = self.slots.iter().map(|s| s.offset).collect();
             shard_parts_at(self.numel(), world, &starts)
         } else {
@@ -370,7 +364,7 @@ impl AdamW {
 
     /// The optimizer in words: `AdamW`, or `Muon (N matrices) + AdamW`.
     pub fn describe(&self) -> String {
-        match self.slots.iter().filter(|s| s.muon).count() {
+        match self.slots.iter().filter(|s| s.muon.is_some()).count() {
             0 => "AdamW".to_string(),
             n => format!("Muon ({n} matrices) + AdamW"),
         }
@@ -452,8 +446,7 @@ impl AdamW {
         // every AdamW operation is elementwise and Muon's parts hold whole
         // matrices, so a part updates exactly as it would inside the whole.
         let (lo, len) = self.own();
-        for gi in 0..self.groups.len() {
-            let grp = &self.groups[gi];
+        for grp in &self.groups {
             let start = grp.offset.max(lo);
             let end = (grp.offset + grp.numel).min(lo + len);
             if end <= start {
@@ -469,7 +462,7 @@ impl AdamW {
     }
 
     /// AdamW over the flat range `start..end` (inside this rank's part).
-    fn adam_range(&mut self, cfg: &OptimConfig, start: i64, end: i64, lr: f64, wd: f64) {
+    fn adam_range(&self, cfg: &OptimConfig, start: i64, end: i64, lr: f64, wd: f64) {
         let lo = self.own().0;
         let n = end - start;
         let g = self.flat_g.narrow(0, start, n);
@@ -497,7 +490,7 @@ impl AdamW {
 
     /// Muon over the matrices in the flat range `start..end`: Nesterov momentum,
     /// orthogonalised, scaled by sqrt(max(1, out / in)) as KellerJordan/Muon.
-    fn muon_range(&mut self, cfg: &OptimConfig, start: i64, end: i64, lr: f64, wd: f64) {
+    fn muon_range(&self, cfg: &OptimConfig, start: i64, end: i64, lr: f64, wd: f64) {
         let lo = self.own().0;
         for s in self.slots.iter().filter(|s| s.offset >= start && s.offset + s.numel <= end) {
             let g = self.flat_view(&self.flat_g, s);
@@ -508,9 +501,8 @@ impl AdamW {
             }
             let update = g.lerp(&buf, cfg.muon_momentum); // Nesterov
             let ortho = newton_schulz5(&update, cfg.muon_ns_steps);
-            // `nn.Linear`'s [out, in]; GPT-2's Conv1D keeps [in, out].
             let (rows, cols) = (s.shape[0] as f64, s.shape[1] as f64);
-            let (fan_out, fan_in) = if s.name.starts_with("transformer.") { (cols, rows) } else { (rows, cols) };
+            let (fan_out, fan_in) = if s.muon == Some(Layout::InOut) { (cols, rows) } else { (rows, cols) };
             let scale = (fan_out / fan_in).max(1.0).sqrt();
             let mut p = self.flat_view(&self.flat_p, s);
             if wd != 0.0 {
@@ -533,7 +525,7 @@ impl AdamW {
         Ok(self
             .slots
             .iter()
-            .flat_map(|s| match s.muon {
+            .flat_map(|s| match s.muon.is_some() {
                 true => vec![(format!("{}.momentum_buffer", s.name), self.flat_view(&m, s))],
                 false => {
                     vec![(format!("{}.exp_avg", s.name), self.flat_view(&m, s)), (format!("{}.exp_avg_sq", s.name), self.flat_view(&v, s))]
@@ -567,7 +559,7 @@ impl AdamW {
             |n: String| tensors.iter().find(|(k, _)| *k == n).map(|(_, v)| v).ok_or_else(|| anyhow::anyhow!("optimizer state lacks `{n}`"));
         let (m, v) = (self.flat_p.zeros_like(), self.flat_p.zeros_like());
         for s in &self.slots {
-            if s.muon {
+            if s.muon.is_some() {
                 self.flat_view(&m, s).copy_(find(format!("{}.momentum_buffer", s.name))?);
             } else {
                 self.flat_view(&m, s).copy_(find(format!("{}.exp_avg", s.name))?);
