@@ -10,7 +10,7 @@ use crate::checkpoint::{hf_config_json, CONFIG, TOKENIZER, WEIGHTS};
 use crate::classifier::ClassifierConfig;
 use crate::layers::{merge_lora, Layout, LoraConfig};
 use crate::peft::{self, ADAPTER_DIR};
-use crate::{BertConfig, GptConfig};
+use crate::{Arch, BertConfig, GptConfig};
 use anyhow::Context;
 use forja_core::token_counts::TokenCounts;
 use forja_tokenizer::Tokenizer;
@@ -109,11 +109,6 @@ pub fn write_classifier(
 
 /// Name of a GPT reward model's head weight, as Hugging Face names it.
 pub const REWARD_SCORE: &str = "score.weight";
-/// The architecture written into a GPT reward model's `config.json`.
-pub const REWARD_ARCHITECTURE: &str = "GPT2ForSequenceClassification";
-/// The same for the Llama family's blocks.
-const LLAMA_REWARD: &str = "LlamaForSequenceClassification";
-const QWEN2_REWARD: &str = "Qwen2ForSequenceClassification";
 /// The label of a reward model's one output.
 pub const REWARD_LABEL: &str = "LABEL_0";
 
@@ -125,23 +120,32 @@ pub fn reward_classifier_config(bert: &BertConfig) -> ClassifierConfig {
 
 /// How a reward model folder is written.
 pub enum RewardExport {
-    /// The GPT's folder with a config Hugging Face reads as a one-label
-    /// `GPT2ForSequenceClassification`.
-    Gpt { base: PathBuf, pad: Option<u32> },
+    /// The decoder's folder with a config Hugging Face reads as a one-label
+    /// `GPT2ForSequenceClassification` (`LlamaForSequenceClassification`, …).
+    Gpt { base: PathBuf, pad: Option<u32>, arch: Arch },
     /// `BertForSequenceClassification` with one label.
     Bert { cfg: Box<ClassifierConfig>, tok: Box<Tokenizer> },
+}
+
+impl RewardExport {
+    /// The Hugging Face class the folder loads as.
+    pub fn architecture(&self) -> &'static str {
+        match self {
+            RewardExport::Gpt { arch, .. } => crate::hf::classifier_architecture(*arch),
+            RewardExport::Bert { .. } => crate::classifier::SEQUENCE_CLASSIFIER,
+        }
+    }
 }
 
 /// Writes the reward model folder: weights (LoRA merged), config, tokenizer
 /// (and for a GPT its chat template).
 pub fn write_reward(dir: &Path, vs: &nn::VarStore, export: &RewardExport, lora: Option<&LoraConfig>) -> anyhow::Result<()> {
-    let (base, pad) = match export {
+    let (base, pad, arch) = match export {
         RewardExport::Bert { cfg, tok } => return write_classifier(dir, vs, cfg, lora, tok),
-        RewardExport::Gpt { base, pad } => (base, pad),
+        RewardExport::Gpt { base, pad, arch } => (base, pad, *arch),
     };
-    let arch = crate::checkpoint::read_config(base)?.arch;
     // A sequence classifier has no language-model head.
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, _)| n != "lm_head.weight").collect();
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, _)| n != crate::gpt::LM_HEAD).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     write_merged(dir, named, lora, arch.layout())?;
     copy_kept(base, dir)?;
@@ -159,7 +163,7 @@ pub fn write_reward(dir: &Path, vs: &nn::VarStore, export: &RewardExport, lora: 
 /// The head of a reward model folder, as its `config.json` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RewardHead {
-    /// `GPT2ForSequenceClassification`, with the token that pads batches.
+    /// A decoder's `…ForSequenceClassification`, with the token that pads batches.
     Gpt { pad: Option<u32> },
     /// `BertForSequenceClassification` with one label.
     Bert,
@@ -171,12 +175,14 @@ pub fn reward_head(dir: &Path) -> anyhow::Result<RewardHead> {
     let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG))?)?;
     let arch = raw["architectures"].get(0).and_then(|a| a.as_str()).unwrap_or("");
     let labels = raw["id2label"].as_object().map_or(0, |m| m.len());
+    let decoders = Arch::ALL.map(crate::hf::classifier_architecture);
     match arch {
-        REWARD_ARCHITECTURE | LLAMA_REWARD | QWEN2_REWARD => Ok(RewardHead::Gpt { pad: raw["pad_token_id"].as_u64().map(|p| p as u32) }),
+        a if decoders.contains(&a) => Ok(RewardHead::Gpt { pad: raw["pad_token_id"].as_u64().map(|p| p as u32) }),
         SEQUENCE_CLASSIFIER if labels == 1 => Ok(RewardHead::Bert),
         _ => anyhow::bail!(
-            "{}: not a reward model (architecture `{arch}` with {labels} label(s); expected `{REWARD_ARCHITECTURE}` or `{SEQUENCE_CLASSIFIER}` with one label)",
-            dir.display()
+            "{}: not a reward model (architecture `{arch}` with {labels} label(s); expected one of {} or `{SEQUENCE_CLASSIFIER}` with one label)",
+            dir.display(),
+            decoders.join(", ")
         ),
     }
 }

@@ -28,7 +28,8 @@ use tch::{nn, Device, Kind, Tensor};
 
 // The GPT head's weight name and the architecture a GPT reward model's
 // `config.json` names (the folder's layout is `forja_model::export`'s).
-pub use forja_model::export::{REWARD_ARCHITECTURE as ARCHITECTURE, REWARD_SCORE as SCORE};
+pub use forja_model::export::REWARD_SCORE as SCORE;
+use forja_model::gpt::LM_HEAD;
 
 /// What computes the scalar.
 pub enum Backbone {
@@ -168,7 +169,9 @@ pub fn load(dir: &Path, device: Device) -> anyhow::Result<LoadedReward> {
             let mut vs = nn::VarStore::new(device);
             let gpt = Gpt::new(&vs.root(), &cfg)?;
             let model = RewardModel::gpt(&vs.root(), gpt, pad);
-            Weights::read(&dir.join(WEIGHTS))?.load_into(&mut vs, &|n| n == UNUSED_HEAD)?;
+            // An untied decoder's language-model head is neither trained nor
+            // written (`…ForSequenceClassification` has none).
+            Weights::read(&dir.join(WEIGHTS))?.load_into(&mut vs, &|n| n == LM_HEAD)?;
             Ok(LoadedReward { vs, model, fmt })
         }
         RewardHead::Bert => {
@@ -179,10 +182,6 @@ pub fn load(dir: &Path, device: Device) -> anyhow::Result<LoadedReward> {
         }
     }
 }
-
-/// An untied decoder's language-model head: a reward model neither trains nor
-/// writes it (`…ForSequenceClassification` has none).
-const UNUSED_HEAD: &str = "lm_head.weight";
 
 /// Parameters of `reward_model`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -301,7 +300,7 @@ fn build(cfg: &RewardConfig, base: &Path, device: Device) -> anyhow::Result<Buil
                 common::load_policy(base, device, cfg.lora.as_ref(), cfg.dropout, cfg.train.precision)?;
             let pad = pad_token(&fmt);
             let model = RewardModel::gpt(&vs.root(), gpt, pad);
-            let export = RewardExport::Gpt { base: base.to_path_buf(), pad };
+            let export = RewardExport::Gpt { base: base.to_path_buf(), pad, arch: gpt_cfg.arch };
             Ok(Built { vs, model, fmt, max_len: limit(gpt_cfg.block_size as usize), export, head: |n| n == SCORE })
         }
         forja_model::bert::BERT_MODEL_TYPE => {
@@ -366,10 +365,11 @@ pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageC
         // The head learns in full; the backbone through its adapters.
         Some(_) => ParamGroup::train_only(&vs, |n| n.contains(".lora_") || head(n), cfg.train.optim.weight_decay),
         // An untied language-model head has no part in a score: frozen, not exported.
-        None => ParamGroup::train_only(&vs, |n| n != UNUSED_HEAD, cfg.train.optim.weight_decay),
+        None => ParamGroup::train_only(&vs, |n| n != LM_HEAD, cfg.train.optim.weight_decay),
     };
     let (n_train, n_val) = (train.len(), val.len());
     let lora = cfg.lora.clone();
+    let architecture = export.architecture();
     let write: forja_train::ModelWriter = Box::new(move |vs, dir| write_reward(dir, vs, &export, lora.as_ref()));
     let mut obj = BradleyTerry {
         model: &model,
@@ -397,10 +397,11 @@ pub fn run(cfg: &RewardConfig, inputs: &RewardInputs, out: &OutDir, ctx: &StageC
     };
     let mut report = std::fs::read_to_string(&outs.report).unwrap_or_default();
     report += &format!(
-        "\n## Reward model\n\n| | |\n|---|---|\n| training pairs | {n_train} |\n| held-out pairs | {n_val} |\n| held-out accuracy (exported model) | {} |\n| rejected pairs | {} |\n| pairs cut to {max_len} tokens | {} |\n\nThe folder loads in Hugging Face transformers as `{ARCHITECTURE}` with one label.\n",
+        "\n## Reward model\n\n| | |\n|---|---|\n| training pairs | {n_train} |\n| held-out pairs | {n_val} |\n| held-out accuracy (exported model) | {} |\n| rejected pairs | {} |\n| pairs cut to {max_len} tokens | {} |\n\nThe folder loads in Hugging Face transformers as `{}` with one label.\n",
         if val_accuracy.is_nan() { "-".to_string() } else { format!("{:.3}", val_accuracy) },
         rejects.len(),
-        cut_t + cut_v
+        cut_t + cut_v,
+        architecture
     );
     forja_core::fsutil::atomic_write(&outs.report, report.as_bytes())?;
     Ok(RewardSummary { train: summary, pairs: n_train, val_pairs: n_val, rejected: rejects.len(), truncated: cut_t + cut_v, val_accuracy })

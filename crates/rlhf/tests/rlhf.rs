@@ -134,6 +134,8 @@ fn reward_on_separable_pairs(dir: &Path, base: &Path, class: &str) {
     let inputs = RewardInputs { model: base.to_path_buf(), train, val: Some(val.clone()) };
     let s = reward::run(&cfg, &inputs, &OutDir::new(&out), &ctx("rm")).unwrap();
     assert!(s.val_accuracy >= 0.9, "held-out accuracy {} (chance 0.5)", s.val_accuracy);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains(&format!("loads in Hugging Face transformers as `{class}`")), "{report}");
 
     // The same rewards through transformers' sequence classifier.
     let loaded = reward::load(&out.join("model"), Device::Cpu).unwrap();
@@ -191,29 +193,38 @@ fn a_bert_encoder_is_a_reward_model_backbone_too() {
     assert_eq!(cfg["architectures"][0], "BertForSequenceClassification");
 }
 
-#[test]
-fn dpo_raises_the_margin_of_its_training_pairs_and_reuses_its_reference() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base");
-    char_model(&base, LETTERS, 32, 32);
-    let train = dir.path().join("train.arrow");
+/// A DPO run of 30 steps from `base` on 32 separable pairs into `dir/dpo`,
+/// checked to raise the margin of nearly every pair and to have computed the
+/// reference once for every pair; returns the pairs, the settings and inputs.
+fn dpo_on_separable_pairs(dir: &Path, base: &Path) -> (Vec<Preference>, DpoConfig, DpoInputs) {
+    let train = dir.join("train.arrow");
     let pairs = separable_pairs(32, 0);
     Preference::write(&train, "t", "t", &pairs).unwrap();
     let mut cfg = DpoConfig::default();
     cfg.train.max_steps = 30;
     cfg.train.optim.lr = 3e-3;
     cfg.train.optim.warmup_steps = 3;
-    let out = dir.path().join("dpo");
-    let inputs = DpoInputs { model: base.clone(), train: train.clone(), val: None, reference: None };
+    let out = dir.join("dpo");
+    let inputs = DpoInputs { model: base.to_path_buf(), train, val: None, reference: None };
     let s = dpo::run(&cfg, &inputs, &OutDir::new(&out), &ctx("dpo")).unwrap();
     assert!(!s.reused_reference);
     assert!(s.train_margin_after > 0.5, "mean implicit reward margin {} (0 at the start)", s.train_margin_after);
     assert!(s.train_accuracy_after >= 0.9, "{} of pairs with a positive margin", s.train_accuracy_after);
-    // The reference was computed once, for every pair, and is reused as an input.
     let table = PairLogps::read(&out.join("reference.arrow")).unwrap();
     assert_eq!(table.len(), pairs.len());
     assert!(table.iter().all(|r| r.chosen_logp < 0.0 && r.chosen_tokens > 0));
+    (pairs, cfg, inputs)
+}
+
+#[test]
+fn dpo_raises_the_margin_of_its_training_pairs_and_reuses_its_reference() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    char_model(&base, LETTERS, 32, 32);
+    let (_pairs, cfg, inputs) = dpo_on_separable_pairs(dir.path(), &base);
+    let out = dir.path().join("dpo");
+    // The reference is reused as an input.
     let mut again = cfg.clone();
     again.train.max_steps = 2;
     let inputs = DpoInputs { reference: Some(out.join("reference.arrow")), ..inputs };
@@ -235,19 +246,8 @@ fn dpo_on_a_llama_base_raises_the_margin_and_exports_a_llama_policy() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base");
     let base_cfg = llama_char_model(&base, LETTERS, 32);
-    let train = dir.path().join("train.arrow");
-    let pairs = separable_pairs(32, 0);
-    Preference::write(&train, "t", "t", &pairs).unwrap();
-    let mut cfg = DpoConfig::default();
-    cfg.train.max_steps = 30;
-    cfg.train.optim.lr = 3e-3;
-    cfg.train.optim.warmup_steps = 3;
+    let (pairs, _cfg, _inputs) = dpo_on_separable_pairs(dir.path(), &base);
     let out = dir.path().join("dpo");
-    let inputs = DpoInputs { model: base.clone(), train, val: None, reference: None };
-    let s = dpo::run(&cfg, &inputs, &OutDir::new(&out), &ctx("dpo")).unwrap();
-    assert!(s.train_margin_after > 0.5, "mean implicit reward margin {} (0 at the start)", s.train_margin_after);
-    assert!(s.train_accuracy_after >= 0.9, "{} of pairs with a positive margin", s.train_accuracy_after);
-    assert_eq!(PairLogps::read(&out.join("reference.arrow")).unwrap().len(), pairs.len());
 
     // The policy folder is a Llama of the base's shape, with its own untied head.
     let policy_dir = out.join("model");
