@@ -424,7 +424,7 @@ pub fn write_gguf(dir: &Path, file: &Path, dtype: GgufDtype) -> anyhow::Result<G
         add(&mut g, "output_norm.bias", get("transformer.ln_f.bias")?)?;
     }
     if !cfg.tie_word_embeddings {
-        add(&mut g, "output.weight", get("lm_head.weight")?)?;
+        add(&mut g, "output.weight", get(crate::gpt::LM_HEAD)?)?;
     }
     let tmp = file.with_extension("gguf.tmp");
     let bytes = g.write(&tmp)?;

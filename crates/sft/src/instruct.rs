@@ -25,6 +25,7 @@ use forja_core::{Generation, Message, Reject, SftExample, TokenRow};
 use forja_model::chat::{self, respond, ChatConfig, ChatTemplate, Encoded, IM_END, IM_START};
 use forja_model::checkpoint::{self, Weights, TOKENIZER, WEIGHTS};
 use forja_model::export::{write_chat_model, ChatExport};
+use forja_model::gpt::LM_HEAD;
 use forja_model::lm::cross_entropy;
 use forja_model::{load_gpt, Gpt, GptConfig, LoraConfig};
 use forja_tokenizer::Tokenizer;
@@ -303,16 +304,14 @@ pub fn prepare(model_dir: &Path, cfg: &SftConfig) -> anyhow::Result<Prepared> {
     Ok(Prepared { tokenizer, template, cfg: gpt_cfg, added })
 }
 
-/// Base weights with the embedding rows of `added` tokens (and any rows beyond
-/// the base vocabulary) set to the mean embedding.
-pub fn base_weights(model_dir: &Path, added: &[u32], vocab: i64) -> anyhow::Result<Weights> {
+/// Base weights of the model `cfg` (as [`prepare`] read it) with the embedding
+/// rows of `added` tokens (and any rows beyond the base vocabulary) set to the
+/// mean embedding; an untied output head's rows likewise.
+pub fn base_weights(model_dir: &Path, added: &[u32], cfg: &GptConfig) -> anyhow::Result<Weights> {
     let mut w = Weights::read(&model_dir.join(WEIGHTS))?;
-    let arch = checkpoint::read_config(model_dir)?.arch;
-    // The token embeddings, and an untied output head's rows likewise.
-    for name in [arch.embedding_name(), "lm_head.weight"] {
-        if name == arch.embedding_name() || w.get(name).is_some() {
-            grow_rows(&mut w, model_dir, name, added, vocab)?;
-        }
+    grow_rows(&mut w, model_dir, cfg.arch.embedding_name(), added, cfg.vocab_size)?;
+    if !cfg.tie_word_embeddings {
+        grow_rows(&mut w, model_dir, LM_HEAD, added, cfg.vocab_size)?;
     }
     Ok(w)
 }
@@ -415,7 +414,7 @@ pub fn run_with_hook(cfg: &SftConfig, inputs: &SftInputs, out: &OutDir, ctx: &St
     let mut vs = nn::VarStore::new(device);
     let mut model = Gpt::with_lora(&vs.root(), &p.cfg, cfg.lora.as_ref())?;
     model.precision = cfg.train.precision;
-    base_weights(&inputs.model, &p.added, p.cfg.vocab_size)?.load_into(&mut vs, &|n| n.contains(".lora_"))?;
+    base_weights(&inputs.model, &p.added, &p.cfg)?.load_into(&mut vs, &|n| n.contains(".lora_"))?;
     let groups = match cfg.lora {
         Some(_) => ParamGroup::train_only(&vs, |n| n.contains(".lora_"), cfg.train.optim.weight_decay),
         None => ParamGroup::decay_split(&vs, cfg.train.optim.weight_decay),

@@ -423,7 +423,7 @@ fn tokens_a_model_lacks_are_added_with_the_mean_embedding() {
     let p = forja_sft::instruct::prepare(tmp.path(), &SftConfig::default()).unwrap();
     assert_eq!(p.added.len(), 2);
     assert_eq!(p.cfg.vocab_size, cfg.vocab_size + 2);
-    let w = forja_sft::instruct::base_weights(tmp.path(), &p.added, p.cfg.vocab_size).unwrap();
+    let w = forja_sft::instruct::base_weights(tmp.path(), &p.added, &p.cfg).unwrap();
     let wte = w.get("transformer.wte.weight").unwrap();
     assert_eq!(wte.size(), [cfg.vocab_size + 2, 16]);
     let mean = wte.narrow(0, 0, cfg.vocab_size).mean_dim([0i64].as_slice(), false, Kind::Float);

@@ -182,7 +182,7 @@ fn bench_sft(dir: &Path, batch: usize, t: Timing, packing: bool, lora_rank: i64)
     tch::manual_seed(0);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Gpt::with_lora(&vs.root(), &p.cfg, lora.as_ref())?;
-    forja_sft::instruct::base_weights(&model_dir, &p.added, p.cfg.vocab_size)?.load_into(&mut vs, &|n| n.contains(".lora_"))?;
+    forja_sft::instruct::base_weights(&model_dir, &p.added, &p.cfg)?.load_into(&mut vs, &|n| n.contains(".lora_"))?;
     let optim = OptimConfig { lr: 1e-4, weight_decay: 0.0, grad_clip: 1.0, warmup_steps: 0, ..Default::default() };
     let groups = match &lora {
         Some(_) => ParamGroup::train_only(&vs, |n| n.contains(".lora_"), 0.0),
