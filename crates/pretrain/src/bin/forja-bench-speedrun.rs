@@ -153,29 +153,17 @@ fn recipe(a: &TrainArgs) -> anyhow::Result<PretrainConfig> {
         .iter()
         .find(|s| s.get("name").and_then(|n| n.as_str()) == Some(&a.stage))
         .with_context(|| format!("{}: no stage named `{}`", a.recipe.display(), a.stage))?;
-    let mut params = stage.get("params").cloned().unwrap_or(toml::Value::Table(Default::default()));
+    // The stage's parameters, then the overrides as `forja stage --set` reads them.
+    let mut params = serde_json::to_value(stage.get("params").cloned().unwrap_or(toml::Value::Table(Default::default())))?;
     for s in &a.sets {
-        let (key, raw) = s.split_once('=').with_context(|| format!("--set `{s}`: expected KEY=VALUE"))?;
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-        let mut at = &mut params;
-        let parts: Vec<&str> = key.split('.').collect();
-        for (i, p) in parts.iter().enumerate() {
-            let table = at.as_table_mut().with_context(|| format!("--set `{s}`: `{p}` is not inside a table"))?;
-            if i + 1 == parts.len() {
-                table.insert(p.to_string(), value.clone());
-                break;
-            }
-            at = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-        }
+        forja_core::stage::set_param(&mut params, s).with_context(|| format!("--set `{s}`"))?;
     }
-    params.try_into().with_context(|| format!("{} stage `{}` (with {:?})", a.recipe.display(), a.stage, a.sets))
+    serde_json::from_value(params).with_context(|| format!("{} stage `{}` (with {:?})", a.recipe.display(), a.stage, a.sets))
 }
 
-/// Mean cross-entropy over every non-overlapping window of `val`.
-fn evaluate(model: &Gpt, val: &Tensor, block: i64) -> f64 {
+/// Mean cross-entropy over every non-overlapping window of `val` (which holds
+/// at least one: `block + 1` tokens).
+fn evaluate(model: &Gpt, val: &Tensor, block: i64) -> anyhow::Result<f64> {
     let _guard = tch::no_grad_guard();
     let n = (val.size()[0] - 1) / block;
     let (mut total, mut count) = (0.0, 0i64);
@@ -184,13 +172,12 @@ fn evaluate(model: &Gpt, val: &Tensor, block: i64) -> f64 {
         let b = (n - start).min(256);
         let x = val.narrow(0, start * block, b * block).view([b, block]);
         let y = val.narrow(0, start * block + 1, b * block).view([b, block]); // each window's next tokens
-        let logits = model.forward(&x, false, None).expect("windows fit the context");
-        let loss = forja_model::lm::cross_entropy(&logits, &y).double_value(&[]);
+        let loss = forja_model::lm::cross_entropy(&model.forward(&x, false, None)?, &y).double_value(&[]);
         total += loss * (b * block) as f64;
         count += b * block;
         start += b;
     }
-    total / count.max(1) as f64
+    Ok(total / count as f64)
 }
 
 fn train(a: &TrainArgs) -> anyhow::Result<()> {
@@ -199,13 +186,20 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.data.join("meta.json"))?)?;
     let vocab = meta["vocab_size"].as_i64().context("meta.json: no vocab_size")?;
     let (train_ids, val_ids) = (read_ids(&a.data.join("train.bin"))?, read_ids(&a.data.join("val.bin"))?);
+    let block = cfg.model.block_size;
+    anyhow::ensure!(
+        val_ids.len() as i64 > block,
+        "{}: {} validation tokens, fewer than one window of {} + 1",
+        a.data.join("val.bin").display(),
+        val_ids.len(),
+        block
+    );
     tch::manual_seed(a.seed as i64);
     let device = tch::Device::Cpu;
     let model_cfg = forja_model::GptConfig { vocab_size: vocab, ..cfg.model.clone() };
     let mut vs = nn::VarStore::new(device);
     let mut model = Gpt::new(&vs.root(), &model_cfg)?;
     model.precision = cfg.train.precision;
-    let block = model_cfg.block_size;
     let data = Streams {
         train: TokenStream::from_ids(&train_ids, device)?,
         val: TokenStream::from_ids(&val_ids, device)?,
@@ -234,7 +228,7 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
         }
         let done = step + 1;
         if done % a.eval_interval == 0 || done == a.max_steps {
-            let v = evaluate(&model, &val, block);
+            let v = evaluate(&model, &val, block)?;
             eprintln!("step {done}: val {v:.4} after {clock:.1} s of training");
             evals.push(serde_json::json!([done, clock, v]));
             if v <= a.target {
