@@ -3,17 +3,16 @@
 //! (PyPI `gguf`, through `scripts/checks/gguf-check.py`): metadata, tokenizer
 //! and every tensor, for the GPT-2 and Llama blocks, in f32, f16 and q8_0.
 
+mod common;
+
+use common::{root, tensor};
 use forja_model::checkpoint::write_model_files;
 use forja_model::gguf::{write_gguf, GgufDtype};
 use forja_model::{Arch, Gpt, GptConfig};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{nn, Device, Tensor};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// A byte-level BPE of 300 tokens trained on Shakespeare.
 fn bpe() -> forja_tokenizer::Tokenizer {
@@ -46,24 +45,6 @@ fn export_and_read(dir: &Path, dtype: GgufDtype) -> Value {
         .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup --test)", python.display()));
     assert!(run.status.success(), "gguf-check failed: {}", String::from_utf8_lossy(&run.stderr));
     serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
-}
-
-fn tensor(v: &Value) -> Tensor {
-    fn flat(v: &Value, out: &mut Vec<f32>, shape: &mut Vec<i64>, depth: usize) {
-        match v {
-            Value::Array(items) => {
-                if shape.len() == depth {
-                    shape.push(items.len() as i64);
-                }
-                items.iter().for_each(|i| flat(i, out, shape, depth + 1));
-            }
-            Value::Number(n) => out.push(n.as_f64().unwrap() as f32),
-            other => panic!("not a number: {other}"),
-        }
-    }
-    let (mut out, mut shape) = (Vec::new(), Vec::new());
-    flat(v, &mut out, &mut shape, 0);
-    Tensor::from_slice(&out).view(shape.as_slice())
 }
 
 /// The tensor `name` of the file, dequantized, checked to be `want` within

@@ -5,6 +5,9 @@
 //! written by `sentence-transformers` (`scripts/fixtures/minilm-golden.py`).
 //! `scripts/setup --test` installs the venv packages and links `models/all-MiniLM-L6-v2`.
 
+mod common;
+
+use common::{root, tensor};
 use forja_core::artifacts::Artifact;
 use forja_core::stage::{OutDir, StageCtx};
 use forja_core::{Document, EmbeddingRow};
@@ -16,10 +19,6 @@ use forja_train::TrainerConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn minilm() -> PathBuf {
     let dir = root().join("models/all-MiniLM-L6-v2");
@@ -40,25 +39,6 @@ fn hf_check(kind: &str, dir: &Path, ids: &[Vec<i64>]) -> Value {
         .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup --test)", python.display()));
     assert!(out.status.success(), "hf-check {kind} failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_str(&std::fs::read_to_string(out_path).unwrap()).unwrap()
-}
-
-/// A nested JSON array of numbers as a float tensor.
-fn tensor(v: &Value) -> Tensor {
-    fn flat(v: &Value, out: &mut Vec<f32>, shape: &mut Vec<i64>, depth: usize) {
-        match v {
-            Value::Array(items) => {
-                if shape.len() == depth {
-                    shape.push(items.len() as i64);
-                }
-                items.iter().for_each(|i| flat(i, out, shape, depth + 1));
-            }
-            Value::Number(n) => out.push(n.as_f64().unwrap() as f32),
-            other => panic!("not a number: {other}"),
-        }
-    }
-    let (mut out, mut shape) = (Vec::new(), Vec::new());
-    flat(v, &mut out, &mut shape, 0);
-    Tensor::from_slice(&out).view(shape.as_slice())
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
