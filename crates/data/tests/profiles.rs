@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 //! Per-language profiles: the shipped ones are what `calibrate_quality` writes
 //! from the bundled reference text (set FORJA_UPDATE_PROFILES=1 to rewrite
-//! them), and the web preset keeps clean Spanish, French and German prose and
-//! rejects it with planted faults, for the right reason.
+//! them), and the web preset keeps clean Spanish, French, German, Portuguese
+//! and Italian prose and rejects it with planted faults, for the right reason.
 
 use forja_data::calibrate::{calibrate, report_markdown, CalibrateConfig};
 use forja_data::profile::{LangProfile, SHIPPED};
@@ -22,6 +22,7 @@ fn profiles_dir() -> PathBuf {
 fn references(lang: &str) -> Vec<PathBuf> {
     match lang {
         "es" => vec![fixture("quijote/quijote.txt"), fixture("oscar-sample/data.jsonl")],
+        "pt" | "it" => vec![fixture(&format!("handbook-pt-it/{lang}.txt"))],
         _ => vec![fixture("oscar-sample/data.jsonl")],
     }
 }
@@ -32,39 +33,14 @@ fn config(lang: &str) -> CalibrateConfig {
     cfg
 }
 
-/// No bundled Portuguese or Italian text: their profiles take the Spanish
-/// thresholds (the closest calibrated language) with their own stop words,
-/// the most frequent function words of each language, all in the Stopwords
-/// ISO list.
-const BORROWED: [(&str, [&str; 8]); 2] =
-    [("pt", ["de", "a", "o", "que", "e", "do", "da", "em"]), ("it", ["di", "e", "il", "la", "che", "a", "per", "in"])];
-
 fn expected_profiles() -> Vec<(String, LangProfile, String)> {
     let mut out = Vec::new();
-    let mut es = None;
-    for lang in ["es", "fr", "de"] {
+    for lang in ["es", "fr", "de", "pt", "it"] {
         let c = calibrate(&config(lang), &references(lang)).unwrap();
         let mut p = c.profile.clone();
-        let files: Vec<String> = references(lang).iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        let files: Vec<String> = references(lang).iter().map(|f| f.strip_prefix(fixture("")).unwrap_or(f).display().to_string()).collect();
         p.source = format!("calibrate_quality on fixtures: {} (read.text_field = content)", files.join(", "));
-        if lang == "es" {
-            es = Some(p.clone());
-        }
         out.push((lang.to_string(), p, report_markdown(&c)));
-    }
-    let es = es.unwrap();
-    for (lang, words) in BORROWED {
-        for w in words {
-            assert!(stop_words::lookup(lang).unwrap().contains(&w), "{w} not in the ISO list of {lang}");
-        }
-        let p = LangProfile {
-            lang: lang.into(),
-            source: "not calibrated (no bundled reference text): the Spanish profile's thresholds; stop words: the language's most frequent function words, each in the Stopwords ISO list".into(),
-            units: 0,
-            stop_words: words.iter().map(|w| w.to_string()).collect(),
-            ..es.clone()
-        };
-        out.push((lang.to_string(), p, String::new()));
     }
     out
 }
@@ -96,8 +72,12 @@ fn shipped_profiles_are_what_calibrate_quality_writes() {
 fn prose(lang: &str, n: usize) -> Vec<String> {
     let id = forja_data::lang::LangConfig::default();
     let mut out = Vec::new();
+    let paragraphs =
+        |rel: &str| -> Vec<String> { std::fs::read_to_string(fixture(rel)).unwrap().split("\n\n").map(|p| p.replace('\n', " ")).collect() };
     let texts: Vec<String> = if lang == "es" {
-        std::fs::read_to_string(fixture("quijote/quijote.txt")).unwrap().split("\n\n").map(|p| p.replace('\n', " ")).collect()
+        paragraphs("quijote/quijote.txt")
+    } else if matches!(lang, "pt" | "it") {
+        paragraphs(&format!("handbook-pt-it/{lang}.txt"))
     } else {
         std::fs::read_to_string(fixture("oscar-sample/data.jsonl"))
             .unwrap()
@@ -156,9 +136,9 @@ fn verdict(rules: &Rules, text: &str) -> (String, Judged) {
 }
 
 #[test]
-fn the_web_preset_keeps_clean_prose_and_rejects_planted_faults_in_spanish_french_and_german() {
+fn the_web_preset_keeps_clean_prose_and_rejects_planted_faults_in_five_languages() {
     let rules = Rules::default();
-    for lang in ["es", "fr", "de"] {
+    for lang in ["es", "fr", "de", "pt", "it"] {
         let paras = prose(lang, 12);
         let mut kept = 0;
         for p in &paras {
