@@ -202,6 +202,13 @@ pub struct Reject {
     pub raw: String,
     /// The record's original length in bytes.
     pub raw_len: u64,
+    /// The short key counts and reports group by: the data chain's rule
+    /// (`gopher_enough_stop_words`, `exact_duplicate`, …), or
+    /// [`Reject::INVALID`] for a record another stage could not use.
+    pub rule: String,
+    /// The record's language where the stage identified one (`und`: not
+    /// identified), empty where it does not identify languages.
+    pub lang: String,
 }
 
 impl Reject {
@@ -210,7 +217,25 @@ impl Reject {
         while !raw.is_char_boundary(end) {
             end -= 1;
         }
-        Self { source: source.to_string(), position, reason: reason.into(), raw: raw[..end].to_string(), raw_len: raw.len() as u64 }
+        Self {
+            source: source.to_string(),
+            position,
+            reason: reason.into(),
+            raw: raw[..end].to_string(),
+            raw_len: raw.len() as u64,
+            rule: Self::INVALID.to_string(),
+            lang: String::new(),
+        }
+    }
+
+    /// The rule of a record a stage could not use (the default).
+    pub const INVALID: &'static str = "invalid";
+
+    /// The same reject counted under `rule`, in language `lang`.
+    pub fn with_rule(mut self, rule: &str, lang: &str) -> Self {
+        self.rule = rule.to_string();
+        self.lang = lang.to_string();
+        self
     }
 }
 
@@ -225,6 +250,8 @@ impl Artifact for Reject {
                 strings(rows.iter().map(|r| r.reason.as_str())),
                 strings(rows.iter().map(|r| r.raw.as_str())),
                 Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.raw_len))),
+                strings(rows.iter().map(|r| r.rule.as_str())),
+                strings(rows.iter().map(|r| r.lang.as_str())),
             ],
         )
     }
@@ -234,6 +261,8 @@ impl Artifact for Reject {
         let reason = str_col(path, b, col::REASON)?;
         let raw = str_col(path, b, col::RAW)?;
         let raw_len = u64_col(path, b, col::RAW_LEN)?;
+        let rule = str_col(path, b, col::RULE)?;
+        let lang = str_col(path, b, col::LANG)?;
         Ok((0..source.len())
             .map(|i| Reject {
                 source: source[i].clone(),
@@ -241,6 +270,8 @@ impl Artifact for Reject {
                 reason: reason[i].clone(),
                 raw: raw[i].clone(),
                 raw_len: raw_len[i],
+                rule: rule[i].clone(),
+                lang: lang[i].clone(),
             })
             .collect())
     }

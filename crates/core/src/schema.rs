@@ -30,6 +30,7 @@ pub mod col {
     pub const REASON: &str = "reason";
     pub const RAW: &str = "raw";
     pub const RAW_LEN: &str = "raw_len";
+    pub const RULE: &str = "rule";
     pub const DOC_ID: &str = "doc_id";
     pub const IDS: &str = "ids";
     pub const STAGE: &str = "stage";
@@ -109,6 +110,8 @@ impl ArtifactKind {
                 utf8(REASON),
                 utf8(RAW),
                 Field::new(RAW_LEN, DataType::UInt64, false),
+                utf8(RULE),
+                utf8(LANG),
             ],
             Self::Tokens => {
                 vec![utf8(DOC_ID), Field::new(IDS, DataType::List(Arc::new(Field::new("item", DataType::UInt32, false))), false)]

@@ -41,14 +41,17 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Counts a reject under `rule`, keeping it as an example while there are few.
-    pub fn reject(&mut self, rule: &str, lang: &str, reject: &Reject) {
+    /// Counts a reject under `rule`, keeping it as an example while there are
+    /// few; returns it with its rule and language set, to be written.
+    pub fn reject(&mut self, rule: &str, lang: &str, reject: Reject) -> Reject {
+        let reject = reject.with_rule(rule, lang);
         self.counts.reject(rule, lang);
         let examples = self.examples.entry(rule.to_string()).or_default();
         if examples.len() < EXAMPLES_PER_RULE {
             let start: String = reject.raw.chars().take(160).collect();
             examples.push((format!("{}:{}", reject.source, reject.position), reject.reason.clone(), start));
         }
+        reject
     }
 
     /// Adds a later shard's tally (examples in shard order, as one process finds them).
@@ -283,8 +286,7 @@ pub fn first_pass(
         read_file_chunked(f, p.read, CHUNK_RECORDS, &mut |chunk: ReadOutput| {
             for r in chunk.rejects {
                 tally.counts.read_one(&file_name, r.raw_len as usize);
-                tally.reject("unreadable", crate::lang::UNDETERMINED, &r);
-                rejects.push(r)?;
+                rejects.push(tally.reject("unreadable", crate::lang::UNDETERMINED, r))?;
             }
             let results: Vec<(Outcome, Option<Vec<u64>>)> = chunk
                 .records
@@ -312,16 +314,14 @@ pub fn first_pass(
                     Ok(label) => label,
                     Err(reason) => {
                         let r = Reject::new(&rec.file, rec.position, reason, &rec.text);
-                        tally.reject("missing_label", lang, &r);
-                        rejects.push(r)?;
+                        rejects.push(tally.reject("missing_label", lang, r))?;
                         continue;
                     }
                 };
                 let kept = match outcome {
                     Outcome::Dropped { rule, reason, .. } => {
                         let r = Reject::new(&rec.file, rec.position, reason, &rec.text);
-                        tally.reject(&rule, lang, &r);
-                        rejects.push(r)?;
+                        rejects.push(tally.reject(&rule, lang, r))?;
                         continue;
                     }
                     Outcome::Kept(k) => k,
@@ -590,8 +590,7 @@ pub fn second_pass(
                 };
                 if let Some((rule, reason)) = rejected {
                     let reject = Reject::new(file, position, reason, &d.text);
-                    tally.reject(rule, &d.lang, &reject);
-                    sinks.rejects.push(reject)?;
+                    sinks.rejects.push(tally.reject(rule, &d.lang, reject))?;
                     continue;
                 }
                 tally.counts.keep(file, &d.lang, d.text.chars().count());

@@ -13,6 +13,7 @@ pub mod pii;
 pub mod profile;
 pub mod quality;
 pub mod read;
+pub mod report;
 pub mod split;
 pub mod stages;
 pub mod web;

@@ -13,10 +13,8 @@ use crate::tokenizer::{self, Tokenizer, TokenizerConfig};
 use crate::web::{ChainCounts, DocLengthConfig, DocQualityConfig, Enabled, Preset, Rules};
 use anyhow::Context;
 use forja_core::artifacts::Artifact;
-use forja_core::metric;
 use forja_core::stage::{outputs, port, OutDir, OutputSpec, Stage, StageCtx};
-use forja_core::{Document, MetricRow, Reject, TokenRow};
-use forja_render::Series;
+use forja_core::{Document, Reject, TokenRow};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -196,7 +194,7 @@ fn finish_clean(
         c.kept,
         c.rejected_total()
     );
-    write_clean_report(&report, out, name, hash)?;
+    crate::report::write_clean_report(&report, out, name, hash)?;
     tracing::info!(read = c.read, kept = c.kept, rejected = c.rejected_total(), train = report.train, val = report.val, "clean done");
     Ok(report)
 }
@@ -368,177 +366,6 @@ pub fn run_merge_shards(dirs: &[PathBuf], duplicates: &Path, out: &OutDir, ctx: 
     let parts: Vec<PathBuf> = shards.iter().map(|(d, _)| d.join(SHARD_PART.path)).collect();
     let split = corpus::second_pass(&parts, &cand, &dups, &cfg.split, &cfg.label, shards[0].1.seed, &mut sinks, &mut tally)?;
     finish_clean(&cfg, &on, files, split, sinks, tally, out, &ctx.name, &hash)
-}
-
-fn write_clean_report(report: &CleanReport, out: &OutDir, name: &str, hash: &str) -> anyhow::Result<()> {
-    let c = &report.counts;
-    let mut rows = vec![
-        MetricRow::new(name, 0, metric::DOCS_READ, c.read as f64, metric::split::NONE),
-        MetricRow::new(name, 0, metric::DOCS_KEPT, c.kept as f64, metric::split::NONE),
-        MetricRow::new(name, 0, metric::DOCS_REJECTED, c.rejected_total() as f64, metric::split::NONE),
-    ];
-    for (split, n) in SPLITS.iter().zip([report.train, report.val, report.test]) {
-        rows.push(MetricRow::new(name, 0, metric::DOCS_KEPT, n as f64, split));
-    }
-    let named = |prefix: &str, m: &BTreeMap<String, u64>| -> Vec<MetricRow> {
-        m.iter().map(|(k, v)| MetricRow::new(name, 0, &format!("{prefix}{k}"), *v as f64, metric::split::NONE)).collect()
-    };
-    rows.extend(named("rejected:", &c.rejected));
-    rows.extend(named("lines_removed:", &c.line_edits));
-    rows.extend(named("pii:", &c.pii));
-    rows.extend(named("lang:", &c.langs));
-    rows.extend(named("lang_unprofiled:", &c.unprofiled));
-    for (lang, m) in &c.rejected_by_lang {
-        rows.extend(named(&format!("lang_rejected:{lang}:"), m));
-    }
-    if let Some(b) = &report.balance {
-        for (class, counts) in &b.per_split {
-            for (split, n) in SPLITS.iter().zip(counts) {
-                rows.push(MetricRow::new(name, 0, &format!("class:{class}"), *n as f64, split));
-            }
-        }
-    }
-    MetricRow::write(&out.path(&outputs::METRICS), name, hash, &rows)?;
-    let weights = report.balance.as_ref().map(|b| b.weights.clone()).unwrap_or_default();
-    forja_core::fsutil::atomic_write(&out.path(&CLASS_WEIGHTS), serde_json::to_string_pretty(&weights)?.as_bytes())?;
-    let svg = lengths_svg(c).unwrap_or_default();
-    forja_core::fsutil::atomic_write(&out.path(&LENGTHS), svg.as_bytes())?;
-    forja_core::fsutil::atomic_write(&out.path(&outputs::REPORT), clean_report_md(report).as_bytes())?;
-    Ok(())
-}
-
-fn lengths_svg(c: &ChainCounts) -> Option<String> {
-    // Every bin of either distribution, 0 where one has none.
-    let bins: std::collections::BTreeSet<u32> = c.length_before.keys().chain(c.length_after.keys()).copied().collect();
-    let points = |m: &BTreeMap<u32, u64>| bins.iter().map(|b| (f64::from(*b), m.get(b).copied().unwrap_or(0) as f64)).collect();
-    forja_render::line_chart(
-        "Document length (characters), before and after",
-        "log2(characters)",
-        "documents",
-        &[
-            Series { label: "read", color: "#888", points: points(&c.length_before) },
-            Series { label: "kept", color: "#1f77b4", points: points(&c.length_after) },
-        ],
-    )
-}
-
-fn clean_report_md(r: &CleanReport) -> String {
-    let c = &r.counts;
-    let pct = |n: u64| if c.read == 0 { 0.0 } else { 100.0 * n as f64 / c.read as f64 };
-    let mut s = String::from("# Data report\n\n");
-    s += &format!("Files: {}\n\nPreset: `{:?}`. Rules on: {}.\n\n", r.files.join(", "), r.preset, enabled_list(&r.enabled));
-    s += &format!(
-        "Records read: {}; kept: {} ({:.1}%: train {}, val {}, test {}); rejected: {} ({:.1}%). Read = kept + rejected: checked.\n\n",
-        c.read,
-        c.kept,
-        pct(c.kept),
-        r.train,
-        r.val,
-        r.test,
-        c.rejected_total(),
-        pct(c.rejected_total())
-    );
-    s += &format!("Changed by normalization: {}.\n\n", c.changed_by_normalization);
-    if let Some(b) = &r.balance {
-        s += &class_balance_md(b, r.oversampled_rows);
-    }
-    s += "## Rejected, by rule\n\n| rule | records | share of read |\n|---|---|---|\n";
-    let mut by_count: Vec<_> = c.rejected.iter().collect();
-    by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    for (rule, n) in &by_count {
-        s += &format!("| {rule} | {n} | {:.2}% |\n", pct(**n));
-    }
-    s += "\n## Per source\n\n| source | read | kept | rejected |\n|---|---|---|---|\n";
-    for (src, (read, kept)) in &c.sources {
-        s += &format!("| {src} | {read} | {kept} | {} |\n", read - kept);
-    }
-    if !c.line_edits.is_empty() {
-        s += "\n## Lines removed from kept documents\n\n| kind | lines |\n|---|---|\n";
-        for (k, n) in &c.line_edits {
-            s += &format!("| {k} | {n} |\n");
-        }
-    }
-    if r.enabled.pii {
-        s += "\n## PII redacted\n\n| kind | replaced |\n|---|---|\n";
-        for (k, n) in &c.pii {
-            s += &format!("| {k} | {n} |\n");
-        }
-        if c.pii.is_empty() {
-            s += "| (none found) | 0 |\n";
-        }
-    }
-    if r.enabled.lang {
-        s += "\n## Language mix of kept documents\n\n| language | documents | share |\n|---|---|---|\n";
-        let mut langs: Vec<_> = c.langs.iter().collect();
-        langs.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        for (l, n) in langs {
-            s += &format!("| {l} | {n} | {:.1}% |\n", 100.0 * *n as f64 / c.kept.max(1) as f64);
-        }
-    }
-    if r.enabled.profiles && r.enabled.lang {
-        let profiled: Vec<&str> = crate::profile::shipped().keys().map(String::as_str).collect();
-        s += &format!("\nLanguage-aware rules: profiles for {}.", profiled.join(", "));
-        if c.unprofiled.is_empty() {
-            s += "\n";
-        } else {
-            let list: Vec<String> = c.unprofiled.iter().map(|(l, n)| format!("{l} ({n})")).collect();
-            s += &format!(" Judged by the language-independent rules only (no profile): {} documents.\n", list.join(", "));
-        }
-    }
-    s += "\n## Lengths\n\n![document lengths before and after](lengths.svg)\n\n| characters | read | kept |\n|---|---|---|\n";
-    let bins: std::collections::BTreeSet<u32> = c.length_before.keys().chain(c.length_after.keys()).copied().collect();
-    for b in bins {
-        let get = |m: &BTreeMap<u32, u64>| m.get(&b).copied().unwrap_or(0);
-        s += &format!("| {}–{} | {} | {} |\n", 1u64 << b, (1u64 << (b + 1)) - 1, get(&c.length_before), get(&c.length_after));
-    }
-    if !by_count.is_empty() {
-        s += "\n## Top rejection reasons, with examples\n\n";
-        for (rule, n) in by_count.iter().take(10) {
-            s += &format!("### {rule} ({n})\n\n");
-            for (src, reason, start) in r.examples.get(rule.as_str()).into_iter().flatten() {
-                s += &format!("- `{src}`: {reason}\n  > {}\n", start.replace('\n', " ⏎ ").replace('|', "\\|"));
-            }
-            s += "\n";
-        }
-    }
-    s
-}
-
-fn class_balance_md(b: &ClassBalance, oversampled: u64) -> String {
-    let mut s = String::from("## Class balance\n\nSplit stratified by class; train rows after rebalancing; loss weight `n / (k · n_class)` over the train rows (`class_weights.json`).\n\n| class | train | val | test | train rows | weight |\n|---|---|---|---|---|---|\n");
-    for (class, [tr, va, te]) in &b.per_split {
-        let rows = b.train_rows.get(class).copied().unwrap_or(0);
-        let w = b.weights.get(class).copied().unwrap_or(0.0);
-        s += &format!("| {} | {tr} | {va} | {te} | {rows} | {w:.3} |\n", class.replace('|', "\\|"));
-    }
-    let (min, max) = (b.per_split.values().map(|c| c[0]).min().unwrap_or(0), b.per_split.values().map(|c| c[0]).max().unwrap_or(0));
-    s += &format!(
-        "\n{} classes; train documents per class from {min} to {max} (imbalance ×{:.1}); over-sampling added {oversampled} rows.\n\n",
-        b.per_split.len(),
-        max as f64 / min.max(1) as f64
-    );
-    s
-}
-
-fn enabled_list(e: &Enabled) -> String {
-    let all = [
-        ("lang", e.lang),
-        ("boilerplate", e.boilerplate),
-        ("repetition", e.repetition),
-        ("quality", e.quality),
-        ("c4", e.c4),
-        ("doc_quality", e.doc_quality),
-        ("doc_length", e.doc_length),
-        ("profiles", e.profiles),
-        ("pii", e.pii),
-        ("near_dedup", e.near_dedup),
-    ];
-    let on: Vec<&str> = all.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect();
-    if on.is_empty() {
-        "none beyond normalization and exact de-duplication".into()
-    } else {
-        on.join(", ")
-    }
 }
 
 /// Trains a tokenizer on the documents of `corpus`; writes `tokenizer.json`.
