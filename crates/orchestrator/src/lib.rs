@@ -1,8 +1,9 @@
 //! forja: the orchestrator. Parses pipeline files ([`pipeline`]) into checked plans
 //! and runs them with content-hash caching ([`run`]), training stages as local
-//! ranks when asked ([`launch`]).
+//! ranks when asked ([`launch`]); `forja inspect` looks into artifacts ([`inspect`]).
 
 pub mod card;
+pub mod inspect;
 pub mod launch;
 pub mod pipeline;
 pub mod reference;

@@ -62,6 +62,10 @@ enum Cmd {
         #[arg(long)]
         markdown: bool,
     },
+    /// Look into artifacts: a file's columns, metadata and first rows, or a
+    /// polars SQL query over files and run folders (`--sql "SELECT rule,
+    /// count(*) FROM rejects GROUP BY rule"`).
+    Inspect(forja::inspect::InspectArgs),
     /// Serve a model folder over an OpenAI-compatible HTTP API (see forja-serve --help).
     Serve(forja_serve::ServeArgs),
     /// Answer a conversation with a fine-tuned GPT folder: its own chat template,
@@ -148,6 +152,7 @@ fn real_main() -> Result<()> {
         }
         Cmd::Stage(args) => run_from_args(&registry, &args)?,
         Cmd::Serve(args) => forja_serve::run(args)?,
+        Cmd::Inspect(args) => forja::inspect::inspect(&args)?,
         Cmd::Chat { model, turns, system, temperature, top_k, top_p, max_new_tokens, seed, stop, device } => {
             let mut messages: Vec<Message> = system.into_iter().map(|content| Message { role: "system".into(), content }).collect();
             for (i, content) in turns.into_iter().enumerate() {

@@ -5,7 +5,7 @@
 //! - the trainers (`pretrain`, `sft`, `rlhf`) never depend on each other;
 //! - `serve` and `eval` depend on no trainer and not on `data`;
 //! - `model` and `train` depend on no stage crate (`data`, a trainer, `eval`, `serve`);
-//! - `core`, `meter`, `render`, `buildhash`, `tokenizer` and `data` depend on no
+//! - `core`, `meter`, `render`, `frame`, `buildhash`, `tokenizer` and `data` depend on no
 //!   other forja crate than these, and build without libtorch (no `tch` / `torch-sys` among their
 //!   normal and build dependencies, transitively);
 //! - only the orchestrator (`forja`) and the benchmarks depend on `serve`,
@@ -25,7 +25,8 @@ use std::process::Command;
 const TRAINERS: [&str; 3] = ["forja-pretrain", "forja-sft", "forja-rlhf"];
 const APPS: [&str; 2] = ["forja", "forja-benches"];
 /// Crates that build without libtorch.
-const NO_TORCH: [&str; 6] = ["forja-core", "forja-meter", "forja-render", "forja-buildhash", "forja-tokenizer", "forja-data"];
+const NO_TORCH: [&str; 7] =
+    ["forja-core", "forja-meter", "forja-render", "forja-frame", "forja-buildhash", "forja-tokenizer", "forja-data"];
 const TORCH: [&str; 2] = ["tch", "torch-sys"];
 
 /// A dependency between two workspace members.
@@ -66,7 +67,7 @@ fn forbidden(from: &str, to: &str) -> Option<&'static str> {
         return Some("dist depends only on core (the engine calls it, not the other way)");
     }
     if NO_TORCH.contains(&from) && !NO_TORCH.contains(&to) {
-        return Some("core, meter, render, buildhash, tokenizer and data depend only on each other (they build without libtorch)");
+        return Some("core, meter, render, frame, buildhash, tokenizer and data depend only on each other (they build without libtorch)");
     }
     None
 }
