@@ -16,8 +16,9 @@ pub struct InspectArgs {
     pub artifacts: Vec<PathBuf>,
     /// A polars SQL query. Each file is a table named by its stem (`rejects`,
     /// `metrics`, `train`); same-named files with the same columns are one
-    /// table (every stage's `metrics`); in a folder each file is also
-    /// `FOLDER_STEM` by its path inside it (`clean_rejects`).
+    /// table (every stage's `rejects`); in a folder each file is also
+    /// named by its path inside it (`clean_rejects`), and a file at the
+    /// folder's top keeps its bare name to itself (a run's `metrics.arrow`).
     #[arg(long)]
     pub sql: Option<String>,
     /// Rows printed (the first and last halves when there are more; 0: all).
@@ -44,11 +45,18 @@ fn entries(args: &[PathBuf]) -> anyhow::Result<Vec<Entry>> {
             walk(a, &mut files).with_context(|| format!("{}: cannot list the folder", a.display()))?;
             files.sort();
             anyhow::ensure!(!files.is_empty(), "{}: no .arrow artifacts in this folder", a.display());
+            // A file at the folder's top keeps its bare name to itself: a run
+            // folder's `metrics.arrow` already holds every stage's rows.
+            let top: Vec<String> = files.iter().filter(|f| f.parent() == Some(a.as_path())).map(|f| table_name(f)).collect();
             for f in files {
                 let inside = f.strip_prefix(a).unwrap_or(&f).with_extension("");
                 let qualified = forja_frame::table_name(Path::new(&inside.to_string_lossy().replace(['/', '\\'], "_")));
-                let mut names = vec![table_name(&f)];
-                if qualified != names[0] {
+                let bare = table_name(&f);
+                let mut names = Vec::new();
+                if f.parent() == Some(a.as_path()) || !top.contains(&bare) {
+                    names.push(bare);
+                }
+                if !names.contains(&qualified) {
                     names.push(qualified);
                 }
                 out.push(Entry { path: f, names });

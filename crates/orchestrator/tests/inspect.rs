@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 //! `forja inspect`: the web chain's rejects on the OSCAR sample counted with
 //! polars SQL from the command line agree with the rejects read row by row and
-//! with the stage's own metrics; a folder's artifacts are tables by name; a bad
+//! with the stage's own metrics; a folder's artifacts are tables by name (a
+//! run's own `metrics.arrow` not counted twice with its stages'); a bad
 //! query is an error (exit 1) that quotes it, never a panic.
 
 use forja_core::artifacts::Artifact;
@@ -93,6 +94,16 @@ fn inspect_counts_rejects_with_sql_and_describes_files_and_folders() {
     }
     let kept = ok(&forja(&["inspect", dir.path().to_str().unwrap(), "--sql", "SELECT lang, count(*) AS n FROM clean_train GROUP BY lang"]));
     assert!(kept.contains("row(s)"), "{kept}");
+    // A run folder's own metrics.arrow (every stage's rows) keeps `metrics`
+    // to itself: the stage's copy is `clean_metrics`, not counted twice.
+    std::fs::copy(out_dir.join("metrics.arrow"), dir.path().join("metrics.arrow")).unwrap();
+    let n = |table: &str| {
+        let q = format!("SELECT name FROM {table}");
+        let printed = ok(&forja(&["inspect", dir.path().to_str().unwrap(), "--sql", &q]));
+        printed.lines().last().unwrap().to_string()
+    };
+    assert_eq!(n("metrics"), format!("{} row(s)", metrics.len()));
+    assert_eq!(n("clean_metrics"), format!("{} row(s)", metrics.len()));
 
     // A bad query: exit 1, the query quoted, the tables listed, no panic.
     let bad = forja(&["inspect", rejects_path.to_str().unwrap(), "--sql", "SELECT nope FROM rejects"]);
