@@ -44,7 +44,7 @@ pub enum FrameError {
 /// One artifact file read as a data frame, with what its metadata says.
 #[derive(Debug, Clone)]
 pub struct Frame {
-    pub path: PathBuf,
+    /// The columns read (none: only the row count, in `df.height()`).
     pub df: DataFrame,
     /// The artifact kind (`schema` metadata), the stage that wrote it and its
     /// configuration hash, where the file records them.
@@ -70,7 +70,7 @@ pub fn read_frame(path: &Path, columns: Option<&[&str]>) -> Result<Frame, FrameE
     };
     let arrow_columns = projected.iter().map(|f| (f.name().clone(), f.data_type().to_string())).collect();
     let df = frame_of(path, &projected, &batches)?;
-    Ok(Frame { path: path.into(), df, kind, stage, config_hash, arrow_columns })
+    Ok(Frame { df, kind, stage, config_hash, arrow_columns })
 }
 
 /// Calls `f` on each batch of an Arrow IPC file, read with only `columns`
@@ -131,7 +131,8 @@ pub fn frame_of(path: &Path, fields: &[arrow_schema::Field], batches: &[RecordBa
         }
         columns.push(Column::from(s));
     }
-    let height = columns.first().map_or(0, Column::len);
+    // From the batches, so that a frame of no columns still has its rows.
+    let height = batches.iter().map(RecordBatch::num_rows).sum();
     DataFrame::new(height, columns).map_err(|source| FrameError::Convert { path: path.into(), column: "*".into(), source })
 }
 
@@ -228,10 +229,6 @@ impl Tables {
         Ok(())
     }
 
-    pub fn names(&self) -> Vec<&str> {
-        self.frames.keys().map(String::as_str).collect()
-    }
-
     pub fn get(&self, name: &str) -> Option<&DataFrame> {
         self.frames.get(name)
     }
@@ -251,11 +248,14 @@ impl Tables {
     }
 }
 
-/// Table names are SQL identifiers: a letter or `_`, then letters, digits, `_`.
+/// A SQL identifier: a letter or `_`, then letters, digits and `_`.
+fn is_identifier(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Table names are SQL identifiers.
 fn check_table_name(name: &str) -> Result<(), FrameError> {
-    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
+    if is_identifier(name) {
         Ok(())
     } else {
         Err(FrameError::Table { name: name.into(), problem: "not a SQL identifier (letters, digits and `_`)".into() })
@@ -271,11 +271,12 @@ pub fn describe(df: &DataFrame) -> String {
 /// digits and `_` turned into `_` (`rejects.arrow` → `rejects`).
 pub fn table_name(path: &Path) -> String {
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut name: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
-    if !name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') {
-        name.insert(0, '_');
+    let name: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    if is_identifier(&name) {
+        name
+    } else {
+        format!("_{name}")
     }
-    name
 }
 
 /// How a table is printed.

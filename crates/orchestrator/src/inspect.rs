@@ -168,25 +168,16 @@ fn describe_file(path: &Path, opts: Show) -> anyhow::Result<String> {
 fn list(entries: &[Entry]) -> anyhow::Result<String> {
     let mut s = String::from("table(s)\trows\tartifact\tstage\tfile\n");
     for e in entries {
+        // No column read: the metadata and the row count only.
         let f = read_frame(&e.path, Some(&[]))?;
         s += &format!(
             "{}\t{}\t{}\t{}\t{}\n",
             e.names.join(", "),
-            rows_of(&e.path)?,
+            f.df.height(),
             f.kind.unwrap_or_else(|| "-".into()),
             f.stage.unwrap_or_else(|| "-".into()),
             e.path.display()
         );
     }
     Ok(s)
-}
-
-/// Row count from the batches' headers, without reading any column.
-fn rows_of(path: &Path) -> anyhow::Result<usize> {
-    let mut n = 0;
-    forja_frame::for_each_batch(path, &[], |b| -> Result<(), forja_frame::FrameError> {
-        n += b.num_rows();
-        Ok(())
-    })?;
-    Ok(n)
 }

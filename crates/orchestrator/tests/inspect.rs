@@ -89,7 +89,8 @@ fn inspect_counts_rejects_with_sql_and_describes_files_and_folders() {
 
     // A folder: every artifact listed; `metrics` and the qualified names query.
     let listed = ok(&forja(&["inspect", dir.path().to_str().unwrap()]));
-    for needle in ["train, clean_train", "rejects, clean_rejects", "metrics, clean_metrics"] {
+    let rejects_line = format!("rejects, clean_rejects\t{}\trejects\tclean\t", rejects.len());
+    for needle in ["train, clean_train", &rejects_line, "metrics, clean_metrics"] {
         assert!(listed.contains(needle), "`{needle}` in:\n{listed}");
     }
     let kept = ok(&forja(&["inspect", dir.path().to_str().unwrap(), "--sql", "SELECT lang, count(*) AS n FROM clean_train GROUP BY lang"]));
