@@ -15,7 +15,7 @@
 //! References: Radford et al. 2019 (GPT-2); Karpathy's nanoGPT `model.py`.
 
 use crate::layers::{check_ids, layer_norm, Fwd, Layout, LoraConfig, Precision, Proj};
-use crate::slots::{self, SlotCache, SlotRow, SlotStep};
+use crate::paged::{self, PagedCache, PagedRow, PagedStep};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -623,10 +623,10 @@ impl Attention {
         self.merge(&y, p.f).dropout(drop, p.f.train)
     }
 
-    /// Attention over a slot cache (continuous batching).
-    fn forward_slots(&self, x: &Tensor, p: &Pass, layer: usize, cache: &mut SlotCache, step: &SlotStep) -> Tensor {
+    /// Attention over a paged cache (continuous batching).
+    fn forward_paged(&self, x: &Tensor, p: &Pass, layer: usize, cache: &mut PagedCache, step: &PagedStep) -> Tensor {
         let (q, k, v) = self.project(x, p);
-        let y = slots::attend(&q, &k, &v, layer, cache, step);
+        let y = paged::attend(&q, &k, &v, layer, cache, step);
         self.merge(&y, p.f)
     }
 }
@@ -705,8 +705,8 @@ impl Block {
         &x + self.mlp.forward(&self.ln_2.forward(&x), p.f).to_kind(Kind::Float)
     }
 
-    fn forward_slots(&self, x: &Tensor, p: &Pass, layer: usize, cache: &mut SlotCache, step: &SlotStep) -> Tensor {
-        let x = x + self.attn.forward_slots(&self.ln_1.forward(x), p, layer, cache, step).to_kind(Kind::Float);
+    fn forward_paged(&self, x: &Tensor, p: &Pass, layer: usize, cache: &mut PagedCache, step: &PagedStep) -> Tensor {
+        let x = x + self.attn.forward_paged(&self.ln_1.forward(x), p, layer, cache, step).to_kind(Kind::Float);
         &x + self.mlp.forward(&self.ln_2.forward(&x), p.f).to_kind(Kind::Float)
     }
 
@@ -917,17 +917,18 @@ impl Gpt {
     }
 
     /// Final hidden state of the last token of each row of a continuous-batching
-    /// step over `cache` (see [`crate::slots`]): rows are prompts to prefill or
-    /// one new token per running sequence, each in its own slot.
+    /// step over `cache` (see [`crate::paged`]): rows are prompts (or their
+    /// uncached ends) to prefill or one new token per running sequence, each
+    /// through its own block table.
     ///
     /// # Shapes
     /// `rows`: b rows → `[b, n_embd]`
-    pub fn hidden_slots(&self, rows: &[SlotRow], cache: &mut SlotCache) -> anyhow::Result<Tensor> {
-        let (step, idx, positions, last) = slots::plan(rows, cache, self.device())?;
+    pub fn hidden_paged(&self, rows: &[PagedRow], cache: &mut PagedCache) -> anyhow::Result<Tensor> {
+        let (step, idx, positions, last) = paged::plan(rows, cache, self.device())?;
         let (mut x, rope) = self.embed(self.wte.forward(&idx), &positions); // [b, t, c]
         let pass = Pass { f: self.fwd(false), rope: rope.as_ref(), mask: None };
         for (i, block) in self.h.iter().enumerate() {
-            x = block.forward_slots(&x, &pass, i, cache, &step);
+            x = block.forward_paged(&x, &pass, i, cache, &step);
         }
         let c = self.cfg.n_embd;
         let last = x.gather(1, &last.view([-1, 1, 1]).expand([-1, 1, c], false), false).squeeze_dim(1); // [b, c]

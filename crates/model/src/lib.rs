@@ -10,7 +10,7 @@
 //! - [`layers`]: projections plain or LoRA, precision, shape checks;
 //! - [`generate`]: KV-cache generation (single and batched with log-probabilities)
 //!   and sampling;
-//! - [`slots`]: a KV cache of fixed slots for continuous batching (serving);
+//! - [`paged`]: a paged KV cache for continuous batching and prefix caching (serving);
 //! - [`checkpoint`]: model folders (safetensors + config.json + tokenizer.json),
 //!   loading by `model_type`;
 //! - [`chat`]: chat templates (Jinja, as HF stores them in
@@ -36,8 +36,8 @@ pub mod hf;
 pub mod layers;
 pub mod lm;
 pub mod lstm;
+pub mod paged;
 pub mod peft;
-pub mod slots;
 
 pub use bert::{mean_pool, Bert, BertConfig, BertMlmHead};
 pub use checkpoint::{load_gpt, load_model, parse_device, save_model, AnyModel, LoadedModel};
@@ -47,4 +47,4 @@ pub use gpt::{Activation, Arch, Gpt, GptConfig, KvCache};
 pub use layers::{merge_lora, Layout, LoraConfig, Precision};
 pub use lm::LanguageModel;
 pub use lstm::{LstmConfig, LstmLm};
-pub use slots::{SlotCache, SlotRow};
+pub use paged::{PagedCache, PagedRow};

@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 use forja_model::generate::sample;
 use forja_model::{
-    generate, generate_batch, load_model, save_model, Activation, AnyModel, Arch, Gpt, GptConfig, KvCache, LoraConfig, Precision,
-    SamplingConfig, SlotCache, SlotRow,
+    generate, generate_batch, load_model, save_model, Activation, AnyModel, Arch, Gpt, GptConfig, KvCache, LoraConfig, PagedCache,
+    PagedRow, Precision, SamplingConfig,
 };
 use forja_tokenizer::char_tokenizer;
 use rand::SeedableRng;
@@ -256,40 +256,53 @@ fn last_hidden(m: &Gpt, seq: &[u32]) -> Tensor {
 }
 
 #[test]
-fn slot_cache_steps_match_the_full_forward_as_sequences_join_and_leave() {
+fn paged_cache_steps_match_the_full_forward_as_sequences_join_leave_and_share_prefixes() {
     for cfg in variants() {
         let (_vs, m) = model(&cfg);
-        let mut cache = SlotCache::new(&m, 3);
+        // Blocks of 2 positions; tables scattered over the cache on purpose.
+        let mut cache = PagedCache::new(&m, 12, 2).unwrap();
         let (a, b, c): (Vec<u32>, Vec<u32>, Vec<u32>) = (vec![1, 2, 3, 4, 5], vec![6, 7], vec![9, 8, 7, 6]);
-        // Prefill a and b together (different lengths), in slots 2 and 0.
-        let h =
-            m.hidden_slots(&[SlotRow { slot: 2, start: 0, tokens: &a }, SlotRow { slot: 0, start: 0, tokens: &b }], &mut cache).unwrap();
+        let (ta, tb, tc): ([u32; 4], [u32; 2], [u32; 3]) = ([7, 0, 11, 3], [5, 9], [2, 8, 10]);
+        let h = m
+            .hidden_paged(&[PagedRow { blocks: &ta, start: 0, tokens: &a }, PagedRow { blocks: &tb, start: 0, tokens: &b }], &mut cache)
+            .unwrap();
         assert!(h.get(0).allclose(&last_hidden(&m, &a), 1e-5, 1e-5, false));
         assert!(h.get(1).allclose(&last_hidden(&m, &b), 1e-5, 1e-5, false));
-        // One decoding step for both, then c joins in slot 1 while a takes a step.
+        // One decoding step for both (b's third token is the first in its
+        // second block), then c joins while a takes a step.
         let h = m
-            .hidden_slots(&[SlotRow { slot: 2, start: 5, tokens: &[10] }, SlotRow { slot: 0, start: 2, tokens: &[3] }], &mut cache)
+            .hidden_paged(
+                &[PagedRow { blocks: &ta, start: 5, tokens: &[10] }, PagedRow { blocks: &tb, start: 2, tokens: &[3] }],
+                &mut cache,
+            )
             .unwrap();
         assert!(h.get(0).allclose(&last_hidden(&m, &[1, 2, 3, 4, 5, 10]), 1e-5, 1e-5, false));
         assert!(h.get(1).allclose(&last_hidden(&m, &[6, 7, 3]), 1e-5, 1e-5, false));
-        let h = m.hidden_slots(&[SlotRow { slot: 1, start: 0, tokens: &c }], &mut cache).unwrap();
+        let h = m.hidden_paged(&[PagedRow { blocks: &tc, start: 0, tokens: &c }], &mut cache).unwrap();
         assert!(h.get(0).allclose(&last_hidden(&m, &c), 1e-5, 1e-5, false));
-        // b left; slot 0 is reused by a new sequence while a and c decode.
+        // A new sequence shares a's first two blocks (the prefix 1 2 3 4) and
+        // prefills only its own end into a block of its own; a keeps decoding.
+        let shared: [u32; 3] = [7, 0, 4];
         let h = m
-            .hidden_slots(
+            .hidden_paged(
                 &[
-                    SlotRow { slot: 2, start: 6, tokens: &[0] },
-                    SlotRow { slot: 1, start: 4, tokens: &[2] },
-                    SlotRow { slot: 0, start: 0, tokens: &[4, 4, 4] },
+                    PagedRow { blocks: &ta, start: 6, tokens: &[0] },
+                    PagedRow { blocks: &tc, start: 4, tokens: &[2] },
+                    PagedRow { blocks: &shared, start: 4, tokens: &[8, 8] },
                 ],
                 &mut cache,
             )
             .unwrap();
         assert!(h.get(0).allclose(&last_hidden(&m, &[1, 2, 3, 4, 5, 10, 0]), 1e-5, 1e-5, false));
         assert!(h.get(1).allclose(&last_hidden(&m, &[9, 8, 7, 6, 2]), 1e-5, 1e-5, false));
-        assert!(h.get(2).allclose(&last_hidden(&m, &[4, 4, 4]), 1e-5, 1e-5, false));
-        // A sequence cannot run past the context.
-        let err = m.hidden_slots(&[SlotRow { slot: 0, start: 15, tokens: &[1, 2] }], &mut cache).unwrap_err();
+        assert!(h.get(2).allclose(&last_hidden(&m, &[1, 2, 3, 4, 8, 8]), 1e-5, 1e-5, false));
+        // A table too short, a block outside the cache, and the context are errors.
+        let err = m.hidden_paged(&[PagedRow { blocks: &[1], start: 1, tokens: &[1, 2] }], &mut cache).unwrap_err();
+        assert!(err.to_string().contains("need 2 blocks of 2"), "{err}");
+        let err = m.hidden_paged(&[PagedRow { blocks: &[12], start: 0, tokens: &[1] }], &mut cache).unwrap_err();
+        assert!(err.to_string().contains("block 12 of a cache of 12"), "{err}");
+        let long: Vec<u32> = (0..12).collect();
+        let err = m.hidden_paged(&[PagedRow { blocks: &long, start: 15, tokens: &[1, 2] }], &mut cache).unwrap_err();
         assert!(err.to_string().contains("context of 16"), "{err}");
     }
 }

@@ -1,21 +1,28 @@
 //! The engine: one thread that owns the weights and runs continuous batching.
 //!
 //! Sequences wait in a bounded queue; between decoding steps the engine admits
-//! waiting ones into free slots of a shared [`SlotCache`] (prefilling their
-//! prompts together), then advances every running sequence by one token in one
-//! batched step. A sequence leaves when it stops, reaches its limit or deadline,
-//! or its client goes away (its event channel closes), freeing its slot for the
-//! next. After a reload, sequences admitted on the old model finish on it while
-//! new ones go to the new model; the old weights are dropped when idle.
+//! waiting ones while the running batch has room and the paged KV cache
+//! ([`PagedCache`], its blocks kept by a [`BlockPool`]) has free blocks for
+//! their prompts, reusing the blocks of a cached prefix (a chat's earlier
+//! turns, a shared system prompt) and prefilling only the rest, all admitted
+//! prompts together. Then it advances every running sequence by one token in
+//! one batched step, giving a sequence a new block when it fills its last one;
+//! when none is free, the newest sequences are preempted (their blocks freed;
+//! they wait again, first in line, and are recomputed when readmitted, as in
+//! vLLM). A sequence leaves when it stops, reaches its limit or deadline, or
+//! its client goes away (its event channel closes), releasing its blocks. After
+//! a reload, sequences admitted on the old model finish on it while new ones
+//! go to the new model; the old weights are dropped when idle.
 
+use crate::blocks::{BlockHash, BlockPool};
 use crate::metrics::Metrics;
 use crate::model::{Frontend, Weights};
 use forja_model::bert::embed_rows;
 use forja_model::generate::{draw, sample, SamplingConfig};
-use forja_model::{SlotCache, SlotRow};
+use forja_model::{PagedCache, PagedRow};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,7 +123,7 @@ enum Msg {
     Generate(Box<GenRequest>),
     Embed(EmbedRequest),
     Score(ScoreRequest),
-    Swap(Arc<Frontend>, Box<Weights>, oneshot::Sender<()>),
+    Swap(Arc<Frontend>, Box<Weights>, oneshot::Sender<anyhow::Result<()>>),
 }
 
 /// The queue was full.
@@ -126,12 +133,32 @@ pub struct QueueFull;
 /// Settings of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Sequences decoded together (slots of the KV cache).
+    /// Sequences decoded together.
     pub max_batch: usize,
-    /// Sequences that may wait for a slot before requests are refused.
+    /// Sequences that may wait for a place in the batch before requests are refused.
     pub queue_capacity: usize,
     /// Prompt tokens prefilled in one step (bounds the pause running sequences see).
     pub max_prefill_tokens: usize,
+    pub kv: KvConfig,
+}
+
+/// How the KV cache is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvLayout {
+    /// Blocks of this many positions, given to sequences as they grow.
+    Paged(usize),
+    /// One block of the whole context per sequence (fixed slots; no prefix caching).
+    Slots,
+}
+
+/// The KV cache's memory and layout.
+#[derive(Debug, Clone)]
+pub struct KvConfig {
+    /// Bytes of keys and values the cache holds (`None`: `max_batch` full contexts).
+    pub bytes: Option<usize>,
+    pub layout: KvLayout,
+    /// Reuse the blocks of cached prefixes.
+    pub prefix_cache: bool,
 }
 
 /// The handlers' side of the engine.
@@ -171,19 +198,24 @@ impl EngineHandle {
     pub async fn swap(&self, front: Arc<Frontend>, weights: Weights) -> anyhow::Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx.send(Msg::Swap(front, Box::new(weights), done)).map_err(|_| anyhow::anyhow!("the engine has stopped"))?;
-        wait.await.map_err(|_| anyhow::anyhow!("the engine stopped during the swap"))
+        wait.await.map_err(|_| anyhow::anyhow!("the engine stopped during the swap"))?
     }
 
-    /// Sequences waiting for a slot.
+    /// Sequences waiting for a place in the batch.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::SeqCst)
     }
 }
 
-/// A running sequence.
+/// A sequence, waiting or running.
 struct Seq {
     req: GenRequest,
-    slot: usize,
+    /// Its block table (empty while it waits).
+    blocks: Vec<u32>,
+    /// The names of its full blocks, in order (prefix caching).
+    names: Vec<BlockHash>,
+    /// Arrival order: the newest running sequences are preempted first.
+    order: u64,
     /// Tokens of this sequence in the cache.
     len: usize,
     generated: Vec<u32>,
@@ -195,6 +227,31 @@ struct Seq {
     first_token: Option<Instant>,
     /// The client went away (its event channel closed).
     left: bool,
+}
+
+impl Seq {
+    fn new(req: GenRequest, order: u64) -> Self {
+        let rng = ChaCha8Rng::seed_from_u64(req.params.seed);
+        Self {
+            req,
+            blocks: Vec::new(),
+            names: Vec::new(),
+            order,
+            len: 0,
+            generated: Vec::new(),
+            detok: Detokenizer::default(),
+            sent: 0,
+            held: Vec::new(),
+            rng,
+            first_token: None,
+            left: false,
+        }
+    }
+
+    /// Its prompt and the tokens generated so far.
+    fn tokens(&self) -> Vec<u32> {
+        self.req.prompt.iter().chain(&self.generated).copied().collect()
+    }
 }
 
 /// Text of generated tokens, decoded incrementally (as vLLM and Hugging Face's
@@ -228,36 +285,156 @@ impl Detokenizer {
     }
 }
 
-/// One model's weights, cache and running sequences.
+/// One model's weights, cache and sequences.
 struct Generation {
     front: Arc<Frontend>,
     weights: Weights,
-    cache: Option<SlotCache>,
-    /// Free slots; the lowest is taken first, so running slots stay packed at
-    /// the front and steps read the cache as a view (see `SlotStep::contiguous`).
-    free: BTreeSet<usize>,
+    cache: Option<PagedCache>,
+    pool: BlockPool,
+    /// Preempted sequences, readmitted before any new one (oldest first).
+    waiting: VecDeque<Seq>,
     active: Vec<Seq>,
 }
 
+/// What one round of admission may still take.
+struct Admission {
+    /// Prompt tokens left to prefill this round.
+    budget: usize,
+    /// Nothing was admitted yet (the first prompt goes in whatever its length).
+    first: bool,
+    max_batch: usize,
+}
+
 impl Generation {
-    fn new(front: Arc<Frontend>, weights: Weights, slots: usize) -> Self {
-        let cache = match &weights {
-            Weights::Gpt { model, .. } => Some(SlotCache::new(model, slots)),
-            Weights::Bert { .. } => None,
+    fn new(front: Arc<Frontend>, weights: Weights, cfg: &EngineConfig) -> anyhow::Result<Self> {
+        let (cache, pool) = match &weights {
+            Weights::Gpt { model, .. } => {
+                let (cache, pool) = kv_cache(model, cfg)?;
+                (Some(cache), pool)
+            }
+            Weights::Bert { .. } => (None, BlockPool::new(0, 1, false)),
         };
-        Self { front, weights, cache, free: (0..slots).collect(), active: Vec::new() }
+        Ok(Self { front, weights, cache, pool, waiting: VecDeque::new(), active: Vec::new() })
+    }
+
+    /// Gives `s` blocks for its tokens, reusing a cached prefix, when the
+    /// batch, the prefill budget and the free blocks allow (false: it waits).
+    /// Blocks are kept for running sequences to grow into (vLLM's watermark:
+    /// 1% of the cache), unless nothing runs.
+    fn place(&mut self, s: &mut Seq, adm: &mut Admission, admitting: usize, metrics: &Metrics) -> bool {
+        if self.active.len() + admitting >= adm.max_batch {
+            return false;
+        }
+        if self.cache.is_none() {
+            // Not a generator: the step reports it to the client.
+            adm.first = false;
+            return true;
+        }
+        let tokens = s.tokens();
+        let bt = self.pool.block_tokens();
+        let (blocks, names) = self.pool.reuse(&tokens);
+        let cached = blocks.len() * bt;
+        let compute = tokens.len() - cached;
+        let need = tokens.len().div_ceil(bt) - blocks.len();
+        let reserve = if self.active.is_empty() && admitting == 0 { 0 } else { (self.pool.total() / 100).max(1) };
+        if compute > adm.budget && !adm.first || self.pool.available() < need + reserve {
+            self.pool.release(&blocks);
+            return false;
+        }
+        s.blocks = blocks;
+        s.names = names;
+        s.blocks.extend((0..need).map_while(|_| self.pool.allocate()));
+        s.len = cached;
+        metrics.prompt_cached_tokens.inc_by(cached as u64);
+        adm.budget = adm.budget.saturating_sub(compute);
+        adm.first = false;
+        true
+    }
+
+    /// Gives every running sequence room for its next token (`live`, oldest
+    /// first): a new block when it has filled its last; while none is free, the
+    /// newest sequence is preempted (its blocks released, to be recomputed when
+    /// readmitted).
+    fn grow(&mut self, live: &mut Vec<Seq>, metrics: &Metrics) {
+        let bt = self.pool.block_tokens();
+        let mut i = 0;
+        while i < live.len() {
+            if live[i].len < live[i].blocks.len() * bt {
+                i += 1;
+                continue;
+            }
+            if let Some(block) = self.pool.allocate() {
+                live[i].blocks.push(block);
+                i += 1;
+                continue;
+            }
+            let Some(mut victim) = live.pop() else { break };
+            self.pool.release(&victim.blocks);
+            tracing::debug!(index = victim.req.index, tokens = victim.len, "preempted: no free KV block");
+            victim.blocks.clear();
+            victim.names.clear();
+            victim.len = 0;
+            metrics.preemptions.inc();
+            self.waiting.push_front(victim);
+        }
+    }
+
+    /// Names the blocks `s` has filled since the last call, so later requests
+    /// with the same prefix reuse them.
+    fn publish(&mut self, s: &mut Seq) {
+        let bt = self.pool.block_tokens();
+        let full = s.len / bt;
+        if !self.pool.caching() || s.names.len() >= full {
+            return;
+        }
+        let tokens = s.tokens();
+        for i in s.names.len()..full {
+            let name = BlockPool::name_of(s.names.last(), &tokens[i * bt..(i + 1) * bt]);
+            self.pool.publish(s.blocks[i], name);
+            s.names.push(name);
+        }
     }
 }
 
+/// The paged cache of `model` and its block pool, sized by `cfg.kv`.
+fn kv_cache(model: &forja_model::Gpt, cfg: &EngineConfig) -> anyhow::Result<(PagedCache, BlockPool)> {
+    let context = model.cfg.block_size as usize;
+    let per_token = PagedCache::bytes_per_token(&model.cfg);
+    let bt = match cfg.kv.layout {
+        KvLayout::Paged(n) => n.clamp(1, context),
+        KvLayout::Slots => context,
+    };
+    let bytes = cfg.kv.bytes.unwrap_or(cfg.max_batch.max(1) * context * per_token);
+    let blocks = bytes / (bt * per_token);
+    let mib = |b: usize| b as f64 / f64::from(1 << 20);
+    anyhow::ensure!(
+        blocks * bt >= context,
+        "a KV cache of {:.1} MiB holds {} tokens of this model ({per_token} bytes each), less than its context of {context} tokens: give it at least {:.1} MiB",
+        mib(bytes),
+        blocks * bt,
+        mib(context.div_ceil(bt) * bt * per_token)
+    );
+    let prefix = cfg.kv.prefix_cache && cfg.kv.layout != KvLayout::Slots;
+    tracing::info!(
+        blocks,
+        block_tokens = bt,
+        mib = format!("{:.1}", mib(blocks * bt * per_token)),
+        full_contexts = blocks * bt / context,
+        prefix_cache = prefix,
+        "KV cache"
+    );
+    Ok((PagedCache::new(model, blocks, bt)?, BlockPool::new(blocks, bt, prefix)))
+}
+
 /// Starts the engine thread.
-pub fn start(front: Arc<Frontend>, weights: Weights, cfg: EngineConfig, metrics: Arc<Metrics>) -> EngineHandle {
+pub fn start(front: Arc<Frontend>, weights: Weights, cfg: EngineConfig, metrics: Arc<Metrics>) -> anyhow::Result<EngineHandle> {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let handle = EngineHandle { tx, queued: queued.clone(), capacity: cfg.queue_capacity };
-    let slots = cfg.max_batch.max(1);
     let engine = Engine {
-        gens: vec![Generation::new(front, weights, slots)],
+        gens: vec![Generation::new(front, weights, &cfg)?],
         pending: VecDeque::new(),
+        next_order: 0,
         rx,
         queued,
         metrics,
@@ -269,7 +446,7 @@ pub fn start(front: Arc<Frontend>, weights: Weights, cfg: EngineConfig, metrics:
         .spawn(move || engine.run())
         // Spawning a thread fails only when the system is out of resources.
         .expect("starting the engine thread");
-    handle
+    Ok(handle)
 }
 
 /// Generated tokens per second over the last few seconds.
@@ -292,7 +469,9 @@ impl RateWindow {
 
 struct Engine {
     gens: Vec<Generation>,
-    pending: VecDeque<GenRequest>,
+    /// New sequences in arrival order.
+    pending: VecDeque<Seq>,
+    next_order: u64,
     rx: mpsc::UnboundedReceiver<Msg>,
     queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
@@ -303,8 +482,9 @@ struct Engine {
 impl Engine {
     fn run(mut self) {
         let _guard = tch::no_grad_guard();
+        self.block_gauges();
         loop {
-            let idle = self.pending.is_empty() && self.gens.iter().all(|g| g.active.is_empty());
+            let idle = self.pending.is_empty() && self.gens.iter().all(|g| g.active.is_empty() && g.waiting.is_empty());
             if idle {
                 match self.rx.blocking_recv() {
                     Some(msg) => self.handle(msg),
@@ -320,12 +500,23 @@ impl Engine {
             self.retire();
             self.metrics.queue_depth.set(self.queued.load(Ordering::SeqCst) as i64);
             self.metrics.batch_size.set(self.gens.iter().map(|g| g.active.len()).sum::<usize>() as i64);
+            self.block_gauges();
         }
+    }
+
+    fn block_gauges(&self) {
+        let blocks = |f: fn(&BlockPool) -> usize| self.gens.iter().map(|g| f(&g.pool)).sum::<usize>() as i64;
+        self.metrics.kv_blocks_used.set(blocks(BlockPool::used));
+        self.metrics.kv_blocks_free.set(blocks(BlockPool::available));
+        self.metrics.kv_blocks_cached.set(blocks(BlockPool::cached));
     }
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Generate(r) => self.pending.push_back(*r),
+            Msg::Generate(r) => {
+                self.pending.push_back(Seq::new(*r, self.next_order));
+                self.next_order += 1;
+            }
             Msg::Embed(e) => {
                 let out = self.embed(&e);
                 let _ = e.reply.send(out);
@@ -335,9 +526,8 @@ impl Engine {
                 let _ = r.reply.send(out);
             }
             Msg::Swap(front, weights, done) => {
-                let slots = self.cfg.max_batch.max(1);
-                self.gens.push(Generation::new(front, *weights, slots));
-                let _ = done.send(());
+                let added = Generation::new(front, *weights, &self.cfg).map(|g| self.gens.push(g));
+                let _ = done.send(added);
             }
         }
     }
@@ -384,7 +574,7 @@ impl Engine {
         let now = Instant::now();
         let before = self.pending.len();
         let metrics = &self.metrics;
-        self.pending.retain(|r| {
+        self.pending.retain(|Seq { req: r, .. }| {
             if r.events.is_closed() {
                 metrics.cancelled.inc();
                 false
@@ -397,53 +587,46 @@ impl Engine {
             }
         });
         self.queued.fetch_sub(before - self.pending.len(), Ordering::SeqCst);
+        for gen in &mut self.gens {
+            let before = gen.waiting.len();
+            gen.waiting.retain(|s| !s.req.events.is_closed());
+            self.metrics.cancelled.inc_by((before - gen.waiting.len()) as u64);
+        }
     }
 
-    /// Moves waiting sequences into free slots and prefills their prompts.
+    /// Moves waiting sequences into the running batch, preempted ones first,
+    /// then new ones in arrival order (a model's queue stops at the first that
+    /// does not fit), and prefills what their caches lack.
     fn admit(&mut self) {
-        let mut admitted: Vec<(usize, Seq)> = Vec::new();
-        let mut budget = self.cfg.max_prefill_tokens.max(1);
-        let mut keep = VecDeque::new();
-        while let Some(req) = self.pending.pop_front() {
+        let mut adm = Admission { budget: self.cfg.max_prefill_tokens.max(1), first: true, max_batch: self.cfg.max_batch.max(1) };
+        let mut batches: Vec<Vec<Seq>> = (0..self.gens.len()).map(|_| Vec::new()).collect();
+        for (gen, batch) in self.gens.iter_mut().zip(&mut batches) {
+            while let Some(mut s) = gen.waiting.pop_front() {
+                if gen.place(&mut s, &mut adm, batch.len(), &self.metrics) {
+                    batch.push(s);
+                } else {
+                    gen.waiting.push_front(s);
+                    break;
+                }
+            }
+        }
+        let mut blocked: Vec<bool> = self.gens.iter().map(|g| !g.waiting.is_empty()).collect();
+        let (mut keep, mut admitted) = (VecDeque::new(), 0);
+        while let Some(mut s) = self.pending.pop_front() {
             // A request tokenized for a model goes to that model while it runs;
             // one whose model is gone goes to the newest.
-            let gi = self.gens.iter().rposition(|g| Arc::ptr_eq(&g.front, &req.front)).unwrap_or(self.gens.len() - 1);
-            let gen = &mut self.gens[gi];
-            if req.prompt.len() > budget && !admitted.is_empty() || gen.free.is_empty() {
-                keep.push_back(req);
-                continue;
+            let gi = self.gens.iter().rposition(|g| Arc::ptr_eq(&g.front, &s.req.front)).unwrap_or(self.gens.len() - 1);
+            if !blocked[gi] && self.gens[gi].place(&mut s, &mut adm, batches[gi].len(), &self.metrics) {
+                batches[gi].push(s);
+                admitted += 1;
+            } else {
+                blocked[gi] = true;
+                keep.push_back(s);
             }
-            let Some(slot) = gen.free.pop_first() else {
-                keep.push_back(req);
-                continue;
-            };
-            budget = budget.saturating_sub(req.prompt.len());
-            let rng = ChaCha8Rng::seed_from_u64(req.params.seed);
-            let seq = Seq {
-                slot,
-                len: 0,
-                generated: Vec::new(),
-                detok: Detokenizer::default(),
-                sent: 0,
-                held: Vec::new(),
-                rng,
-                first_token: None,
-                left: false,
-                req,
-            };
-            admitted.push((gi, seq));
         }
         self.pending = keep;
-        if admitted.is_empty() {
-            return;
-        }
-        self.queued.fetch_sub(admitted.len(), Ordering::SeqCst);
-        // Group by generation and prefill each group in one step.
-        let mut by_gen: Vec<Vec<Seq>> = (0..self.gens.len()).map(|_| Vec::new()).collect();
-        for (gi, seq) in admitted {
-            by_gen[gi].push(seq);
-        }
-        for (gi, seqs) in by_gen.into_iter().enumerate() {
+        self.queued.fetch_sub(admitted, Ordering::SeqCst);
+        for (gi, seqs) in batches.into_iter().enumerate() {
             if !seqs.is_empty() {
                 step(&mut self.gens[gi], seqs, Phase::Prefill, &self.metrics, &mut self.rate);
             }
@@ -456,17 +639,18 @@ impl Engine {
             if gen.active.is_empty() {
                 continue;
             }
-            // Sequences whose client left free their slot now.
-            let (gone, live): (Vec<Seq>, Vec<Seq>) = std::mem::take(&mut gen.active).into_iter().partition(|s| s.req.events.is_closed());
+            // Sequences whose client left release their blocks now.
+            let (gone, mut live): (Vec<Seq>, Vec<Seq>) =
+                std::mem::take(&mut gen.active).into_iter().partition(|s| s.req.events.is_closed());
             for s in gone {
                 self.metrics.cancelled.inc();
-                gen.free.insert(s.slot);
+                gen.pool.release(&s.blocks);
             }
+            live.sort_by_key(|s| s.order);
+            gen.grow(&mut live, &self.metrics);
             if live.is_empty() {
                 continue;
             }
-            let mut live = live;
-            live.sort_by_key(|s| s.slot);
             self.metrics.batch_sizes.observe(live.len() as f64);
             step(gen, live, Phase::Decode, &self.metrics, &mut self.rate);
         }
@@ -478,7 +662,8 @@ impl Engine {
         let pending = &self.pending;
         let mut i = 0;
         self.gens.retain(|g| {
-            let keep = i == newest || !g.active.is_empty() || pending.iter().any(|r| Arc::ptr_eq(&r.front, &g.front));
+            let keep =
+                i == newest || !g.active.is_empty() || !g.waiting.is_empty() || pending.iter().any(|s| Arc::ptr_eq(&s.req.front, &g.front));
             i += 1;
             if !keep {
                 tracing::info!(model = %g.front.id, hash = %g.front.hash, "old model drained and unloaded");
@@ -491,38 +676,39 @@ impl Engine {
 /// What a step feeds each sequence.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Its whole prompt, into an empty slot.
+    /// Its tokens past its cached prefix (its prompt, and what it had
+    /// generated when it was preempted).
     Prefill,
     /// Its last sampled token.
     Decode,
 }
 
 /// Runs one step over `seqs`, samples their next tokens, and keeps the ones
-/// still running (the others free their slots).
+/// still running (the others release their blocks).
 fn step(gen: &mut Generation, mut seqs: Vec<Seq>, phase: Phase, metrics: &Metrics, rate: &mut RateWindow) {
     // The last sampled token of each sequence is not in the cache yet.
-    let nexts: Vec<[u32; 1]> = seqs.iter().map(|s| [s.generated.last().copied().unwrap_or(0)]).collect();
-    let rows: Vec<SlotRow> = seqs
+    let feeds: Vec<Vec<u32>> = seqs
         .iter()
-        .zip(&nexts)
-        .map(|(s, next)| match phase {
-            Phase::Prefill => SlotRow { slot: s.slot, start: 0, tokens: &s.req.prompt },
-            Phase::Decode => SlotRow { slot: s.slot, start: s.len, tokens: next },
+        .map(|s| match phase {
+            Phase::Prefill => s.tokens().split_off(s.len),
+            Phase::Decode => vec![s.generated.last().copied().unwrap_or(0)],
         })
         .collect();
+    let rows: Vec<PagedRow> = seqs.iter().zip(&feeds).map(|(s, f)| PagedRow { blocks: &s.blocks, start: s.len, tokens: f }).collect();
     let result = step_logits(gen, &rows);
     drop(rows);
     let logits = match result {
         Ok(l) => l,
         Err(e) => return fail(gen, seqs, &e),
     };
-    for s in &mut seqs {
-        s.len = if phase == Phase::Prefill { s.req.prompt.len() } else { s.len + 1 };
+    for (s, f) in seqs.iter_mut().zip(&feeds) {
+        s.len += f.len();
+        gen.publish(s);
     }
     let finished = sample_all(gen, &mut seqs, &logits, metrics, rate);
     for (s, done) in seqs.into_iter().zip(finished) {
         if done {
-            gen.free.insert(s.slot);
+            gen.pool.release(&s.blocks);
         } else {
             gen.active.push(s);
         }
@@ -533,16 +719,16 @@ fn fail(gen: &mut Generation, seqs: Vec<Seq>, e: &anyhow::Error) {
     tracing::error!("engine step failed: {e:#}");
     for s in seqs {
         let _ = s.req.events.send(Event::Failed { index: s.req.index, message: format!("{e:#}") });
-        gen.free.insert(s.slot);
+        gen.pool.release(&s.blocks);
     }
 }
 
 /// Logits `[b, vocab]` (float32, on the CPU as rows) after a step of `rows`.
-fn step_logits(gen: &mut Generation, rows: &[SlotRow]) -> anyhow::Result<Tensor> {
+fn step_logits(gen: &mut Generation, rows: &[PagedRow]) -> anyhow::Result<Tensor> {
     let (Weights::Gpt { model, .. }, Some(cache)) = (&gen.weights, gen.cache.as_mut()) else {
         anyhow::bail!("the served model is not a generator");
     };
-    let hidden = model.hidden_slots(rows, cache)?;
+    let hidden = model.hidden_paged(rows, cache)?;
     Ok(model.lm_head(&hidden).to_kind(Kind::Float).to(tch::Device::Cpu))
 }
 
@@ -655,7 +841,7 @@ fn advance(gen: &Generation, s: &mut Seq, token: u32, row: &[f32], now: Instant)
     if let Some(cut) = p.stop.iter().filter_map(|st| text[search_from..].find(st.as_str()).map(|i| i + search_from)).min() {
         return finish(s, tok, Finish::Stop, Some(cut.max(s.sent)));
     }
-    let limit = s.generated.len() >= p.max_tokens || s.len + 1 > gen.cache.as_ref().map_or(0, SlotCache::block);
+    let limit = s.generated.len() >= p.max_tokens || s.len + 1 > gen.cache.as_ref().map_or(0, PagedCache::context);
     if limit {
         return finish(s, tok, Finish::Length, None);
     }

@@ -4,7 +4,8 @@
 //!   health, metrics, OpenAPI, the chat page, admin reload), auth and limits
 //!   per request, server-sent events;
 //! - [`api`]: OpenAI request shapes and their validation;
-//! - [`engine`]: continuous batching over a slot KV cache on one thread;
+//! - [`engine`]: continuous batching over a paged KV cache on one thread;
+//! - [`blocks`]: the paged cache's blocks, reference counts and prefix cache;
 //! - [`model`]: loading a model folder (safetensors only), its id and hash;
 //! - [`auth`]: hashed API keys, per-key request and token limits;
 //! - [`drift`]: prompt-token drift against the training tokens (PSI, JS);
@@ -13,6 +14,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod blocks;
 pub mod drift;
 pub mod engine;
 pub mod error;
@@ -59,9 +61,23 @@ pub struct ServeArgs {
     /// Sequences decoded together (continuous batching); 1 serves one at a time.
     #[arg(long, default_value_t = 32)]
     pub max_batch: usize,
-    /// Sequences that may wait for a slot; more are refused with 429.
+    /// Sequences that may wait for a place in the batch; more are refused with 429.
     #[arg(long, default_value_t = 256)]
     pub queue: usize,
+    /// Memory for keys and values, in MiB (default: --max-batch full contexts).
+    /// Sequences are admitted while it has free blocks for their prompts.
+    #[arg(long)]
+    pub kv_cache_mb: Option<f64>,
+    /// `paged` (blocks of --kv-block-tokens, given out as sequences grow) or
+    /// `slots` (one full context per sequence, no prefix caching).
+    #[arg(long, default_value = "paged", value_parser = ["paged", "slots"])]
+    pub kv_layout: String,
+    /// Positions per block of the paged cache.
+    #[arg(long, default_value_t = 16)]
+    pub kv_block_tokens: usize,
+    /// Do not reuse cached prefixes (every prompt is computed in full).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
     /// Seconds a request may take before its generation is cut.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -126,6 +142,17 @@ impl ServeArgs {
             admin_keys.extend(auth::read_keys(f)?);
         }
         anyhow::ensure!(self.max_batch >= 1, "--max-batch must be at least 1");
+        anyhow::ensure!(self.kv_block_tokens >= 1, "--kv-block-tokens must be at least 1");
+        let kv_bytes = match self.kv_cache_mb {
+            Some(mb) if !(mb.is_finite() && mb > 0.0) => anyhow::bail!("--kv-cache-mb must be a positive number of MiB, got {mb}"),
+            Some(mb) => Some((mb * f64::from(1 << 20)) as usize),
+            None => None,
+        };
+        let kv = engine::KvConfig {
+            bytes: kv_bytes,
+            layout: if self.kv_layout == "slots" { engine::KvLayout::Slots } else { engine::KvLayout::Paged(self.kv_block_tokens) },
+            prefix_cache: !self.no_prefix_cache,
+        };
         let limits = api::Limits {
             max_body_bytes: self.max_body_bytes,
             max_prompt_tokens: self.max_prompt_tokens,
@@ -144,7 +171,7 @@ impl ServeArgs {
                 tokens_per_minute: self.tokens_per_minute,
             },
             limits,
-            engine: engine::EngineConfig { max_batch: self.max_batch, queue_capacity: self.queue, max_prefill_tokens: 4096 },
+            engine: engine::EngineConfig { max_batch: self.max_batch, queue_capacity: self.queue, max_prefill_tokens: 4096, kv },
             drift: drift::DriftConfig {
                 window: self.drift_window,
                 min_tokens: 256.min(self.drift_window),
@@ -166,7 +193,7 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<http::AppState>> {
     let front = Arc::new(front);
     let metrics = Arc::new(metrics::Metrics::new());
     let feedback = feedback::Feedback::open(&args.feedback_dir, 10_000)?;
-    let engine = engine::start(front.clone(), weights, cfg.engine.clone(), metrics.clone());
+    let engine = engine::start(front.clone(), weights, cfg.engine.clone(), metrics.clone())?;
     Ok(Arc::new(http::AppState::new(cfg, front, engine, metrics, feedback)?))
 }
 

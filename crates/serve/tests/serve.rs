@@ -321,6 +321,111 @@ async fn stop_strings_cut_the_text_and_seeds_repeat() {
     assert_eq!(c["choices"][0]["finish_reason"], "stop");
 }
 
+fn text_of(r: &Value) -> String {
+    r["choices"][0]["text"].as_str().unwrap().to_string()
+}
+
+/// A three-turn chat as completions after a system prompt: each turn's prompt
+/// is the previous prompt, its answer and a new question. Greedy, or sampled
+/// with `seed`.
+async fn conversation(s: &Server, seed: Option<u64>) -> Vec<String> {
+    let mut prompt = TRAINING.to_string();
+    let mut answers = Vec::new();
+    for q in ["THE QUICK FOX? ", "THE LAZY DOG? ", "THE WARM SUN? "] {
+        prompt.push_str(q);
+        let mut body = completion(&prompt, 24);
+        if let Some(seed) = seed {
+            body["temperature"] = json!(0.9);
+            body["seed"] = json!(seed);
+        }
+        let (status, r, _) = s.post("/v1/completions", Some(KEY), &body).await;
+        assert_eq!(status, 200, "{r}");
+        let answer = text_of(&r);
+        prompt.push_str(&answer);
+        prompt.push('\n');
+        answers.push(answer);
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_caching_reuses_earlier_turns_and_changes_no_token() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model(dir.path(), 7);
+    let cached = Server::start(Some(dir.path()), &[]).await;
+    let plain = Server::start(Some(dir.path()), &["--no-prefix-cache"]).await;
+    for seed in [None, Some(11)] {
+        let (a, b) = (conversation(&cached, seed).await, conversation(&plain, seed).await);
+        assert_eq!(a, b, "seed {seed:?}: the same answers with and without the prefix cache");
+        if seed.is_some() {
+            let chars: std::collections::HashSet<char> = a.concat().chars().collect();
+            assert!(chars.len() > 3, "sampled answers vary: {a:?}");
+        }
+    }
+    // Requests sharing the system prompt, at once.
+    let bodies: Vec<Value> =
+        ["A", "BIRDS SING? ", "CAT", "THE DOG SLEEPS? "].iter().map(|q| completion(&format!("{TRAINING}{q}"), 30)).collect();
+    let (a, b) = futures_util::future::join(
+        futures_util::future::join_all(bodies.iter().map(|b| cached.post("/v1/completions", Some(KEY), b))),
+        futures_util::future::join_all(bodies.iter().map(|b| plain.post("/v1/completions", Some(KEY), b))),
+    )
+    .await;
+    let texts = |rs: &[(u16, Value, reqwest::header::HeaderMap)]| rs.iter().map(|r| text_of(&r.1)).collect::<Vec<_>>();
+    assert_eq!(texts(&a), texts(&b));
+    // Turns two and three reused at least the system prompt's whole blocks
+    // (six of 16 tokens); without the cache nothing was reused.
+    let reused = cached.metric("forja_prompt_cached_tokens_total").await;
+    assert!(reused >= 2.0 * 2.0 * 96.0, "{reused} prompt tokens from the cache");
+    assert_eq!(plain.metric("forja_prompt_cached_tokens_total").await, 0.0);
+    assert!(cached.metric("forja_kv_blocks_cached").await > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_paged_cache_preempts_and_recomputes_and_changes_no_token() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model(dir.path(), 6);
+    // 2 layers x 2 x 32 floats: 512 bytes a token, so 0.25 MiB holds 512
+    // tokens: 32 blocks of 16, two full contexts.
+    let small = Server::start(Some(dir.path()), &["--kv-cache-mb", "0.25", "--max-batch", "8"]).await;
+    let slots = Server::start(Some(dir.path()), &["--kv-layout", "slots"]).await;
+    assert_eq!((small.metric("forja_kv_blocks_free").await, small.metric("forja_kv_blocks_used").await), (32.0, 0.0));
+    // Sampled, so every token (and the sampler's state across a preemption) counts.
+    let bodies: Vec<Value> = ["the", "a cat", "birds sing in the warm", "x", "the lazy dog while", "sun"]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| json!({"prompt": p, "max_tokens": 150, "temperature": 0.9, "seed": i, "ignore_eos": true}))
+        .collect();
+    let (a, b) = futures_util::future::join(
+        futures_util::future::join_all(bodies.iter().map(|b| small.post("/v1/completions", Some(KEY), b))),
+        futures_util::future::join_all(bodies.iter().map(|b| slots.post("/v1/completions", Some(KEY), b))),
+    )
+    .await;
+    for ((sa, ra, _), (sb, rb, _)) in a.iter().zip(&b) {
+        assert_eq!((*sa, *sb), (200, 200), "{ra} {rb}");
+        assert_eq!(ra["usage"]["completion_tokens"], 150);
+        assert_eq!(text_of(ra), text_of(rb));
+    }
+    assert!(a.iter().map(|r| text_of(&r.1)).collect::<std::collections::HashSet<_>>().len() == 6, "different seeds, different texts");
+    // Six sequences of up to 11 blocks each did not fit in 32 at once.
+    assert!(small.metric("forja_preemptions_total").await >= 1.0);
+    assert_eq!(slots.metric("forja_preemptions_total").await, 0.0);
+    // Every block is free again (the full ones keep their prefixes, idle),
+    // once the engine has finished the step that answered the last request.
+    let mut blocks = (f64::NAN, f64::NAN);
+    for _ in 0..50 {
+        blocks = (small.metric("forja_kv_blocks_used").await, small.metric("forja_kv_blocks_free").await);
+        if blocks == (0.0, 32.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(blocks, (0.0, 32.0));
+    // A cache smaller than one context is refused at start, saying what it needs.
+    let argv = ["forja-serve", &dir.path().display().to_string(), "--no-auth", "--kv-cache-mb", "0.1"];
+    let err = forja_serve::build(&Cli::parse_from(argv).args).err().unwrap().to_string();
+    assert!(err.contains("less than its context of 256 tokens: give it at least 0.1 MiB"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_frees_its_slot() {
     // Wide enough that 250 tokens take a while, so the disconnect comes first.
