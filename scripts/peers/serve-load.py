@@ -12,6 +12,12 @@ token and the error count; with --json the last stdout line is one JSON object.
   scripts/peers/serve-load.py --url http://127.0.0.1:PORT --api-key KEY --clients 8 \
       [--requests-per-client 4] [--max-tokens 64] [--prompt TEXT] [--json]
 
+With --chat-turns N each client instead holds one N-turn chat on
+/v1/chat/completions: a system message (--system), then a question per turn
+(distinct per client and turn); each answer, streamed, is read in full and
+sent back as the assistant's message of the next turn. Time to first token is
+then the time to the first chunk with content.
+
 Exit status 0 when at least one request succeeded (errors, 429 included, are
 counted and the first few bodies printed to stderr), 1 when none did.
 Only loopback addresses are accepted: this is a local load test, never a remote one.
@@ -65,8 +71,10 @@ class Stats:
                 print(f"serve-load: error: {what}", file=sys.stderr)
 
 
-def one_request(host, port, path, headers, body, stats):
-    """Sends one streaming request and records its latency, TTFT and tokens."""
+def one_request(host, port, path, headers, body, stats, content=None):
+    """Sends one streaming request and records its latency, TTFT and tokens.
+    With `content` (a list), the request is a chat: every chunk is parsed and
+    the answer's text appended to it."""
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT_S)
     try:
@@ -98,14 +106,17 @@ def one_request(host, port, path, headers, body, stats):
             # Once the first token has come, only the usage and error events
             # need parsing: a cheap byte search keeps the client's CPU (which
             # shares the machine with the server) off the measurement.
-            if ttft is not None and b'"usage"' not in data and b'"error"' not in data:
+            if content is None and ttft is not None and b'"usage"' not in data and b'"error"' not in data:
                 continue
             chunk = json.loads(data)
             if "error" in chunk:
                 stats.error(f"error event: {chunk['error']}")
                 return
             for choice in chunk.get("choices") or []:
-                if ttft is None and choice.get("text"):
+                text = choice.get("text") if content is None else (choice.get("delta") or {}).get("content")
+                if text and content is not None:
+                    content.append(text)
+                if ttft is None and text:
                     ttft = time.perf_counter() - t0
             usage = chunk.get("usage")
             if usage:
@@ -138,6 +149,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt", default="Once upon a time")
     ap.add_argument("--model", default=None, help="model field (default: omitted)")
+    ap.add_argument("--chat-turns", type=int, default=0, help="hold one chat of this many turns per client")
+    ap.add_argument("--system", default="You are a helpful assistant.", help="the chats' system message")
     ap.add_argument("--json", action="store_true", help="end with one JSON summary line")
     args = ap.parse_args()
     if args.clients < 1 or args.clients > 1024:
@@ -153,7 +166,7 @@ def main():
     base = url.path.rstrip("/")
     if base.endswith("/v1"):
         base = base[:-3]
-    path = base + "/v1/completions"
+    path = base + ("/v1/chat/completions" if args.chat_turns else "/v1/completions")
     port = url.port or 80
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if args.api_key:
@@ -176,7 +189,31 @@ def main():
                 req["model"] = args.model
             one_request(url.hostname, port, path, headers, json.dumps(req).encode(), stats)
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(args.clients)]
+    def chat(ci):
+        messages = [{"role": "system", "content": args.system}]
+        for turn in range(args.chat_turns):
+            messages.append({"role": "user", "content": f"Question {turn + 1} of client {ci + 1}: how many clips in all?"})
+            req = {
+                "messages": messages,
+                "max_tokens": args.max_tokens,
+                "temperature": 0.8,
+                "seed": ci * args.chat_turns + turn + 1,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "ignore_eos": True,
+            }
+            if args.model:
+                req["model"] = args.model
+            answer = []
+            one_request(url.hostname, port, path, headers, json.dumps(req).encode(), stats, answer)
+            messages.append({"role": "assistant", "content": "".join(answer)})
+
+    if args.chat_turns:
+        if args.chat_turns > 100:
+            sys.exit("serve-load: --chat-turns must be 1..100")
+        args.requests_per_client = args.chat_turns
+    work = chat if args.chat_turns else client
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(args.clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()

@@ -154,9 +154,19 @@ impl BlockPool {
         }
     }
 
-    /// Names a block a sequence has just filled, so later sequences with the
-    /// same prefix reuse it. A prefix already cached in another block keeps
-    /// that one; this block is then emptied when released.
+    /// Drops the names of `blocks` (their contents are not what the names say).
+    pub fn forget(&mut self, blocks: &[u32]) {
+        for &block in blocks {
+            if let Some(name) = self.name[block as usize].take() {
+                self.by_name.remove(&name);
+            }
+        }
+    }
+
+    /// Names a block a sequence fills (or is about to fill, in the step that
+    /// runs next), so later sequences with the same prefix reuse it. A prefix
+    /// already cached in another block keeps that one; this block is then
+    /// emptied when released.
     pub fn publish(&mut self, block: u32, name: BlockHash) {
         let b = block as usize;
         if !self.caching || self.name[b].is_some() || self.by_name.contains_key(&name) {

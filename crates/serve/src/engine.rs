@@ -320,7 +320,7 @@ impl Generation {
     /// Gives `s` blocks for its tokens, reusing a cached prefix, when the
     /// batch, the prefill budget and the free blocks allow (false: it waits).
     /// Blocks are kept for running sequences to grow into (vLLM's watermark:
-    /// 1% of the cache), unless nothing runs.
+    /// 1% of the cache), unless nothing runs or the layout is slots.
     fn place(&mut self, s: &mut Seq, adm: &mut Admission, admitting: usize, metrics: &Metrics) -> bool {
         if self.active.len() + admitting >= adm.max_batch {
             return false;
@@ -336,7 +336,9 @@ impl Generation {
         let cached = blocks.len() * bt;
         let compute = tokens.len() - cached;
         let need = tokens.len().div_ceil(bt) - blocks.len();
-        let reserve = if self.active.is_empty() && admitting == 0 { 0 } else { (self.pool.total() / 100).max(1) };
+        // Slots never grow: nothing to keep for them.
+        let grows = self.cache.as_ref().is_some_and(|c| c.block_tokens() < c.context());
+        let reserve = if !grows || self.active.is_empty() && admitting == 0 { 0 } else { (self.pool.total() / 100).max(1) };
         if compute > adm.budget && !adm.first || self.pool.available() < need + reserve {
             self.pool.release(&blocks);
             return false;
@@ -345,6 +347,11 @@ impl Generation {
         s.names = names;
         s.blocks.extend((0..need).map_while(|_| self.pool.allocate()));
         s.len = cached;
+        // Named now, before the step fills them: a sequence admitted in the
+        // same round with the same prefix (eight chats opening on one system
+        // prompt) shares them, and the step writes each layer's keys before
+        // any row reads them.
+        self.publish(s, &tokens, tokens.len());
         metrics.prompt_cached_tokens.inc_by(cached as u64);
         adm.budget = adm.budget.saturating_sub(compute);
         adm.first = false;
@@ -379,15 +386,15 @@ impl Generation {
         }
     }
 
-    /// Names the blocks `s` has filled since the last call, so later requests
-    /// with the same prefix reuse them.
-    fn publish(&mut self, s: &mut Seq) {
+    /// Names the full blocks of `s` within its first `filled` tokens (of
+    /// `tokens`) not named yet, so later requests with the same prefix reuse
+    /// them.
+    fn publish(&mut self, s: &mut Seq, tokens: &[u32], filled: usize) {
         let bt = self.pool.block_tokens();
-        let full = s.len / bt;
+        let full = filled / bt;
         if !self.pool.caching() || s.names.len() >= full {
             return;
         }
-        let tokens = s.tokens();
         for i in s.names.len()..full {
             let name = BlockPool::name_of(s.names.last(), &tokens[i * bt..(i + 1) * bt]);
             self.pool.publish(s.blocks[i], name);
@@ -703,7 +710,10 @@ fn step(gen: &mut Generation, mut seqs: Vec<Seq>, phase: Phase, metrics: &Metric
     };
     for (s, f) in seqs.iter_mut().zip(&feeds) {
         s.len += f.len();
-        gen.publish(s);
+        if s.len % gen.pool.block_tokens() == 0 {
+            let tokens = s.tokens();
+            gen.publish(s, &tokens, s.len);
+        }
     }
     let finished = sample_all(gen, &mut seqs, &logits, metrics, rate);
     for (s, done) in seqs.into_iter().zip(finished) {
@@ -719,6 +729,8 @@ fn fail(gen: &mut Generation, seqs: Vec<Seq>, e: &anyhow::Error) {
     tracing::error!("engine step failed: {e:#}");
     for s in seqs {
         let _ = s.req.events.send(Event::Failed { index: s.req.index, message: format!("{e:#}") });
+        // What the step should have written is not there: forget the names.
+        gen.pool.forget(&s.blocks);
         gen.pool.release(&s.blocks);
     }
 }
