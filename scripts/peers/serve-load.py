@@ -151,6 +151,7 @@ def main():
     ap.add_argument("--model", default=None, help="model field (default: omitted)")
     ap.add_argument("--chat-turns", type=int, default=0, help="hold one chat of this many turns per client")
     ap.add_argument("--system", default="You are a helpful assistant.", help="the chats' system message")
+    ap.add_argument("--run", type=int, default=1, help="chats: named in each question and offsets the seeds, so runs differ")
     ap.add_argument("--json", action="store_true", help="end with one JSON summary line")
     args = ap.parse_args()
     if args.clients < 1 or args.clients > 1024:
@@ -192,12 +193,13 @@ def main():
     def chat(ci):
         messages = [{"role": "system", "content": args.system}]
         for turn in range(args.chat_turns):
-            messages.append({"role": "user", "content": f"Question {turn + 1} of client {ci + 1}: how many clips in all?"})
+            messages.append({"role": "user",
+                             "content": f"Question {turn + 1} of client {ci + 1} in run {args.run}: how many clips in all?"})
             req = {
                 "messages": messages,
                 "max_tokens": args.max_tokens,
                 "temperature": 0.8,
-                "seed": ci * args.chat_turns + turn + 1,
+                "seed": (args.run * args.clients + ci) * args.chat_turns + turn + 1,
                 "stream": True,
                 "stream_options": {"include_usage": True},
                 "ignore_eos": True,

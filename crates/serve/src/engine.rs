@@ -460,17 +460,24 @@ pub fn start(front: Arc<Frontend>, weights: Weights, cfg: EngineConfig, metrics:
 #[derive(Default)]
 struct RateWindow {
     marks: VecDeque<(Instant, usize)>,
+    /// Tokens in `marks` (kept as they come and go: a step adds one mark).
+    total: usize,
 }
 
 impl RateWindow {
     fn add(&mut self, n: usize) -> f64 {
         let now = Instant::now();
         self.marks.push_back((now, n));
-        while self.marks.front().is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(5)) {
+        self.total += n;
+        while let Some(&(t, old)) = self.marks.front() {
+            if now.duration_since(t) <= Duration::from_secs(5) {
+                break;
+            }
+            self.total -= old;
             self.marks.pop_front();
         }
         let span = self.marks.front().map_or(0.0, |(t, _)| now.duration_since(*t).as_secs_f64()).max(1.0);
-        self.marks.iter().map(|(_, n)| *n).sum::<usize>() as f64 / span
+        self.total as f64 / span
     }
 }
 
