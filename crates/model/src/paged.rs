@@ -48,14 +48,25 @@ pub struct PagedCache {
 }
 
 impl PagedCache {
-    /// A cache of `blocks` blocks of `block_tokens` positions each.
+    /// A cache of `blocks` blocks of `block_tokens` positions each: in host
+    /// memory for a CPU model, in tensors on a GPU model's device.
     pub fn new(model: &Gpt, blocks: usize, block_tokens: usize) -> anyhow::Result<Self> {
+        Self::build(model, blocks, block_tokens, model.device() == Device::Cpu)
+    }
+
+    /// The same cache kept in tensors on the model's device whatever it is
+    /// (what [`PagedCache::new`] does on a GPU; the tests run that path on the CPU).
+    pub fn in_tensors(model: &Gpt, blocks: usize, block_tokens: usize) -> anyhow::Result<Self> {
+        Self::build(model, blocks, block_tokens, false)
+    }
+
+    fn build(model: &Gpt, blocks: usize, block_tokens: usize, host: bool) -> anyhow::Result<Self> {
         let c = &model.cfg;
         anyhow::ensure!(blocks >= 1 && block_tokens >= 1, "a paged cache needs blocks of at least one position");
         let rows = blocks * block_tokens + 1;
         let width = (c.kv_heads() * c.head_dim()) as usize;
         let layers = c.n_layer as usize;
-        let store = if model.device() == Device::Cpu {
+        let store = if host {
             let zeros = || (0..layers).map(|_| vec![0f32; rows * width]).collect();
             Store::Host { k: zeros(), v: zeros() }
         } else {

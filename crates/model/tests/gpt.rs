@@ -257,10 +257,12 @@ fn last_hidden(m: &Gpt, seq: &[u32]) -> Tensor {
 
 #[test]
 fn paged_cache_steps_match_the_full_forward_as_sequences_join_leave_and_share_prefixes() {
-    for cfg in variants() {
+    // Host memory with decoding in place, and tensors with a gather (the GPU's).
+    type Build = fn(&Gpt, usize, usize) -> anyhow::Result<PagedCache>;
+    for (cfg, build) in variants().into_iter().flat_map(|c| [(c.clone(), PagedCache::new as Build), (c, PagedCache::in_tensors as Build)]) {
         let (_vs, m) = model(&cfg);
         // Blocks of 2 positions; tables scattered over the cache on purpose.
-        let mut cache = PagedCache::new(&m, 12, 2).unwrap();
+        let mut cache = build(&m, 12, 2).unwrap();
         let (a, b, c): (Vec<u32>, Vec<u32>, Vec<u32>) = (vec![1, 2, 3, 4, 5], vec![6, 7], vec![9, 8, 7, 6]);
         let (ta, tb, tc): ([u32; 4], [u32; 2], [u32; 3]) = ([7, 0, 11, 3], [5, 9], [2, 8, 10]);
         let h = m

@@ -74,21 +74,16 @@ impl Finish {
 pub enum Event {
     /// New text (possibly empty when held back for a stop string) and the
     /// tokens behind it, with log-probabilities when asked for.
-    Delta {
-        index: usize,
-        text: String,
-        logprobs: Vec<TokenLogprob>,
-    },
+    Delta { index: usize, text: String, logprobs: Vec<TokenLogprob> },
     Done {
         index: usize,
         finish: Finish,
         completion_tokens: usize,
+        /// Prompt tokens read from the prefix cache when it was first admitted.
+        cached_tokens: usize,
     },
     /// The sequence failed inside the engine (a bug or a device error).
-    Failed {
-        index: usize,
-        message: String,
-    },
+    Failed { index: usize, message: String },
 }
 
 /// A sequence to generate.
@@ -216,6 +211,8 @@ struct Seq {
     names: Vec<BlockHash>,
     /// Arrival order: the newest running sequences are preempted first.
     order: u64,
+    /// Prompt tokens the prefix cache held at its first admission.
+    cached: Option<usize>,
     /// Tokens of this sequence in the cache.
     len: usize,
     generated: Vec<u32>,
@@ -237,6 +234,7 @@ impl Seq {
             blocks: Vec::new(),
             names: Vec::new(),
             order,
+            cached: None,
             len: 0,
             generated: Vec::new(),
             detok: Detokenizer::default(),
@@ -347,6 +345,7 @@ impl Generation {
         s.names = names;
         s.blocks.extend((0..need).map_while(|_| self.pool.allocate()));
         s.len = cached;
+        s.cached.get_or_insert(cached.min(s.req.prompt.len()));
         // Named now, before the step fills them: a sequence admitted in the
         // same round with the same prefix (eight chats opening on one system
         // prompt) shares them, and the step writes each layer's keys before
@@ -594,7 +593,7 @@ impl Engine {
                 false
             } else if now >= r.deadline {
                 metrics.deadline_exceeded.inc();
-                let _ = r.events.send(Event::Done { index: r.index, finish: Finish::Length, completion_tokens: 0 });
+                let _ = r.events.send(Event::Done { index: r.index, finish: Finish::Length, completion_tokens: 0, cached_tokens: 0 });
                 false
             } else {
                 true
@@ -902,6 +901,11 @@ fn finish(s: &mut Seq, tok: &forja_tokenizer::Tokenizer, finish: Finish, cut: Op
         s.sent = end;
         let _ = s.req.events.send(Event::Delta { index: s.req.index, text: delta, logprobs: std::mem::take(&mut s.held) });
     }
-    let _ = s.req.events.send(Event::Done { index: s.req.index, finish, completion_tokens: s.generated.len() });
+    let _ = s.req.events.send(Event::Done {
+        index: s.req.index,
+        finish,
+        completion_tokens: s.generated.len(),
+        cached_tokens: s.cached.unwrap_or(0),
+    });
     true
 }

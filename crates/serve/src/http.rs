@@ -269,6 +269,8 @@ struct Choice {
     logprobs: Vec<TokenLogprob>,
     finish: Option<Finish>,
     tokens: usize,
+    /// Prompt tokens read from the prefix cache.
+    cached: usize,
 }
 
 struct Job {
@@ -294,10 +296,15 @@ impl Job {
                "system_fingerprint": self.front.fingerprint, "choices": choices})
     }
 
+    /// Counts as OpenAI reports them: each prompt once (its first choice's
+    /// cached tokens, what the cache held before this request), every choice's
+    /// completion.
     fn usage(&self, choices: &[Choice]) -> Value {
         let prompt = self.checked.prompt_tokens();
         let completion: usize = choices.iter().map(|c| c.tokens).sum();
-        json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+        let cached: usize = choices.iter().step_by(self.checked.n.max(1)).map(|c| c.cached).sum();
+        json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+               "prompt_tokens_details": {"cached_tokens": cached}})
     }
 
     fn logprobs(&self, lps: &[TokenLogprob], offset: usize) -> Value {
@@ -389,10 +396,11 @@ fn apply(choices: &mut [Choice], ev: &Event) -> Result<(), String> {
                 c.logprobs.extend(logprobs.iter().cloned());
             }
         }
-        Event::Done { index, finish, completion_tokens } => {
+        Event::Done { index, finish, completion_tokens, cached_tokens } => {
             if let Some(c) = choices.get_mut(*index) {
                 c.finish = Some(*finish);
                 c.tokens = *completion_tokens;
+                c.cached = *cached_tokens;
             }
         }
         Event::Failed { message, .. } => return Err(message.clone()),

@@ -327,10 +327,10 @@ fn text_of(r: &Value) -> String {
 
 /// A three-turn chat as completions after a system prompt: each turn's prompt
 /// is the previous prompt, its answer and a new question. Greedy, or sampled
-/// with `seed`.
-async fn conversation(s: &Server, seed: Option<u64>) -> Vec<String> {
+/// with `seed`. The answers, and each turn's prompt tokens read from the cache.
+async fn conversation(s: &Server, seed: Option<u64>) -> (Vec<String>, Vec<u64>) {
     let mut prompt = TRAINING.to_string();
-    let mut answers = Vec::new();
+    let (mut answers, mut cached) = (Vec::new(), Vec::new());
     for q in ["THE QUICK FOX? ", "THE LAZY DOG? ", "THE WARM SUN? "] {
         prompt.push_str(q);
         let mut body = completion(&prompt, 24);
@@ -344,8 +344,9 @@ async fn conversation(s: &Server, seed: Option<u64>) -> Vec<String> {
         prompt.push_str(&answer);
         prompt.push('\n');
         answers.push(answer);
+        cached.push(r["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap());
     }
-    answers
+    (answers, cached)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,8 +356,11 @@ async fn prefix_caching_reuses_earlier_turns_and_changes_no_token() {
     let cached = Server::start(Some(dir.path()), &[]).await;
     let plain = Server::start(Some(dir.path()), &["--no-prefix-cache"]).await;
     for seed in [None, Some(11)] {
-        let (a, b) = (conversation(&cached, seed).await, conversation(&plain, seed).await);
+        let ((a, hits), (b, none)) = (conversation(&cached, seed).await, conversation(&plain, seed).await);
         assert_eq!(a, b, "seed {seed:?}: the same answers with and without the prefix cache");
+        // Each later turn found at least the previous turn's whole blocks.
+        assert!(hits[1] >= 96 && hits[2] > hits[1], "cached prompt tokens per turn: {hits:?}");
+        assert_eq!(none, vec![0, 0, 0]);
         if seed.is_some() {
             let chars: std::collections::HashSet<char> = a.concat().chars().collect();
             assert!(chars.len() > 3, "sampled answers vary: {a:?}");
