@@ -125,6 +125,7 @@ pub(crate) struct PagedStep {
     b: usize,
     t: usize,
     keys: usize,
+    block_tokens: usize,
     /// Every row starts at position 0: its keys are this step's own.
     fresh: bool,
     /// `[b, 1, t, keys]`; none for a decoding step attended in place.
@@ -194,6 +195,7 @@ pub(crate) fn plan(rows: &[PagedRow], cache: &PagedCache, device: Device) -> any
         b,
         t,
         keys,
+        block_tokens: bt,
         allowed,
     };
     let (bi, ti) = (b as i64, t as i64);
@@ -263,11 +265,57 @@ fn host(x: &Tensor) -> Vec<f32> {
 /// One new token per row attending to its keys where they lie in the cache:
 /// scores against every key of the row, a softmax, the weighted sum of the
 /// values. Query head `i` reads key/value head `i / (h / kv)` (grouped-query
-/// attention, as `repeat_kv`); the scale is SDPA's, `1 / sqrt(hd)`.
+/// attention, as `repeat_kv`); the scale is SDPA's, `1 / sqrt(hd)`. Keys are
+/// read a block at a time (its positions are consecutive rows).
 ///
 /// # Shapes
 /// `q`: `[b, h, hd]` → `[b, h, hd]`
 fn decode_in_place(q: &[f32], ck: &[f32], cv: &[f32], step: &PagedStep, h: usize, kv: usize, hd: usize) -> Vec<f32> {
+    match hd {
+        32 => decode_rows::<32>(q, ck, cv, step, h, kv),
+        64 => decode_rows::<64>(q, ck, cv, step, h, kv),
+        128 => decode_rows::<128>(q, ck, cv, step, h, kv),
+        16 => decode_rows::<16>(q, ck, cv, step, h, kv),
+        _ => decode_rows_any(q, ck, cv, step, h, kv, hd),
+    }
+}
+
+/// [`decode_in_place`] for a head size known when compiling (unrolled).
+fn decode_rows<const HD: usize>(q: &[f32], ck: &[f32], cv: &[f32], step: &PagedStep, h: usize, kv: usize) -> Vec<f32> {
+    let (w, rep) = (kv * HD, h / kv);
+    let scale = 1.0 / (HD as f32).sqrt();
+    let mut out = vec![0f32; q.len()];
+    let mut scores = Vec::new();
+    for r in 0..step.b {
+        let rows = &step.read[r * step.keys..r * step.keys + step.ends[r]];
+        let n = rows.len();
+        scores.clear();
+        scores.resize(h * n, 0f32);
+        let qr = &q[r * h * HD..(r + 1) * h * HD];
+        for (j, key) in keys_of(rows, ck, w, step.block_tokens) {
+            for i in 0..h {
+                let g = i / rep;
+                let (qi, kg) = (&qr[i * HD..(i + 1) * HD], &key[g * HD..(g + 1) * HD]);
+                scores[i * n + j] = dot_n::<HD>(qi, kg) * scale;
+            }
+        }
+        for i in 0..h {
+            softmax_in_place(&mut scores[i * n..(i + 1) * n]);
+        }
+        let or = &mut out[r * h * HD..(r + 1) * h * HD];
+        for (j, value) in keys_of(rows, cv, w, step.block_tokens) {
+            for i in 0..h {
+                let g = i / rep;
+                let p = scores[i * n + j];
+                axpy_n::<HD>(&mut or[i * HD..(i + 1) * HD], p, &value[g * HD..(g + 1) * HD]);
+            }
+        }
+    }
+    out
+}
+
+/// [`decode_in_place`] for any head size.
+fn decode_rows_any(q: &[f32], ck: &[f32], cv: &[f32], step: &PagedStep, h: usize, kv: usize, hd: usize) -> Vec<f32> {
     let (w, rep) = (kv * hd, h / kv);
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; q.len()];
@@ -277,32 +325,88 @@ fn decode_in_place(q: &[f32], ck: &[f32], cv: &[f32], step: &PagedStep, h: usize
         let n = rows.len();
         scores.clear();
         scores.resize(h * n, 0f32);
-        for (j, &row) in rows.iter().enumerate() {
-            let key = &ck[row * w..(row + 1) * w];
+        for (j, key) in keys_of(rows, ck, w, step.block_tokens) {
             for i in 0..h {
                 let g = i / rep;
                 scores[i * n + j] = dot(&q[(r * h + i) * hd..(r * h + i + 1) * hd], &key[g * hd..(g + 1) * hd]) * scale;
             }
         }
         for i in 0..h {
-            let s = &mut scores[i * n..(i + 1) * n];
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            s.iter_mut().for_each(|x| {
-                *x = (*x - max).exp();
-                sum += *x;
-            });
-            s.iter_mut().for_each(|x| *x /= sum);
+            softmax_in_place(&mut scores[i * n..(i + 1) * n]);
         }
-        for (j, &row) in rows.iter().enumerate() {
-            let value = &cv[row * w..(row + 1) * w];
+        for (j, value) in keys_of(rows, cv, w, step.block_tokens) {
             for i in 0..h {
                 let g = i / rep;
-                axpy(&mut out[(r * h + i) * hd..(r * h + i + 1) * hd], scores[i * n + j], &value[g * hd..(g + 1) * hd]);
+                let p = scores[i * n + j];
+                out[(r * h + i) * hd..(r * h + i + 1) * hd].iter_mut().zip(&value[g * hd..(g + 1) * hd]).for_each(|(o, v)| *o += p * v);
             }
         }
     }
     out
+}
+
+/// The cache rows of a row's keys, in order with their index: `rows` holds
+/// one cache row per position, consecutive within each block of
+/// `block_tokens` positions, so each block is one slice of the cache.
+fn keys_of<'a>(rows: &'a [usize], cache: &'a [f32], w: usize, block_tokens: usize) -> impl Iterator<Item = (usize, &'a [f32])> + 'a {
+    rows.chunks(block_tokens).enumerate().flat_map(move |(c, run)| {
+        let first = run[0];
+        cache[first * w..(first + run.len()) * w].chunks_exact(w).enumerate().map(move |(k, key)| (c * block_tokens + k, key))
+    })
+}
+
+/// Softmax of `s` in place.
+fn softmax_in_place(s: &mut [f32]) {
+    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    s.iter_mut().for_each(|x| *x = exp_fast(*x - max));
+    let sum: f32 = s.iter().sum();
+    s.iter_mut().for_each(|x| *x /= sum);
+}
+
+/// `e^x` for `x ≤ 0` (a softmax's shifted scores), in straight-line code the
+/// compiler vectorises: `x = n ln 2 + f` with `|f| ≤ ln 2 / 2`, `e^f` by its
+/// degree-6 Taylor polynomial (relative error below 3e-7 there), `2^n` put into
+/// the exponent bits. Below -87 the result is 0.
+fn exp_fast(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
+    let x = x.max(-87.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let f = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+/// `a · b` for slices of `N` floats, in eight lanes (unrolled and vectorised).
+fn dot_n<const N: usize>(a: &[f32], b: &[f32]) -> f32 {
+    let (a, b) = (&a[..N], &b[..N]);
+    let mut acc = [0f32; 8];
+    for c in 0..N / 8 {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let tail: f32 = (N / 8 * 8..N).map(|k| a[k] * b[k]).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `o += p · v` for slices of `N` floats, in eight lanes.
+fn axpy_n<const N: usize>(o: &mut [f32], p: f32, v: &[f32]) {
+    let (o, v) = (&mut o[..N], &v[..N]);
+    let mut lanes = [0f32; 8];
+    for c in 0..N / 8 {
+        let (oc, vc) = (&mut o[c * 8..c * 8 + 8], &v[c * 8..c * 8 + 8]);
+        for l in 0..8 {
+            lanes[l] = oc[l] + p * vc[l];
+        }
+        oc.copy_from_slice(&lanes);
+    }
+    for k in N / 8 * 8..N {
+        o[k] += p * v[k];
+    }
 }
 
 /// `a · b`, in eight lanes (so the compiler vectorises it).
@@ -318,7 +422,18 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// `out += p · x`.
-fn axpy(out: &mut [f32], p: f32, x: &[f32]) {
-    out.iter_mut().zip(x).for_each(|(o, x)| *o += p * x);
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_fast_is_within_a_few_ulps_of_exp_over_a_softmaxs_range() {
+        let mut worst = 0f32;
+        for i in 0..=100_000 {
+            let x = -87.0 * i as f32 / 100_000.0;
+            let (got, want) = (super::exp_fast(x), x.exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 1e-6, "largest relative error {worst}");
+        assert_eq!(super::exp_fast(-1000.0), super::exp_fast(-87.0));
+        assert_eq!(super::exp_fast(0.0), 1.0);
+    }
 }

@@ -257,9 +257,12 @@ fn last_hidden(m: &Gpt, seq: &[u32]) -> Tensor {
 
 #[test]
 fn paged_cache_steps_match_the_full_forward_as_sequences_join_leave_and_share_prefixes() {
-    // Host memory with decoding in place, and tensors with a gather (the GPU's).
+    // Host memory with decoding in place, and tensors with a gather (the GPU's);
+    // heads of 4 dimensions (the kernel for any size) and of 32 (an unrolled one).
     type Build = fn(&Gpt, usize, usize) -> anyhow::Result<PagedCache>;
-    for (cfg, build) in variants().into_iter().flat_map(|c| [(c.clone(), PagedCache::new as Build), (c, PagedCache::in_tensors as Build)]) {
+    let wide = GptConfig { n_embd: 64, ..tiny() };
+    let configs = variants().into_iter().chain([wide]);
+    for (cfg, build) in configs.flat_map(|c| [(c.clone(), PagedCache::new as Build), (c, PagedCache::in_tensors as Build)]) {
         let (_vs, m) = model(&cfg);
         // Blocks of 2 positions; tables scattered over the cache on purpose.
         let mut cache = build(&m, 12, 2).unwrap();
