@@ -86,7 +86,10 @@ impl Metrics {
                 "forja_kv_blocks_cached",
                 "Free KV cache blocks that keep a prefix for later requests (evicted least recently used first).",
             ),
-            prompt_cached_tokens: counter("forja_prompt_cached_tokens_total", "Prompt tokens read from the prefix cache, not computed."),
+            prompt_cached_tokens: counter(
+                "forja_prompt_cached_tokens_total",
+                "Tokens read from the prefix cache at admission instead of computed (prompts; a preempted sequence's generated tokens too).",
+            ),
             preemptions: counter("forja_preemptions_total", "Sequences preempted for lack of KV blocks (recomputed when readmitted)."),
             errors: counter_vec("forja_errors_total", "Requests answered with an error, by error type.", &["type"]),
             cancelled: counter("forja_cancelled_total", "Sequences dropped because their client went away."),
