@@ -28,7 +28,6 @@ use crate::gpt::{Gpt, GptConfig};
 use tch::{Device, Kind, Tensor};
 
 /// Where the keys and values live.
-#[derive(Debug)]
 enum Store {
     /// Host memory, one `Vec` per layer (CPU models).
     Host { k: Vec<Vec<f32>>, v: Vec<Vec<f32>> },
@@ -37,7 +36,6 @@ enum Store {
 }
 
 /// Keys and values of every layer, in blocks.
-#[derive(Debug)]
 pub struct PagedCache {
     store: Store,
     blocks: usize,
@@ -45,6 +43,23 @@ pub struct PagedCache {
     context: usize,
     /// Floats of one position of one layer (`kv_head · head_dim`).
     width: usize,
+}
+
+/// Its shape, not its (hundreds of MB of) contents.
+impl std::fmt::Debug for PagedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = match self.store {
+            Store::Host { .. } => "host",
+            Store::Device { .. } => "device",
+        };
+        f.debug_struct("PagedCache")
+            .field("blocks", &self.blocks)
+            .field("block_tokens", &self.block_tokens)
+            .field("context", &self.context)
+            .field("width", &self.width)
+            .field("store", &place)
+            .finish()
+    }
 }
 
 impl PagedCache {
