@@ -15,27 +15,18 @@ stdout line is one JSON object. Exit 1 when no request succeeded.
 """
 import argparse
 import http.client
-import ipaddress
 import json
 import random
-import socket
 import sys
 import threading
 import time
-import urllib.parse
+
+import serve_target
 
 TIMEOUT_S = 600.0
 WORDS = ("clips friends april may sold half many how much money earn hour minutes babysitting "
          "wallet saving parents grandparents spent pages read today tomorrow remaining books week "
          "apples oranges price each total dollars cents store bought gave left more than twice").split()
-
-
-def is_loopback(host):
-    try:
-        addrs = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except socket.gaierror:
-        return False
-    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
 
 
 def metric(text, name):
@@ -61,15 +52,8 @@ def main():
         sys.exit("serve-concurrency: --requests must be 1..4096")
     if not 1 <= args.min_words <= args.max_words or not 1 <= args.min_tokens <= args.max_tokens:
         sys.exit("serve-concurrency: each --min-* must be at least 1 and at most its --max-*")
-    url = urllib.parse.urlsplit(args.url)
-    if url.scheme != "http" or not url.hostname:
-        sys.exit("serve-concurrency: --url must be http://HOST:PORT")
-    if not is_loopback(url.hostname):
-        sys.exit(f"serve-concurrency: {url.hostname} is not a loopback address; refusing")
-    host, port = url.hostname, url.port or 80
-    headers = {"Content-Type": "application/json"}
-    if args.api_key:
-        headers["Authorization"] = f"Bearer {args.api_key}"
+    host, port, base = serve_target.target(args.url, "serve-concurrency")
+    headers = serve_target.headers(args.api_key)
 
     rng = random.Random(args.seed)
     bodies = []
@@ -85,7 +69,7 @@ def main():
     def send(body):
         conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT_S)
         try:
-            conn.request("POST", "/v1/completions", body=body, headers=headers)
+            conn.request("POST", base + "/v1/completions", body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
             with lock:
@@ -111,7 +95,7 @@ def main():
         while not done.is_set():
             conn = http.client.HTTPConnection(host, port, timeout=10)
             try:
-                conn.request("GET", "/metrics")
+                conn.request("GET", base + "/metrics")
                 text = conn.getresponse().read().decode()
                 for key, name in (("running", "forja_batch_size"), ("blocks", "forja_kv_blocks_used")):
                     v = metric(text, name)

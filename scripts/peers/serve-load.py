@@ -24,13 +24,12 @@ Only loopback addresses are accepted: this is a local load test, never a remote 
 """
 import argparse
 import http.client
-import ipaddress
 import json
-import socket
 import sys
 import threading
 import time
-import urllib.parse
+
+import serve_target
 
 TIMEOUT_S = 120.0
 MAX_ERROR_BODIES = 5
@@ -43,14 +42,6 @@ def percentile(values, p):
     s = sorted(values)
     k = max(0, min(len(s) - 1, int(-(-p * len(s) // 100)) - 1))
     return s[k]
-
-
-def is_loopback(host):
-    try:
-        addrs = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except socket.gaierror:
-        return False
-    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
 
 
 class Stats:
@@ -159,19 +150,9 @@ def main():
     if args.requests_per_client < 1 or args.requests_per_client > 10000:
         sys.exit("serve-load: --requests-per-client must be 1..10000")
 
-    url = urllib.parse.urlsplit(args.url)
-    if url.scheme != "http" or not url.hostname:
-        sys.exit("serve-load: --url must be http://HOST:PORT")
-    if not is_loopback(url.hostname):
-        sys.exit(f"serve-load: {url.hostname} is not a loopback address; refusing")
-    base = url.path.rstrip("/")
-    if base.endswith("/v1"):
-        base = base[:-3]
+    host, port, base = serve_target.target(args.url, "serve-load")
     path = base + ("/v1/chat/completions" if args.chat_turns else "/v1/completions")
-    port = url.port or 80
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-    if args.api_key:
-        headers["Authorization"] = f"Bearer {args.api_key}"
+    headers = serve_target.headers(args.api_key, Accept="text/event-stream")
 
     stats = Stats()
 
@@ -188,7 +169,7 @@ def main():
             }
             if args.model:
                 req["model"] = args.model
-            one_request(url.hostname, port, path, headers, json.dumps(req).encode(), stats)
+            one_request(host, port, path, headers, json.dumps(req).encode(), stats)
 
     def chat(ci):
         messages = [{"role": "system", "content": args.system}]
@@ -207,7 +188,7 @@ def main():
             if args.model:
                 req["model"] = args.model
             answer = []
-            one_request(url.hostname, port, path, headers, json.dumps(req).encode(), stats, answer)
+            one_request(host, port, path, headers, json.dumps(req).encode(), stats, answer)
             messages.append({"role": "assistant", "content": "".join(answer)})
 
     if args.chat_turns:
