@@ -160,9 +160,9 @@ pub(crate) fn plan(rows: &[PagedRow], cache: &PagedCache, device: Device) -> any
     let bt = cache.block_tokens;
     let (mut ids, mut pos, mut write) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::with_capacity(b * t));
     let mut read = Vec::with_capacity(b * keys);
-    for (r, row) in rows.iter().enumerate() {
+    let ends: Vec<usize> = rows.iter().map(|r| r.start + r.tokens.len()).collect();
+    for (r, (row, &end)) in rows.iter().zip(&ends).enumerate() {
         anyhow::ensure!(!row.tokens.is_empty(), "row {r} has no tokens");
-        let end = row.start + row.tokens.len();
         anyhow::ensure!(end <= cache.context, "{end} tokens exceed the model's context of {} positions", cache.context);
         anyhow::ensure!(
             end <= row.blocks.len() * bt,
@@ -187,8 +187,7 @@ pub(crate) fn plan(rows: &[PagedRow], cache: &PagedCache, device: Device) -> any
     // extent (a padding query sees the whole row; its output is unused).
     let allowed = (!(host && t == 1)).then(|| {
         let mut allowed = vec![false; b * t * keys];
-        for (r, row) in rows.iter().enumerate() {
-            let end = row.start + row.tokens.len();
+        for (r, (row, &end)) in rows.iter().zip(&ends).enumerate() {
             for i in 0..t {
                 let upto = if i < row.tokens.len() { row.start + i + 1 } else { end };
                 let base = (r * t + i) * keys;
@@ -203,7 +202,7 @@ pub(crate) fn plan(rows: &[PagedRow], cache: &PagedCache, device: Device) -> any
     let step = PagedStep {
         write_index: index(&write),
         read_index: index(&read),
-        ends: rows.iter().map(|r| r.start + r.tokens.len()).collect(),
+        ends,
         fresh: rows.iter().all(|r| r.start == 0),
         write,
         read,
@@ -287,50 +286,17 @@ fn host(x: &Tensor) -> Vec<f32> {
 /// `q`: `[b, h, hd]` → `[b, h, hd]`
 fn decode_in_place(q: &[f32], ck: &[f32], cv: &[f32], step: &PagedStep, h: usize, kv: usize, hd: usize) -> Vec<f32> {
     match hd {
-        32 => decode_rows::<32>(q, ck, cv, step, h, kv),
-        64 => decode_rows::<64>(q, ck, cv, step, h, kv),
-        128 => decode_rows::<128>(q, ck, cv, step, h, kv),
-        16 => decode_rows::<16>(q, ck, cv, step, h, kv),
-        _ => decode_rows_any(q, ck, cv, step, h, kv, hd),
+        16 => decode_rows::<16>(q, ck, cv, step, h, kv, hd),
+        32 => decode_rows::<32>(q, ck, cv, step, h, kv, hd),
+        64 => decode_rows::<64>(q, ck, cv, step, h, kv, hd),
+        128 => decode_rows::<128>(q, ck, cv, step, h, kv, hd),
+        _ => decode_rows::<0>(q, ck, cv, step, h, kv, hd),
     }
 }
 
-/// [`decode_in_place`] for a head size known when compiling (unrolled).
-fn decode_rows<const HD: usize>(q: &[f32], ck: &[f32], cv: &[f32], step: &PagedStep, h: usize, kv: usize) -> Vec<f32> {
-    let (w, rep) = (kv * HD, h / kv);
-    let scale = 1.0 / (HD as f32).sqrt();
-    let mut out = vec![0f32; q.len()];
-    let mut scores = Vec::new();
-    for r in 0..step.b {
-        let rows = &step.read[r * step.keys..r * step.keys + step.ends[r]];
-        let n = rows.len();
-        scores.clear();
-        scores.resize(h * n, 0f32);
-        let qr = &q[r * h * HD..(r + 1) * h * HD];
-        for (j, key) in keys_of(rows, ck, w, step.block_tokens) {
-            for i in 0..h {
-                let g = i / rep;
-                let (qi, kg) = (&qr[i * HD..(i + 1) * HD], &key[g * HD..(g + 1) * HD]);
-                scores[i * n + j] = dot_n::<HD>(qi, kg) * scale;
-            }
-        }
-        for i in 0..h {
-            softmax_in_place(&mut scores[i * n..(i + 1) * n]);
-        }
-        let or = &mut out[r * h * HD..(r + 1) * h * HD];
-        for (j, value) in keys_of(rows, cv, w, step.block_tokens) {
-            for i in 0..h {
-                let g = i / rep;
-                let p = scores[i * n + j];
-                axpy_n::<HD>(&mut or[i * HD..(i + 1) * HD], p, &value[g * HD..(g + 1) * HD]);
-            }
-        }
-    }
-    out
-}
-
-/// [`decode_in_place`] for any head size.
-fn decode_rows_any(q: &[f32], ck: &[f32], cv: &[f32], step: &PagedStep, h: usize, kv: usize, hd: usize) -> Vec<f32> {
+/// [`decode_in_place`] with the head size `HD` known when compiling (the
+/// products unrolled), or `HD = 0` for any `hd`.
+fn decode_rows<const HD: usize>(q: &[f32], ck: &[f32], cv: &[f32], step: &PagedStep, h: usize, kv: usize, hd: usize) -> Vec<f32> {
     let (w, rep) = (kv * hd, h / kv);
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; q.len()];
@@ -340,20 +306,21 @@ fn decode_rows_any(q: &[f32], ck: &[f32], cv: &[f32], step: &PagedStep, h: usize
         let n = rows.len();
         scores.clear();
         scores.resize(h * n, 0f32);
+        let qr = &q[r * h * hd..(r + 1) * h * hd];
         for (j, key) in keys_of(rows, ck, w, step.block_tokens) {
             for i in 0..h {
                 let g = i / rep;
-                scores[i * n + j] = dot(&q[(r * h + i) * hd..(r * h + i + 1) * hd], &key[g * hd..(g + 1) * hd]) * scale;
+                scores[i * n + j] = dot_n::<HD>(&qr[i * hd..(i + 1) * hd], &key[g * hd..(g + 1) * hd]) * scale;
             }
         }
         for i in 0..h {
             softmax_in_place(&mut scores[i * n..(i + 1) * n]);
         }
+        let or = &mut out[r * h * hd..(r + 1) * h * hd];
         for (j, value) in keys_of(rows, cv, w, step.block_tokens) {
             for i in 0..h {
                 let g = i / rep;
-                let p = scores[i * n + j];
-                out[(r * h + i) * hd..(r * h + i + 1) * hd].iter_mut().zip(&value[g * hd..(g + 1) * hd]).for_each(|(o, v)| *o += p * v);
+                axpy_n::<HD>(&mut or[i * hd..(i + 1) * hd], scores[i * n + j], &value[g * hd..(g + 1) * hd]);
             }
         }
     }
@@ -380,8 +347,9 @@ fn softmax_in_place(s: &mut [f32]) {
 
 /// `e^x` for `x ≤ 0` (a softmax's shifted scores), in straight-line code the
 /// compiler vectorises: `x = n ln 2 + f` with `|f| ≤ ln 2 / 2`, `e^f` by its
-/// degree-6 Taylor polynomial (relative error below 3e-7 there), `2^n` put into
-/// the exponent bits. Below -87 the result is 0.
+/// degree-6 Taylor polynomial, `2^n` put into the exponent bits (relative error
+/// below 1e-6, tested). Below -87 it is `e^-87` (about 1.6e-38): small enough
+/// for a softmax, and no subnormal bits to build.
 fn exp_fast(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
@@ -395,46 +363,36 @@ fn exp_fast(x: f32) -> f32 {
     p * scale
 }
 
-/// `a · b` for slices of `N` floats, in eight lanes (unrolled and vectorised).
+/// `a · b`, in eight lanes so that the compiler vectorises it; unrolled for
+/// slices of `N` floats, or of any (equal) length when `N` is 0.
 fn dot_n<const N: usize>(a: &[f32], b: &[f32]) -> f32 {
-    let (a, b) = (&a[..N], &b[..N]);
+    let n = if N == 0 { a.len().min(b.len()) } else { N };
+    let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 8];
-    for c in 0..N / 8 {
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
         for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+            acc[l] += x[l] * y[l];
         }
     }
-    let tail: f32 = (N / 8 * 8..N).map(|k| a[k] * b[k]).sum();
+    let tail: f32 = (n / 8 * 8..n).map(|k| a[k] * b[k]).sum();
     acc.iter().sum::<f32>() + tail
 }
 
-/// `o += p · v` for slices of `N` floats, in eight lanes.
+/// `o += p · v`, in eight lanes; for slices of `N` floats, or of any (equal)
+/// length when `N` is 0.
 fn axpy_n<const N: usize>(o: &mut [f32], p: f32, v: &[f32]) {
-    let (o, v) = (&mut o[..N], &v[..N]);
+    let n = if N == 0 { o.len().min(v.len()) } else { N };
+    let (o, v) = (&mut o[..n], &v[..n]);
     let mut lanes = [0f32; 8];
-    for c in 0..N / 8 {
-        let (oc, vc) = (&mut o[c * 8..c * 8 + 8], &v[c * 8..c * 8 + 8]);
+    for (oc, vc) in o.chunks_exact_mut(8).zip(v.chunks_exact(8)) {
         for l in 0..8 {
             lanes[l] = oc[l] + p * vc[l];
         }
         oc.copy_from_slice(&lanes);
     }
-    for k in N / 8 * 8..N {
+    for k in n / 8 * 8..n {
         o[k] += p * v[k];
     }
-}
-
-/// `a · b`, in eight lanes (so the compiler vectorises it).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

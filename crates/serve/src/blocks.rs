@@ -124,9 +124,7 @@ impl BlockPool {
             Some(b) => b,
             None => {
                 let (_, b) = self.idle.pop_first()?;
-                if let Some(name) = self.name[b as usize].take() {
-                    self.by_name.remove(&name);
-                }
+                self.forget(&[b]);
                 b
             }
         };
@@ -140,7 +138,11 @@ impl BlockPool {
         for &block in blocks.iter().rev() {
             let b = block as usize;
             debug_assert!(self.refs[b] > 0, "block {block} released more often than held");
-            self.refs[b] = self.refs[b].saturating_sub(1);
+            if self.refs[b] == 0 {
+                // Already free: listing it twice would hand it out twice.
+                continue;
+            }
+            self.refs[b] -= 1;
             if self.refs[b] > 0 {
                 continue;
             }
@@ -154,7 +156,8 @@ impl BlockPool {
         }
     }
 
-    /// Drops the names of `blocks` (their contents are not what the names say).
+    /// Drops the names of `blocks` (their contents are about to be overwritten,
+    /// or are not what the names say).
     pub fn forget(&mut self, blocks: &[u32]) {
         for &block in blocks {
             if let Some(name) = self.name[block as usize].take() {

@@ -289,6 +289,9 @@ struct Generation {
     weights: Weights,
     cache: Option<PagedCache>,
     pool: BlockPool,
+    /// Blocks kept free for running sequences to grow into while any run
+    /// (vLLM's watermark: 1% of the cache; none for slots, which never grow).
+    reserve: usize,
     /// Preempted sequences, readmitted before any new one (oldest first).
     waiting: VecDeque<Seq>,
     active: Vec<Seq>,
@@ -312,13 +315,14 @@ impl Generation {
             }
             Weights::Bert { .. } => (None, BlockPool::new(0, 1, false)),
         };
-        Ok(Self { front, weights, cache, pool, waiting: VecDeque::new(), active: Vec::new() })
+        let grows = cache.as_ref().is_some_and(|c| c.block_tokens() < c.context());
+        let reserve = if grows { (pool.total() / 100).max(1) } else { 0 };
+        Ok(Self { front, weights, cache, pool, reserve, waiting: VecDeque::new(), active: Vec::new() })
     }
 
     /// Gives `s` blocks for its tokens, reusing a cached prefix, when the
-    /// batch, the prefill budget and the free blocks allow (false: it waits).
-    /// Blocks are kept for running sequences to grow into (vLLM's watermark:
-    /// 1% of the cache), unless nothing runs or the layout is slots.
+    /// batch, the prefill budget and the free blocks (less `reserve` while
+    /// anything runs) allow; false: it waits.
     fn place(&mut self, s: &mut Seq, adm: &mut Admission, admitting: usize, metrics: &Metrics) -> bool {
         if self.active.len() + admitting >= adm.max_batch {
             return false;
@@ -334,9 +338,7 @@ impl Generation {
         let cached = blocks.len() * bt;
         let compute = tokens.len() - cached;
         let need = tokens.len().div_ceil(bt) - blocks.len();
-        // Slots never grow: nothing to keep for them.
-        let grows = self.cache.as_ref().is_some_and(|c| c.block_tokens() < c.context());
-        let reserve = if !grows || self.active.is_empty() && admitting == 0 { 0 } else { (self.pool.total() / 100).max(1) };
+        let reserve = if self.active.is_empty() && admitting == 0 { 0 } else { self.reserve };
         if compute > adm.budget && !adm.first || self.pool.available() < need + reserve {
             self.pool.release(&blocks);
             return false;
@@ -350,7 +352,7 @@ impl Generation {
         // same round with the same prefix (eight chats opening on one system
         // prompt) shares them, and the step writes each layer's keys before
         // any row reads them.
-        self.publish(s, &tokens, tokens.len());
+        self.publish(s, &tokens);
         metrics.prompt_cached_tokens.inc_by(cached as u64);
         adm.budget = adm.budget.saturating_sub(compute);
         adm.first = false;
@@ -385,16 +387,21 @@ impl Generation {
         }
     }
 
-    /// Names the full blocks of `s` within its first `filled` tokens (of
-    /// `tokens`) not named yet, so later requests with the same prefix reuse
-    /// them.
-    fn publish(&mut self, s: &mut Seq, tokens: &[u32], filled: usize) {
-        let bt = self.pool.block_tokens();
-        let full = filled / bt;
-        if !self.pool.caching() || s.names.len() >= full {
+    /// Whether `s` has full blocks within its first `filled` tokens that are
+    /// not named yet.
+    fn unnamed(&self, s: &Seq, filled: usize) -> bool {
+        self.pool.caching() && s.names.len() < filled / self.pool.block_tokens()
+    }
+
+    /// Names the full blocks of `s` within `tokens` (its tokens, those the
+    /// cache holds or is about to) not named yet, so later requests with the
+    /// same prefix reuse them.
+    fn publish(&mut self, s: &mut Seq, tokens: &[u32]) {
+        if !self.unnamed(s, tokens.len()) {
             return;
         }
-        for i in s.names.len()..full {
+        let bt = self.pool.block_tokens();
+        for i in s.names.len()..tokens.len() / bt {
             let name = BlockPool::name_of(s.names.last(), &tokens[i * bt..(i + 1) * bt]);
             self.pool.publish(s.blocks[i], name);
             s.names.push(name);
@@ -716,9 +723,10 @@ fn step(gen: &mut Generation, mut seqs: Vec<Seq>, phase: Phase, metrics: &Metric
     };
     for (s, f) in seqs.iter_mut().zip(&feeds) {
         s.len += f.len();
-        if s.len % gen.pool.block_tokens() == 0 {
+        // After the step the cache holds all of the sequence's tokens.
+        if gen.unnamed(s, s.len) {
             let tokens = s.tokens();
-            gen.publish(s, &tokens, s.len);
+            gen.publish(s, &tokens);
         }
     }
     let finished = sample_all(gen, &mut seqs, &logits, metrics, rate);
