@@ -1,0 +1,503 @@
+//! forja-kernels: CPU kernels libtorch has no fast path for.
+//!
+//! [`Int8Matrix`]: a projection's weights quantized per output channel to
+//! int8 (symmetric, `w ≈ scale[o] · q[o, i]`, `q` in −127…127) and multiplied
+//! with float32 activations — weight-only int8, as llama.cpp's and
+//! bitsandbytes' CPU paths. Decoding on a CPU reads every weight once per token,
+//! so a quarter of the bytes is the point; the activations stay float32.
+//!
+//! The weights are packed 64 output channels at a time, the 64 weights of one
+//! input next to each other (one cache line), so a kernel keeps 64 outputs × up
+//! to 4 rows of accumulators in registers and never reduces across lanes. The
+//! instruction set is chosen once at run time ([`Isa::detect`]): AVX-512F,
+//! AVX2 + FMA, or portable Rust. Each row's sum runs over the inputs in order
+//! whatever the number of rows, so a row's output does not depend on the
+//! batch it is in (decoding one sequence or eight gives each the same logits).
+
+use std::fmt;
+use std::sync::OnceLock;
+
+/// Output channels per packed group (four AVX-512 registers of float32).
+const GROUP: usize = 64;
+
+/// Why a matrix cannot be quantized or packed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// Slice lengths that do not match the stated shape.
+    Shape { what: &'static str, expected: usize, got: usize },
+    /// A weight that is NaN or infinite (its output channel named).
+    NotFinite { row: usize },
+    /// A scale that is negative or not finite.
+    BadScale { row: usize },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Shape { what, expected, got } => write!(f, "{what}: expected {expected} values, got {got}"),
+            Error::NotFinite { row } => write!(f, "output channel {row} has a weight that is not finite"),
+            Error::BadScale { row } => write!(f, "output channel {row} has a scale that is negative or not finite"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The instruction set a kernel runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    /// The best this CPU supports (detected once).
+    pub fn detect() -> Self {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if AVX512_BUILT && std::arch::is_x86_feature_detected!("avx512f") {
+                    return Isa::Avx512;
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Portable
+        })
+    }
+
+    /// Whether this CPU can run kernels of `self`.
+    pub fn supported(self) -> bool {
+        matches!((self, Self::detect()), (Isa::Portable, _) | (_, Isa::Avx512) | (Isa::Avx2, Isa::Avx2))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// Rows one kernel call handles (what fits the registers).
+    fn rows(self) -> usize {
+        match self {
+            Isa::Avx512 | Isa::Portable => 4,
+            Isa::Avx2 => 2,
+        }
+    }
+}
+
+/// Whether the AVX-512 kernels are compiled in: their intrinsics are stable
+/// from Rust 1.89, and forja builds with Debian's 1.85 too (AVX2 there).
+#[rustversion::since(1.89)]
+const AVX512_BUILT: bool = true;
+#[rustversion::before(1.89)]
+const AVX512_BUILT: bool = false;
+
+/// Per-output-channel symmetric int8 quantization of `w` (`[n_out, n_in]`,
+/// row-major): `scale[o] = max_i |w[o, i]| / 127`, `q[o, i] = round(w[o, i] /
+/// scale[o])`. A channel of zeros gets scale 0.
+pub fn quantize_rows(w: &[f32], n_out: usize, n_in: usize) -> Result<(Vec<i8>, Vec<f32>), Error> {
+    check_len("weights", n_out * n_in, w.len())?;
+    let mut q = Vec::with_capacity(w.len());
+    let mut scale = Vec::with_capacity(n_out);
+    for (o, row) in w.chunks_exact(n_in.max(1)).enumerate().take(n_out) {
+        if row.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NotFinite { row: o });
+        }
+        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = max / 127.0;
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        // Dividing (not multiplying by `inv`) keeps q exact on a round trip
+        // through `q · scale`; `inv` only decides the zero channel.
+        q.extend(row.iter().map(|&v| if inv == 0.0 { 0 } else { (v / s).round().clamp(-127.0, 127.0) as i8 }));
+        scale.push(s);
+    }
+    Ok((q, scale))
+}
+
+fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), Error> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::Shape { what, expected, got })
+    }
+}
+
+/// Int8 weights of a projection `y = x Wᵀ (+ b)`, packed for the kernels.
+#[derive(Clone)]
+pub struct Int8Matrix {
+    n_in: usize,
+    n_out: usize,
+    /// `[groups][n_in][64]`: group `g`, input `i`, channel `64 g + k`.
+    packed: Vec<i8>,
+    /// Per channel, padded to whole groups with zeros.
+    scale: Vec<f32>,
+    /// The bias (zeros without one), padded as `scale`.
+    bias: Vec<f32>,
+}
+
+impl fmt::Debug for Int8Matrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Int8Matrix [{}, {}] ({} bytes)", self.n_out, self.n_in, self.bytes())
+    }
+}
+
+impl Int8Matrix {
+    /// Packs quantized weights `q` (`[n_out, n_in]`, row-major) with their
+    /// per-channel `scale` and an optional `bias` (`[n_out]`).
+    pub fn new(q: &[i8], scale: &[f32], bias: Option<&[f32]>, n_out: usize, n_in: usize) -> Result<Self, Error> {
+        check_len("int8 weights", n_out * n_in, q.len())?;
+        check_len("scales", n_out, scale.len())?;
+        if let Some(b) = bias {
+            check_len("bias", n_out, b.len())?;
+        }
+        if let Some(row) = scale.iter().position(|s| !s.is_finite() || *s < 0.0) {
+            return Err(Error::BadScale { row });
+        }
+        let groups = n_out.div_ceil(GROUP);
+        let mut packed = vec![0i8; groups * n_in * GROUP];
+        for (o, row) in q.chunks_exact(n_in.max(1)).enumerate().take(n_out) {
+            let (g, k) = (o / GROUP, o % GROUP);
+            for (i, &v) in row.iter().enumerate() {
+                packed[(g * n_in + i) * GROUP + k] = v;
+            }
+        }
+        let pad = |v: &[f32]| {
+            let mut out = v.to_vec();
+            out.resize(groups * GROUP, 0.0);
+            out
+        };
+        let bias = bias.map_or_else(|| vec![0.0; groups * GROUP], pad);
+        Ok(Self { n_in, n_out, packed, scale: pad(scale), bias })
+    }
+
+    /// Quantizes float32 weights (`[n_out, n_in]`, row-major) and packs them.
+    pub fn quantize(w: &[f32], bias: Option<&[f32]>, n_out: usize, n_in: usize) -> Result<Self, Error> {
+        let (q, scale) = quantize_rows(w, n_out, n_in)?;
+        Self::new(&q, &scale, bias, n_out, n_in)
+    }
+
+    pub fn n_in(&self) -> usize {
+        self.n_in
+    }
+
+    pub fn n_out(&self) -> usize {
+        self.n_out
+    }
+
+    /// Bytes the packed weights, scales and bias take.
+    pub fn bytes(&self) -> usize {
+        self.packed.len() + 4 * (self.scale.len() + self.bias.len())
+    }
+
+    /// `y[r, o] = scale[o] · Σᵢ q[o, i] · x[r, i] + bias[o]` for every row `r`
+    /// of `x` (`[rows, n_in]`, row-major) into `y` (`[rows, n_out]`), with the
+    /// best kernel this CPU runs.
+    ///
+    /// # Panics
+    /// When `x` is not whole rows of `n_in` or `y` is not `rows × n_out` long.
+    pub fn matmul(&self, x: &[f32], y: &mut [f32]) {
+        self.matmul_with(Isa::detect(), x, y);
+    }
+
+    /// [`Int8Matrix::matmul`] with the kernels of `isa` (the portable ones
+    /// when this CPU lacks it).
+    ///
+    /// # Panics
+    /// As [`Int8Matrix::matmul`].
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], y: &mut [f32]) {
+        let isa = if isa.supported() { isa } else { Isa::Portable };
+        let n_in = self.n_in.max(1);
+        assert!(x.len() % n_in == 0, "int8 matmul: {} inputs is not whole rows of {}", x.len(), self.n_in);
+        let rows = if self.n_in == 0 { 0 } else { x.len() / n_in };
+        assert_eq!(y.len(), rows * self.n_out, "int8 matmul: output of {} values for {rows} rows × {}", y.len(), self.n_out);
+        if self.n_in == 0 {
+            y.iter_mut().zip(&self.bias).for_each(|(v, b)| *v = *b);
+            return;
+        }
+        let mut tile = [0f32; 4 * GROUP];
+        for g in 0..self.n_out.div_ceil(GROUP) {
+            let w = &self.packed[g * self.n_in * GROUP..(g + 1) * self.n_in * GROUP];
+            let (scale, bias) = (&self.scale[g * GROUP..(g + 1) * GROUP], &self.bias[g * GROUP..(g + 1) * GROUP]);
+            let valid = (self.n_out - g * GROUP).min(GROUP);
+            let mut r0 = 0;
+            while r0 < rows {
+                let r = (rows - r0).min(isa.rows());
+                let xs = &x[r0 * self.n_in..(r0 + r) * self.n_in];
+                let out = &mut tile[..r * GROUP];
+                group(isa, Group { w, n_in: self.n_in, x: xs, scale, bias }, r, out);
+                for rr in 0..r {
+                    let dst = (r0 + rr) * self.n_out + g * GROUP;
+                    y[dst..dst + valid].copy_from_slice(&out[rr * GROUP..rr * GROUP + valid]);
+                }
+                r0 += r;
+            }
+        }
+    }
+}
+
+/// One group's operands: `w` is `[n_in][64]`, `x` is `[r][n_in]`, `scale`
+/// and `bias` 64 long (lengths checked by [`Int8Matrix::matmul_with`]).
+struct Group<'a> {
+    w: &'a [i8],
+    n_in: usize,
+    x: &'a [f32],
+    scale: &'a [f32],
+    bias: &'a [f32],
+}
+
+/// 64 outputs of `r` rows (1 ≤ r ≤ `isa.rows()`) into `out` (`[r][64]`).
+fn group(isa: Isa, g: Group, r: usize, out: &mut [f32]) {
+    assert!(g.w.len() == g.n_in * GROUP && g.x.len() == r * g.n_in && g.scale.len() == GROUP && g.bias.len() == GROUP);
+    assert!(out.len() == r * GROUP && (1..=isa.rows()).contains(&r));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` checked that the CPU has AVX-512F; the lengths
+        // the kernel reads and writes are asserted just above.
+        Isa::Avx512 => unsafe { x86::avx512_rows(&g, r, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` checked that the CPU has AVX2 and FMA; the
+        // lengths the kernel reads and writes are asserted just above.
+        Isa::Avx2 => unsafe {
+            match r {
+                1 => x86::avx2::<1>(&g, out),
+                _ => x86::avx2::<2>(&g, out),
+            }
+        },
+        _ => portable(&g, r, out),
+    }
+}
+
+fn portable(g: &Group, r: usize, out: &mut [f32]) {
+    for rr in 0..r {
+        let mut acc = [0f32; GROUP];
+        let xr = &g.x[rr * g.n_in..(rr + 1) * g.n_in];
+        for (&xi, wi) in xr.iter().zip(g.w.chunks_exact(GROUP)) {
+            for (a, &w) in acc.iter_mut().zip(wi) {
+                *a += w as f32 * xi;
+            }
+        }
+        for (k, a) in acc.iter().enumerate() {
+            out[rr * GROUP + k] = a * g.scale[k] + g.bias[k];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Group, GROUP};
+    use std::arch::x86_64::*;
+
+    /// [`avx512`] for `r` rows (1 to 4).
+    ///
+    /// # Safety
+    /// As [`avx512`].
+    #[rustversion::since(1.89)]
+    pub(super) unsafe fn avx512_rows(g: &Group, r: usize, out: &mut [f32]) {
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe {
+            match r {
+                1 => avx512::<1>(g, out),
+                2 => avx512::<2>(g, out),
+                3 => avx512::<3>(g, out),
+                _ => avx512::<4>(g, out),
+            }
+        }
+    }
+
+    /// Never called: [`super::Isa::detect`] does not pick AVX-512 when this
+    /// compiler has no stable AVX-512 intrinsics.
+    ///
+    /// # Safety
+    /// None needed; it is unsafe to match the other definition.
+    #[rustversion::before(1.89)]
+    pub(super) unsafe fn avx512_rows(g: &Group, r: usize, out: &mut [f32]) {
+        super::portable(g, r, out)
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F; `g` and `out` have the lengths [`super::group`] asserts.
+    #[rustversion::since(1.89)]
+    #[allow(clippy::incompatible_msrv)] // compiled only from Rust 1.89 (rustversion)
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512<const R: usize>(g: &Group, out: &mut [f32]) {
+        let (w, x) = (g.w.as_ptr(), g.x.as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        for i in 0..g.n_in {
+            // SAFETY: i < n_in, so w[i·64 .. i·64 + 64] and x[r·n_in + i] are in bounds.
+            let base = unsafe { w.add(i * GROUP) };
+            let mut ws = [_mm512_setzero_ps(); 4];
+            for (k, v) in ws.iter_mut().enumerate() {
+                // SAFETY: 16 bytes at base + 16 k, k < 4, inside the 64 of input i.
+                let bytes = unsafe { _mm_loadu_si128(base.add(16 * k).cast()) };
+                *v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: r < R rows of n_in inputs each.
+                let xb = _mm512_set1_ps(unsafe { *x.add(r * g.n_in + i) });
+                for k in 0..4 {
+                    a[k] = _mm512_fmadd_ps(ws[k], xb, a[k]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (k, v) in a.iter().enumerate() {
+                // SAFETY: scale and bias are 64 long, out is R × 64: 16 k + 16 ≤ 64.
+                unsafe {
+                    let s = _mm512_loadu_ps(g.scale.as_ptr().add(16 * k));
+                    let b = _mm512_loadu_ps(g.bias.as_ptr().add(16 * k));
+                    _mm512_storeu_ps(out.as_mut_ptr().add(r * GROUP + 16 * k), _mm512_fmadd_ps(*v, s, b));
+                }
+            }
+        }
+    }
+
+    /// Two halves of 32 outputs each, so that the accumulators fit AVX2's 16 registers.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `g` and `out` have the lengths [`super::group`] asserts.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2<const R: usize>(g: &Group, out: &mut [f32]) {
+        let (w, x) = (g.w.as_ptr(), g.x.as_ptr());
+        for half in 0..2 {
+            let mut acc = [[_mm256_setzero_ps(); 4]; R];
+            for i in 0..g.n_in {
+                // SAFETY: i < n_in; 32 h + 8 k + 8 ≤ 64 bytes of input i.
+                let base = unsafe { w.add(i * GROUP + 32 * half) };
+                let mut ws = [_mm256_setzero_ps(); 4];
+                for (k, v) in ws.iter_mut().enumerate() {
+                    // SAFETY: 8 bytes at base + 8 k, inside input i's 64.
+                    let bytes = unsafe { _mm_loadl_epi64(base.add(8 * k).cast()) };
+                    *v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+                }
+                for (r, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: r < R rows of n_in inputs each.
+                    let xb = _mm256_set1_ps(unsafe { *x.add(r * g.n_in + i) });
+                    for k in 0..4 {
+                        a[k] = _mm256_fmadd_ps(ws[k], xb, a[k]);
+                    }
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                for (k, v) in a.iter().enumerate() {
+                    let at = 32 * half + 8 * k;
+                    // SAFETY: at + 8 ≤ 64 within scale, bias and row r of out.
+                    unsafe {
+                        let s = _mm256_loadu_ps(g.scale.as_ptr().add(at));
+                        let b = _mm256_loadu_ps(g.bias.as_ptr().add(at));
+                        _mm256_storeu_ps(out.as_mut_ptr().add(r * GROUP + at), _mm256_fmadd_ps(*v, s, b));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly on purpose
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random floats in [-1, 1) (xorshift).
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// The product in float64 from the unpacked int8 weights.
+    fn reference(q: &[i8], scale: &[f32], bias: &[f32], x: &[f32], n_out: usize, n_in: usize) -> Vec<f64> {
+        let rows = x.len() / n_in;
+        let mut y = vec![0f64; rows * n_out];
+        for r in 0..rows {
+            for o in 0..n_out {
+                let dot: f64 = (0..n_in).map(|i| q[o * n_in + i] as f64 * x[r * n_in + i] as f64).sum();
+                y[r * n_out + o] = dot * scale[o] as f64 + bias[o] as f64;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn every_kernel_matches_the_unpacked_product_on_odd_shapes() {
+        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2, Isa::Portable].into_iter().filter(|i| i.supported()).collect();
+        for &(n_out, n_in, rows) in &[(64, 128, 1), (130, 33, 5), (7, 1, 3), (384, 128, 8), (4099, 96, 2)] {
+            let w = noise(n_out * n_in, 1);
+            let bias = noise(n_out, 2);
+            let x = noise(rows * n_in, 3);
+            let (q, scale) = quantize_rows(&w, n_out, n_in).unwrap();
+            let m = Int8Matrix::new(&q, &scale, Some(&bias), n_out, n_in).unwrap();
+            let want = reference(&q, &scale, &bias, &x, n_out, n_in);
+            for &isa in &isas {
+                let mut y = vec![f32::NAN; rows * n_out];
+                m.matmul_with(isa, &x, &mut y);
+                let worst = y.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0f64, f64::max);
+                assert!(worst < 1e-4, "{} [{n_out}×{n_in}] × {rows} rows: off by {worst}", isa.name());
+            }
+        }
+    }
+
+    #[test]
+    fn quantizing_keeps_each_weight_within_half_a_step() {
+        let (n_out, n_in) = (37, 50);
+        let mut w = noise(n_out * n_in, 4);
+        w[5 * n_in..6 * n_in].iter_mut().for_each(|v| *v = 0.0); // a channel of zeros
+        let (q, scale) = quantize_rows(&w, n_out, n_in).unwrap();
+        assert_eq!(scale[5], 0.0);
+        for o in 0..n_out {
+            let max = w[o * n_in..(o + 1) * n_in].iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(q[o * n_in..(o + 1) * n_in].iter().all(|v| *v >= -127), "channel {o} uses -128");
+            if max > 0.0 {
+                assert_eq!(q[o * n_in..(o + 1) * n_in].iter().map(|v| v.unsigned_abs()).max(), Some(127), "channel {o}");
+            }
+            for i in 0..n_in {
+                let err = (q[o * n_in + i] as f32 * scale[o] - w[o * n_in + i]).abs();
+                assert!(err <= scale[o] * 0.5 + 1e-7, "w[{o}, {i}] off by {err} at scale {}", scale[o]);
+            }
+        }
+    }
+
+    #[test]
+    fn quantizing_the_dequantized_weights_gives_the_same_int8_and_scales() {
+        let (n_out, n_in) = (300, 64);
+        let w: Vec<f32> = noise(n_out * n_in, 5).iter().enumerate().map(|(k, v)| v * (1 + k % 17) as f32 * 0.013).collect();
+        let (q, scale) = quantize_rows(&w, n_out, n_in).unwrap();
+        let back: Vec<f32> = q.iter().enumerate().map(|(k, v)| *v as f32 * scale[k / n_in]).collect();
+        assert_eq!(quantize_rows(&back, n_out, n_in).unwrap(), (q, scale));
+    }
+
+    #[test]
+    fn a_row_gives_the_same_output_alone_or_in_a_batch() {
+        let (n_out, n_in) = (200, 72);
+        let m = Int8Matrix::quantize(&noise(n_out * n_in, 6), None, n_out, n_in).unwrap();
+        let x = noise(7 * n_in, 7);
+        let mut batch = vec![0f32; 7 * n_out];
+        m.matmul(&x, &mut batch);
+        for r in 0..7 {
+            let mut one = vec![0f32; n_out];
+            m.matmul(&x[r * n_in..(r + 1) * n_in], &mut one);
+            assert_eq!(one, batch[r * n_out..(r + 1) * n_out], "row {r}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_an_error_naming_it() {
+        let mut w = noise(4 * 3, 8);
+        w[7] = f32::NAN;
+        assert_eq!(quantize_rows(&w, 4, 3), Err(Error::NotFinite { row: 2 }));
+        assert_eq!(quantize_rows(&w, 5, 3).unwrap_err(), Error::Shape { what: "weights", expected: 15, got: 12 });
+        let e = Int8Matrix::new(&[1, 2], &[0.1, -1.0], None, 2, 1).unwrap_err();
+        assert_eq!(e.to_string(), "output channel 1 has a scale that is negative or not finite");
+    }
+}
