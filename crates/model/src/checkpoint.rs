@@ -105,7 +105,10 @@ pub struct Weights {
 
 impl Weights {
     pub fn read(file: &Path) -> anyhow::Result<Self> {
-        let tensors = Tensor::read_safetensors(file).with_context(|| format!("reading weights {}", file.display()))?.into_iter().collect();
+        let mut tensors =
+            Tensor::read_safetensors(file).with_context(|| format!("reading weights {}", file.display()))?.into_iter().collect();
+        // A quantized folder's int8 weights load as the float32 they stand for.
+        crate::quant::dequantize_all(&mut tensors, file)?;
         Ok(Self { file: file.to_path_buf(), tensors })
     }
 

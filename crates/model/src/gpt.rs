@@ -16,9 +16,19 @@
 
 use crate::layers::{check_ids, layer_norm, Fwd, Layout, LoraConfig, Precision, Proj};
 use crate::paged::{self, PagedCache, PagedRow, PagedStep};
+use crate::quant::Quantization;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
+
+/// What [`Gpt::quantize`] did: matrices moved to int8 and the weights' bytes
+/// (embeddings and int8 projections; norms left out) before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantizeStats {
+    pub projections: usize,
+    pub bytes_before: usize,
+    pub bytes_after: usize,
+}
 
 /// The untied output head's variable (the same name in both blocks).
 pub const LM_HEAD: &str = "lm_head.weight";
@@ -677,6 +687,13 @@ impl Mlp {
             MlpKind::Gated { gate, up, down } => vec![gate, up, down],
         }
     }
+
+    fn projs_mut(&mut self) -> Vec<&mut Proj> {
+        match &mut self.kind {
+            MlpKind::Plain { fc, proj } => vec![fc, proj],
+            MlpKind::Gated { gate, up, down } => vec![gate, up, down],
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -720,6 +737,16 @@ impl Block {
         out.extend(self.mlp.projs());
         out
     }
+
+    fn projs_mut(&mut self) -> Vec<&mut Proj> {
+        let mut out: Vec<&mut Proj> = match &mut self.attn.qkv {
+            Qkv::Fused(p) => vec![p],
+            Qkv::Split { q, k, v } => vec![q, k, v],
+        };
+        out.push(&mut self.attn.out);
+        out.extend(self.mlp.projs_mut());
+        out
+    }
 }
 
 /// How positions enter: GPT-2's learned embeddings added to the tokens' (`wpe`),
@@ -740,6 +767,8 @@ pub struct Gpt {
     ln_f: Norm,
     /// The output head when not tied to `wte`: `[vocab, n_embd]`.
     lm_head: Option<Tensor>,
+    /// The output head on int8 weights, once quantized ([`Gpt::quantize`]).
+    head_int8: Option<crate::quant::Int8Dense>,
     /// Precision of matrix products.
     pub precision: Precision,
     /// Whether LoRA adapters take part in forward passes ([`Gpt::set_adapters`]).
@@ -784,6 +813,7 @@ impl Gpt {
             h: (0..cfg.n_layer).map(|i| Block::new(&t / layers / i, cfg, lora)).collect(),
             ln_f: Norm::new(&t / norm, cfg.n_embd, cfg),
             lm_head,
+            head_int8: None,
             precision: Precision::F32,
             adapters: std::sync::atomic::AtomicBool::new(true),
         })
@@ -941,9 +971,14 @@ impl Gpt {
     /// # Shapes
     /// `[batch, seq, n_embd]` → `[batch, seq, vocab]`
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
-        let f = self.fwd(false);
-        let head = self.lm_head.as_ref().unwrap_or(&self.wte.ws);
-        let logits = f.cast(hidden).matmul(&f.cast(head).tr()).to_kind(Kind::Float);
+        let logits = match &self.head_int8 {
+            Some(q) => q.forward(hidden),
+            None => {
+                let f = self.fwd(false);
+                let head = self.lm_head.as_ref().unwrap_or(&self.wte.ws);
+                f.cast(hidden).matmul(&f.cast(head).tr()).to_kind(Kind::Float)
+            }
+        };
         match self.cfg.logit_softcap {
             cap if cap > 0.0 => (logits / cap).tanh() * cap,
             _ => logits,
@@ -956,6 +991,55 @@ impl Gpt {
     /// `idx`: `[batch, seq]` (i64, past + seq ≤ block_size) → `[batch, seq, vocab]`
     pub fn forward(&self, idx: &Tensor, train: bool, cache: Option<&mut KvCache>) -> anyhow::Result<Tensor> {
         Ok(self.lm_head(&self.hidden(idx, train, cache)?))
+    }
+
+    /// Puts the blocks' projections and the output head on int8 weights, per
+    /// output channel, for serving on the CPU (`Quantization::None`: nothing).
+    /// A tied embedding takes the quantized values too, so the model is the
+    /// one a quantized folder ([`crate::quant::write_quantized_folder`]) holds.
+    /// The float32 projection weights are released: the model no longer trains.
+    pub fn quantize(&mut self, q: Quantization) -> anyhow::Result<QuantizeStats> {
+        let before = self.weight_bytes();
+        if q == Quantization::None || self.head_int8.is_some() {
+            return Ok(QuantizeStats { projections: 0, bytes_before: before, bytes_after: before });
+        }
+        anyhow::ensure!(self.device() == tch::Device::Cpu, "int8 weights run on the CPU, the model is on {:?}", self.device());
+        let _guard = tch::no_grad_guard();
+        let mut projections = 0;
+        for block in &mut self.h {
+            for p in block.projs_mut() {
+                p.quantize()?;
+                projections += 1;
+            }
+        }
+        let head = match &mut self.lm_head {
+            Some(w) => {
+                let q = crate::quant::Int8Dense::new(w, None, Layout::OutIn)?;
+                w.set_data(&Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)));
+                q
+            }
+            None => {
+                let (qw, scale) = crate::quant::quantize(&self.wte.ws, Layout::OutIn)?;
+                self.wte.ws.copy_(&crate::quant::dequantize(&qw, &scale));
+                crate::quant::Int8Dense::from_quantized(&qw, &scale, None, Layout::OutIn)?
+            }
+        };
+        self.head_int8 = Some(head);
+        Ok(QuantizeStats { projections: projections + 1, bytes_before: before, bytes_after: self.weight_bytes() })
+    }
+
+    /// Bytes of the weights: float32 tensors and int8 projections.
+    fn weight_bytes(&self) -> usize {
+        let dense = |p: &Proj| match p {
+            Proj::Plain(d) => d.weight.numel() * 4 + d.bias.as_ref().map_or(0, |b| b.numel() * 4),
+            Proj::Lora(l) => (l.base.weight.numel() + l.lora_a.numel() + l.lora_b.numel()) * 4,
+            Proj::Int8(q) => q.bytes(),
+        };
+        let projs: usize = self.h.iter().flat_map(Block::projs).map(dense).sum();
+        let head = self.head_int8.as_ref().map_or(self.lm_head.as_ref().map_or(0, |w| w.numel() * 4), |q| q.bytes());
+        let rest = self.cfg.vocab_size as usize * self.cfg.n_embd as usize * 4
+            + if self.cfg.arch.is_llama() { 0 } else { self.cfg.block_size as usize * self.cfg.n_embd as usize * 4 };
+        projs + head + rest
     }
 
     /// The device the weights live on.

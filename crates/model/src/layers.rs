@@ -156,11 +156,13 @@ pub struct LoraDense {
     path: String,
 }
 
-/// A projection that is plain or LoRA, chosen when the model is built.
+/// A projection that is plain or LoRA, chosen when the model is built, or
+/// int8 once quantized for serving ([`crate::Gpt::quantize`]).
 #[derive(Debug)]
 pub enum Proj {
     Plain(Dense),
     Lora(LoraDense),
+    Int8(crate::quant::Int8Dense),
 }
 
 impl Proj {
@@ -186,6 +188,7 @@ impl Proj {
     pub fn forward(&self, x: &Tensor, f: Fwd) -> Tensor {
         match self {
             Proj::Plain(d) => d.forward(x, f),
+            Proj::Int8(q) => q.forward(x),
             Proj::Lora(l) if !f.adapters => l.base.forward(x, f),
             Proj::Lora(l) => {
                 let base = l.base.forward(x, f);
@@ -196,11 +199,26 @@ impl Proj {
         }
     }
 
+    /// This projection on int8 weights (per output channel; the bias kept
+    /// float32). The float32 weight's storage is released, in the variable
+    /// store too: a quantized model serves, it does not train or save.
+    pub fn quantize(&mut self) -> anyhow::Result<()> {
+        let dense = match self {
+            Proj::Plain(d) => d,
+            Proj::Lora(l) => anyhow::bail!("`{}` has a LoRA adapter: merge it (export the model) before quantizing", l.path),
+            Proj::Int8(_) => return Ok(()),
+        };
+        let q = crate::quant::Int8Dense::new(&dense.weight, dense.bias.as_ref(), dense.layout)?;
+        dense.weight.set_data(&Tensor::zeros([0], (Kind::Float, dense.weight.device())));
+        *self = Proj::Int8(q);
+        Ok(())
+    }
+
     /// The adapter tensors `(path, A, B)` (`path` the projection's variable path), if any.
     pub fn lora(&self) -> Option<(&str, &Tensor, &Tensor)> {
         match self {
             Proj::Lora(l) => Some((&l.path, &l.lora_a, &l.lora_b)),
-            Proj::Plain(_) => None,
+            Proj::Plain(_) | Proj::Int8(_) => None,
         }
     }
 }

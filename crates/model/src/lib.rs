@@ -18,10 +18,12 @@
 //!   end-of-turn and stop strings;
 //! - [`peft`]: LoRA adapters in the `peft` package's layout;
 //! - [`gguf`]: a decoder folder as one GGUF file for llama.cpp / ollama;
+//! - [`quant`]: weight-only int8 (per output channel) for serving, and the
+//!   quantized model folder;
 //! - [`export`]: trained models written as folders (chat model, GPT policy,
 //!   classifier, reward model), adapters merged.
 //!
-//! `checkpoint`, `chat`, `peft` and `export` are the only code that knows a
+//! `checkpoint`, `chat`, `peft`, `quant` and `export` are the only code that knows a
 //! model folder's files; stages read and write folders through them.
 
 pub mod bert;
@@ -38,6 +40,7 @@ pub mod lm;
 pub mod lstm;
 pub mod paged;
 pub mod peft;
+pub mod quant;
 
 pub use bert::{mean_pool, Bert, BertConfig, BertMlmHead};
 pub use checkpoint::{load_gpt, load_model, parse_device, save_model, AnyModel, LoadedModel};
@@ -48,3 +51,4 @@ pub use layers::{merge_lora, Layout, LoraConfig, Precision};
 pub use lm::LanguageModel;
 pub use lstm::{LstmConfig, LstmLm};
 pub use paged::{PagedCache, PagedRow};
+pub use quant::Quantization;

@@ -5,7 +5,8 @@
 //!   continued pre-training from any model folder);
 //! - [`objectives`]: the causal-LM and masked-LM [`forja_train::Objective`]s;
 //! - [`models`]: `import_model` (HF BERT / GPT-2 / Llama folders), `embed`
-//!   (sentence embeddings) and `export_gguf` (llama.cpp's format).
+//!   (sentence embeddings), `export_gguf` (llama.cpp's format) and `quantize`
+//!   (a folder with int8 weights).
 
 pub mod models;
 pub mod objectives;
@@ -117,5 +118,32 @@ impl Stage for ExportGguf {
     }
 }
 
+/// The `quantize` stage.
+pub struct Quantize;
+
+impl Stage for Quantize {
+    const KIND: &'static str = "quantize";
+    const ABOUT: &'static str = "write a decoder model folder with per-channel int8 projections and head (weight-only; `forja serve` runs it on int8 kernels, every other tool loads it as float32)";
+    const OUTPUTS: &'static [OutputSpec] = &[pretrain::MODEL];
+    const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
+    type Params = models::QuantizeConfig;
+    type Inputs = ModelDir;
+
+    fn run(&self, cfg: &models::QuantizeConfig, input: &ModelDir, out: &OutDir, _ctx: &StageCtx) -> anyhow::Result<Vec<OutputSpec>> {
+        anyhow::ensure!(cfg.method == forja_model::Quantization::Int8, "quantize: method must be `int8`");
+        let dir = out.path(&pretrain::MODEL);
+        let s = forja_model::quant::write_quantized_folder(&input.model, &dir)?;
+        println!(
+            "quantize: {} ({} matrices to int8, weights {} → {} bytes) → {}",
+            input.model.display(),
+            s.tensors,
+            s.bytes_before,
+            s.bytes_after,
+            dir.display()
+        );
+        Ok(Self::OUTPUTS.to_vec())
+    }
+}
+
 /// All stages of this crate.
-pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&Pretrain, &ImportModel, &Embed, &ExportGguf];
+pub const STAGES: &[&dyn forja_core::stage::DynStage] = &[&Pretrain, &ImportModel, &Embed, &ExportGguf, &Quantize];

@@ -47,6 +47,20 @@ pub struct GgufConfig {
     pub dtype: forja_model::gguf::GgufDtype,
 }
 
+/// Parameters of `quantize`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuantizeConfig {
+    /// `int8`: weight-only, symmetric, one scale per output channel.
+    pub method: forja_model::Quantization,
+}
+
+impl Default for QuantizeConfig {
+    fn default() -> Self {
+        Self { method: forja_model::Quantization::Int8 }
+    }
+}
+
 /// Parameters of `embed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -20,6 +20,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use forja_model::Quantization;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -210,6 +211,7 @@ async fn metrics(State(st): State<Shared>) -> Response {
 
 fn model_card(f: &Frontend) -> Value {
     json!({"id": f.id, "object": "model", "created": f.created, "owned_by": "forja", "hash": f.hash, "context_length": f.context,
+           "quantization": match f.quantization { Quantization::None => "none", Quantization::Int8 => "int8" },
            "kind": match f.kind { model::Kind::Generator => "generator", model::Kind::Encoder => "encoder" }})
 }
 
@@ -669,9 +671,10 @@ pub async fn reload(st: &Shared, dir: Option<PathBuf>) -> Result<Arc<Frontend>, 
     let _one_at_a_time = st.reload.lock().await;
     let old = st.front();
     let dir = dir.unwrap_or_else(|| old.dir.clone());
-    let (id, device) = (st.cfg.model_id.clone(), st.cfg.device);
+    let (id, device, quantize) = (st.cfg.model_id.clone(), st.cfg.device, st.cfg.quantize);
     let load_dir = dir.clone();
-    let loaded = tokio::task::spawn_blocking(move || model::load(&load_dir, id.as_deref(), device)).await;
+    let loaded =
+        tokio::task::spawn_blocking(move || model::load(&load_dir, &model::LoadOptions { id: id.as_deref(), device, quantize })).await;
     let (front, weights) = match loaded {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {

@@ -109,6 +109,12 @@ pub struct ServeArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// `int8`: the decoder's projections and output head on per-channel int8
+    /// weights (CPU), a quarter of the bytes read per token; `none`: float32.
+    /// Default: as the folder is (int8 for a folder written by `forja stage
+    /// quantize`).
+    #[arg(long, value_parser = ["none", "int8"])]
+    pub quantize: Option<String>,
     /// libtorch threads of the engine. 1 is fastest for small models (a
     /// decoding step is too small to split across threads, and the other cores
     /// serve HTTP: 2.7x the tokens/s of 2 threads on a 2-vCPU machine); raise it
@@ -121,6 +127,8 @@ pub struct ServeArgs {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub model_id: Option<String>,
+    /// int8 or float32 weights (`None`: as the folder is).
+    pub quantize: Option<forja_model::Quantization>,
     pub device: tch::Device,
     pub auth: auth::AuthConfig,
     pub limits: api::Limits,
@@ -162,6 +170,7 @@ impl ServeArgs {
         };
         Ok(ServeConfig {
             model_id: self.model_id.clone(),
+            quantize: self.quantize.as_deref().map(str::parse).transpose()?,
             device: forja_model::parse_device(&self.device)?,
             auth: auth::AuthConfig {
                 api_keys,
@@ -189,7 +198,8 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<http::AppState>> {
     if args.threads > 0 {
         tch::set_num_threads(args.threads as i32);
     }
-    let (front, weights) = model::load(&args.model_dir, cfg.model_id.as_deref(), cfg.device)?;
+    let opts = model::LoadOptions { id: cfg.model_id.as_deref(), device: cfg.device, quantize: cfg.quantize };
+    let (front, weights) = model::load(&args.model_dir, &opts)?;
     let front = Arc::new(front);
     let metrics = Arc::new(metrics::Metrics::new());
     let feedback = feedback::Feedback::open(&args.feedback_dir, 10_000)?;
@@ -222,9 +232,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let announce = handle.clone();
     let (id, hash) = (front.id.clone(), front.hash.clone());
+    let weights = if front.quantization == forja_model::Quantization::Int8 { ", int8 weights" } else { "" };
     tokio::spawn(async move {
         if let Some(bound) = announce.listening().await {
-            eprintln!("forja-serve: listening on {scheme}://{bound} (model {id}, {hash})");
+            eprintln!("forja-serve: listening on {scheme}://{bound} (model {id}, {hash}{weights})");
         }
     });
     let service = app.into_make_service();

@@ -5,7 +5,7 @@
 use crate::drift::Reference;
 use anyhow::Context;
 use forja_model::chat::{self, ChatTemplate};
-use forja_model::{checkpoint, AnyModel, Bert, Gpt};
+use forja_model::{checkpoint, quant, AnyModel, Bert, Gpt, Quantization};
 use forja_tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 use tch::nn;
@@ -34,6 +34,8 @@ pub struct Frontend {
     pub context: usize,
     /// The model's chat template (ChatML when its folder has none).
     pub template: ChatTemplate,
+    /// The weights' precision as served.
+    pub quantization: Quantization,
     /// Tokens that end generation: end of text, and the end-of-turn token.
     pub stop_ids: Vec<u32>,
     /// End-of-turn markers the vocabulary lacks, stopped on as text.
@@ -81,9 +83,28 @@ pub fn default_id(dir: &Path) -> String {
     }
 }
 
+/// How a folder is loaded for serving.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions<'a> {
+    /// The id it is served under (default: [`default_id`]).
+    pub id: Option<&'a str>,
+    pub device: tch::Device,
+    /// int8 or float32 weights (`None`: as the folder is, int8 for a
+    /// quantized folder).
+    pub quantize: Option<Quantization>,
+}
+
+impl LoadOptions<'_> {
+    /// float32 (or as the folder is) on the CPU under the default id.
+    pub fn cpu() -> Self {
+        Self { id: None, device: tch::Device::Cpu, quantize: None }
+    }
+}
+
 /// Loads a model folder: weights from `model.safetensors` only (a pickle such as
 /// `pytorch_model.bin` would run code on load, so it is never read).
-pub fn load(dir: &Path, id: Option<&str>, device: tch::Device) -> anyhow::Result<(Frontend, Weights)> {
+pub fn load(dir: &Path, opts: &LoadOptions) -> anyhow::Result<(Frontend, Weights)> {
+    let (id, device) = (opts.id, opts.device);
     let weights = dir.join(checkpoint::WEIGHTS);
     if !weights.exists() {
         let pickle = ["pytorch_model.bin", "model.bin", "model.pt"].iter().find(|n| dir.join(n).exists());
@@ -98,8 +119,26 @@ pub fn load(dir: &Path, id: Option<&str>, device: tch::Device) -> anyhow::Result
     let hash = hash_folder(dir)?;
     let loaded = checkpoint::load_model(dir, device).with_context(|| format!("loading {}", dir.display()))?;
     let tokenizer = loaded.tokenizer;
+    let quantization = match opts.quantize {
+        Some(q) => q,
+        None => quant::folder_quantization(dir)?,
+    };
     let (kind, context, weights) = match loaded.model {
-        AnyModel::Gpt(model) => (Kind::Generator, model.cfg.block_size as usize, Weights::Gpt { _vs: loaded.vs, model: Box::new(model) }),
+        AnyModel::Gpt(mut model) => {
+            let stats = model.quantize(quantization).with_context(|| format!("quantizing {}", dir.display()))?;
+            if quantization != Quantization::None {
+                tracing::info!(
+                    projections = stats.projections,
+                    mb_before = stats.bytes_before as f64 / 1e6,
+                    mb_after = stats.bytes_after as f64 / 1e6,
+                    "weights quantized to int8 (per output channel)"
+                );
+            }
+            (Kind::Generator, model.cfg.block_size as usize, Weights::Gpt { _vs: loaded.vs, model: Box::new(model) })
+        }
+        AnyModel::Bert(_) if quantization != Quantization::None => {
+            anyhow::bail!("{}: int8 serving is for decoders; serve this encoder with --quantize none", dir.display())
+        }
         AnyModel::Bert(b) => {
             let context = b.bert.cfg.max_position_embeddings as usize;
             (Kind::Encoder, context, Weights::Bert { _vs: loaded.vs, model: Box::new(b.bert) })
@@ -139,6 +178,7 @@ pub fn load(dir: &Path, id: Option<&str>, device: tch::Device) -> anyhow::Result
         tokenizer,
         context,
         template,
+        quantization,
         stop_ids,
         stop_texts,
         reference,
