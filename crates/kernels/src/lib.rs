@@ -128,22 +128,77 @@ fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), Erro
     }
 }
 
-/// Int8 weights of a projection `y = x Wᵀ (+ b)`, packed for the kernels.
+/// A weight type the kernels read: int8 (scaled per channel) or float32.
+pub trait Weight: Copy + Default + Send + Sync + 'static {
+    /// Its value as float32 (before the channel's scale).
+    fn value(self) -> f32;
+    /// 64 outputs of `r` rows with the kernels of `isa` (lengths checked by
+    /// [`group`]).
+    #[doc(hidden)]
+    fn group(isa: Isa, g: &Group<Self>, r: usize, out: &mut [f32]);
+}
+
+impl Weight for i8 {
+    fn value(self) -> f32 {
+        self as f32
+    }
+
+    fn group(isa: Isa, g: &Group<Self>, r: usize, out: &mut [f32]) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `supported()` checked that the CPU has AVX-512F; [`group`]
+            // asserted the lengths the kernel reads and writes.
+            Isa::Avx512 => unsafe { x86::avx512_rows_i8(g, r, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `supported()` checked AVX2 and FMA; lengths as above.
+            Isa::Avx2 => unsafe { x86::avx2_rows_i8(g, r, out) },
+            _ => portable(g, r, out),
+        }
+    }
+}
+
+impl Weight for f32 {
+    fn value(self) -> f32 {
+        self
+    }
+
+    fn group(isa: Isa, g: &Group<Self>, r: usize, out: &mut [f32]) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `supported()` checked that the CPU has AVX-512F; [`group`]
+            // asserted the lengths the kernel reads and writes.
+            Isa::Avx512 => unsafe { x86::avx512_rows_f32(g, r, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `supported()` checked AVX2 and FMA; lengths as above.
+            Isa::Avx2 => unsafe { x86::avx2_rows_f32(g, r, out) },
+            _ => portable(g, r, out),
+        }
+    }
+}
+
+/// Weights of a projection `y = x Wᵀ (+ b)` packed for the kernels: 64
+/// output channels per group, the 64 weights of one input side by side.
 #[derive(Clone)]
-pub struct Int8Matrix {
+pub struct Packed<E: Weight> {
     n_in: usize,
     n_out: usize,
     /// `[groups][n_in][64]`: group `g`, input `i`, channel `64 g + k`.
-    packed: Vec<i8>,
-    /// Per channel, padded to whole groups with zeros.
+    packed: Vec<E>,
+    /// Per channel, padded to whole groups with zeros (ones for float32).
     scale: Vec<f32>,
     /// The bias (zeros without one), padded as `scale`.
     bias: Vec<f32>,
 }
 
-impl fmt::Debug for Int8Matrix {
+/// Int8 weights with one float32 scale per output channel.
+pub type Int8Matrix = Packed<i8>;
+/// Float32 weights, packed once so that no product packs them again (what
+/// a BLAS GEMM does on every call, most of its time at a few rows).
+pub type F32Matrix = Packed<f32>;
+
+impl<E: Weight> fmt::Debug for Packed<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Int8Matrix [{}, {}] ({} bytes)", self.n_out, self.n_in, self.bytes())
+        write!(f, "Packed<{}> [{}, {}] ({} bytes)", std::any::type_name::<E>(), self.n_out, self.n_in, self.bytes())
     }
 }
 
@@ -153,15 +208,35 @@ impl Int8Matrix {
     pub fn new(q: &[i8], scale: &[f32], bias: Option<&[f32]>, n_out: usize, n_in: usize) -> Result<Self, Error> {
         check_len("int8 weights", n_out * n_in, q.len())?;
         check_len("scales", n_out, scale.len())?;
-        if let Some(b) = bias {
-            check_len("bias", n_out, b.len())?;
-        }
         if let Some(row) = scale.iter().position(|s| !s.is_finite() || *s < 0.0) {
             return Err(Error::BadScale { row });
         }
+        Self::pack(q, scale, bias, n_out, n_in)
+    }
+
+    /// Quantizes float32 weights (`[n_out, n_in]`, row-major) and packs them.
+    pub fn quantize(w: &[f32], bias: Option<&[f32]>, n_out: usize, n_in: usize) -> Result<Self, Error> {
+        let (q, scale) = quantize_rows(w, n_out, n_in)?;
+        Self::new(&q, &scale, bias, n_out, n_in)
+    }
+}
+
+impl F32Matrix {
+    /// Packs float32 weights `w` (`[n_out, n_in]`, row-major) and an optional `bias`.
+    pub fn new(w: &[f32], bias: Option<&[f32]>, n_out: usize, n_in: usize) -> Result<Self, Error> {
+        check_len("weights", n_out * n_in, w.len())?;
+        Self::pack(w, &vec![1.0; n_out], bias, n_out, n_in)
+    }
+}
+
+impl<E: Weight> Packed<E> {
+    fn pack(w: &[E], scale: &[f32], bias: Option<&[f32]>, n_out: usize, n_in: usize) -> Result<Self, Error> {
+        if let Some(b) = bias {
+            check_len("bias", n_out, b.len())?;
+        }
         let groups = n_out.div_ceil(GROUP);
-        let mut packed = vec![0i8; groups * n_in * GROUP];
-        for (o, row) in q.chunks_exact(n_in.max(1)).enumerate().take(n_out) {
+        let mut packed = vec![E::default(); groups * n_in * GROUP];
+        for (o, row) in w.chunks_exact(n_in.max(1)).enumerate().take(n_out) {
             let (g, k) = (o / GROUP, o % GROUP);
             for (i, &v) in row.iter().enumerate() {
                 packed[(g * n_in + i) * GROUP + k] = v;
@@ -176,12 +251,6 @@ impl Int8Matrix {
         Ok(Self { n_in, n_out, packed, scale: pad(scale), bias })
     }
 
-    /// Quantizes float32 weights (`[n_out, n_in]`, row-major) and packs them.
-    pub fn quantize(w: &[f32], bias: Option<&[f32]>, n_out: usize, n_in: usize) -> Result<Self, Error> {
-        let (q, scale) = quantize_rows(w, n_out, n_in)?;
-        Self::new(&q, &scale, bias, n_out, n_in)
-    }
-
     pub fn n_in(&self) -> usize {
         self.n_in
     }
@@ -192,10 +261,10 @@ impl Int8Matrix {
 
     /// Bytes the packed weights, scales and bias take.
     pub fn bytes(&self) -> usize {
-        self.packed.len() + 4 * (self.scale.len() + self.bias.len())
+        self.packed.len() * std::mem::size_of::<E>() + 4 * (self.scale.len() + self.bias.len())
     }
 
-    /// `y[r, o] = scale[o] · Σᵢ q[o, i] · x[r, i] + bias[o]` for every row `r`
+    /// `y[r, o] = scale[o] · Σᵢ w[o, i] · x[r, i] + bias[o]` for every row `r`
     /// of `x` (`[rows, n_in]`, row-major) into `y` (`[rows, n_out]`), with the
     /// best kernel this CPU runs.
     ///
@@ -205,17 +274,17 @@ impl Int8Matrix {
         self.matmul_with(Isa::detect(), x, y);
     }
 
-    /// [`Int8Matrix::matmul`] with the kernels of `isa` (the portable ones
+    /// [`Packed::matmul`] with the kernels of `isa` (the portable ones
     /// when this CPU lacks it).
     ///
     /// # Panics
-    /// As [`Int8Matrix::matmul`].
+    /// As [`Packed::matmul`].
     pub fn matmul_with(&self, isa: Isa, x: &[f32], y: &mut [f32]) {
         let isa = if isa.supported() { isa } else { Isa::Portable };
         let n_in = self.n_in.max(1);
-        assert!(x.len() % n_in == 0, "int8 matmul: {} inputs is not whole rows of {}", x.len(), self.n_in);
+        assert!(x.len() % n_in == 0, "packed matmul: {} inputs is not whole rows of {}", x.len(), self.n_in);
         let rows = if self.n_in == 0 { 0 } else { x.len() / n_in };
-        assert_eq!(y.len(), rows * self.n_out, "int8 matmul: output of {} values for {rows} rows × {}", y.len(), self.n_out);
+        assert_eq!(y.len(), rows * self.n_out, "packed matmul: output of {} values for {rows} rows × {}", y.len(), self.n_out);
         if self.n_in == 0 {
             y.iter_mut().zip(&self.bias).for_each(|(v, b)| *v = *b);
             return;
@@ -242,9 +311,10 @@ impl Int8Matrix {
 }
 
 /// One group's operands: `w` is `[n_in][64]`, `x` is `[r][n_in]`, `scale`
-/// and `bias` 64 long (lengths checked by [`Int8Matrix::matmul_with`]).
-struct Group<'a> {
-    w: &'a [i8],
+/// and `bias` 64 long (lengths checked by [`group`]).
+#[doc(hidden)]
+pub struct Group<'a, E> {
+    w: &'a [E],
     n_in: usize,
     x: &'a [f32],
     scale: &'a [f32],
@@ -252,34 +322,19 @@ struct Group<'a> {
 }
 
 /// 64 outputs of `r` rows (1 ≤ r ≤ `isa.rows()`) into `out` (`[r][64]`).
-fn group(isa: Isa, g: Group, r: usize, out: &mut [f32]) {
+fn group<E: Weight>(isa: Isa, g: Group<E>, r: usize, out: &mut [f32]) {
     assert!(g.w.len() == g.n_in * GROUP && g.x.len() == r * g.n_in && g.scale.len() == GROUP && g.bias.len() == GROUP);
     assert!(out.len() == r * GROUP && (1..=isa.rows()).contains(&r));
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `supported()` checked that the CPU has AVX-512F; the lengths
-        // the kernel reads and writes are asserted just above.
-        Isa::Avx512 => unsafe { x86::avx512_rows(&g, r, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `supported()` checked that the CPU has AVX2 and FMA; the
-        // lengths the kernel reads and writes are asserted just above.
-        Isa::Avx2 => unsafe {
-            match r {
-                1 => x86::avx2::<1>(&g, out),
-                _ => x86::avx2::<2>(&g, out),
-            }
-        },
-        _ => portable(&g, r, out),
-    }
+    E::group(isa, &g, r, out);
 }
 
-fn portable(g: &Group, r: usize, out: &mut [f32]) {
+fn portable<E: Weight>(g: &Group<E>, r: usize, out: &mut [f32]) {
     for rr in 0..r {
         let mut acc = [0f32; GROUP];
         let xr = &g.x[rr * g.n_in..(rr + 1) * g.n_in];
         for (&xi, wi) in xr.iter().zip(g.w.chunks_exact(GROUP)) {
             for (a, &w) in acc.iter_mut().zip(wi) {
-                *a += w as f32 * xi;
+                *a += w.value() * xi;
             }
         }
         for (k, a) in acc.iter().enumerate() {
@@ -293,109 +348,144 @@ mod x86 {
     use super::{Group, GROUP};
     use std::arch::x86_64::*;
 
-    /// [`avx512`] for `r` rows (1 to 4).
-    ///
-    /// # Safety
-    /// As [`avx512`].
-    #[rustversion::since(1.89)]
-    pub(super) unsafe fn avx512_rows(g: &Group, r: usize, out: &mut [f32]) {
-        // SAFETY: the caller's guarantees, passed on.
-        unsafe {
-            match r {
-                1 => avx512::<1>(g, out),
-                2 => avx512::<2>(g, out),
-                3 => avx512::<3>(g, out),
-                _ => avx512::<4>(g, out),
-            }
-        }
-    }
-
-    /// Never called: [`super::Isa::detect`] does not pick AVX-512 when this
-    /// compiler has no stable AVX-512 intrinsics.
-    ///
-    /// # Safety
-    /// None needed; it is unsafe to match the other definition.
-    #[rustversion::before(1.89)]
-    pub(super) unsafe fn avx512_rows(g: &Group, r: usize, out: &mut [f32]) {
-        super::portable(g, r, out)
-    }
-
-    /// # Safety
-    /// The CPU has AVX-512F; `g` and `out` have the lengths [`super::group`] asserts.
-    #[rustversion::since(1.89)]
-    #[allow(clippy::incompatible_msrv)] // compiled only from Rust 1.89 (rustversion)
-    #[target_feature(enable = "avx512f")]
-    unsafe fn avx512<const R: usize>(g: &Group, out: &mut [f32]) {
-        let (w, x) = (g.w.as_ptr(), g.x.as_ptr());
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        for i in 0..g.n_in {
-            // SAFETY: i < n_in, so w[i·64 .. i·64 + 64] and x[r·n_in + i] are in bounds.
-            let base = unsafe { w.add(i * GROUP) };
-            let mut ws = [_mm512_setzero_ps(); 4];
-            for (k, v) in ws.iter_mut().enumerate() {
-                // SAFETY: 16 bytes at base + 16 k, k < 4, inside the 64 of input i.
-                let bytes = unsafe { _mm_loadu_si128(base.add(16 * k).cast()) };
-                *v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
-            }
-            for (r, a) in acc.iter_mut().enumerate() {
-                // SAFETY: r < R rows of n_in inputs each.
-                let xb = _mm512_set1_ps(unsafe { *x.add(r * g.n_in + i) });
-                for k in 0..4 {
-                    a[k] = _mm512_fmadd_ps(ws[k], xb, a[k]);
-                }
-            }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            for (k, v) in a.iter().enumerate() {
-                // SAFETY: scale and bias are 64 long, out is R × 64: 16 k + 16 ≤ 64.
+    /// The AVX-512 and AVX2 kernels of one weight type `$t`, `$w512` / `$w256`
+    /// reading 16 / 8 of its weights at a pointer as float32.
+    macro_rules! kernels {
+        ($t:ty, $rows512:ident, $k512:ident, $rows2:ident, $k2:ident, |$p:ident| $w512:expr, |$q:ident| $w256:expr) => {
+            /// The AVX-512 kernel for `r` rows (1 to 4).
+            ///
+            /// # Safety
+            /// The CPU has AVX-512F; `g` and `out` have the lengths [`super::group`] asserts.
+            #[rustversion::since(1.89)]
+            pub(super) unsafe fn $rows512(g: &Group<$t>, r: usize, out: &mut [f32]) {
+                // SAFETY: the caller's guarantees, passed on.
                 unsafe {
-                    let s = _mm512_loadu_ps(g.scale.as_ptr().add(16 * k));
-                    let b = _mm512_loadu_ps(g.bias.as_ptr().add(16 * k));
-                    _mm512_storeu_ps(out.as_mut_ptr().add(r * GROUP + 16 * k), _mm512_fmadd_ps(*v, s, b));
+                    match r {
+                        1 => $k512::<1>(g, out),
+                        2 => $k512::<2>(g, out),
+                        3 => $k512::<3>(g, out),
+                        _ => $k512::<4>(g, out),
+                    }
                 }
             }
-        }
+
+            /// Never called: [`super::Isa::detect`] does not pick AVX-512
+            /// when this compiler has no stable AVX-512 intrinsics.
+            ///
+            /// # Safety
+            /// None needed; unsafe to match the other definition.
+            #[rustversion::before(1.89)]
+            pub(super) unsafe fn $rows512(g: &Group<$t>, r: usize, out: &mut [f32]) {
+                super::portable(g, r, out)
+            }
+
+            /// # Safety
+            /// As the function above.
+            #[rustversion::since(1.89)]
+            #[allow(clippy::incompatible_msrv)] // compiled only from Rust 1.89 (rustversion)
+            #[target_feature(enable = "avx512f")]
+            unsafe fn $k512<const R: usize>(g: &Group<$t>, out: &mut [f32]) {
+                let (w, x) = (g.w.as_ptr(), g.x.as_ptr());
+                let mut acc = [[_mm512_setzero_ps(); 4]; R];
+                for i in 0..g.n_in {
+                    // SAFETY: i < n_in, so w[i·64 .. i·64 + 64] and x[r·n_in + i] are in bounds.
+                    let base = unsafe { w.add(i * GROUP) };
+                    let mut ws = [_mm512_setzero_ps(); 4];
+                    for (k, v) in ws.iter_mut().enumerate() {
+                        // SAFETY: 16 weights at base + 16 k, k < 4, inside the 64 of input i.
+                        *v = unsafe {
+                            let $p = base.add(16 * k);
+                            $w512
+                        };
+                    }
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        // SAFETY: r < R rows of n_in inputs each.
+                        let xb = _mm512_set1_ps(unsafe { *x.add(r * g.n_in + i) });
+                        for k in 0..4 {
+                            a[k] = _mm512_fmadd_ps(ws[k], xb, a[k]);
+                        }
+                    }
+                }
+                for (r, a) in acc.iter().enumerate() {
+                    for (k, v) in a.iter().enumerate() {
+                        // SAFETY: scale and bias are 64 long, out is R × 64: 16 k + 16 ≤ 64.
+                        unsafe {
+                            let s = _mm512_loadu_ps(g.scale.as_ptr().add(16 * k));
+                            let b = _mm512_loadu_ps(g.bias.as_ptr().add(16 * k));
+                            _mm512_storeu_ps(out.as_mut_ptr().add(r * GROUP + 16 * k), _mm512_fmadd_ps(*v, s, b));
+                        }
+                    }
+                }
+            }
+
+            /// The AVX2 kernel for `r` rows (1 or 2).
+            ///
+            /// # Safety
+            /// The CPU has AVX2 and FMA; `g` and `out` have the lengths [`super::group`] asserts.
+            pub(super) unsafe fn $rows2(g: &Group<$t>, r: usize, out: &mut [f32]) {
+                // SAFETY: the caller's guarantees, passed on.
+                unsafe {
+                    match r {
+                        1 => $k2::<1>(g, out),
+                        _ => $k2::<2>(g, out),
+                    }
+                }
+            }
+
+            /// Two halves of 32 outputs each, so that the accumulators fit AVX2's 16 registers.
+            ///
+            /// # Safety
+            /// As the function above.
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn $k2<const R: usize>(g: &Group<$t>, out: &mut [f32]) {
+                let (w, x) = (g.w.as_ptr(), g.x.as_ptr());
+                for half in 0..2 {
+                    let mut acc = [[_mm256_setzero_ps(); 4]; R];
+                    for i in 0..g.n_in {
+                        // SAFETY: i < n_in; 32 h + 8 k + 8 ≤ 64 weights of input i.
+                        let base = unsafe { w.add(i * GROUP + 32 * half) };
+                        let mut ws = [_mm256_setzero_ps(); 4];
+                        for (k, v) in ws.iter_mut().enumerate() {
+                            // SAFETY: 8 weights at base + 8 k, inside input i's 64.
+                            *v = unsafe {
+                                let $q = base.add(8 * k);
+                                $w256
+                            };
+                        }
+                        for (r, a) in acc.iter_mut().enumerate() {
+                            // SAFETY: r < R rows of n_in inputs each.
+                            let xb = _mm256_set1_ps(unsafe { *x.add(r * g.n_in + i) });
+                            for k in 0..4 {
+                                a[k] = _mm256_fmadd_ps(ws[k], xb, a[k]);
+                            }
+                        }
+                    }
+                    for (r, a) in acc.iter().enumerate() {
+                        for (k, v) in a.iter().enumerate() {
+                            let at = 32 * half + 8 * k;
+                            // SAFETY: at + 8 ≤ 64 within scale, bias and row r of out.
+                            unsafe {
+                                let s = _mm256_loadu_ps(g.scale.as_ptr().add(at));
+                                let b = _mm256_loadu_ps(g.bias.as_ptr().add(at));
+                                _mm256_storeu_ps(out.as_mut_ptr().add(r * GROUP + at), _mm256_fmadd_ps(*v, s, b));
+                            }
+                        }
+                    }
+                }
+            }
+        };
     }
 
-    /// Two halves of 32 outputs each, so that the accumulators fit AVX2's 16 registers.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; `g` and `out` have the lengths [`super::group`] asserts.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2<const R: usize>(g: &Group, out: &mut [f32]) {
-        let (w, x) = (g.w.as_ptr(), g.x.as_ptr());
-        for half in 0..2 {
-            let mut acc = [[_mm256_setzero_ps(); 4]; R];
-            for i in 0..g.n_in {
-                // SAFETY: i < n_in; 32 h + 8 k + 8 ≤ 64 bytes of input i.
-                let base = unsafe { w.add(i * GROUP + 32 * half) };
-                let mut ws = [_mm256_setzero_ps(); 4];
-                for (k, v) in ws.iter_mut().enumerate() {
-                    // SAFETY: 8 bytes at base + 8 k, inside input i's 64.
-                    let bytes = unsafe { _mm_loadl_epi64(base.add(8 * k).cast()) };
-                    *v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
-                }
-                for (r, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: r < R rows of n_in inputs each.
-                    let xb = _mm256_set1_ps(unsafe { *x.add(r * g.n_in + i) });
-                    for k in 0..4 {
-                        a[k] = _mm256_fmadd_ps(ws[k], xb, a[k]);
-                    }
-                }
-            }
-            for (r, a) in acc.iter().enumerate() {
-                for (k, v) in a.iter().enumerate() {
-                    let at = 32 * half + 8 * k;
-                    // SAFETY: at + 8 ≤ 64 within scale, bias and row r of out.
-                    unsafe {
-                        let s = _mm256_loadu_ps(g.scale.as_ptr().add(at));
-                        let b = _mm256_loadu_ps(g.bias.as_ptr().add(at));
-                        _mm256_storeu_ps(out.as_mut_ptr().add(r * GROUP + at), _mm256_fmadd_ps(*v, s, b));
-                    }
-                }
-            }
-        }
-    }
+    kernels!(
+        i8,
+        avx512_rows_i8,
+        avx512_i8,
+        avx2_rows_i8,
+        avx2_i8,
+        |p| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))),
+        |q| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.cast())))
+    );
+    kernels!(f32, avx512_rows_f32, avx512_f32, avx2_rows_f32, avx2_f32, |p| _mm512_loadu_ps(p), |q| _mm256_loadu_ps(q));
 }
 
 #[cfg(test)]
@@ -444,6 +534,29 @@ mod tests {
                 m.matmul_with(isa, &x, &mut y);
                 let worst = y.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0f64, f64::max);
                 assert!(worst < 1e-4, "{} [{n_out}×{n_in}] × {rows} rows: off by {worst}", isa.name());
+            }
+        }
+    }
+
+    #[test]
+    fn packed_float32_matches_the_float64_product_and_is_batch_independent() {
+        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2, Isa::Portable].into_iter().filter(|i| i.supported()).collect();
+        for &(n_out, n_in, rows) in &[(130, 33, 5), (384, 128, 8), (7, 1, 3)] {
+            let (w, bias, x) = (noise(n_out * n_in, 11), noise(n_out, 12), noise(rows * n_in, 13));
+            let m = F32Matrix::new(&w, Some(&bias), n_out, n_in).unwrap();
+            for &isa in &isas {
+                let mut y = vec![f32::NAN; rows * n_out];
+                m.matmul_with(isa, &x, &mut y);
+                for r in 0..rows {
+                    for o in 0..n_out {
+                        let want: f64 = (0..n_in).map(|i| w[o * n_in + i] as f64 * x[r * n_in + i] as f64).sum::<f64>() + bias[o] as f64;
+                        let got = y[r * n_out + o] as f64;
+                        assert!((got - want).abs() < 1e-4, "{} [{n_out}×{n_in}] row {r} out {o}: {got} vs {want}", isa.name());
+                    }
+                    let mut one = vec![0f32; n_out];
+                    m.matmul_with(isa, &x[r * n_in..(r + 1) * n_in], &mut one);
+                    assert_eq!(one, y[r * n_out..(r + 1) * n_out], "{} row {r} alone", isa.name());
+                }
             }
         }
     }

@@ -768,7 +768,9 @@ pub struct Gpt {
     /// The output head when not tied to `wte`: `[vocab, n_embd]`.
     lm_head: Option<Tensor>,
     /// The output head on int8 weights, once quantized ([`Gpt::quantize`]).
-    head_int8: Option<crate::quant::Int8Dense>,
+    head_int8: Option<Box<crate::quant::Int8Dense>>,
+    /// The output head packed for the CPU kernels ([`Gpt::pack_f32`]).
+    head_packed: Option<Box<crate::quant::F32Dense>>,
     /// Precision of matrix products.
     pub precision: Precision,
     /// Whether LoRA adapters take part in forward passes ([`Gpt::set_adapters`]).
@@ -814,6 +816,7 @@ impl Gpt {
             ln_f: Norm::new(&t / norm, cfg.n_embd, cfg),
             lm_head,
             head_int8: None,
+            head_packed: None,
             precision: Precision::F32,
             adapters: std::sync::atomic::AtomicBool::new(true),
         })
@@ -971,9 +974,10 @@ impl Gpt {
     /// # Shapes
     /// `[batch, seq, n_embd]` → `[batch, seq, vocab]`
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
-        let logits = match &self.head_int8 {
-            Some(q) => q.forward(hidden),
-            None => {
+        let logits = match (&self.head_int8, &self.head_packed) {
+            (Some(q), _) => q.forward(hidden),
+            (None, Some(p)) => p.forward(hidden),
+            (None, None) => {
                 let f = self.fwd(false);
                 let head = self.lm_head.as_ref().unwrap_or(&self.wte.ws);
                 f.cast(hidden).matmul(&f.cast(head).tr()).to_kind(Kind::Float)
@@ -1024,8 +1028,29 @@ impl Gpt {
                 crate::quant::Int8Dense::from_quantized(&qw, &scale, None, Layout::OutIn)?
             }
         };
-        self.head_int8 = Some(head);
+        self.head_int8 = Some(Box::new(head));
         Ok(QuantizeStats { projections: projections + 1, bytes_before: before, bytes_after: self.weight_bytes() })
+    }
+
+    /// Puts the blocks' projections on float32 weights packed once for
+    /// forja's CPU kernels (single-threaded; no per-step packing as a BLAS
+    /// GEMM does at a few rows; a row's result independent of its batch).
+    /// The output head gets a packed copy (a tied embedding stays for the
+    /// lookups). For serving with one engine thread.
+    pub fn pack_f32(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.device() == tch::Device::Cpu, "packed weights run on the CPU, the model is on {:?}", self.device());
+        if self.head_int8.is_some() || self.head_packed.is_some() {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        for block in &mut self.h {
+            for p in block.projs_mut() {
+                p.pack_f32()?;
+            }
+        }
+        let head = self.lm_head.as_ref().unwrap_or(&self.wte.ws);
+        self.head_packed = Some(Box::new(crate::quant::F32Dense::new(head, None, Layout::OutIn)?));
+        Ok(())
     }
 
     /// Bytes of the weights: float32 tensors and int8 projections.
@@ -1034,6 +1059,7 @@ impl Gpt {
             Proj::Plain(d) => d.weight.numel() * 4 + d.bias.as_ref().map_or(0, |b| b.numel() * 4),
             Proj::Lora(l) => (l.base.weight.numel() + l.lora_a.numel() + l.lora_b.numel()) * 4,
             Proj::Int8(q) => q.bytes(),
+            Proj::Packed(p) => p.bytes(),
         };
         let projs: usize = self.h.iter().flat_map(Block::projs).map(dense).sum();
         let head = self.head_int8.as_ref().map_or(self.lm_head.as_ref().map_or(0, |w| w.numel() * 4), |q| q.bytes());

@@ -163,6 +163,8 @@ pub enum Proj {
     Plain(Dense),
     Lora(LoraDense),
     Int8(crate::quant::Int8Dense),
+    /// float32 packed once for the CPU kernels ([`crate::Gpt::pack_f32`]).
+    Packed(crate::quant::F32Dense),
 }
 
 impl Proj {
@@ -189,6 +191,7 @@ impl Proj {
         match self {
             Proj::Plain(d) => d.forward(x, f),
             Proj::Int8(q) => q.forward(x),
+            Proj::Packed(p) => p.forward(x),
             Proj::Lora(l) if !f.adapters => l.base.forward(x, f),
             Proj::Lora(l) => {
                 let base = l.base.forward(x, f);
@@ -206,7 +209,7 @@ impl Proj {
         let dense = match self {
             Proj::Plain(d) => d,
             Proj::Lora(l) => anyhow::bail!("`{}` has a LoRA adapter: merge it (export the model) before quantizing", l.path),
-            Proj::Int8(_) => return Ok(()),
+            Proj::Int8(_) | Proj::Packed(_) => return Ok(()),
         };
         let q = crate::quant::Int8Dense::new(&dense.weight, dense.bias.as_ref(), dense.layout)?;
         dense.weight.set_data(&Tensor::zeros([0], (Kind::Float, dense.weight.device())));
@@ -214,11 +217,25 @@ impl Proj {
         Ok(())
     }
 
+    /// This projection on float32 weights packed once for the CPU kernels
+    /// (the weight's storage released as by [`Proj::quantize`]).
+    pub fn pack_f32(&mut self) -> anyhow::Result<()> {
+        let dense = match self {
+            Proj::Plain(d) => d,
+            Proj::Lora(l) => anyhow::bail!("`{}` has a LoRA adapter: merge it (export the model) before packing", l.path),
+            Proj::Int8(_) | Proj::Packed(_) => return Ok(()),
+        };
+        let p = crate::quant::F32Dense::new(&dense.weight, dense.bias.as_ref(), dense.layout)?;
+        dense.weight.set_data(&Tensor::zeros([0], (Kind::Float, dense.weight.device())));
+        *self = Proj::Packed(p);
+        Ok(())
+    }
+
     /// The adapter tensors `(path, A, B)` (`path` the projection's variable path), if any.
     pub fn lora(&self) -> Option<(&str, &Tensor, &Tensor)> {
         match self {
             Proj::Lora(l) => Some((&l.path, &l.lora_a, &l.lora_b)),
-            Proj::Plain(_) | Proj::Int8(_) => None,
+            Proj::Plain(_) | Proj::Int8(_) | Proj::Packed(_) => None,
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::checkpoint::{CONFIG, WEIGHTS};
 use crate::layers::{block_matrix, Layout};
 use crate::Arch;
 use anyhow::{bail, Context};
-use forja_kernels::Int8Matrix;
+use forja_kernels::{F32Matrix, Int8Matrix, Packed, Weight};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -47,10 +47,28 @@ impl std::str::FromStr for Quantization {
     }
 }
 
-/// A projection `y = x W (+ b)` on int8 weights; CPU only.
+/// A projection `y = x W (+ b)` on weights packed for `forja-kernels`
+/// (int8 with per-channel scales, or float32); CPU only.
 #[derive(Debug)]
-pub struct Int8Dense {
-    m: Int8Matrix,
+pub struct PackedDense<E: Weight> {
+    m: Packed<E>,
+}
+
+/// A projection on int8 weights.
+pub type Int8Dense = PackedDense<i8>;
+/// A projection on float32 weights packed once (no per-call packing by a BLAS).
+pub type F32Dense = PackedDense<f32>;
+
+impl F32Dense {
+    /// Packs `weight` (in `layout`) with its optional `bias`.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>, layout: Layout) -> anyhow::Result<Self> {
+        let w = out_in(&weight.to_kind(Kind::Float).to_device(Device::Cpu), layout).contiguous();
+        let (n_out, n_in) = w.size2()?;
+        let w: Vec<f32> = Vec::try_from(w.flatten(0, -1))?;
+        let bias: Option<Vec<f32>> =
+            bias.map(|b| Vec::try_from(b.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))).transpose()?;
+        Ok(Self { m: F32Matrix::new(&w, bias.as_deref(), n_out as usize, n_in as usize)? })
+    }
 }
 
 impl Int8Dense {
@@ -71,7 +89,9 @@ impl Int8Dense {
             bias.map(|b| Vec::try_from(b.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))).transpose()?;
         Ok(Self { m: Int8Matrix::new(&q, &scale, bias.as_deref(), n_out as usize, n_in as usize)? })
     }
+}
 
+impl<E: Weight> PackedDense<E> {
     /// Bytes of the packed weights, scales and bias.
     pub fn bytes(&self) -> usize {
         self.m.bytes()

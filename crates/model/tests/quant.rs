@@ -102,3 +102,21 @@ fn an_int8_weight_without_its_scales_is_an_error_naming_it() {
     let err = format!("{:#}", load_gpt(&quant, Device::Cpu).err().unwrap());
     assert!(err.contains("transformer.h.1.mlp.c_fc.weight") && err.contains("model.safetensors"), "{err}");
 }
+
+#[test]
+fn packed_float32_weights_compute_the_float32_model() {
+    let ids = [1, 5, 2, 9, 3, 3, 7, 0, 4];
+    for cfg in variants() {
+        let tmp = tempfile::tempdir().unwrap();
+        saved(&cfg, tmp.path());
+        let (_vs0, plain, _) = load_gpt(tmp.path(), Device::Cpu).unwrap();
+        let (_vs1, mut packed, _) = load_gpt(tmp.path(), Device::Cpu).unwrap();
+        packed.pack_f32().unwrap();
+        let (a, b) = (logits(&plain, &ids), logits(&packed, &ids));
+        let diff = max_abs(&(&a - &b));
+        assert!(diff < 1e-4, "{:?}: packed float32 vs libtorch: {diff}", cfg.arch);
+        // One row alone gives the same logits as in a batch of rows.
+        let last = packed.forward(&Tensor::from_slice(&ids[..1]).view([1, 1]), false, None).unwrap();
+        assert!(last.allclose(&b.narrow(1, 0, 1), 0.0, 1e-6, false), "{:?}: the first position alone", cfg.arch);
+    }
+}

@@ -671,10 +671,11 @@ pub async fn reload(st: &Shared, dir: Option<PathBuf>) -> Result<Arc<Frontend>, 
     let _one_at_a_time = st.reload.lock().await;
     let old = st.front();
     let dir = dir.unwrap_or_else(|| old.dir.clone());
-    let (id, device, quantize) = (st.cfg.model_id.clone(), st.cfg.device, st.cfg.quantize);
+    let (id, device, quantize, pack) = (st.cfg.model_id.clone(), st.cfg.device, st.cfg.quantize, st.cfg.pack);
     let load_dir = dir.clone();
     let loaded =
-        tokio::task::spawn_blocking(move || model::load(&load_dir, &model::LoadOptions { id: id.as_deref(), device, quantize })).await;
+        tokio::task::spawn_blocking(move || model::load(&load_dir, &model::LoadOptions { id: id.as_deref(), device, quantize, pack }))
+            .await;
     let (front, weights) = match loaded {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {

@@ -115,6 +115,10 @@ pub struct ServeArgs {
     /// quantize`).
     #[arg(long, value_parser = ["none", "int8"])]
     pub quantize: Option<String>,
+    /// Run float32 projections on libtorch's GEMM instead of forja's packed
+    /// single-threaded kernels (the default with --threads 1 on the CPU).
+    #[arg(long)]
+    pub no_packed_weights: bool,
     /// libtorch threads of the engine. 1 is fastest for small models (a
     /// decoding step is too small to split across threads, and the other cores
     /// serve HTTP: 2.7x the tokens/s of 2 threads on a 2-vCPU machine); raise it
@@ -129,6 +133,9 @@ pub struct ServeConfig {
     pub model_id: Option<String>,
     /// int8 or float32 weights (`None`: as the folder is).
     pub quantize: Option<forja_model::Quantization>,
+    /// float32 projections packed for forja's single-threaded CPU kernels
+    /// (with one engine thread).
+    pub pack: bool,
     pub device: tch::Device,
     pub auth: auth::AuthConfig,
     pub limits: api::Limits,
@@ -171,6 +178,7 @@ impl ServeArgs {
         Ok(ServeConfig {
             model_id: self.model_id.clone(),
             quantize: self.quantize.as_deref().map(str::parse).transpose()?,
+            pack: self.threads == 1 && !self.no_packed_weights,
             device: forja_model::parse_device(&self.device)?,
             auth: auth::AuthConfig {
                 api_keys,
@@ -198,7 +206,7 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<http::AppState>> {
     if args.threads > 0 {
         tch::set_num_threads(args.threads as i32);
     }
-    let opts = model::LoadOptions { id: cfg.model_id.as_deref(), device: cfg.device, quantize: cfg.quantize };
+    let opts = model::LoadOptions { id: cfg.model_id.as_deref(), device: cfg.device, quantize: cfg.quantize, pack: cfg.pack };
     let (front, weights) = model::load(&args.model_dir, &opts)?;
     let front = Arc::new(front);
     let metrics = Arc::new(metrics::Metrics::new());

@@ -92,12 +92,15 @@ pub struct LoadOptions<'a> {
     /// int8 or float32 weights (`None`: as the folder is, int8 for a
     /// quantized folder).
     pub quantize: Option<Quantization>,
+    /// float32 decoder weights packed once for forja's CPU kernels
+    /// (`Gpt::pack_f32`; for one engine thread on the CPU).
+    pub pack: bool,
 }
 
 impl LoadOptions<'_> {
     /// float32 (or as the folder is) on the CPU under the default id.
     pub fn cpu() -> Self {
-        Self { id: None, device: tch::Device::Cpu, quantize: None }
+        Self { id: None, device: tch::Device::Cpu, quantize: None, pack: false }
     }
 }
 
@@ -126,6 +129,9 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> anyhow::Result<(Frontend, Weights
     let (kind, context, weights) = match loaded.model {
         AnyModel::Gpt(mut model) => {
             let stats = model.quantize(quantization).with_context(|| format!("quantizing {}", dir.display()))?;
+            if quantization == Quantization::None && opts.pack && device == tch::Device::Cpu {
+                model.pack_f32().with_context(|| format!("packing {}", dir.display()))?;
+            }
             if quantization != Quantization::None {
                 tracing::info!(
                     projections = stats.projections,

@@ -617,8 +617,10 @@ async fn a_llama_folder_is_served_as_generate_decodes_it_alone_and_in_a_batch() 
     tiny_llama(dir.path(), 3);
     let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
     assert_eq!((config["model_type"].as_str(), config["num_key_value_heads"].as_i64()), (Some("llama"), Some(2)));
-    let (_vs, model, tok) = forja_model::load_gpt(dir.path(), Device::Cpu).unwrap();
+    let (_vs, mut model, tok) = forja_model::load_gpt(dir.path(), Device::Cpu).unwrap();
     assert_eq!((model.cfg.arch, model.cfg.n_head, model.cfg.kv_heads()), (Arch::Llama, 4, 2));
+    // The server (one engine thread) runs the projections on packed float32.
+    model.pack_f32().unwrap();
     // Prompts of different lengths and answers of different lengths: with 3
     // slots for 5 sequences, some join the batch as others leave it.
     let prompts = [("the quick", 12), ("the lazy dog while the cat sleeps", 40), ("a", 25), ("sun and the birds sing ", 33), ("fox", 18)];
