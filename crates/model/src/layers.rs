@@ -206,28 +206,26 @@ impl Proj {
     /// float32). The float32 weight's storage is released, in the variable
     /// store too: a quantized model serves, it does not train or save.
     pub fn quantize(&mut self) -> anyhow::Result<()> {
-        let dense = match self {
-            Proj::Plain(d) => d,
-            Proj::Lora(l) => anyhow::bail!("`{}` has a LoRA adapter: merge it (export the model) before quantizing", l.path),
-            Proj::Int8(_) | Proj::Packed(_) => return Ok(()),
-        };
-        let q = crate::quant::Int8Dense::new(&dense.weight, dense.bias.as_ref(), dense.layout)?;
-        dense.weight.set_data(&Tensor::zeros([0], (Kind::Float, dense.weight.device())));
-        *self = Proj::Int8(q);
-        Ok(())
+        self.convert("quantizing", |d| Ok(Proj::Int8(crate::quant::Int8Dense::new(&d.weight, d.bias.as_ref(), d.layout)?)))
     }
 
     /// This projection on float32 weights packed once for the CPU kernels
     /// (the weight's storage released as by [`Proj::quantize`]).
     pub fn pack_f32(&mut self) -> anyhow::Result<()> {
+        self.convert("packing", |d| Ok(Proj::Packed(crate::quant::F32Dense::new(&d.weight, d.bias.as_ref(), d.layout)?)))
+    }
+
+    /// A plain projection replaced by `make`'s, its float32 weight released;
+    /// converted ones stay as they are, LoRA ones are refused.
+    fn convert(&mut self, doing: &str, make: impl FnOnce(&Dense) -> anyhow::Result<Proj>) -> anyhow::Result<()> {
         let dense = match self {
             Proj::Plain(d) => d,
-            Proj::Lora(l) => anyhow::bail!("`{}` has a LoRA adapter: merge it (export the model) before packing", l.path),
+            Proj::Lora(l) => anyhow::bail!("`{}` has a LoRA adapter: merge it (export the model) before {doing}", l.path),
             Proj::Int8(_) | Proj::Packed(_) => return Ok(()),
         };
-        let p = crate::quant::F32Dense::new(&dense.weight, dense.bias.as_ref(), dense.layout)?;
+        let converted = make(dense)?;
         dense.weight.set_data(&Tensor::zeros([0], (Kind::Float, dense.weight.device())));
-        *self = Proj::Packed(p);
+        *self = converted;
         Ok(())
     }
 
