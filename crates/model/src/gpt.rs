@@ -1008,6 +1008,8 @@ impl Gpt {
             return Ok(QuantizeStats { projections: 0, bytes_before: before, bytes_after: before });
         }
         anyhow::ensure!(self.device() == tch::Device::Cpu, "int8 weights run on the CPU, the model is on {:?}", self.device());
+        // Packed float32 projections have released their weights: nothing left to quantize.
+        anyhow::ensure!(self.head_packed.is_none(), "the model's float32 weights are packed already: quantize before packing");
         let _guard = tch::no_grad_guard();
         let mut projections = 0;
         for block in &mut self.h {

@@ -112,6 +112,8 @@ fn packed_float32_weights_compute_the_float32_model() {
         let (_vs0, plain, _) = load_gpt(tmp.path(), Device::Cpu).unwrap();
         let (_vs1, mut packed, _) = load_gpt(tmp.path(), Device::Cpu).unwrap();
         packed.pack_f32().unwrap();
+        let err = packed.quantize(Quantization::Int8).unwrap_err().to_string();
+        assert!(err.contains("packed already"), "{err}");
         let (a, b) = (logits(&plain, &ids), logits(&packed, &ids));
         let diff = max_abs(&(&a - &b));
         assert!(diff < 1e-4, "{:?}: packed float32 vs libtorch: {diff}", cfg.arch);
