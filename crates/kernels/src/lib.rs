@@ -17,6 +17,9 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+mod attention;
+pub use attention::{attend_row, attend_row_with, AttentionRow};
+
 /// Output channels per packed group (four AVX-512 registers of float32).
 const GROUP: usize = 64;
 
@@ -89,30 +92,6 @@ impl Isa {
             Isa::Avx2 => 2,
         }
     }
-}
-
-/// Work for [`wide`]: its `run` (marked `#[inline(always)]`, as what it
-/// calls) is compiled into the AVX2 + FMA function that runs it.
-pub trait Wide {
-    type Out;
-    fn run(self) -> Self::Out;
-}
-
-/// Runs `w` compiled for AVX2 + FMA when this CPU has them (portable code
-/// otherwise): what `w.run()` inlines is vectorised 8 floats wide instead of
-/// baseline x86-64's 4. Rust never fuses a multiply and an add by itself, so
-/// the results are the same bits either way.
-pub fn wide<W: Wide>(w: W) -> W::Out {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: OnceLock<bool> = OnceLock::new();
-        let avx2 = *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"));
-        if avx2 {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { x86::avx2_scope(w) };
-        }
-    }
-    w.run()
 }
 
 /// Whether the AVX-512 kernels are compiled in: their intrinsics are stable
@@ -500,15 +479,6 @@ mod x86 {
         };
     }
 
-    /// `w.run()` with AVX2 and FMA enabled for what it inlines.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2_scope<W: super::Wide>(w: W) -> W::Out {
-        w.run()
-    }
-
     kernels!(
         i8,
         avx512_rows_i8,
@@ -527,7 +497,7 @@ mod tests {
     use super::*;
 
     /// Deterministic pseudo-random floats in [-1, 1) (xorshift).
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn noise(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {

@@ -75,16 +75,42 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> u32 {
 
 /// A position drawn with probability proportional to `weights[i]` (inverse
 /// CDF over one uniform draw); weights need not sum to 1.
+///
+/// The CDF is walked a block of 64 weights at a time (each block's sum in
+/// four lanes, which the compiler vectorises) and only the block the draw
+/// lands in is scanned weight by weight: a 4096-token vocabulary costs a
+/// few hundred additions in sequence instead of two chains of 4096.
 pub fn draw<W: Copy + Into<f64>>(weights: &[W], rng: &mut impl Rng) -> usize {
-    let total: f64 = weights.iter().map(|&w| w.into()).sum();
+    const BLOCK: usize = 64;
+    let sums: Vec<f64> = weights.chunks(BLOCK).map(lane_sum).collect();
+    let total: f64 = sums.iter().sum();
     let mut u = rng.random::<f64>() * total;
-    for (i, &w) in weights.iter().enumerate() {
-        u -= w.into();
-        if u <= 0.0 {
-            return i;
+    for (b, &s) in sums.iter().enumerate() {
+        if u - s > 0.0 {
+            u -= s;
+            continue;
         }
+        for (i, &w) in weights[b * BLOCK..].iter().take(BLOCK).enumerate() {
+            u -= w.into();
+            if u <= 0.0 {
+                return b * BLOCK + i;
+            }
+        }
+        // Rounding left a sliver of `u` past this block: on to the next.
     }
     weights.iter().rposition(|&w| w.into() > 0.0).unwrap_or(0)
+}
+
+/// The sum of `w` in four lanes (vectorised), then across them.
+fn lane_sum<W: Copy + Into<f64>>(w: &[W]) -> f64 {
+    let mut lanes = [0f64; 4];
+    let mut quads = w.chunks_exact(4);
+    for q in quads.by_ref() {
+        for (l, &x) in lanes.iter_mut().zip(q) {
+            *l += x.into();
+        }
+    }
+    lanes.iter().sum::<f64>() + quads.remainder().iter().map(|&x| x.into()).sum::<f64>()
 }
 
 /// Continues `prompt` by up to `cfg.max_new_tokens` tokens, stopping early at `stop`.
@@ -225,4 +251,39 @@ pub fn generate_uncached(model: &dyn LanguageModel, prompt: &[u32], stop: Option
         out.push(next);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inverse CDF walked weight by weight, as `draw` did before blocks.
+    fn draw_in_sequence(weights: &[f32], rng: &mut impl Rng) -> usize {
+        let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+        let mut u = rng.random::<f64>() * total;
+        for (i, &w) in weights.iter().enumerate() {
+            u -= f64::from(w);
+            if u <= 0.0 {
+                return i;
+            }
+        }
+        weights.iter().rposition(|&w| w > 0.0).unwrap_or(0)
+    }
+
+    #[test]
+    fn drawing_by_blocks_picks_what_the_weight_by_weight_walk_picks() {
+        let mut gen = ChaCha8Rng::seed_from_u64(7);
+        // A peaked softmax over 4099 tokens (blocks and a ragged tail), zeros included.
+        let weights: Vec<f32> = (0..4099).map(|i| if i % 13 == 0 { 0.0 } else { (gen.random::<f32>() * 12.0 - 12.0).exp() }).collect();
+        let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(1), ChaCha8Rng::seed_from_u64(1));
+        let mut counts = vec![0usize; weights.len()];
+        for _ in 0..20_000 {
+            let (x, y) = (draw(&weights, &mut a), draw_in_sequence(&weights, &mut b));
+            assert_eq!(x, y);
+            counts[x] += 1;
+        }
+        assert!(counts.iter().step_by(13).all(|&c| c == 0), "a zero weight was drawn");
+        assert_eq!(draw(&[0.0f32, 0.0, 2.0], &mut a), 2);
+        assert_eq!(draw(&[0.5f64; 1], &mut a), 0);
+    }
 }

@@ -140,7 +140,6 @@ pub(crate) struct PagedStep {
     b: usize,
     t: usize,
     keys: usize,
-    block_tokens: usize,
     /// Every row starts at position 0: its keys are this step's own.
     fresh: bool,
     /// `[b, 1, t, keys]`; none for a decoding step attended in place.
@@ -209,7 +208,6 @@ pub(crate) fn plan(rows: &[PagedRow], cache: &PagedCache, device: Device) -> any
         b,
         t,
         keys,
-        block_tokens: bt,
         allowed,
     };
     let (bi, ti) = (b as i64, t as i64);
@@ -278,163 +276,29 @@ fn host(x: &Tensor) -> Vec<f32> {
 
 /// One new token per row attending to its keys where they lie in the cache:
 /// scores against every key of the row, a softmax, the weighted sum of the
-/// values. Query head `i` reads key/value head `i / (h / kv)` (grouped-query
-/// attention, as `repeat_kv`); the scale is SDPA's, `1 / sqrt(hd)`. Keys are
-/// read a block at a time (its positions are consecutive rows).
+/// values ([`forja_kernels::attend_row`]: eight keys at a time on AVX2).
+/// Query head `i` reads key/value head `i / (h / kv)` (grouped-query
+/// attention, as `repeat_kv`); the scale is SDPA's, `1 / sqrt(hd)`.
 ///
 /// # Shapes
 /// `q`: `[b, h, hd]` → `[b, h, hd]`
 fn decode_in_place(q: &[f32], ck: &[f32], cv: &[f32], step: &PagedStep, h: usize, kv: usize, hd: usize) -> Vec<f32> {
-    // Compiled 8 floats wide where the CPU has AVX2 (the same bits as without).
-    forja_kernels::wide(Decode { q, ck, cv, step, h, kv, hd })
-}
-
-/// The operands of [`decode_in_place`], run by [`forja_kernels::wide`].
-struct Decode<'a> {
-    q: &'a [f32],
-    ck: &'a [f32],
-    cv: &'a [f32],
-    step: &'a PagedStep,
-    h: usize,
-    kv: usize,
-    hd: usize,
-}
-
-impl forja_kernels::Wide for Decode<'_> {
-    type Out = Vec<f32>;
-
-    #[inline(always)]
-    fn run(self) -> Vec<f32> {
-        let Decode { q, ck, cv, step, h, kv, hd } = self;
-        match hd {
-            16 => decode_rows::<16>(q, ck, cv, step, h, kv, hd),
-            32 => decode_rows::<32>(q, ck, cv, step, h, kv, hd),
-            64 => decode_rows::<64>(q, ck, cv, step, h, kv, hd),
-            128 => decode_rows::<128>(q, ck, cv, step, h, kv, hd),
-            _ => decode_rows::<0>(q, ck, cv, step, h, kv, hd),
-        }
-    }
-}
-
-/// [`decode_in_place`] with the head size `HD` known when compiling (the
-/// products unrolled), or `HD = 0` for any `hd`.
-#[inline(always)]
-fn decode_rows<const HD: usize>(q: &[f32], ck: &[f32], cv: &[f32], step: &PagedStep, h: usize, kv: usize, hd: usize) -> Vec<f32> {
-    let (w, rep) = (kv * hd, h / kv);
-    let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; q.len()];
     let mut scores = Vec::new();
     for r in 0..step.b {
-        let rows = &step.read[r * step.keys..r * step.keys + step.ends[r]];
-        let n = rows.len();
-        scores.clear();
-        scores.resize(h * n, 0f32);
-        let qr = &q[r * h * hd..(r + 1) * h * hd];
-        for (j, key) in keys_of(rows, ck, w, step.block_tokens) {
-            for i in 0..h {
-                let g = i / rep;
-                scores[i * n + j] = dot_n::<HD>(&qr[i * hd..(i + 1) * hd], &key[g * hd..(g + 1) * hd]) * scale;
-            }
-        }
-        for i in 0..h {
-            softmax_in_place(&mut scores[i * n..(i + 1) * n]);
-        }
-        let or = &mut out[r * h * hd..(r + 1) * h * hd];
-        for (j, value) in keys_of(rows, cv, w, step.block_tokens) {
-            for i in 0..h {
-                let g = i / rep;
-                axpy_n::<HD>(&mut or[i * hd..(i + 1) * hd], scores[i * n + j], &value[g * hd..(g + 1) * hd]);
-            }
+        let row = forja_kernels::AttentionRow {
+            q: &q[r * h * hd..(r + 1) * h * hd],
+            k: ck,
+            v: cv,
+            rows: &step.read[r * step.keys..r * step.keys + step.ends[r]],
+            heads: h,
+            kv_heads: kv,
+            head_dim: hd,
+        };
+        // The plan checked every row against the cache, and the shapes are the model's.
+        if let Err(e) = forja_kernels::attend_row(&row, &mut scores, &mut out[r * h * hd..(r + 1) * h * hd]) {
+            unreachable!("a planned decoding step has consistent shapes: {e}")
         }
     }
     out
-}
-
-/// The cache rows of a row's keys, in order with their index: `rows` holds
-/// one cache row per position, consecutive within each block of
-/// `block_tokens` positions, so each block is one slice of the cache.
-#[inline(always)]
-fn keys_of<'a>(rows: &'a [usize], cache: &'a [f32], w: usize, block_tokens: usize) -> impl Iterator<Item = (usize, &'a [f32])> + 'a {
-    rows.chunks(block_tokens).enumerate().flat_map(move |(c, run)| {
-        let first = run[0];
-        cache[first * w..(first + run.len()) * w].chunks_exact(w).enumerate().map(move |(k, key)| (c * block_tokens + k, key))
-    })
-}
-
-/// Softmax of `s` in place.
-#[inline(always)]
-fn softmax_in_place(s: &mut [f32]) {
-    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    s.iter_mut().for_each(|x| *x = exp_fast(*x - max));
-    let sum: f32 = s.iter().sum();
-    s.iter_mut().for_each(|x| *x /= sum);
-}
-
-/// `e^x` for `x ≤ 0` (a softmax's shifted scores), in straight-line code the
-/// compiler vectorises: `x = n ln 2 + f` with `|f| ≤ ln 2 / 2`, `e^f` by its
-/// degree-6 Taylor polynomial, `2^n` put into the exponent bits (relative error
-/// below 1e-6, tested). Below -87 it is `e^-87` (about 1.6e-38): small enough
-/// for a softmax, and no subnormal bits to build.
-#[inline(always)]
-fn exp_fast(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
-    let x = x.max(-87.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let f = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    p * scale
-}
-
-/// `a · b`, in eight lanes so that the compiler vectorises it; unrolled for
-/// slices of `N` floats, or of any (equal) length when `N` is 0.
-#[inline(always)]
-fn dot_n<const N: usize>(a: &[f32], b: &[f32]) -> f32 {
-    let n = if N == 0 { a.len().min(b.len()) } else { N };
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = (n / 8 * 8..n).map(|k| a[k] * b[k]).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `o += p · v`, in eight lanes; for slices of `N` floats, or of any (equal)
-/// length when `N` is 0.
-#[inline(always)]
-fn axpy_n<const N: usize>(o: &mut [f32], p: f32, v: &[f32]) {
-    let n = if N == 0 { o.len().min(v.len()) } else { N };
-    let (o, v) = (&mut o[..n], &v[..n]);
-    let mut lanes = [0f32; 8];
-    for (oc, vc) in o.chunks_exact_mut(8).zip(v.chunks_exact(8)) {
-        for l in 0..8 {
-            lanes[l] = oc[l] + p * vc[l];
-        }
-        oc.copy_from_slice(&lanes);
-    }
-    for k in n / 8 * 8..n {
-        o[k] += p * v[k];
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn exp_fast_is_within_a_few_ulps_of_exp_over_a_softmaxs_range() {
-        let mut worst = 0f32;
-        for i in 0..=100_000 {
-            let x = -87.0 * i as f32 / 100_000.0;
-            let (got, want) = (super::exp_fast(x), x.exp());
-            worst = worst.max((got - want).abs() / want);
-        }
-        assert!(worst < 1e-6, "largest relative error {worst}");
-        assert_eq!(super::exp_fast(-1000.0), super::exp_fast(-87.0));
-        assert_eq!(super::exp_fast(0.0), 1.0);
-    }
 }

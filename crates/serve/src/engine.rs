@@ -780,6 +780,19 @@ fn log_softmax(row: &[f32]) -> Vec<f32> {
 /// Rows of a `[b, vocab]` tensor.
 type Rows = Vec<Vec<f32>>;
 
+/// The rows of a `[b, vocab]` float32 CPU tensor, read in one copy (tch's
+/// `Vec<Vec<_>>::try_from` splits the tensor and copies row by row: a
+/// dozen libtorch calls per sequence per step).
+fn rows_of(t: &Tensor) -> anyhow::Result<Rows> {
+    let &[b, vocab] = t.size().as_slice() else {
+        anyhow::bail!("logits of shape {:?}, not [batch, vocab]", t.size());
+    };
+    let (b, vocab) = (usize::try_from(b)?, usize::try_from(vocab)?);
+    let mut flat = vec![0f32; b * vocab];
+    t.to_kind(Kind::Float).contiguous().f_copy_data(&mut flat, b * vocab)?;
+    Ok(flat.chunks(vocab.max(1)).take(b).map(<[f32]>::to_vec).collect())
+}
+
 /// Samples the next token of each sequence from its row of `logits`; returns
 /// which sequences finished.
 fn sample_all(gen: &Generation, seqs: &mut [Seq], logits: &Tensor, metrics: &Metrics, rate: &mut RateWindow) -> Vec<bool> {
@@ -793,8 +806,8 @@ fn sample_all(gen: &Generation, seqs: &mut [Seq], logits: &Tensor, metrics: &Met
             let p = &s.req.params;
             p.temperature > 0.0 && p.top_k == 0 && p.top_p >= 1.0 && p.logprobs.is_none()
         };
-        let rows = if seqs.iter().all(plain) { vec![Vec::new(); seqs.len()] } else { Vec::<Vec<f32>>::try_from(logits)? };
-        Ok((rows, Vec::<Vec<f32>>::try_from(&probs)?))
+        let rows = if seqs.iter().all(plain) { vec![Vec::new(); seqs.len()] } else { rows_of(logits)? };
+        Ok((rows, rows_of(&probs)?))
     };
     let (rows, probs) = match read() {
         Ok(r) => r,
