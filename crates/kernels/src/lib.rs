@@ -17,8 +17,10 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+mod activation;
 mod attention;
-pub use attention::{attend_row, attend_row_with, AttentionRow};
+pub use activation::{activate, activate_with, Act};
+pub use attention::{attend_row, attend_row_with, softmax_weights, AttentionRow};
 
 /// Output channels per packed group (four AVX-512 registers of float32).
 const GROUP: usize = 64;
@@ -477,6 +479,27 @@ mod x86 {
                 }
             }
         };
+    }
+
+    /// `e^x` lane by lane, as `attention::exp_fast` (NaN and below -87:
+    /// `e^-87`; above 88: `e^88`), with fused multiply-adds.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
+        // `max(x, -87)` gives its second operand when x is NaN.
+        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+        let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+        let f = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), f);
+        let mut p = _mm256_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c));
+        }
+        let two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+        _mm256_mul_ps(p, _mm256_castsi256_ps(two_n))
     }
 
     kernels!(

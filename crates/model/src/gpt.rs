@@ -202,6 +202,16 @@ impl Activation {
         }
     }
 
+    /// The same function in `forja-kernels` (on host floats).
+    fn kernel(self) -> forja_kernels::Act {
+        match self {
+            Self::Gelu => forja_kernels::Act::GeluErf,
+            Self::GeluNew => forja_kernels::Act::GeluTanh,
+            Self::Silu => forja_kernels::Act::Silu,
+            Self::Relu2 => forja_kernels::Act::Relu2,
+        }
+    }
+
     fn apply(self, x: &Tensor) -> Tensor {
         match self {
             Self::Gelu => x.gelu("none"),
@@ -674,11 +684,46 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, f: Fwd) -> Tensor {
+        if !f.train {
+            if let Some(y) = self.forward_host(x) {
+                return y;
+            }
+        }
         let y = match &self.kind {
             MlpKind::Plain { fc, proj } => proj.forward(&self.activation.apply(&fc.forward(x, f)), f),
             MlpKind::Gated { gate, up, down } => down.forward(&(self.activation.apply(&gate.forward(x, f)) * up.forward(x, f)), f),
         };
         y.dropout(self.dropout, f.train)
+    }
+
+    /// The MLP on host floats when every projection is packed for the CPU
+    /// kernels (serving on one CPU thread): from one product to the next
+    /// without a libtorch call between them. `None` otherwise.
+    fn forward_host(&self, x: &Tensor) -> Option<Tensor> {
+        if !self.projs().iter().all(|p| p.is_packed()) {
+            return None;
+        }
+        let (input, mut shape) = crate::quant::host_floats(x);
+        let rows = input.len() / (*shape.last()?).max(1) as usize;
+        let act = self.activation.kernel();
+        let (hidden, out) = match &self.kind {
+            MlpKind::Plain { fc, proj } => {
+                let mut h = fc.apply_host(&input)?;
+                forja_kernels::activate(act, &mut h);
+                (h, proj)
+            }
+            MlpKind::Gated { gate, up, down } => {
+                let mut g = gate.apply_host(&input)?;
+                let u = up.apply_host(&input)?;
+                forja_kernels::activate(act, &mut g);
+                g.iter_mut().zip(&u).for_each(|(g, u)| *g *= u);
+                (g, down)
+            }
+        };
+        let y = out.apply_host(&hidden)?;
+        shape.pop();
+        shape.push((y.len() / rows.max(1)) as i64);
+        Some(Tensor::from_slice(&y).view(shape.as_slice()))
     }
 
     fn projs(&self) -> Vec<&Proj> {

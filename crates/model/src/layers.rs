@@ -187,6 +187,21 @@ impl Proj {
 
     /// # Shapes
     /// `[.., in]` → `[.., out]`
+    /// Weights packed for the CPU kernels (int8 or float32).
+    pub fn is_packed(&self) -> bool {
+        matches!(self, Proj::Int8(_) | Proj::Packed(_))
+    }
+
+    /// The product on host floats (whole rows of `in`) when the weights are
+    /// packed for the CPU kernels; `None` for libtorch's weights.
+    pub fn apply_host(&self, x: &[f32]) -> Option<Vec<f32>> {
+        match self {
+            Proj::Int8(q) => Some(q.apply(x)),
+            Proj::Packed(p) => Some(p.apply(x)),
+            Proj::Plain(_) | Proj::Lora(_) => None,
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, f: Fwd) -> Tensor {
         match self {
             Proj::Plain(d) => d.forward(x, f),

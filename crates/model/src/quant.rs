@@ -100,24 +100,43 @@ impl<E: Weight> PackedDense<E> {
     /// # Shapes
     /// `[.., in]` → `[.., out]` (float32, on the CPU)
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let mut shape = x.size();
-        let n_in = shape.pop().unwrap_or(1);
-        // Each libtorch call costs microseconds at decoding sizes: convert only when needed.
-        let mut x = if x.kind() == Kind::Float { x.shallow_clone() } else { x.to_kind(Kind::Float) };
-        if x.device() != Device::Cpu {
-            x = x.to_device(Device::Cpu);
-        }
-        if !x.is_contiguous() {
-            x = x.contiguous();
-        }
-        let n = x.numel();
-        let mut input = vec![0f32; n];
-        x.copy_data(&mut input, n);
-        let mut y = vec![0f32; n / n_in.max(1) as usize * self.m.n_out()];
-        self.m.matmul(&input, &mut y);
+        let (input, mut shape) = host_floats(x);
+        let y = self.apply(&input);
+        shape.pop();
         shape.push(self.m.n_out() as i64);
         Tensor::from_slice(&y).view(shape.as_slice())
     }
+
+    /// The product on host floats: `x` is whole rows of `in`, the result the
+    /// same rows of `out`.
+    ///
+    /// # Panics
+    /// When `x` is not whole rows of `in`.
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut y = vec![0f32; x.len() / self.m.n_in().max(1) * self.m.n_out()];
+        self.m.matmul(x, &mut y);
+        y
+    }
+
+    pub fn n_out(&self) -> usize {
+        self.m.n_out()
+    }
+}
+
+/// The floats of `x` (float32 on the CPU, in order) and its shape. Each
+/// libtorch call costs microseconds at decoding sizes: converts only when needed.
+pub(crate) fn host_floats(x: &Tensor) -> (Vec<f32>, Vec<i64>) {
+    let mut x = if x.kind() == Kind::Float { x.shallow_clone() } else { x.to_kind(Kind::Float) };
+    if x.device() != Device::Cpu {
+        x = x.to_device(Device::Cpu);
+    }
+    if !x.is_contiguous() {
+        x = x.contiguous();
+    }
+    let n = x.numel();
+    let mut out = vec![0f32; n];
+    x.copy_data(&mut out, n);
+    (out, x.size())
 }
 
 /// The weight as `[out, in]` (a Conv1D `[in, out]` is transposed).

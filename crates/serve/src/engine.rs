@@ -777,39 +777,24 @@ fn log_softmax(row: &[f32]) -> Vec<f32> {
     row.iter().map(|&x| x - lse).collect()
 }
 
-/// Rows of a `[b, vocab]` tensor.
-type Rows = Vec<Vec<f32>>;
-
-/// The rows of a `[b, vocab]` float32 CPU tensor, read in one copy (tch's
-/// `Vec<Vec<_>>::try_from` splits the tensor and copies row by row: a
+/// The floats of a `[b, vocab]` float32 CPU tensor in one copy, and `vocab`
+/// (tch's `Vec<Vec<_>>::try_from` splits the tensor and copies row by row: a
 /// dozen libtorch calls per sequence per step).
-fn rows_of(t: &Tensor) -> anyhow::Result<Rows> {
+fn logits_of(t: &Tensor) -> anyhow::Result<(Vec<f32>, usize)> {
     let &[b, vocab] = t.size().as_slice() else {
         anyhow::bail!("logits of shape {:?}, not [batch, vocab]", t.size());
     };
     let (b, vocab) = (usize::try_from(b)?, usize::try_from(vocab)?);
+    anyhow::ensure!(vocab > 0, "logits over an empty vocabulary");
     let mut flat = vec![0f32; b * vocab];
     t.to_kind(Kind::Float).contiguous().f_copy_data(&mut flat, b * vocab)?;
-    Ok(flat.chunks(vocab.max(1)).take(b).map(<[f32]>::to_vec).collect())
+    Ok((flat, vocab))
 }
 
 /// Samples the next token of each sequence from its row of `logits`; returns
 /// which sequences finished.
 fn sample_all(gen: &Generation, seqs: &mut [Seq], logits: &Tensor, metrics: &Metrics, rate: &mut RateWindow) -> Vec<bool> {
-    let read = || -> anyhow::Result<(Rows, Rows)> {
-        // Softmax at each row's temperature in one vectorised op: plain
-        // sampling then needs only a scan of the probabilities.
-        let temps: Vec<f32> = seqs.iter().map(|s| s.req.params.temperature.max(1e-6) as f32).collect();
-        let probs = (logits / Tensor::from_slice(&temps).view([-1, 1])).softmax(-1, Kind::Float);
-        // Raw logits only when a row needs them: greedy, top-k / top-p, log-probabilities.
-        let plain = |s: &Seq| {
-            let p = &s.req.params;
-            p.temperature > 0.0 && p.top_k == 0 && p.top_p >= 1.0 && p.logprobs.is_none()
-        };
-        let rows = if seqs.iter().all(plain) { vec![Vec::new(); seqs.len()] } else { rows_of(logits)? };
-        Ok((rows, rows_of(&probs)?))
-    };
-    let (rows, probs) = match read() {
+    let (flat, vocab) = match logits_of(logits) {
         Ok(r) => r,
         Err(e) => {
             for s in seqs.iter() {
@@ -821,10 +806,14 @@ fn sample_all(gen: &Generation, seqs: &mut [Seq], logits: &Tensor, metrics: &Met
     let now = Instant::now();
     let mut done = Vec::with_capacity(seqs.len());
     let mut produced = 0;
-    for ((s, row), probs) in seqs.iter_mut().zip(&rows).zip(&probs) {
+    let mut weights = Vec::new();
+    for (s, row) in seqs.iter_mut().zip(flat.chunks(vocab)) {
         let p = &s.req.params;
-        let token = if row.is_empty() || p.temperature > 0.0 && p.top_k == 0 && p.top_p >= 1.0 {
-            draw(probs, &mut s.rng) as u32
+        let token = if p.temperature > 0.0 && p.top_k == 0 && p.top_p >= 1.0 {
+            // Plain sampling: the softmax's numerators (vectorised) and one
+            // walk of their CDF.
+            forja_kernels::softmax_weights(row, 1.0 / p.temperature.max(1e-6) as f32, &mut weights);
+            draw(&weights, &mut s.rng) as u32
         } else {
             let cfg =
                 SamplingConfig { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, max_new_tokens: p.max_tokens, seed: p.seed };
