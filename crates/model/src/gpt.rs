@@ -705,25 +705,30 @@ impl Mlp {
         }
         let (input, mut shape) = crate::quant::host_floats(x);
         let rows = input.len() / (*shape.last()?).max(1) as usize;
+        let y = self.apply_host(&input)?;
+        shape.pop();
+        shape.push((y.len() / rows.max(1)) as i64);
+        Some(Tensor::from_slice(&y).view(shape.as_slice()))
+    }
+
+    /// The MLP on rows of host floats (`None` unless every projection is packed).
+    fn apply_host(&self, input: &[f32]) -> Option<Vec<f32>> {
         let act = self.activation.kernel();
         let (hidden, out) = match &self.kind {
             MlpKind::Plain { fc, proj } => {
-                let mut h = fc.apply_host(&input)?;
+                let mut h = fc.apply_host(input)?;
                 forja_kernels::activate(act, &mut h);
                 (h, proj)
             }
             MlpKind::Gated { gate, up, down } => {
-                let mut g = gate.apply_host(&input)?;
-                let u = up.apply_host(&input)?;
+                let mut g = gate.apply_host(input)?;
+                let u = up.apply_host(input)?;
                 forja_kernels::activate(act, &mut g);
                 g.iter_mut().zip(&u).for_each(|(g, u)| *g *= u);
                 (g, down)
             }
         };
-        let y = out.apply_host(&hidden)?;
-        shape.pop();
-        shape.push((y.len() / rows.max(1)) as i64);
-        Some(Tensor::from_slice(&y).view(shape.as_slice()))
+        out.apply_host(&hidden)
     }
 
     fn projs(&self) -> Vec<&Proj> {
@@ -802,6 +807,66 @@ enum Positions {
     Rotary(Rope),
 }
 
+/// Host copies of what a GPT-2 decoding step on packed weights reads besides
+/// them: the embeddings and every LayerNorm.
+#[derive(Debug)]
+struct HostDecode {
+    wte: Vec<f32>,
+    wpe: Vec<f32>,
+    /// `ln_1`, `ln_2` of each block, then `ln_f`.
+    norms: Vec<HostNorm>,
+}
+
+impl HostDecode {
+    /// For a GPT-2 on the CPU whose block projections and head are all
+    /// packed; `None` for any other model.
+    fn of(m: &Gpt) -> anyhow::Result<Option<Self>> {
+        let packed = m.h.iter().all(|b| matches!(b.attn.qkv, Qkv::Fused(_)) && b.projs().iter().all(|p| p.is_packed()));
+        let (Positions::Learned(wpe), true, true) = (&m.positions, packed, m.head_int8.is_some() || m.head_packed.is_some()) else {
+            return Ok(None);
+        };
+        if m.cfg.arch.is_llama() || m.cfg.qk_norm || m.device() != tch::Device::Cpu {
+            return Ok(None);
+        }
+        let floats = |t: &Tensor| -> anyhow::Result<Vec<f32>> { Ok(Vec::try_from(t.to_kind(Kind::Float).flatten(0, -1))?) };
+        let mut norms = Vec::new();
+        for n in m.h.iter().flat_map(|b| [&b.ln_1, &b.ln_2]).chain([&m.ln_f]) {
+            let Norm::Layer(ln) = n else { return Ok(None) };
+            let (Some(w), Some(b)) = (&ln.ws, &ln.bs) else { return Ok(None) };
+            norms.push(HostNorm { w: floats(w)?, b: floats(b)?, eps: m.cfg.layer_norm_epsilon as f32 });
+        }
+        Ok(Some(Self { wte: floats(&m.wte.ws)?, wpe: floats(&wpe.ws)?, norms }))
+    }
+}
+
+/// A LayerNorm on host floats.
+#[derive(Debug)]
+struct HostNorm {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    eps: f32,
+}
+
+impl HostNorm {
+    /// Each row of `c` floats of `x`, normalised (biased variance, as
+    /// `torch.nn.LayerNorm`), scaled and shifted.
+    fn apply(&self, x: &[f32], c: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(x.len());
+        for row in x.chunks_exact(c.max(1)) {
+            let mean = row.iter().sum::<f32>() / c as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            out.extend(row.iter().zip(self.w.iter().zip(&self.b)).map(|(v, (w, b))| (v - mean) * inv * w + b));
+        }
+        out
+    }
+}
+
+/// `x += y`.
+fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
 /// The decoder language model: GPT-2's block or the Llama family's.
 #[derive(Debug)]
 pub struct Gpt {
@@ -816,6 +881,9 @@ pub struct Gpt {
     head_int8: Option<Box<crate::quant::Int8Dense>>,
     /// The output head packed for the CPU kernels ([`Gpt::pack_f32`]).
     head_packed: Option<Box<crate::quant::F32Dense>>,
+    /// What a GPT-2 decoding step on packed weights reads on the host
+    /// besides them (set by [`Gpt::pack_f32`] and [`Gpt::quantize`]).
+    host: Option<Box<HostDecode>>,
     /// Precision of matrix products.
     pub precision: Precision,
     /// Whether LoRA adapters take part in forward passes ([`Gpt::set_adapters`]).
@@ -862,6 +930,7 @@ impl Gpt {
             lm_head,
             head_int8: None,
             head_packed: None,
+            host: None,
             precision: Precision::F32,
             adapters: std::sync::atomic::AtomicBool::new(true),
         })
@@ -1002,6 +1071,11 @@ impl Gpt {
     /// # Shapes
     /// `rows`: b rows → `[b, n_embd]`
     pub fn hidden_paged(&self, rows: &[PagedRow], cache: &mut PagedCache) -> anyhow::Result<Tensor> {
+        if let Some(host) = &self.host {
+            if cache.on_host() && rows.iter().all(|r| r.tokens.len() == 1) {
+                return self.decode_host(host, rows, cache);
+            }
+        }
         let (step, idx, positions, last) = paged::plan(rows, cache, self.device())?;
         let (mut x, rope) = self.embed(self.wte.forward(&idx), &positions); // [b, t, c]
         let pass = Pass { f: self.fwd(false), rope: rope.as_ref(), mask: None };
@@ -1011,6 +1085,42 @@ impl Gpt {
         let c = self.cfg.n_embd;
         let last = x.gather(1, &last.view([-1, 1, 1]).expand([-1, 1, c], false), false).squeeze_dim(1); // [b, c]
         Ok(self.ln_f.forward(&last))
+    }
+
+    /// Whether decoding steps over a host cache run on host floats
+    /// (a GPT-2 whose projections and head are packed or int8).
+    pub fn decodes_on_host(&self) -> bool {
+        self.host.is_some()
+    }
+
+    /// [`Gpt::hidden_paged`] for a decoding step (one token per row) of a
+    /// GPT-2 on packed weights with its cache in host memory: every layer on
+    /// host floats, from the embedding lookup to the final norm, with no
+    /// libtorch call in between (at decoding sizes each costs microseconds,
+    /// most of a step's time once the products are packed).
+    fn decode_host(&self, host: &HostDecode, rows: &[PagedRow], cache: &mut PagedCache) -> anyhow::Result<Tensor> {
+        let paged::Plan { step, ids, positions, .. } = paged::plan_rows(rows, cache, self.device())?;
+        let c = self.cfg.n_embd as usize;
+        let (h, hd) = (self.cfg.n_head as usize, self.cfg.head_dim() as usize);
+        let mut x = Vec::with_capacity(ids.len() * c);
+        for (&id, &p) in ids.iter().zip(&positions) {
+            let (id, p) = (id as usize, p as usize);
+            anyhow::ensure!(id < host.wte.len() / c, "token id {id} is outside the vocabulary of {}", host.wte.len() / c);
+            let (tok, pos) = (&host.wte[id * c..(id + 1) * c], &host.wpe[p * c..(p + 1) * c]);
+            x.extend(tok.iter().zip(pos).map(|(a, b)| a + b));
+        }
+        let broken = || anyhow::anyhow!("a packed GPT-2 block lost its packed weights");
+        for (i, block) in self.h.iter().enumerate() {
+            let Qkv::Fused(c_attn) = &block.attn.qkv else { return Err(broken()) };
+            let qkv = c_attn.apply_host(&host.norms[2 * i].apply(&x, c)).ok_or_else(broken)?;
+            let y = paged::decode_host(&qkv, i, cache, &step, h, hd).ok_or_else(broken)?;
+            let a = block.attn.out.apply_host(&y).ok_or_else(broken)?;
+            add(&mut x, &a);
+            let m = block.mlp.apply_host(&host.norms[2 * i + 1].apply(&x, c)).ok_or_else(broken)?;
+            add(&mut x, &m);
+        }
+        let x = host.norms[2 * self.h.len()].apply(&x, c);
+        Ok(Tensor::from_slice(&x).view([rows.len() as i64, c as i64]))
     }
 
     /// Next-token logits from hidden states (the tied embedding or the
@@ -1076,6 +1186,7 @@ impl Gpt {
             }
         };
         self.head_int8 = Some(Box::new(head));
+        self.host = HostDecode::of(self)?.map(Box::new);
         Ok(QuantizeStats { projections: projections + 1, bytes_before: before, bytes_after: self.weight_bytes() })
     }
 
@@ -1097,6 +1208,7 @@ impl Gpt {
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.wte.ws);
         self.head_packed = Some(Box::new(crate::quant::F32Dense::new(head, None, Layout::OutIn)?));
+        self.host = HostDecode::of(self)?.map(Box::new);
         Ok(())
     }
 

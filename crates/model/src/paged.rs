@@ -150,8 +150,8 @@ pub(crate) struct PagedStep {
 }
 
 /// Cache rows of a step plus the token ids, positions and last real index of
-/// each row (ids `[b, t]`, positions `[b, t]`, last `[b]`).
-pub(crate) fn plan(rows: &[PagedRow], cache: &PagedCache, device: Device) -> anyhow::Result<(PagedStep, Tensor, Tensor, Tensor)> {
+/// each row, on the host (`device` is where the masks and indices go).
+pub(crate) fn plan_rows(rows: &[PagedRow], cache: &PagedCache, device: Device) -> anyhow::Result<Plan> {
     anyhow::ensure!(!rows.is_empty(), "a step needs at least one row");
     let t = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
     let keys = rows.iter().map(|r| r.start + r.tokens.len()).max().unwrap_or(0);
@@ -196,7 +196,6 @@ pub(crate) fn plan(rows: &[PagedRow], cache: &PagedCache, device: Device) -> any
         Tensor::from_slice(&allowed).to(device).view([b as i64, 1, t as i64, keys as i64])
     });
     let index = |v: &[usize]| (!host).then(|| Tensor::from_slice(&v.iter().map(|&x| x as i64).collect::<Vec<_>>()).to(device));
-    let to = |v: &[i64]| Tensor::from_slice(v).to(device);
     let last: Vec<i64> = rows.iter().map(|r| r.tokens.len() as i64 - 1).collect();
     let step = PagedStep {
         write_index: index(&write),
@@ -210,8 +209,25 @@ pub(crate) fn plan(rows: &[PagedRow], cache: &PagedCache, device: Device) -> any
         keys,
         allowed,
     };
-    let (bi, ti) = (b as i64, t as i64);
-    Ok((step, to(&ids).view([bi, ti]), to(&pos).view([bi, ti]), to(&last)))
+    Ok(Plan { step, ids, positions: pos, last })
+}
+
+/// A step's cache rows, and its token ids and positions (`[b · t]`) and the
+/// last real index of each row (`[b]`).
+pub(crate) struct Plan {
+    pub(crate) step: PagedStep,
+    pub(crate) ids: Vec<i64>,
+    pub(crate) positions: Vec<i64>,
+    pub(crate) last: Vec<i64>,
+}
+
+/// Cache rows of a step plus the token ids, positions and last real index of
+/// each row as tensors on `device` (ids `[b, t]`, positions `[b, t]`, last `[b]`).
+pub(crate) fn plan(rows: &[PagedRow], cache: &PagedCache, device: Device) -> anyhow::Result<(PagedStep, Tensor, Tensor, Tensor)> {
+    let Plan { step, ids, positions, last } = plan_rows(rows, cache, device)?;
+    let (b, t) = (step.b as i64, step.t as i64);
+    let to = |v: &[i64]| Tensor::from_slice(v).to(device);
+    Ok((step, to(&ids).view([b, t]), to(&positions).view([b, t]), to(&last)))
 }
 
 /// Attention of one layer over the paged cache: writes this step's keys and
@@ -263,6 +279,38 @@ pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, layer: usize, cache: &m
             };
             sdpa(&gather(ck), &gather(cv))
         }
+    }
+}
+
+/// A decoding step's attention on host floats: `qkv` holds each row's
+/// query, key and value side by side (`[b, (h + 2 kv) · hd]`, as a fused
+/// projection gives them); writes the keys and values into the cache and
+/// returns the attention output `[b, h · hd]`. `None` unless the cache is in
+/// host memory and every row has one token.
+pub(crate) fn decode_host(qkv: &[f32], layer: usize, cache: &mut PagedCache, step: &PagedStep, h: usize, hd: usize) -> Option<Vec<f32>> {
+    let w = cache.width;
+    let Store::Host { k: ck, v: cv } = &mut cache.store else {
+        return None;
+    };
+    let (qw, kv) = (h * hd, w / hd.max(1));
+    let row_w = qw + 2 * w;
+    if step.t != 1 || qkv.len() != step.b * row_w {
+        return None;
+    }
+    let (ck, cv) = (&mut ck[layer], &mut cv[layer]);
+    let mut q = Vec::with_capacity(step.b * qw);
+    for (src, &dst) in qkv.chunks_exact(row_w).zip(&step.write) {
+        q.extend_from_slice(&src[..qw]);
+        ck[dst * w..(dst + 1) * w].copy_from_slice(&src[qw..qw + w]);
+        cv[dst * w..(dst + 1) * w].copy_from_slice(&src[qw + w..]);
+    }
+    Some(decode_in_place(&q, ck, cv, step, h, kv, hd))
+}
+
+impl PagedCache {
+    /// Whether the keys and values live in host memory.
+    pub(crate) fn on_host(&self) -> bool {
+        matches!(self.store, Store::Host { .. })
     }
 }
 

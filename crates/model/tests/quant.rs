@@ -112,6 +112,7 @@ fn packed_float32_weights_compute_the_float32_model() {
         let (_vs0, plain, _) = load_gpt(tmp.path(), Device::Cpu).unwrap();
         let (_vs1, mut packed, _) = load_gpt(tmp.path(), Device::Cpu).unwrap();
         packed.pack_f32().unwrap();
+        assert_eq!(packed.decodes_on_host(), !cfg.arch.is_llama(), "{:?}", cfg.arch);
         let err = packed.quantize(Quantization::Int8).unwrap_err().to_string();
         assert!(err.contains("packed already"), "{err}");
         let (a, b) = (logits(&plain, &ids), logits(&packed, &ids));
@@ -120,5 +121,48 @@ fn packed_float32_weights_compute_the_float32_model() {
         // One row alone gives the same logits as in a batch of rows.
         let last = packed.forward(&Tensor::from_slice(&ids[..1]).view([1, 1]), false, None).unwrap();
         assert!(last.allclose(&b.narrow(1, 0, 1), 0.0, 1e-6, false), "{:?}: the first position alone", cfg.arch);
+    }
+}
+
+/// Paged decoding of two sequences (a prefill, then one token per row per
+/// step) on `m`: the last hidden state of every step, in order.
+fn paged_decode(m: &Gpt) -> Vec<Tensor> {
+    use forja_model::paged::{PagedCache, PagedRow};
+    let mut cache = PagedCache::new(m, 8, 4).unwrap();
+    let (ta, tb) = ([0u32, 1, 2, 3], [4u32, 5, 6, 7]);
+    let (pa, pb) = ([1u32, 5, 2], [9u32, 3, 3, 7, 0]);
+    let mut out = vec![m
+        .hidden_paged(&[PagedRow { blocks: &ta, start: 0, tokens: &pa }, PagedRow { blocks: &tb, start: 0, tokens: &pb }], &mut cache)
+        .unwrap()];
+    for s in 0..6 {
+        let (x, y) = ([(s % 10) as u32], [((s * 3) % 10) as u32]);
+        let rows = [PagedRow { blocks: &ta, start: pa.len() + s, tokens: &x }, PagedRow { blocks: &tb, start: pb.len() + s, tokens: &y }];
+        out.push(m.hidden_paged(&rows, &mut cache).unwrap());
+    }
+    out
+}
+
+#[test]
+fn decoding_steps_on_the_host_compute_what_libtorch_computes() {
+    // Both activations GPT-2's block takes, float32 packed and int8.
+    for act in [Activation::Gelu, Activation::GeluNew] {
+        let cfg = GptConfig { activation: Some(act), ..variants()[0].clone() };
+        let tmp = tempfile::tempdir().unwrap();
+        saved(&cfg, &tmp.path().join("f32"));
+        write_quantized_folder(&tmp.path().join("f32"), &tmp.path().join("int8")).unwrap();
+        for (name, dir, quantize) in [("float32", "f32", false), ("int8", "int8", true)] {
+            let (_vs0, plain, _) = load_gpt(&tmp.path().join(dir), Device::Cpu).unwrap();
+            let (_vs1, mut fast, _) = load_gpt(&tmp.path().join(dir), Device::Cpu).unwrap();
+            if quantize {
+                fast.quantize(Quantization::Int8).unwrap();
+            } else {
+                fast.pack_f32().unwrap();
+            }
+            assert!(fast.decodes_on_host() && !plain.decodes_on_host(), "{act:?} {name}");
+            for (step, (a, b)) in paged_decode(&plain).iter().zip(paged_decode(&fast)).enumerate() {
+                let diff = max_abs(&(a - &b));
+                assert!(diff < 1e-4, "{act:?} {name} step {step}: host decoding vs libtorch: {diff}");
+            }
+        }
     }
 }
