@@ -807,56 +807,97 @@ enum Positions {
     Rotary(Rope),
 }
 
-/// Host copies of what a GPT-2 decoding step on packed weights reads besides
-/// them: the embeddings and every LayerNorm.
+/// Host copies of what a decoding step on packed weights reads besides
+/// them: the embeddings (and GPT-2's positions or the rotary tables) and every
+/// norm.
 #[derive(Debug)]
 struct HostDecode {
     wte: Vec<f32>,
-    wpe: Vec<f32>,
-    /// `ln_1`, `ln_2` of each block, then `ln_f`.
+    positions: HostPositions,
+    /// The first norm and the second of each block, then the final one.
     norms: Vec<HostNorm>,
 }
 
+/// How positions enter: GPT-2's learned table added to the embedding, or the
+/// rotary tables (`[block_size, head_dim]` each) applied to queries and keys.
+#[derive(Debug)]
+enum HostPositions {
+    Learned(Vec<f32>),
+    Rotary { cos: Vec<f32>, sin: Vec<f32> },
+}
+
 impl HostDecode {
-    /// For a GPT-2 on the CPU whose block projections and head are all
-    /// packed; `None` for any other model.
+    /// For a decoder on the CPU whose block projections and head are all
+    /// packed (GPT-2's block, or the Llama family's without QK-norm); `None`
+    /// for any other model.
     fn of(m: &Gpt) -> anyhow::Result<Option<Self>> {
-        let packed = m.h.iter().all(|b| matches!(b.attn.qkv, Qkv::Fused(_)) && b.projs().iter().all(|p| p.is_packed()));
-        let (Positions::Learned(wpe), true, true) = (&m.positions, packed, m.head_int8.is_some() || m.head_packed.is_some()) else {
-            return Ok(None);
-        };
-        if m.cfg.arch.is_llama() || m.cfg.qk_norm || m.device() != tch::Device::Cpu {
+        let packed = m.h.iter().all(|b| b.projs().iter().all(|p| p.is_packed()));
+        let head = m.head_int8.is_some() || m.head_packed.is_some();
+        if !packed || !head || m.cfg.qk_norm || m.device() != tch::Device::Cpu {
             return Ok(None);
         }
-        let floats = |t: &Tensor| -> anyhow::Result<Vec<f32>> { Ok(Vec::try_from(t.to_kind(Kind::Float).flatten(0, -1))?) };
+        let floats = |t: &Tensor| -> anyhow::Result<Vec<f32>> { Ok(Vec::try_from(t.to_kind(Kind::Float).contiguous().flatten(0, -1))?) };
+        let eps = m.cfg.layer_norm_epsilon as f32;
         let mut norms = Vec::new();
         for n in m.h.iter().flat_map(|b| [&b.ln_1, &b.ln_2]).chain([&m.ln_f]) {
-            let Norm::Layer(ln) = n else { return Ok(None) };
-            let (Some(w), Some(b)) = (&ln.ws, &ln.bs) else { return Ok(None) };
-            norms.push(HostNorm { w: floats(w)?, b: floats(b)?, eps: m.cfg.layer_norm_epsilon as f32 });
+            norms.push(match n {
+                Norm::Layer(ln) => {
+                    let (Some(w), Some(b)) = (&ln.ws, &ln.bs) else { return Ok(None) };
+                    HostNorm { w: floats(w)?, b: Some(floats(b)?), eps }
+                }
+                Norm::Rms { weight, .. } => HostNorm { w: floats(weight)?, b: None, eps },
+            });
         }
-        Ok(Some(Self { wte: floats(&m.wte.ws)?, wpe: floats(&wpe.ws)?, norms }))
+        let positions = match &m.positions {
+            Positions::Learned(wpe) => HostPositions::Learned(floats(&wpe.ws)?),
+            Positions::Rotary(r) => HostPositions::Rotary { cos: floats(&r.cos)?, sin: floats(&r.sin)? },
+        };
+        Ok(Some(Self { wte: floats(&m.wte.ws)?, positions, norms }))
+    }
+
+    /// Rotates the `heads` heads of `hd` floats at the start of `x` to
+    /// position `p` (Hugging Face's rotate-half: `x · cos + rotate_half(x) · sin`).
+    fn rotate(&self, x: &mut [f32], heads: usize, hd: usize, p: usize) {
+        let HostPositions::Rotary { cos, sin } = &self.positions else { return };
+        let (cos, sin, half) = (&cos[p * hd..(p + 1) * hd], &sin[p * hd..(p + 1) * hd], hd / 2);
+        for head in x.chunks_exact_mut(hd).take(heads) {
+            for j in 0..half {
+                let (a, b) = (head[j], head[j + half]);
+                head[j] = a * cos[j] - b * sin[j];
+                head[j + half] = b * cos[j + half] + a * sin[j + half];
+            }
+        }
     }
 }
 
-/// A LayerNorm on host floats.
+/// A LayerNorm (with its bias) or an RMSNorm (without) on host floats.
 #[derive(Debug)]
 struct HostNorm {
     w: Vec<f32>,
-    b: Vec<f32>,
+    b: Option<Vec<f32>>,
     eps: f32,
 }
 
 impl HostNorm {
-    /// Each row of `c` floats of `x`, normalised (biased variance, as
-    /// `torch.nn.LayerNorm`), scaled and shifted.
+    /// Each row of `c` floats of `x`: a LayerNorm normalises it (biased
+    /// variance, as `torch.nn.LayerNorm`), scales and shifts it; an RMSNorm
+    /// divides it by `sqrt(mean(x²) + eps)` and scales it (Hugging Face's
+    /// `LlamaRMSNorm`).
     fn apply(&self, x: &[f32], c: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(x.len());
         for row in x.chunks_exact(c.max(1)) {
-            let mean = row.iter().sum::<f32>() / c as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
-            let inv = 1.0 / (var + self.eps).sqrt();
-            out.extend(row.iter().zip(self.w.iter().zip(&self.b)).map(|(v, (w, b))| (v - mean) * inv * w + b));
+            match &self.b {
+                Some(b) => {
+                    let mean = row.iter().sum::<f32>() / c as f32;
+                    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+                    let inv = 1.0 / (var + self.eps).sqrt();
+                    out.extend(row.iter().zip(self.w.iter().zip(b)).map(|(v, (w, b))| (v - mean) * inv * w + b));
+                }
+                None => {
+                    let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / c as f32 + self.eps).sqrt();
+                    out.extend(row.iter().zip(&self.w).map(|(v, w)| w * (v * inv)));
+                }
+            }
         }
         out
     }
@@ -881,8 +922,8 @@ pub struct Gpt {
     head_int8: Option<Box<crate::quant::Int8Dense>>,
     /// The output head packed for the CPU kernels ([`Gpt::pack_f32`]).
     head_packed: Option<Box<crate::quant::F32Dense>>,
-    /// What a GPT-2 decoding step on packed weights reads on the host
-    /// besides them (set by [`Gpt::pack_f32`] and [`Gpt::quantize`]).
+    /// What a decoding step on packed weights reads on the host besides
+    /// them (set by [`Gpt::pack_f32`] and [`Gpt::quantize`]).
     host: Option<Box<HostDecode>>,
     /// Precision of matrix products.
     pub precision: Precision,
@@ -1087,32 +1128,55 @@ impl Gpt {
         Ok(self.ln_f.forward(&last))
     }
 
-    /// Whether decoding steps over a host cache run on host floats
-    /// (a GPT-2 whose projections and head are packed or int8).
+    /// Whether decoding steps over a host cache run on host floats (a
+    /// decoder whose projections and head are packed or int8, without QK-norm).
     pub fn decodes_on_host(&self) -> bool {
         self.host.is_some()
     }
 
     /// [`Gpt::hidden_paged`] for a decoding step (one token per row) of a
-    /// GPT-2 on packed weights with its cache in host memory: every layer on
-    /// host floats, from the embedding lookup to the final norm, with no
+    /// decoder on packed weights with its cache in host memory: every layer on
+    /// host floats, from the embedding lookup to the final norm (rotary
+    /// embeddings and grouped-query attention for the Llama family), with no
     /// libtorch call in between (at decoding sizes each costs microseconds,
     /// most of a step's time once the products are packed).
     fn decode_host(&self, host: &HostDecode, rows: &[PagedRow], cache: &mut PagedCache) -> anyhow::Result<Tensor> {
         let paged::Plan { step, ids, positions, .. } = paged::plan_rows(rows, cache, self.device())?;
         let c = self.cfg.n_embd as usize;
-        let (h, hd) = (self.cfg.n_head as usize, self.cfg.head_dim() as usize);
+        let (h, kv, hd) = (self.cfg.n_head as usize, self.cfg.kv_heads() as usize, self.cfg.head_dim() as usize);
+        let vocab = host.wte.len() / c.max(1);
         let mut x = Vec::with_capacity(ids.len() * c);
         for (&id, &p) in ids.iter().zip(&positions) {
-            let (id, p) = (id as usize, p as usize);
-            anyhow::ensure!(id < host.wte.len() / c, "token id {id} is outside the vocabulary of {}", host.wte.len() / c);
-            let (tok, pos) = (&host.wte[id * c..(id + 1) * c], &host.wpe[p * c..(p + 1) * c]);
-            x.extend(tok.iter().zip(pos).map(|(a, b)| a + b));
+            let id = id as usize;
+            anyhow::ensure!(id < vocab, "token id {id} is outside the vocabulary of {vocab}");
+            let tok = &host.wte[id * c..(id + 1) * c];
+            match &host.positions {
+                HostPositions::Learned(wpe) => x.extend(tok.iter().zip(&wpe[p as usize * c..(p as usize + 1) * c]).map(|(a, b)| a + b)),
+                HostPositions::Rotary { .. } => x.extend_from_slice(tok),
+            }
         }
-        let broken = || anyhow::anyhow!("a packed GPT-2 block lost its packed weights");
+        let broken = || anyhow::anyhow!("a block lost its packed weights");
+        let row_w = (h + 2 * kv) * hd;
         for (i, block) in self.h.iter().enumerate() {
-            let Qkv::Fused(c_attn) = &block.attn.qkv else { return Err(broken()) };
-            let qkv = c_attn.apply_host(&host.norms[2 * i].apply(&x, c)).ok_or_else(broken)?;
+            let normed = host.norms[2 * i].apply(&x, c);
+            // Each row's query, key and value side by side, as a fused projection gives them.
+            let mut qkv = match &block.attn.qkv {
+                Qkv::Fused(c_attn) => c_attn.apply_host(&normed).ok_or_else(broken)?,
+                Qkv::Split { q, k, v } => {
+                    let (q, k, v) = (q.apply_host(&normed), k.apply_host(&normed), v.apply_host(&normed));
+                    let (q, k, v) = (q.ok_or_else(broken)?, k.ok_or_else(broken)?, v.ok_or_else(broken)?);
+                    let mut out = Vec::with_capacity(rows.len() * row_w);
+                    for r in 0..rows.len() {
+                        out.extend_from_slice(&q[r * h * hd..(r + 1) * h * hd]);
+                        out.extend_from_slice(&k[r * kv * hd..(r + 1) * kv * hd]);
+                        out.extend_from_slice(&v[r * kv * hd..(r + 1) * kv * hd]);
+                    }
+                    out
+                }
+            };
+            for (row, &p) in qkv.chunks_exact_mut(row_w).zip(&positions) {
+                host.rotate(row, h + kv, hd, p as usize);
+            }
             let y = paged::decode_host(&qkv, i, cache, &step, h, hd).ok_or_else(broken)?;
             let a = block.attn.out.apply_host(&y).ok_or_else(broken)?;
             add(&mut x, &a);

@@ -112,7 +112,7 @@ fn packed_float32_weights_compute_the_float32_model() {
         let (_vs0, plain, _) = load_gpt(tmp.path(), Device::Cpu).unwrap();
         let (_vs1, mut packed, _) = load_gpt(tmp.path(), Device::Cpu).unwrap();
         packed.pack_f32().unwrap();
-        assert_eq!(packed.decodes_on_host(), !cfg.arch.is_llama(), "{:?}", cfg.arch);
+        assert_eq!(packed.decodes_on_host(), !cfg.qk_norm, "{:?}", cfg.arch);
         let err = packed.quantize(Quantization::Int8).unwrap_err().to_string();
         assert!(err.contains("packed already"), "{err}");
         let (a, b) = (logits(&plain, &ids), logits(&packed, &ids));
@@ -144,9 +144,18 @@ fn paged_decode(m: &Gpt) -> Vec<Tensor> {
 
 #[test]
 fn decoding_steps_on_the_host_compute_what_libtorch_computes() {
-    // Both activations GPT-2's block takes, float32 packed and int8.
-    for act in [Activation::Gelu, Activation::GeluNew] {
-        let cfg = GptConfig { activation: Some(act), ..variants()[0].clone() };
+    // GPT-2's block with both its activations; the Llama block (rotary
+    // embeddings, grouped-query attention) gated with SiLU and ungated with
+    // ReLU²; each float32 packed and int8.
+    let (gpt2, llama) = (variants()[0].clone(), variants()[1].clone());
+    let configs = [
+        GptConfig { activation: Some(Activation::Gelu), ..gpt2.clone() },
+        GptConfig { activation: Some(Activation::GeluNew), ..gpt2 },
+        llama.clone(),
+        GptConfig { activation: Some(Activation::Relu2), ..llama },
+    ];
+    for cfg in configs {
+        let act = (cfg.arch, cfg.activation);
         let tmp = tempfile::tempdir().unwrap();
         saved(&cfg, &tmp.path().join("f32"));
         write_quantized_folder(&tmp.path().join("f32"), &tmp.path().join("int8")).unwrap();
