@@ -69,19 +69,18 @@ pub fn attend_row_with(isa: Isa, a: &AttentionRow, scores: &mut Vec<f32>, out: &
     }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable && isa.supported() && Isa::Avx2.supported() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above), and `check`
-        // bounded every slice and cache row the kernel reads or writes.
-        let done = unsafe {
-            match a.head_dim {
-                8 => x86::attend::<1>(a, scores, out),
-                16 => x86::attend::<2>(a, scores, out),
-                32 => x86::attend::<4>(a, scores, out),
-                64 => x86::attend::<8>(a, scores, out),
-                128 => x86::attend::<16>(a, scores, out),
-                _ => false,
-            }
+        let kernel: Option<x86::Kernel> = match a.head_dim {
+            8 => Some(x86::attend::<1>),
+            16 => Some(x86::attend::<2>),
+            32 => Some(x86::attend::<4>),
+            64 => Some(x86::attend::<8>),
+            128 => Some(x86::attend::<16>),
+            _ => None,
         };
-        if done {
+        if let Some(kernel) = kernel {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above), and `check`
+            // bounded every slice and cache row the kernel reads or writes.
+            unsafe { kernel(a, scores, out) };
             return Ok(());
         }
     }
@@ -198,6 +197,9 @@ mod x86 {
     use crate::x86::exp8;
     use std::arch::x86_64::*;
 
+    /// A kernel for one head size: query row, scores (scratch), output.
+    pub(super) type Kernel = unsafe fn(&AttentionRow, &mut [f32], &mut [f32]);
+
     /// Lane `k` of the result is the sum of the lanes of `s[k]`.
     ///
     /// # Safety
@@ -282,14 +284,13 @@ mod x86 {
         }
     }
 
-    /// The kernel for a head size of `8 C`; returns true (the portable
-    /// kernel is the caller's when this one does not apply).
+    /// The kernel for a head size of `8 C`.
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; `a.check(out)` passed and `scores` is
     /// `heads × rows` long.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn attend<const C: usize>(a: &AttentionRow, scores: &mut [f32], out: &mut [f32]) -> bool {
+    pub(super) unsafe fn attend<const C: usize>(a: &AttentionRow, scores: &mut [f32], out: &mut [f32]) {
         // SAFETY: the CPU has AVX2 and FMA (the caller's promise), and
         // `check` bounded each cache row by the cache's length, so
         // row·w + g·hd + 8c + 8 ≤ k.len() = v.len() for g < kv and c < C; the
@@ -355,7 +356,6 @@ mod x86 {
                     _mm256_storeu_ps(out.as_mut_ptr().add(i * hd + 8 * c), _mm256_mul_ps(_mm256_add_ps(even[c], odd[c]), inv));
                 }
             }
-            true
         }
     }
 }

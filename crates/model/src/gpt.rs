@@ -808,11 +808,10 @@ enum Positions {
 }
 
 /// Host copies of what a decoding step on packed weights reads besides
-/// them: the embeddings (and GPT-2's positions or the rotary tables) and every
-/// norm.
+/// them: GPT-2's position table or the rotary tables, and every norm (the
+/// token embeddings, as large as the head, are looked up in their tensor).
 #[derive(Debug)]
 struct HostDecode {
-    wte: Vec<f32>,
     positions: HostPositions,
     /// The first norm and the second of each block, then the final one.
     norms: Vec<HostNorm>,
@@ -852,7 +851,7 @@ impl HostDecode {
             Positions::Learned(wpe) => HostPositions::Learned(floats(&wpe.ws)?),
             Positions::Rotary(r) => HostPositions::Rotary { cos: floats(&r.cos)?, sin: floats(&r.sin)? },
         };
-        Ok(Some(Self { wte: floats(&m.wte.ws)?, positions, norms }))
+        Ok(Some(Self { positions, norms }))
     }
 
     /// Rotates the `heads` heads of `hd` floats at the start of `x` to
@@ -1135,8 +1134,9 @@ impl Gpt {
     }
 
     /// [`Gpt::hidden_paged`] for a decoding step (one token per row) of a
-    /// decoder on packed weights with its cache in host memory: every layer on
-    /// host floats, from the embedding lookup to the final norm (rotary
+    /// decoder on packed weights with its cache in host memory: after one
+    /// libtorch lookup of the token embeddings (the table stays in its
+    /// tensor), every layer on host floats up to the final norm (rotary
     /// embeddings and grouped-query attention for the Llama family), with no
     /// libtorch call in between (at decoding sizes each costs microseconds,
     /// most of a step's time once the products are packed).
@@ -1144,15 +1144,14 @@ impl Gpt {
         let paged::Plan { step, ids, positions, .. } = paged::plan_rows(rows, cache, self.device())?;
         let c = self.cfg.n_embd as usize;
         let (h, kv, hd) = (self.cfg.n_head as usize, self.cfg.kv_heads() as usize, self.cfg.head_dim() as usize);
-        let vocab = host.wte.len() / c.max(1);
-        let mut x = Vec::with_capacity(ids.len() * c);
-        for (&id, &p) in ids.iter().zip(&positions) {
-            let id = id as usize;
-            anyhow::ensure!(id < vocab, "token id {id} is outside the vocabulary of {vocab}");
-            let tok = &host.wte[id * c..(id + 1) * c];
-            match &host.positions {
-                HostPositions::Learned(wpe) => x.extend(tok.iter().zip(&wpe[p as usize * c..(p as usize + 1) * c]).map(|(a, b)| a + b)),
-                HostPositions::Rotary { .. } => x.extend_from_slice(tok),
+        let vocab = self.cfg.vocab_size;
+        if let Some(bad) = ids.iter().find(|&&id| !(0..vocab).contains(&id)) {
+            anyhow::bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        let (mut x, _) = crate::quant::host_floats(&self.wte.ws.f_index_select(0, &Tensor::from_slice(&ids))?);
+        if let HostPositions::Learned(wpe) = &host.positions {
+            for (row, &p) in x.chunks_exact_mut(c).zip(&positions) {
+                add(row, &wpe[p as usize * c..(p as usize + 1) * c]);
             }
         }
         let broken = || anyhow::anyhow!("a block lost its packed weights");

@@ -185,8 +185,6 @@ impl Proj {
         }
     }
 
-    /// # Shapes
-    /// `[.., in]` → `[.., out]`
     /// Weights packed for the CPU kernels (int8 or float32).
     pub fn is_packed(&self) -> bool {
         matches!(self, Proj::Int8(_) | Proj::Packed(_))
@@ -202,6 +200,8 @@ impl Proj {
         }
     }
 
+    /// # Shapes
+    /// `[.., in]` → `[.., out]`
     pub fn forward(&self, x: &Tensor, f: Fwd) -> Tensor {
         match self {
             Proj::Plain(d) => d.forward(x, f),

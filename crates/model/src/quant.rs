@@ -117,15 +117,12 @@ impl<E: Weight> PackedDense<E> {
         self.m.matmul(x, &mut y);
         y
     }
-
-    pub fn n_out(&self) -> usize {
-        self.m.n_out()
-    }
 }
 
-/// The floats of `x` (float32 on the CPU, in order) and its shape. Each
-/// libtorch call costs microseconds at decoding sizes: converts only when needed.
-pub(crate) fn host_floats(x: &Tensor) -> (Vec<f32>, Vec<i64>) {
+/// The floats of `x` (float32 on the CPU, in order) and its shape, in one
+/// copy. Each libtorch call costs microseconds at decoding sizes: converts
+/// only when needed.
+pub fn host_floats(x: &Tensor) -> (Vec<f32>, Vec<i64>) {
     let mut x = if x.kind() == Kind::Float { x.shallow_clone() } else { x.to_kind(Kind::Float) };
     if x.device() != Device::Cpu {
         x = x.to_device(Device::Cpu);

@@ -777,18 +777,15 @@ fn log_softmax(row: &[f32]) -> Vec<f32> {
     row.iter().map(|&x| x - lse).collect()
 }
 
-/// The floats of a `[b, vocab]` float32 CPU tensor in one copy, and `vocab`
-/// (tch's `Vec<Vec<_>>::try_from` splits the tensor and copies row by row: a
-/// dozen libtorch calls per sequence per step).
+/// The floats of `[b, vocab]` logits in one copy, and `vocab` (tch's
+/// `Vec<Vec<_>>::try_from` splits the tensor and copies row by row: a dozen
+/// libtorch calls per sequence per step).
 fn logits_of(t: &Tensor) -> anyhow::Result<(Vec<f32>, usize)> {
-    let &[b, vocab] = t.size().as_slice() else {
-        anyhow::bail!("logits of shape {:?}, not [batch, vocab]", t.size());
-    };
-    let (b, vocab) = (usize::try_from(b)?, usize::try_from(vocab)?);
-    anyhow::ensure!(vocab > 0, "logits over an empty vocabulary");
-    let mut flat = vec![0f32; b * vocab];
-    t.to_kind(Kind::Float).contiguous().f_copy_data(&mut flat, b * vocab)?;
-    Ok((flat, vocab))
+    let (flat, shape) = forja_model::quant::host_floats(t);
+    match shape.as_slice() {
+        &[_, vocab] if vocab > 0 => Ok((flat, vocab as usize)),
+        _ => anyhow::bail!("logits of shape {shape:?}, not [batch, vocab]"),
+    }
 }
 
 /// Samples the next token of each sequence from its row of `logits`; returns

@@ -131,7 +131,8 @@ impl Server {
     }
 }
 
-fn completion(prompt: &str, max_tokens: usize) -> Value {
+/// A greedy completion request for a prompt (a text, or several in a list).
+fn completion(prompt: impl serde::Serialize, max_tokens: usize) -> Value {
     json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true})
 }
 
@@ -368,7 +369,7 @@ async fn prefix_caching_reuses_earlier_turns_and_changes_no_token() {
     }
     // Requests sharing the system prompt, at once.
     let bodies: Vec<Value> =
-        ["A", "BIRDS SING? ", "CAT", "THE DOG SLEEPS? "].iter().map(|q| completion(&format!("{TRAINING}{q}"), 30)).collect();
+        ["A", "BIRDS SING? ", "CAT", "THE DOG SLEEPS? "].iter().map(|q| completion(format!("{TRAINING}{q}"), 30)).collect();
     let (a, b) = futures_util::future::join(
         futures_util::future::join_all(bodies.iter().map(|b| cached.post("/v1/completions", Some(KEY), b))),
         futures_util::future::join_all(bodies.iter().map(|b| plain.post("/v1/completions", Some(KEY), b))),
@@ -657,7 +658,7 @@ async fn a_llama_folder_is_served_as_generate_decodes_it_alone_and_in_a_batch() 
     // engine need not see; the prompts of one request are admitted together,
     // so they share decoding steps for certain (3 slots for 5 sequences).
     let (n, before) = (20, s.metric("forja_batch_size_per_step_count").await);
-    let (status, r, _) = s.post("/v1/completions", Some(KEY), &completion_of(&prompts.map(|(p, _)| p), n)).await;
+    let (status, r, _) = s.post("/v1/completions", Some(KEY), &completion(prompts.map(|(p, _)| p), n)).await;
     assert_eq!(status, 200, "{r}");
     for (i, (prompt, _)) in prompts.iter().enumerate() {
         let sampling = forja_model::SamplingConfig { temperature: 0.0, max_new_tokens: n, ..Default::default() };
@@ -671,11 +672,6 @@ async fn a_llama_folder_is_served_as_generate_decodes_it_alone_and_in_a_batch() 
     let value = |line: &str| metrics.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap();
     let (all, of_one) = (value("forja_batch_size_per_step_count"), value("forja_batch_size_per_step_bucket{le=\"1\"}"));
     assert!(all > of_one, "no step decoded more than one sequence ({all} steps, {of_one} of one; {single_steps} alone)");
-}
-
-/// A greedy completion request for several prompts at once.
-fn completion_of(prompts: &[&str], max_tokens: usize) -> Value {
-    json!({"prompt": prompts, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
