@@ -18,7 +18,7 @@ use forja_core::metric::{self, split};
 use forja_core::stage::{outputs, port, OutDir, OutputSpec, Stage, StageCtx};
 use forja_core::{Generation, MetricRow, Reject, TokenRow};
 use forja_model::generate::generate_uncached;
-use forja_model::{generate, load_model, parse_device, AnyModel, LanguageModel, SamplingConfig};
+use forja_model::{generate, load_model, parse_device, AnyModel, LanguageModel, LoadedModel, SamplingConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::Tensor;
@@ -131,7 +131,8 @@ fn window_loss(model: &dyn LanguageModel, xs: &[i64], ys: &[i64], rows: i64) -> 
 pub fn run(cfg: &EvalConfig, inputs: &EvalInputs, out: &OutDir, ctx: &StageCtx) -> anyhow::Result<LmScore> {
     let (model_dir, split) = (inputs.model.as_path(), inputs.split.as_path());
     let device = parse_device(cfg.device.as_deref().unwrap_or(&ctx.device))?;
-    let loaded = load_model(model_dir, device)?;
+    let mut loaded = load_model(model_dir, device)?;
+    on_serving_kernels(&mut loaded, model_dir, device)?;
     let model = loaded.model.as_lm().with_context(|| {
         format!("{}: eval scores causal language models; this one is `{}`", model_dir.display(), loaded.model.model_type())
     })?;
@@ -163,6 +164,12 @@ pub fn run(cfg: &EvalConfig, inputs: &EvalInputs, out: &OutDir, ctx: &StageCtx) 
     }
     let mut report = report_md(model_dir, split, split_name, &score, &gens);
     if let (AnyModel::Gpt(g), true) = (&loaded.model, cfg.attribution_steps > 0) {
+        // Gradients need the float weights: int8 kernels have none.
+        let float = if g.is_quantized() && !cfg.prompts.is_empty() { Some(load_model(model_dir, device)?) } else { None };
+        let g = match float.as_ref().map(|l| &l.model) {
+            Some(AnyModel::Gpt(f)) => f,
+            _ => g,
+        };
         report += &lm::next_token_attributions(g, &loaded.tokenizer, &cfg.prompts, cfg.attribution_steps)?;
     }
     let mut rejects = Vec::new();
@@ -179,6 +186,20 @@ pub fn run(cfg: &EvalConfig, inputs: &EvalInputs, out: &OutDir, ctx: &StageCtx) 
     forja_core::fsutil::atomic_write(&out.path(&outputs::REPORT), report.as_bytes())?;
     println!("eval: {split_name} loss {:.4}, perplexity {:.2} over {} tokens", score.loss, score.perplexity, score.tokens);
     Ok(score)
+}
+
+/// A quantized folder scored on the CPU runs on the int8 kernels `forja
+/// serve` runs it on (its 16-bit rounding of the activations included), so its
+/// loss is the served model's; on a GPU it runs on the dequantized weights.
+fn on_serving_kernels(loaded: &mut LoadedModel, dir: &Path, device: tch::Device) -> anyhow::Result<()> {
+    if let (AnyModel::Gpt(g), tch::Device::Cpu) = (&mut loaded.model, device) {
+        let q = forja_model::quant::folder_quantization(dir)?;
+        if q != forja_model::Quantization::None {
+            g.quantize(q).with_context(|| format!("{}: putting the model on its int8 kernels", dir.display()))?;
+            tracing::info!(model = %dir.display(), "scoring on the int8 kernels forja serve runs");
+        }
+    }
+    Ok(())
 }
 
 fn report_md(model_dir: &Path, split: &Path, split_name: &str, s: &LmScore, gens: &[Generation]) -> String {

@@ -38,7 +38,7 @@ impl SamplingConfig {
 
 /// Picks a token from `logits` (one row).
 pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> u32 {
-    let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
+    let argmax = || argmax(logits);
     if cfg.temperature == 0.0 {
         return argmax();
     }
@@ -71,6 +71,40 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> u32 {
         order.truncate(keep);
     }
     order.get(draw(&probs, rng)).map_or_else(argmax, |&i| i as u32)
+}
+
+/// The position of the largest logit in `f32::total_cmp`'s order, the last
+/// one on a tie (as `Iterator::max_by` picks it); 0 for no logits. Greedy
+/// decoding runs it on every token: sixteen lanes keep their largest value
+/// and its position (vectorised), and only logits with a NaN or a largest
+/// value of zero (where ±0 are told apart) take the element-by-element walk.
+pub fn argmax(logits: &[f32]) -> u32 {
+    const LANES: usize = 16;
+    let walk = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
+    let (mut best, mut at, mut nan) = ([f32::NEG_INFINITY; LANES], [0u32; LANES], [false; LANES]);
+    let chunks = logits.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for (c, chunk) in chunks.enumerate() {
+        for (k, &v) in chunk.iter().enumerate() {
+            let take = v >= best[k];
+            best[k] = if take { v } else { best[k] };
+            at[k] = if take { (c * LANES + k) as u32 } else { at[k] };
+            nan[k] |= v.is_nan();
+        }
+    }
+    let (mut m, mut i, mut any_nan) = (f32::NEG_INFINITY, None, nan.contains(&true));
+    let lanes = best.iter().zip(&at).map(|(&v, &a)| (v, a as usize));
+    let rest = tail.iter().enumerate().map(|(k, &v)| (v, logits.len() - tail.len() + k));
+    for (v, a) in lanes.chain(rest) {
+        any_nan |= v.is_nan();
+        if v > m || (v == m && i.is_none_or(|j| a > j)) {
+            (m, i) = (v, Some(a));
+        }
+    }
+    match i {
+        Some(i) if !any_nan && m != 0.0 && m > f32::NEG_INFINITY => i as u32,
+        _ => walk(),
+    }
 }
 
 /// A position drawn with probability proportional to `weights[i]` (inverse
@@ -256,6 +290,28 @@ pub fn generate_uncached(model: &dyn LanguageModel, prompt: &[u32], stop: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_picks_what_max_by_total_cmp_picks() {
+        use rand::SeedableRng;
+        let walk = |x: &[f32]| x.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for n in [0usize, 1, 5, 16, 17, 100, 4096, 50_257] {
+            for case in 0..6 {
+                // Few distinct values, so that ties are common.
+                let mut x: Vec<f32> = (0..n).map(|_| (rng.random_range(0..7) as f32 - 3.0) * 0.5).collect();
+                match case {
+                    1 => x.iter_mut().for_each(|v| *v = v.min(0.0)), // the largest is 0.0
+                    2 if n > 3 => x[n / 2] = f32::NAN,
+                    3 if n > 3 => (x[1], x[n - 1]) = (-0.0, 0.0),
+                    4 => x.iter_mut().for_each(|v| *v = f32::NEG_INFINITY),
+                    5 if n > 2 => x[n - 2] = f32::INFINITY,
+                    _ => {}
+                }
+                assert_eq!(argmax(&x), walk(&x), "{n} logits, case {case}");
+            }
+        }
+    }
 
     /// The inverse CDF walked weight by weight, as `draw` did before blocks.
     fn draw_in_sequence(weights: &[f32], rng: &mut impl Rng) -> usize {

@@ -1127,6 +1127,11 @@ impl Gpt {
         Ok(self.ln_f.forward(&last))
     }
 
+    /// Whether the projections and head run on int8 weights ([`Gpt::quantize`]).
+    pub fn is_quantized(&self) -> bool {
+        self.head_int8.is_some()
+    }
+
     /// Whether decoding steps over a host cache run on host floats (a
     /// decoder whose projections and head are packed or int8, without QK-norm).
     pub fn decodes_on_host(&self) -> bool {

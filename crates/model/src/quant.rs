@@ -1,5 +1,6 @@
-//! Weight-only int8 for decoders: per-output-channel symmetric quantization
-//! of the projections and the output head (the kernels are in
+//! Int8 weights for decoders: per-output-channel symmetric quantization of
+//! the projections and the output head (the kernels, which round each row of
+//! activations to 16-bit integers and multiply integers, are in
 //! `forja-kernels`), and the quantized model folder.
 //!
 //! A quantized folder is a model folder whose `model.safetensors` holds each
@@ -7,9 +8,10 @@
 //! shaped to broadcast against it: `[out, 1]` for `nn.Linear`'s `[out, in]`,
 //! `[1, out]` for GPT-2's Conv1D `[in, out]`), and whose `config.json` says
 //! so under `quantization_config`. Every loader dequantizes (`q · scale`), so
-//! such a folder evaluates, generates and exports as the model int8 serving
-//! runs; `forja serve` runs it on the int8 kernels. Embeddings, norms, biases
-//! and positions stay float32; a tied embedding is quantized (it is the head).
+//! such a folder generates and exports as float32 weights with the int8
+//! values; `forja serve`, and the `eval` stage on the CPU, run it on the int8
+//! kernels. Embeddings, norms, biases and positions stay float32; a tied
+//! embedding is quantized (it is the head).
 
 use crate::checkpoint::{CONFIG, WEIGHTS};
 use crate::layers::{block_matrix, Layout};
@@ -32,7 +34,7 @@ pub enum Quantization {
     /// float32 (as trained).
     #[default]
     None,
-    /// Weight-only int8, per output channel.
+    /// Int8 weights, per output channel (on the int8 kernels).
     Int8,
 }
 

@@ -123,7 +123,7 @@ pub struct Quantize;
 
 impl Stage for Quantize {
     const KIND: &'static str = "quantize";
-    const ABOUT: &'static str = "write a decoder model folder with per-channel int8 projections and head (weight-only; `forja serve` runs it on int8 kernels, every other tool loads it as float32)";
+    const ABOUT: &'static str = "write a decoder model folder with per-channel int8 projections and head (the rest float32; `forja serve`, and `eval` on the CPU, run it on int8 kernels, every other tool loads it as float32)";
     const OUTPUTS: &'static [OutputSpec] = &[pretrain::MODEL];
     const CODE_HASH: &'static str = env!("FORJA_CODE_HASH");
     type Params = models::QuantizeConfig;

@@ -51,7 +51,7 @@ pub struct GgufConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QuantizeConfig {
-    /// `int8`: weight-only, symmetric, one scale per output channel.
+    /// `int8`: int8 weights, symmetric, one scale per output channel.
     pub method: forja_model::Quantization,
 }
 

@@ -93,6 +93,9 @@ pub struct GenRequest {
     pub index: usize,
     pub params: GenParams,
     pub events: mpsc::UnboundedSender<Event>,
+    /// Whether the client reads the text as it comes: without, the engine
+    /// sends a sequence's text once, when it ends (no wake-up per token).
+    pub stream: bool,
     pub arrived: Instant,
     pub deadline: Instant,
 }
@@ -886,7 +889,7 @@ fn advance(gen: &Generation, s: &mut Seq, token: u32, row: &[f32], now: Instant)
             }
         }
     }
-    if safe > s.sent {
+    if s.req.stream && safe > s.sent {
         let delta = text[s.sent..safe].to_string();
         s.sent = safe;
         let logprobs = std::mem::take(&mut s.held);

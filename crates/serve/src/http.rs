@@ -428,7 +428,16 @@ async fn generate(st: Shared, front: Arc<Frontend>, checked: Checked, flavor: Fl
             let index = p * job.checked.n + c;
             let mut params = job.checked.params.clone();
             params.seed = params.seed.wrapping_add(index as u64);
-            reqs.push(GenRequest { front: front.clone(), prompt: ids.clone(), index, params, events: tx.clone(), arrived: now, deadline });
+            reqs.push(GenRequest {
+                front: front.clone(),
+                prompt: ids.clone(),
+                index,
+                params,
+                events: tx.clone(),
+                stream: job.checked.stream,
+                arrived: now,
+                deadline,
+            });
         }
     }
     drop(tx);
