@@ -222,6 +222,9 @@ struct Seq {
     detok: Detokenizer,
     /// Bytes of the decoded text already sent.
     sent: usize,
+    /// Bytes of the decoded text already searched for stop strings (a
+    /// non-streamed sequence sends nothing until it ends).
+    searched: usize,
     held: Vec<TokenLogprob>,
     rng: ChaCha8Rng,
     first_token: Option<Instant>,
@@ -242,6 +245,7 @@ impl Seq {
             generated: Vec::new(),
             detok: Detokenizer::default(),
             sent: 0,
+            searched: 0,
             held: Vec::new(),
             rng,
             first_token: None,
@@ -864,11 +868,12 @@ fn advance(gen: &Generation, s: &mut Seq, token: u32, row: &[f32], now: Instant)
     s.detok.push(tok, &s.generated, false);
     let text = &s.detok.text;
     // The first stop string in the new text ends the sequence before it.
-    let search_from = s.sent.saturating_sub(p.stop.iter().map(String::len).max().unwrap_or(0));
+    let search_from = s.searched.saturating_sub(p.stop.iter().map(String::len).max().unwrap_or(0));
     let search_from = (0..=search_from).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
     if let Some(cut) = p.stop.iter().filter_map(|st| text[search_from..].find(st.as_str()).map(|i| i + search_from)).min() {
         return finish(s, tok, Finish::Stop, Some(cut.max(s.sent)));
     }
+    s.searched = text.len();
     let limit = s.generated.len() >= p.max_tokens || s.len + 1 > gen.cache.as_ref().map_or(0, PagedCache::context);
     if limit {
         return finish(s, tok, Finish::Length, None);

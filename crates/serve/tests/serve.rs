@@ -311,15 +311,24 @@ async fn stop_strings_cut_the_text_and_seeds_repeat() {
     let (_, b, _) = s.post("/v1/completions", Some(KEY), &body).await;
     let text = a["choices"][0]["text"].as_str().unwrap().to_string();
     assert_eq!(text, b["choices"][0]["text"].as_str().unwrap(), "same seed, same text");
-    // Stop at a piece of that text: the answer ends right before it.
+    // Stop at a piece of that text, early or late in it: the answer ends right
+    // before its first occurrence, sent whole or streamed.
     let chars: Vec<char> = text.chars().collect();
-    let stop: String = chars[10..12].iter().collect();
-    let cut = text.find(&stop).unwrap();
-    let mut with_stop = body.clone();
-    with_stop["stop"] = json!([stop]);
-    let (_, c, _) = s.post("/v1/completions", Some(KEY), &with_stop).await;
-    assert_eq!(c["choices"][0]["text"].as_str().unwrap(), &text[..cut]);
-    assert_eq!(c["choices"][0]["finish_reason"], "stop");
+    for at in [10, chars.len() - 4] {
+        let stop: String = chars[at..at + 2].iter().collect();
+        let cut = text.find(&stop).unwrap();
+        let mut with_stop = body.clone();
+        with_stop["stop"] = json!([stop]);
+        let (_, c, _) = s.post("/v1/completions", Some(KEY), &with_stop).await;
+        assert_eq!(c["choices"][0]["text"].as_str().unwrap(), &text[..cut], "stop {stop:?}");
+        assert_eq!(c["choices"][0]["finish_reason"], "stop");
+        with_stop["stream"] = json!(true);
+        let resp = s.client.post(format!("{}/v1/completions", s.base)).bearer_auth(KEY).json(&with_stop).send().await.unwrap();
+        let (events, done) = read_events(resp).await;
+        assert!(done);
+        let streamed: String = events.iter().flat_map(|e| e["choices"].as_array().unwrap()).map(|c| c["text"].as_str().unwrap()).collect();
+        assert_eq!(streamed, &text[..cut], "streamed, stop {stop:?}");
+    }
 }
 
 fn text_of(r: &Value) -> String {
