@@ -455,7 +455,8 @@ enum Int8Kernel {
 impl Int8Kernel {
     fn of(isa: Isa) -> Self {
         match isa {
-            Isa::Avx512 if VNNI_BUILT && vnni() => Self::Vnni,
+            // The VNNI kernel is compiled where the AVX-512 ones are.
+            Isa::Avx512 if AVX512_BUILT && vnni() => Self::Vnni,
             Isa::Avx512 | Isa::Avx2 => Self::Avx2,
             Isa::Portable => Self::Portable,
         }
@@ -498,9 +499,6 @@ fn vnni() -> bool {
         false
     }
 }
-
-/// Whether the VNNI kernel is compiled in (as [`AVX512_BUILT`]).
-const VNNI_BUILT: bool = AVX512_BUILT;
 
 fn portable_i8(g: &Int8Group, r: usize, out: &mut [f32]) {
     for rr in 0..r {
