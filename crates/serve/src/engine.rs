@@ -882,6 +882,10 @@ fn advance(gen: &Generation, s: &mut Seq, token: u32, row: &[f32], now: Instant)
         tracing::warn!(index = s.req.index, tokens = s.generated.len(), "sequence cut at its deadline");
         return finish(s, tok, Finish::Length, None);
     }
+    if !s.req.stream {
+        // Its text goes out once, when it ends.
+        return false;
+    }
     // Hold back a tail that may still become a stop string (an incomplete UTF-8
     // character is held back by the detokenizer).
     let text = &s.detok.text;
@@ -894,7 +898,7 @@ fn advance(gen: &Generation, s: &mut Seq, token: u32, row: &[f32], now: Instant)
             }
         }
     }
-    if s.req.stream && safe > s.sent {
+    if safe > s.sent {
         let delta = text[s.sent..safe].to_string();
         s.sent = safe;
         let logprobs = std::mem::take(&mut s.held);
