@@ -836,15 +836,16 @@ impl HostDecode {
             return Ok(None);
         }
         let floats = |t: &Tensor| -> anyhow::Result<Vec<f32>> { Ok(Vec::try_from(t.to_kind(Kind::Float).contiguous().flatten(0, -1))?) };
-        let eps = m.cfg.layer_norm_epsilon as f32;
+        // tch keeps a LayerNorm's epsilon private: it was built from the config's.
+        let ln_eps = m.cfg.layer_norm_epsilon as f32;
         let mut norms = Vec::new();
         for n in m.h.iter().flat_map(|b| [&b.ln_1, &b.ln_2]).chain([&m.ln_f]) {
             norms.push(match n {
                 Norm::Layer(ln) => {
                     let (Some(w), Some(b)) = (&ln.ws, &ln.bs) else { return Ok(None) };
-                    HostNorm { w: floats(w)?, b: Some(floats(b)?), eps }
+                    HostNorm { w: floats(w)?, b: Some(floats(b)?), eps: ln_eps }
                 }
-                Norm::Rms { weight, .. } => HostNorm { w: floats(weight)?, b: None, eps },
+                Norm::Rms { weight, eps } => HostNorm { w: floats(weight)?, b: None, eps: *eps as f32 },
             });
         }
         let positions = match &m.positions {
