@@ -389,8 +389,8 @@ pub fn quantize_activations(x: &[f32], n_in: usize, n_pad: usize) -> (Vec<i16>, 
 /// One group's operands for the float32 kernels: `w` is `[n_in][64]`, `x`
 /// is `[r][n_in]`, `scale` and `bias` 64 long (lengths checked by [`f32_group`]).
 #[doc(hidden)]
-pub struct Group<'a, E> {
-    w: &'a [E],
+pub struct Group<'a> {
+    w: &'a [f32],
     n_in: usize,
     x: &'a [f32],
     scale: &'a [f32],
@@ -411,7 +411,7 @@ pub struct Int8Group<'a> {
 }
 
 /// 64 float32 outputs of `r` rows (1 ≤ r ≤ `isa.rows()`) into `out` (`[r][64]`).
-fn f32_group(isa: Isa, g: &Group<f32>, r: usize, out: &mut [f32]) {
+fn f32_group(isa: Isa, g: &Group, r: usize, out: &mut [f32]) {
     assert!(g.w.len() == g.n_in * GROUP && g.x.len() == r * g.n_in && g.scale.len() == GROUP && g.bias.len() == GROUP);
     assert!(out.len() == r * GROUP && (1..=isa.rows()).contains(&r));
     match isa {
@@ -426,7 +426,7 @@ fn f32_group(isa: Isa, g: &Group<f32>, r: usize, out: &mut [f32]) {
     }
 }
 
-fn portable_f32(g: &Group<f32>, r: usize, out: &mut [f32]) {
+fn portable_f32(g: &Group, r: usize, out: &mut [f32]) {
     for rr in 0..r {
         let mut acc = [0f32; GROUP];
         let xr = &g.x[rr * g.n_in..(rr + 1) * g.n_in];
@@ -529,7 +529,7 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512F; `g` and `out` have the lengths [`super::f32_group`] asserts.
     #[rustversion::since(1.89)]
-    pub(super) unsafe fn avx512_rows_f32(g: &Group<f32>, r: usize, out: &mut [f32]) {
+    pub(super) unsafe fn avx512_rows_f32(g: &Group, r: usize, out: &mut [f32]) {
         // SAFETY: the caller's guarantees, passed on.
         unsafe {
             match r {
@@ -547,7 +547,7 @@ mod x86 {
     /// # Safety
     /// None needed; unsafe to match the other definition.
     #[rustversion::before(1.89)]
-    pub(super) unsafe fn avx512_rows_f32(g: &Group<f32>, r: usize, out: &mut [f32]) {
+    pub(super) unsafe fn avx512_rows_f32(g: &Group, r: usize, out: &mut [f32]) {
         super::portable_f32(g, r, out)
     }
 
@@ -556,7 +556,7 @@ mod x86 {
     #[rustversion::since(1.89)]
     #[allow(clippy::incompatible_msrv)] // compiled only from Rust 1.89 (rustversion)
     #[target_feature(enable = "avx512f")]
-    unsafe fn avx512_f32<const R: usize>(g: &Group<f32>, out: &mut [f32]) {
+    unsafe fn avx512_f32<const R: usize>(g: &Group, out: &mut [f32]) {
         let (w, x) = (g.w.as_ptr(), g.x.as_ptr());
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
         for i in 0..g.n_in {
@@ -589,7 +589,7 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; `g` and `out` have the lengths [`super::f32_group`] asserts.
-    pub(super) unsafe fn avx2_rows_f32(g: &Group<f32>, r: usize, out: &mut [f32]) {
+    pub(super) unsafe fn avx2_rows_f32(g: &Group, r: usize, out: &mut [f32]) {
         // SAFETY: the caller's guarantees, passed on.
         unsafe {
             match r {
@@ -604,7 +604,7 @@ mod x86 {
     /// # Safety
     /// As the function above.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_f32<const R: usize>(g: &Group<f32>, out: &mut [f32]) {
+    unsafe fn avx2_f32<const R: usize>(g: &Group, out: &mut [f32]) {
         let (w, x) = (g.w.as_ptr(), g.x.as_ptr());
         for half in 0..2 {
             let mut acc = [[_mm256_setzero_ps(); 4]; R];
